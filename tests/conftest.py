@@ -75,8 +75,9 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for split, rows in (("train", 120), ("validation", 40), ("test", 40)):
         frame = pd.read_csv(sample / f"{split}.csv")
         # A fixed share per label keeps every class present in every split.
-        part = frame.groupby("label", group_keys=False).apply(
-            lambda df, n=rows: df.head(max(2, round(n * len(df) / len(frame))))
+        # (groupby.apply would drop the label column under pandas 3.)
+        part = pd.concat(
+            group.head(max(2, round(rows * len(group) / len(frame)))) for _, group in frame.groupby("label")
         )
         part.sample(frac=1, random_state=0).to_csv(folder / f"{split}.csv", index=False)
     return folder

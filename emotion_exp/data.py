@@ -1,0 +1,511 @@
+"""Load the emotion data (bundled sample, local files or a hub id) into ``DatasetSplits``.
+
+Every mistake a user can fix (a missing file, a wrong column, an empty text, a label that only
+the test split has...) raises ``UserError`` naming the file, what was found and how to fix it,
+before any model work starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from emotion_exp.config import BUNDLED_SAMPLE, DataConfig
+from emotion_exp.errors import UserError
+
+STUDY_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+SPLITS = ("train", "validation", "test")
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
+SAMPLE_NAME = "emotion-sample"
+
+_SAMPLE_DIR = Path(__file__).with_name("sample")
+_SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+# A hub id is "name" or "owner/name"; anything else that does not exist is a missing path.
+_HUB_ID = re.compile(r"[\w-][\w.-]*(/[\w-][\w.-]*)?")
+_HUB_TIMEOUT_S = 10.0
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_SHOWN = 5
+_DATASET_FORMS = (
+    "expected 'sample' (the bundled sample), a CSV/TSV/JSONL/Parquet file, a folder with "
+    "train/validation/test files, or a hub id such as 'dair-ai/emotion'"
+)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class DatasetSplits:
+    """The three splits with integer labels indexing one shared ``label_names``."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    label_names: tuple[str, ...]
+    source: str
+    name: str
+
+    def split(self, name: str) -> pd.DataFrame:
+        """The split called ``name`` (one of ``SPLITS``)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {name!r}")
+        return getattr(self, name)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of every split's texts and labels and the label names: equal data, equal digest.
+
+        Runs are matched by it (feature reuse, champion comparison), so it ignores where the
+        data came from and JSON-encodes the values so that no two datasets share an encoding.
+        """
+        sha = hashlib.sha256(json.dumps(list(self.label_names)).encode())
+        for name in SPLITS:
+            frame = self.split(name)
+            payload = [name, frame["text"].tolist(), frame["label"].tolist()]
+            sha.update(json.dumps(payload, ensure_ascii=False).encode())
+        return sha.hexdigest()
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{name}={len(self.split(name))}" for name in SPLITS)
+        return f"DatasetSplits(name={self.name!r}, {sizes}, label_names={self.label_names})"
+
+
+def load_splits(config: DataConfig) -> DatasetSplits:
+    """Resolve ``config.dataset`` and return validated, label-encoded, capped splits."""
+    spec = config.dataset
+    if spec == BUNDLED_SAMPLE:
+        return _from_folder(_SAMPLE_DIR, config, SAMPLE_NAME)
+    path = Path(spec).expanduser()
+    if spec.strip() and path.is_dir():
+        return _from_folder(path, config, path.resolve().name)
+    if path.is_file():
+        return _from_file(path, config)
+    if not spec.strip() or path.suffix.lower() in SUFFIXES or not _HUB_ID.fullmatch(spec):
+        raise UserError(f"Dataset path {spec!r} does not exist; {_DATASET_FORMS}.")
+    frames, known_names = _read_hub(config)
+    frames, label_names = _encode(frames, known_names)
+    return _assemble(frames, label_names, config, source=spec, name=spec)
+
+
+def read_texts(path: str | Path, text_column: str = "text") -> pd.DataFrame:
+    """Read a file of texts to label, keeping every column so outputs can carry them along.
+
+    A ``.txt`` file holds one text a line (blank lines ignored) and gives a ``text`` column.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"Input file '{path}' does not exist; expected a CSV, TSV, JSON Lines, Parquet or "
+            ".txt (one text a line) file."
+        )
+    column = "text" if _suffix(path) == ".txt" else text_column
+    frame = _read_table(path, txt_columns=(column,))
+    _check_columns(frame, str(path), {column: "--text_column"})
+    _check_texts(frame[column], str(path), _unit(path))
+    return frame.reset_index(drop=True)
+
+
+# --- resolving the three sources -------------------------------------------------------------
+
+
+def _from_folder(folder: Path, config: DataConfig, name: str) -> DatasetSplits:
+    files = _split_files(folder)
+    frames = {split: _read_labelled(files[split], config) for split in SPLITS}
+    frames, label_names = _encode(frames, None)
+    return _assemble(frames, label_names, config, source=str(folder.resolve()), name=name)
+
+
+def _from_file(path: Path, config: DataConfig) -> DatasetSplits:
+    whole, label_names = _encode({"train": _read_labelled(path, config)}, None)
+    frames = _stratified_split(whole["train"], label_names, config, str(path))
+    return _assemble(frames, label_names, config, source=str(path.resolve()), name=path.stem)
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    """The train, validation (or val) and test file of ``folder``, in any supported format."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    found = {}
+    for split, stems in _SPLIT_STEMS.items():
+        matches = [p for p in files if p.stem.lower() in stems and _suffix(p) in SUFFIXES]
+        if len(matches) > 1:
+            raise UserError(
+                f"Folder '{folder}' has several {split} files ({', '.join(p.name for p in matches)}); "
+                "keep exactly one."
+            )
+        if matches:
+            found[split] = matches[0]
+    missing = [split for split in SPLITS if split not in found]
+    if missing:
+        listing = ", ".join(p.name for p in files[:10]) + (", ..." if len(files) > 10 else "")
+        raise UserError(
+            f"Folder '{folder}' has no {' or '.join(missing)} file (found: {listing or 'no files'}); "
+            f"expected files named train, validation (or val) and test ending in {', '.join(SUFFIXES)}."
+        )
+    return found
+
+
+def _read_hub(config: DataConfig) -> tuple[dict[str, pd.DataFrame], tuple[str, ...] | None]:
+    """Load a hub dataset, failing at once (no retries) when the hub cannot be reached."""
+    import datasets
+
+    spec = config.dataset
+    if any(_is_set(os.environ.get(variable)) for variable in _OFFLINE_VARIABLES):
+        # datasets reads the offline switch when imported; set later, it would retry online.
+        if not datasets.config.HF_HUB_OFFLINE:
+            raise _hub_error(spec, "offline mode was switched on after the datasets library loaded")
+    else:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HFValidationError, HTTPError
+
+        try:
+            HfApi().dataset_info(spec, timeout=_HUB_TIMEOUT_S)
+        except (HTTPError, OSError, HFValidationError) as err:
+            raise _hub_error(spec, _describe(err)) from err
+    try:
+        loaded = datasets.load_dataset(spec)
+    except OSError as err:  # ConnectionError, DatasetNotFoundError (a FileNotFoundError)
+        raise _hub_error(spec, _describe(err)) from err
+    keys = {split: next((s for s in _SPLIT_STEMS[split] if s in loaded), None) for split in SPLITS}
+    if None in keys.values():
+        raise UserError(
+            f"Hub dataset {spec!r} has splits {', '.join(loaded)}; expected train, validation "
+            "(or val) and test: save it as a folder of split files and pass that folder."
+        )
+    feature = loaded[keys["train"]].features.get(config.label_column)
+    known_names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    frames = {}
+    for split, key in keys.items():
+        frame = loaded[key].to_pandas()
+        frame.index = pd.RangeIndex(1, len(frame) + 1)
+        frames[split] = _validated(frame, f"Split {key!r} of hub dataset {spec!r}", "row", config)
+    return frames, known_names
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+
+
+def _hub_error(spec: str, reason: str) -> UserError:
+    return UserError(
+        f"Could not load dataset {spec!r} from the Hugging Face Hub ({reason}), and no local "
+        "file or folder has that name; to work offline use the bundled sample (--dataset sample) "
+        "or a local file (--dataset path/to/data.csv)."
+    )
+
+
+def _is_set(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def _read_labelled(path: Path, config: DataConfig) -> pd.DataFrame:
+    frame = _read_table(path, txt_columns=(config.text_column, config.label_column))
+    return _validated(frame, str(path), _unit(path), config)
+
+
+def _read_table(path: Path, txt_columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read one file into a frame indexed by line number (row number for Parquet).
+
+    ``txt_columns`` names the columns of a ``.txt`` file: one name reads each line as a text,
+    two read the original release's ``text;label`` lines, split at the last ';'.
+    """
+    suffix = _suffix(path)
+    if suffix not in SUFFIXES:
+        raise UserError(
+            f"'{path}' has the unsupported extension {suffix or '(none)'!r}; supported: "
+            f"{', '.join(SUFFIXES)}."
+        )
+    if path.stat().st_size == 0:
+        raise _empty(path)
+    if suffix in (".csv", ".tsv"):
+        frame = _read_delimited(path, suffix)
+    elif suffix in (".jsonl", ".json"):
+        frame = _read_json_lines(path)
+    elif suffix == ".parquet":
+        frame = _read_parquet(path)
+    else:
+        frame = _read_txt(path, txt_columns)
+    if frame.empty:
+        raise _empty(path)
+    return frame
+
+
+def _read_delimited(path: Path, suffix: str) -> pd.DataFrame:
+    # TSV texts keep stray quote characters: no quote processing, so rows in = rows out.
+    # dtype=str and keep_default_na=False keep texts such as "NA", "null" or "123" as text;
+    # blank lines are dropped after reading so that the index holds true line numbers.
+    quoting = {"sep": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+    try:
+        frame = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig", **quoting
+        )
+    except pd.errors.EmptyDataError as err:
+        raise _empty(path) from err
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+    except pd.errors.ParserError as err:
+        raise UserError(
+            f"Could not parse '{path}': {str(err).strip()}; fix the delimiters or quotes on that "
+            "line, or remove it."
+        ) from err
+    frame.index = pd.RangeIndex(2, len(frame) + 2)  # line 1 is the header
+    blank = frame.apply(lambda column: column.fillna("").str.strip().eq("")).all(axis=1)
+    return frame[~blank]
+
+
+def _read_json_lines(path: Path) -> pd.DataFrame:
+    records, numbers = [], []
+    for number, line in _text_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(
+                f"Could not parse '{path}': line {number} is not valid JSON ({err.msg}); expected "
+                "JSON Lines, one object per line."
+            ) from err
+        if not isinstance(record, dict):
+            raise UserError(
+                f"Could not parse '{path}': line {number} holds a JSON {type(record).__name__}; "
+                "expected JSON Lines, one object per line."
+            )
+        records.append(record)
+        numbers.append(number)
+    return pd.DataFrame(records, index=numbers)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except ValueError as err:  # pyarrow's ArrowInvalid
+        raise UserError(f"Could not read '{path}' as Parquet ({err}); check that it is a Parquet file.") from err
+    return frame.set_axis(pd.RangeIndex(1, len(frame) + 1))
+
+
+def _read_txt(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    lines = _text_lines(path)
+    numbers = [number for number, _ in lines]
+    if len(columns) == 1:
+        return pd.DataFrame({columns[0]: [line for _, line in lines]}, index=numbers)
+    rows = []
+    for number, line in lines:
+        text, separator, label = line.rpartition(";")
+        if not separator:
+            raise UserError(
+                f"Could not parse '{path}': line {number} has no ';'; expected one 'text;label' "
+                "per line."
+            )
+        rows.append((text, label))
+    return pd.DataFrame(rows, columns=list(columns), index=numbers)
+
+
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a UTF-8 file with their 1-based line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+    return [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def _unit(path: Path) -> str:
+    return "row" if _suffix(path) == ".parquet" else "line"
+
+
+def _empty(path: Path) -> UserError:
+    return UserError(f"'{path}' is empty: it has no rows of data; fill it or point to another file.")
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> UserError:
+    return UserError(f"'{path}' is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8.")
+
+
+# --- validation and label encoding -----------------------------------------------------------
+
+
+def _validated(frame: pd.DataFrame, origin: str, unit: str, config: DataConfig) -> pd.DataFrame:
+    """``text`` and normalised ``label`` columns, indexed like ``frame``, after every check."""
+    _check_columns(frame, origin, {config.text_column: "--text_column", config.label_column: "--label_column"})
+    texts = frame[config.text_column]
+    _check_texts(texts, origin, unit)
+    labels = frame[config.label_column].map(_label_value)
+    bad = labels.isna()
+    if bad.any():
+        raise UserError(
+            f"{origin} has {int(bad.sum())} empty or invalid label(s) in column "
+            f"{config.label_column!r} ({_where(labels.index[bad.to_numpy()], unit)}); every row needs a label "
+            "name or an integer id: fill in or remove those rows."
+        )
+    return pd.DataFrame({"text": texts.astype(str), "label": labels.astype(object)}, index=frame.index)
+
+
+def _check_columns(frame: pd.DataFrame, origin: str, flags: dict[str, str]) -> None:
+    missing = [column for column in flags if column not in frame.columns]
+    if missing:
+        found = ", ".join(str(column) for column in frame.columns)
+        raise UserError(
+            f"{origin} has no column {' or '.join(map(repr, missing))} (columns found: {found}); "
+            f"name the right column with {' and '.join(flags[column] for column in missing)}."
+        )
+
+
+def _check_texts(texts: pd.Series, origin: str, unit: str) -> None:
+    bad = ~texts.map(lambda value: isinstance(value, str) and not value.isspace() and value != "").astype(bool)
+    if bad.any():
+        raise UserError(
+            f"{origin} has {int(bad.sum())} empty or non-text value(s) in column {texts.name!r} "
+            f"({_where(texts.index[bad.to_numpy()], unit)}); every row needs a non-empty text: fill in or "
+            "remove those rows."
+        )
+
+
+def _where(numbers: Iterable[Any], unit: str) -> str:
+    numbers = [str(number) for number in numbers]
+    shown = ", ".join(numbers[:_SHOWN]) + (", ..." if len(numbers) > _SHOWN else "")
+    return f"{unit}{'s' if len(numbers) > 1 else ''} {shown}"
+
+
+def _label_value(value: Any) -> int | str | None:
+    """A label as an integer id or a stripped name; None when empty or neither."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else None
+    if isinstance(value, str):
+        name = value.strip()
+        if name.isascii() and name.isdigit():
+            return int(name)
+        return name or None
+    return None
+
+
+def _encode(
+    frames: dict[str, pd.DataFrame], known_names: tuple[str, ...] | None
+) -> tuple[dict[str, pd.DataFrame], tuple[str, ...]]:
+    """Replace labels by ids into one ``label_names`` built from train (or the hub's names)."""
+    labels = {split: frame["label"] for split, frame in frames.items()}
+    if known_names is not None:
+        label_names = known_names
+        ids = {index: index for index in range(len(known_names))}
+    elif all(isinstance(value, int) for series in labels.values() for value in series):
+        found = sorted(set(labels["train"]))
+        study = found == list(range(len(STUDY_LABELS)))
+        label_names = STUDY_LABELS if study else tuple(str(value) for value in found)
+        ids = {value: index for index, value in enumerate(found)}
+    else:
+        labels = {split: series.map(str) for split, series in labels.items()}
+        names = set(labels["train"])
+        label_names = STUDY_LABELS if names == set(STUDY_LABELS) else tuple(sorted(names))
+        ids = {name: index for index, name in enumerate(label_names)}
+    if len(label_names) < 2:
+        raise UserError(
+            f"Only one class ({label_names[0]!r}) found in the training data; classification needs "
+            "at least two: check --label_column or add rows of the other classes."
+        )
+    encoded = {}
+    for split, series in labels.items():
+        unknown = sorted(set(series) - ids.keys(), key=str)
+        if unknown and known_names is not None:
+            raise UserError(
+                f"The {split} split has label id(s) {_listed(unknown)} outside 0..{len(ids) - 1}, "
+                f"the ids of the dataset's label names ({', '.join(label_names)}); fix those labels."
+            )
+        if unknown:
+            raise UserError(
+                f"The {split} split has label(s) {_listed(unknown)} that the train split lacks "
+                f"(train has: {', '.join(label_names)}); fix those labels or add the classes to train."
+            )
+        codes = series.map(ids).to_numpy(dtype=np.int64)
+        encoded[split] = pd.DataFrame({"text": frames[split]["text"], "label": codes}, index=series.index)
+    return encoded, label_names
+
+
+def _listed(values: list[Any]) -> str:
+    return ", ".join(map(repr, values[:10])) + (", ..." if len(values) > 10 else "")
+
+
+# --- splitting and capping -------------------------------------------------------------------
+
+
+def _stratified_split(
+    frame: pd.DataFrame, label_names: tuple[str, ...], config: DataConfig, origin: str
+) -> dict[str, pd.DataFrame]:
+    """Split one file into train/validation/test by stratified sampling, reproducibly by seed."""
+    counts = frame["label"].value_counts().sort_index()
+    rare = counts[counts < 3]
+    if len(rare):
+        classes = ", ".join(f"{label_names[label]!r} ({count})" for label, count in rare.items())
+        raise UserError(
+            f"{origin} has too few rows of class(es) {classes} to split: stratified splitting into "
+            "train, validation and test needs at least 3 rows per class; add rows, remove those "
+            "classes, or pass a folder with ready-made train/validation/test files."
+        )
+    total, classes = len(frame), len(counts)
+    n_test = int(config.test_fraction * total + 0.5)
+    n_validation = int(config.validation_fraction * total + 0.5)
+    sizes = {"train": total - n_test - n_validation, "validation": n_validation, "test": n_test}
+    if min(sizes.values()) < classes:
+        shown = ", ".join(f"{size} {split}" for split, size in sizes.items())
+        raise UserError(
+            f"{origin} has {total} rows, which split into {shown}; stratified splitting needs at "
+            f"least one row per class ({classes}) in each split: add rows or change "
+            "--validation_fraction / --test_fraction."
+        )
+    rest, test = train_test_split(frame, test_size=n_test, stratify=frame["label"], random_state=config.seed)
+    try:
+        train, validation = train_test_split(
+            rest, test_size=n_validation, stratify=rest["label"], random_state=config.seed
+        )
+    except ValueError as err:  # the checks above leave only this: a class with one row in ``rest``
+        raise UserError(
+            f"Could not split {origin} by stratified sampling: after the {n_test} test rows, a class "
+            f"had one row left for train and validation, which need one each ({err}); add rows of "
+            "the rarest classes or lower --test_fraction."
+        ) from err
+    return {"train": train.sort_index(), "validation": validation.sort_index(), "test": test.sort_index()}
+
+
+def _assemble(
+    frames: dict[str, pd.DataFrame], label_names: tuple[str, ...], config: DataConfig, source: str, name: str
+) -> DatasetSplits:
+    capped = {split: _cap(frames[split], config.max_samples, config.seed) for split in SPLITS}
+    return DatasetSplits(**capped, label_names=tuple(label_names), source=source, name=name)
+
+
+def _cap(frame: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
+    """At most ``limit`` rows (0 = all), drawn per class in proportion, each class kept if it fits."""
+    if limit == 0 or len(frame) <= limit:
+        return frame.reset_index(drop=True)
+    labels = frame["label"].to_numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    each = 1 if limit >= len(classes) else 0
+    quotas = each + _apportion(counts - each, limit - each * len(classes))
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quotas)]
+    return frame.iloc[np.sort(np.concatenate(chosen))].reset_index(drop=True)
+
+
+def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
+    """Whole shares of ``total`` in proportion to ``weights`` (largest remainders round up)."""
+    if total == 0:
+        return np.zeros_like(weights)
+    exact = weights * total / weights.sum()
+    shares = np.floor(exact).astype(weights.dtype)
+    shares[np.argsort(shares - exact, kind="stable")[: total - shares.sum()]] += 1
+    return shares

@@ -1,0 +1,148 @@
+"""The text -> label models that ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` load.
+
+Every model here takes a DataFrame with a ``text`` column or a list of strings and returns a
+DataFrame with ``label`` and one probability column per label name (``prob_<label>``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+TEXT_COLUMN = "text"
+
+
+def probability_column(label: str) -> str:
+    """Name of the output column holding a label's probability."""
+    return f"prob_{label}"
+
+
+def texts_from_input(model_input: Any) -> list[str]:
+    """Accept a DataFrame with a ``text`` column, a one-column DataFrame, a Series or a list of strings."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN in model_input.columns:
+            values = model_input[TEXT_COLUMN]
+        elif model_input.shape[1] == 1:
+            values = model_input.iloc[:, 0]
+        else:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"Expected a DataFrame with a '{TEXT_COLUMN}' column; found columns {list(model_input.columns)}."
+            )
+    elif isinstance(model_input, (pd.Series, list, tuple, np.ndarray)):
+        values = pd.Series(list(np.asarray(model_input, dtype=object).ravel()))
+    elif isinstance(model_input, str):
+        values = pd.Series([model_input])
+    else:
+        raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+            f"Expected a DataFrame with a '{TEXT_COLUMN}' column or a list of strings; got {type(model_input).__name__}."
+        )
+    bad = [i for i, value in enumerate(values) if not isinstance(value, str)]
+    if bad:
+        raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+            f"Expected every text to be a string; rows {bad[:5]} are not."
+        )
+    return list(values)
+
+
+def predictions_frame(probabilities: np.ndarray, label_names: Sequence[str]) -> pd.DataFrame:
+    """``label`` (the most probable name) plus one probability column per label."""
+    frame = pd.DataFrame(probabilities.astype(np.float64), columns=[probability_column(n) for n in label_names])
+    frame.insert(0, "label", np.asarray(label_names, dtype=object)[probabilities.argmax(axis=1)])
+    return frame
+
+
+def signature(label_names: Sequence[str]) -> ModelSignature:
+    """Input: a ``text`` string column; output: ``label`` and one double per label."""
+    outputs = [ColSpec("string", "label")] + [ColSpec("double", probability_column(n)) for n in label_names]
+    return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema(outputs))
+
+
+INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared of what comes next"]})
+
+
+MODEL_NAME = "model"
+
+
+class TransformerClassifier(mlflow.pyfunc.PythonModel):
+    """A fine-tuned transformers sequence classifier with its tokenizer: texts in, label and probabilities out.
+
+    Its one artifact (``classifier``) is the folder ``save_pretrained`` wrote, so loading needs
+    no hub; the label names come from the model's ``id2label``. Texts are predicted in
+    length-sorted batches under ``torch.inference_mode``, in bf16 where the hardware runs it
+    natively (``precision="auto"``), with probabilities computed in fp32.
+    """
+
+    ARTIFACT = "classifier"
+
+    def __init__(self, max_length: int = 128, batch_size: int = 64, precision: str = "auto") -> None:
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.precision = precision
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from emotion_exp import batching, models
+
+        folder = context.artifacts[self.ARTIFACT]
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._model = AutoModelForSequenceClassification.from_pretrained(folder).eval().to(batching.best_device())
+        config = self._model.config
+        self._label_names = [config.id2label[i] for i in range(config.num_labels)]
+        self._precision = models.resolve_precision(self.precision)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        import torch
+
+        from emotion_exp import batching
+
+        texts = texts_from_input(model_input)
+        probabilities = np.zeros((len(texts), len(self._label_names)), dtype=np.float32)
+        if texts:
+            tokenized = batching.tokenize(texts, self._tokenizer, self.max_length)
+            device = next(self._model.parameters()).device
+            with torch.inference_mode(), batching.autocast(self._precision, device):
+                for positions, batch in batching.sorted_batches(tokenized, self._tokenizer, self.batch_size):
+                    logits = self._model(**batch.to(device)).logits
+                    probabilities[positions] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return predictions_frame(probabilities, self._label_names)
+
+
+def requirements(*packages: str) -> list[str]:
+    """Pinned pip requirements of mlflow, pandas, numpy and ``packages`` as installed here.
+
+    Given explicitly, MLflow skips inferring them, which loads the model once more in a subprocess.
+    """
+    from importlib.metadata import version
+
+    names = ("mlflow", "pandas", "numpy", *packages)
+    # Local version labels (torch's "+cpu") are not on the public index.
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
+
+
+def log_model(
+    python_model: mlflow.pyfunc.PythonModel,
+    label_names: Sequence[str],
+    *,
+    artifacts: dict[str, str] | None = None,
+    packages: Sequence[str] = (),
+) -> str:
+    """Log ``python_model`` as the active run's ``model`` with signature and input example; return its URI.
+
+    ``artifacts`` (name -> local path) are copied from disk, so no second copy of the weights
+    is built in memory; ``packages`` are the pip packages the model needs beyond MLflow's own.
+    """
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=python_model,
+        artifacts=artifacts,
+        signature=signature(label_names),
+        input_example=INPUT_EXAMPLE,
+        pip_requirements=requirements(*packages),
+    )
+    return info.model_uri

@@ -1,0 +1,55 @@
+"""`mlflow run` end to end for the dummy entry point, read back from a temporary store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def mlflow_run(entry_point: str, experiment: str, tracking_uri: str, *params: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run an entry point with `mlflow run . --env-manager local` in a subprocess."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # The launcher takes the experiment from its flag; the test's own env would contradict it.
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [
+        sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "-e", entry_point,
+        "--env-manager", "local", "--experiment-name", experiment,
+    ]
+    for param in params:
+        command += ["-P", param]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_mlflow_run_dummy_leaves_a_finished_run(tracking_uri: str, isolated_mlflow: str) -> None:
+    result = mlflow_run("dummy", isolated_mlflow, tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "dummy"
+    assert run.data.tags["mlflow.project.entryPoint"] == "dummy"
+    assert {"val_accuracy", "val_f1_weighted", "test_accuracy"} <= set(run.data.metrics)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert "plots/label_distribution.png" in artifacts
+    assert len(run.inputs.dataset_inputs) == 3
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_a_bad_parameter_fails_the_run_with_the_reason(tracking_uri: str, isolated_mlflow: str) -> None:
+    result = mlflow_run("dummy", isolated_mlflow, tracking_uri, "strategy=sometimes")
+    assert result.returncode != 0
+    assert "--strategy must be one of" in result.stderr
+    assert "Traceback (most recent call last)" not in result.stderr.split("mlflow.exceptions")[0]
+    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+    assert run.info.status == "FAILED"
+    assert "--strategy must be one of" in run.data.tags["error"]
