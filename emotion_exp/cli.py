@@ -144,7 +144,7 @@ _stage_command(
 _stage_command(
     "tfidf",
     "tfidf",
-    "Fit the TF-IDF word and character n-gram baseline with logistic regression on raw text.",
+    "Fit the TF-IDF word and character n-gram baseline with a calibrated linear SVM on raw text.",
 )
 _stage_command(
     "finetune",

@@ -100,9 +100,9 @@ class DummyConfig(DataConfig):
 
 @dataclass(frozen=True)
 class TfidfConfig(DataConfig):
-    """TF-IDF word and character n-grams with logistic regression on raw text."""
+    """TF-IDF word and character n-grams with a calibrated linear SVM on raw text."""
 
-    C: float = option(10.0, "Inverse regularisation strength of the logistic regression.", minimum=0, exclusive_minimum=True)
+    C: float = option(1.0, "Inverse regularisation strength of the linear SVM.", minimum=0, exclusive_minimum=True)
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
     registered_model: str = option("", "Register the model under this name ('' = do not register).")
 
@@ -162,6 +162,8 @@ class FinetuneConfig(EncoderConfig):
         super().__post_init__()
         if self.precision == "int8":
             raise UserError("--precision int8 is for extraction and prediction; fine-tuning takes auto, fp32 or bf16.")
+        if not self.warmup < 1:
+            raise UserError(f"--warmup is a fraction of the training steps, at least 0 and below 1; got {self.warmup!r}.")
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,16 @@ def probability_column(label: str) -> str:
 
 
 def texts_from_input(model_input: Any) -> list[str]:
-    """Accept a DataFrame with a ``text`` column, a one-column DataFrame, a Series or a list of strings."""
+    """Accept a DataFrame with a ``text`` column, a Series or a list of strings.
+
+    MLflow hands a list of strings over as a DataFrame with the single unnamed column ``0``
+    (the signature's input is an unnamed string column so that lists pass its check); any
+    other DataFrame must name its ``text`` column.
+    """
     if isinstance(model_input, pd.DataFrame):
         if TEXT_COLUMN in model_input.columns:
             values = model_input[TEXT_COLUMN]
-        elif model_input.shape[1] == 1:
+        elif list(model_input.columns) == [0]:
             values = model_input.iloc[:, 0]
         else:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
@@ -57,9 +62,13 @@ def predictions_frame(probabilities: np.ndarray, label_names: Sequence[str]) -> 
 
 
 def signature(label_names: Sequence[str]) -> ModelSignature:
-    """Input: a ``text`` string column; output: ``label`` and one double per label."""
+    """Input: strings (a ``text`` column or a plain list); output: ``label`` and one double per label.
+
+    The input column is unnamed because MLflow checks a named one before the model sees the
+    data and refuses a plain list of strings; ``texts_from_input`` enforces the ``text`` name.
+    """
     outputs = [ColSpec("string", "label")] + [ColSpec("double", probability_column(n)) for n in label_names]
-    return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema(outputs))
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema(outputs))
 
 
 INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared of what comes next"]})
@@ -111,6 +120,79 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
                     logits = self._model(**batch.to(device)).logits
                     probabilities[positions] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return predictions_frame(probabilities, self._label_names)
+
+
+class ProbeClassifier(mlflow.pyfunc.PythonModel):
+    """The probe from raw text: the encoder's pooled features, then the fitted scikit-learn pipeline.
+
+    Its one artifact (``encoder``) is the encoder and tokenizer folder ``save_pretrained``
+    wrote, so loading needs no hub; the pipeline travels pickled inside the model. Features are
+    made exactly as at training time (same pooling and max_length; length-sorted batches under
+    ``torch.inference_mode``); ``precision="auto"`` resolves on the machine that loads the model.
+    """
+
+    ARTIFACT = "encoder"
+
+    def __init__(
+        self,
+        pipeline: Any,
+        label_names: Sequence[str],
+        *,
+        pooling: str,
+        max_length: int,
+        batch_size: int = 64,
+        precision: str = "auto",
+    ) -> None:
+        self.pipeline = pipeline
+        self.label_names = tuple(label_names)
+        self.pooling = pooling
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.precision = precision
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from emotion_exp import features
+
+        folder = context.artifacts[self.ARTIFACT]
+        self._encoder = features.encoder_from(
+            AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder), self.precision
+        )
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from emotion_exp import baselines, features
+
+        texts = texts_from_input(model_input)
+        if not texts:
+            return predictions_frame(np.zeros((0, len(self.label_names))), self.label_names)
+        extraction = features.extract(
+            texts,
+            self._encoder,
+            pooling=self.pooling,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            progress=False,
+        )
+        probabilities = baselines.predict_proba(self.pipeline, extraction.features, len(self.label_names))
+        return predictions_frame(probabilities, self.label_names)
+
+
+class TextPipelineClassifier(mlflow.pyfunc.PythonModel):
+    """A scikit-learn pipeline that takes raw texts (the TF-IDF baseline), pickled inside the model."""
+
+    def __init__(self, pipeline: Any, label_names: Sequence[str]) -> None:
+        self.pipeline = pipeline
+        self.label_names = tuple(label_names)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from emotion_exp import baselines
+
+        texts = texts_from_input(model_input)
+        if not texts:
+            return predictions_frame(np.zeros((0, len(self.label_names))), self.label_names)
+        probabilities = baselines.predict_proba(self.pipeline, texts, len(self.label_names))
+        return predictions_frame(probabilities, self.label_names)
 
 
 def requirements(*packages: str) -> list[str]:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
-from emotion_exp import plots, tracking
-from emotion_exp.config import DummyConfig, MainConfig, subset
-from emotion_exp.stages import dummy
+from emotion_exp import data, plots, tracking
+from emotion_exp.config import (
+    DataConfig,
+    DummyConfig,
+    ExtractConfig,
+    FinetuneConfig,
+    MainConfig,
+    ProbeConfig,
+    PromoteConfig,
+    TfidfConfig,
+    subset,
+)
+from emotion_exp.stages import dummy, extract, finetune, probe, promote, tfidf
 
 COMPARED_METRICS = ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted")
 
@@ -14,10 +26,23 @@ COMPARED_METRICS = ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_acc
 def run(config: MainConfig) -> str:
     """Run every stage as a child of one parent run; log the comparison table and chart."""
     with tracking.stage_run("main", config) as parent:
+        splits = data.load_splits(subset(config, DataConfig))
+        tracking.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
+        # Extract first (reusing a finished extract run with the same key); the probe reads its features.
+        features_run_id = extract.run(subset(config, ExtractConfig))
+        tracking.set_tags({"features_run_id": features_run_id})
         children = {
             "dummy": dummy.run(subset(config, DummyConfig)),
+            # Baselines are not registered here: promote registers whichever run is best.
+            "probe": probe.run(
+                dataclasses.replace(subset(config, ProbeConfig), features_run_id=features_run_id, registered_model="")
+            ),
+            "tfidf": tfidf.run(dataclasses.replace(subset(config, TfidfConfig), registered_model="")),
+            "finetune": finetune.run(dataclasses.replace(subset(config, FinetuneConfig), registered_model="")),
         }
         log_comparison(children)
+        if config.registered_model:
+            promote.run(subset(config, PromoteConfig))
         return parent.info.run_id
 
 

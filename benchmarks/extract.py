@@ -1,0 +1,164 @@
+"""Feature extraction: the study's method against ours, on the same texts, in one run.
+
+The study tokenized each whole split padded to its longest text and ran batches of 1,000 in
+fp32, taking the [CLS] state. Ours sorts texts by token length and pads per batch, under
+``torch.inference_mode``, in exact fp32 and in the precision ``auto`` picks here (bf16 where the
+CPU runs it natively), plus dynamic int8. Throughput counts tokenization and forward passes.
+
+    python benchmarks/extract.py            # 16,000 texts (the bundled sample resampled)
+    python benchmarks/extract.py --quick    # 1,000 texts, CI-sized
+    python benchmarks/extract.py --accuracy # also the probe's validation accuracy per precision
+    python benchmarks/extract.py --track    # also log the figures (experiment 'benchmarks')
+
+On a shared machine other processes distort timings: each method runs ``--repeats`` times,
+interleaved, and the best run counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _model  # noqa: E402
+
+from emotion_exp import baselines, data, features, models  # noqa: E402
+from emotion_exp.config import DEFAULT_MODEL, DataConfig  # noqa: E402
+
+STUDY_BATCH = 1000
+
+
+@dataclass
+class Result:
+    name: str
+    texts_per_second: float = 0.0
+    features: np.ndarray | None = None
+
+
+def sample_texts(count: int, seed: int) -> list[str]:
+    """The bundled sample (all splits) resampled to ``count`` texts: emotion-like lengths, offline."""
+    splits = data.load_splits(DataConfig())
+    texts = [t for name in ("train", "validation", "test") for t in splits.split(name)["text"]]
+    return [texts[i] for i in np.random.default_rng(seed).choice(len(texts), size=count, replace=True)]
+
+
+def study_method(texts: list[str], encoder: features.Encoder) -> tuple[float, np.ndarray]:
+    """The study's extraction: one padding length for the whole split, batches of 1,000, fp32, cls."""
+    import torch
+
+    start = time.perf_counter()
+    encoded = encoder.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    outputs = []
+    with torch.no_grad():
+        for first in range(0, len(texts), STUDY_BATCH):
+            batch = {k: v[first : first + STUDY_BATCH] for k, v in encoded.items()}
+            outputs.append(encoder.model(**batch).last_hidden_state[:, 0].numpy())
+    seconds = time.perf_counter() - start
+    return len(texts) / seconds, np.concatenate(outputs)
+
+
+def our_method(texts: list[str], encoder: features.Encoder, batch_size: int) -> tuple[float, np.ndarray]:
+    extraction = features.extract(texts, encoder, pooling="cls", batch_size=batch_size, progress=False)
+    return extraction.texts_per_second, extraction.features
+
+
+def probe_accuracy(encoder: features.Encoder, batch_size: int, pooling: str) -> float:
+    """Validation accuracy of the probe on the bundled sample with features from ``encoder``."""
+    splits = data.load_splits(DataConfig())
+    train, validation = (
+        features.extract(splits.split(n)["text"].tolist(), encoder, pooling=pooling, batch_size=batch_size, progress=False)
+        for n in ("train", "validation")
+    )
+    pipeline = baselines.fit_probe(train.features, splits.train["label"].to_numpy())
+    return float((pipeline.predict(validation.features) == splits.validation["label"].to_numpy()).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--texts", type=int, default=16_000, help="Texts to extract (default 16,000).")
+    parser.add_argument("--quick", action="store_true", help="A CI-sized run: 1,000 texts.")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--batch_size", type=int, default=32, help="Our batch size (the study's is 1,000).")
+    parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the best counts.")
+    parser.add_argument("--accuracy", action="store_true", help="Also fit the probe per precision (cls and mean).")
+    parser.add_argument("--track", action="store_true", help="Log the figures to the current MLflow store (experiment benchmarks).")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    count = 1000 if args.quick else args.texts
+
+    import torch
+
+    resolved = models.resolve(args.model)
+    tokenizer, model = models.load_tokenizer(resolved), models.load_encoder(resolved)
+    auto = models.resolve_precision("auto")
+    encoders = {
+        "fp32": features.encoder_from(tokenizer, model, "fp32"),
+        "auto": features.encoder_from(tokenizer, model, "auto"),
+        "int8": features.encoder_from(tokenizer, models.load_encoder(resolved), "int8"),
+    }
+    texts = sample_texts(count, args.seed)
+    lengths = np.array([len(ids) for ids in tokenizer(texts)["input_ids"]])
+    print(f"CPU: {models.cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"model: {args.model} ({resolved.source}); {count} texts, tokens mean {lengths.mean():.1f}, "
+          f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}; auto precision here: {auto}")
+
+    warmup = texts[:64]
+    study_method(warmup, encoders["fp32"])
+    for encoder in encoders.values():
+        our_method(warmup, encoder, args.batch_size)
+
+    results = {name: Result(name) for name in ("study fp32", "ours fp32", f"ours auto ({auto})", "ours int8")}
+    for _ in range(args.repeats):
+        runs = {
+            "study fp32": lambda: study_method(texts, encoders["fp32"]),
+            "ours fp32": lambda: our_method(texts, encoders["fp32"], args.batch_size),
+            f"ours auto ({auto})": lambda: our_method(texts, encoders["auto"], args.batch_size),
+            "ours int8": lambda: our_method(texts, encoders["int8"], args.batch_size),
+        }
+        for name, method in runs.items():
+            speed, values = method()
+            if speed > results[name].texts_per_second:
+                results[name].texts_per_second, results[name].features = speed, values
+
+    reference = results["study fp32"]
+    print(f"\n{'method':<20}{'texts/s':>10}{'ratio':>8}{'max |diff|':>12}{'min cosine':>12}")
+    for result in results.values():
+        diff = np.abs(result.features - reference.features).max()
+        cosine = (
+            (result.features * reference.features).sum(1)
+            / np.linalg.norm(result.features, axis=1)
+            / np.linalg.norm(reference.features, axis=1)
+        ).min()
+        print(f"{result.name:<20}{result.texts_per_second:>10.1f}{result.texts_per_second / reference.texts_per_second:>7.1f}x"
+              f"{diff:>12.2e}{cosine:>12.5f}")
+
+    accuracy = {}
+    if args.accuracy:
+        print("\nprobe validation accuracy on the bundled sample")
+        for pooling in ("cls", "mean"):
+            for name, encoder in encoders.items():
+                accuracy[f"{pooling}_{name}"] = probe_accuracy(encoder, args.batch_size, pooling)
+                print(f"  {pooling:<5}{name:<6}{accuracy[f'{pooling}_{name}']:.3f}")
+
+    if args.track:
+        speeds = {"study": reference.texts_per_second, "fp32": results["ours fp32"].texts_per_second,
+                  "auto": results[f"ours auto ({auto})"].texts_per_second, "int8": results["ours int8"].texts_per_second}
+        metrics = {f"{name}_texts_per_second": rate for name, rate in speeds.items()}
+        metrics |= {f"{name}_speedup": rate / speeds["study"] for name, rate in speeds.items() if name != "study"}
+        metrics |= {f"probe_val_accuracy_{name}": value for name, value in accuracy.items()}
+        with _model.store(track=True):
+            _model.log(
+                "extract",
+                {"model": args.model, "texts": count, "batch_size": args.batch_size, "repeats": args.repeats,
+                 "auto_precision": auto, "cpu": models.cpu_description()},
+                metrics,
+            )
+
+if __name__ == "__main__":
+    main()

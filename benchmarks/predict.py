@@ -1,0 +1,105 @@
+"""In-process prediction: our pyfunc model against transformers' text-classification pipeline.
+
+Both run the same saved fine-tuned model on the same texts in this process with the same batch
+size (64) and max length (128). The pyfunc model sorts texts by length before batching and
+uses bf16 where the CPU runs it natively; the pipeline batches in input order, in fp32 by
+default; it is also timed under bf16 autocast so the two effects can be told apart.
+
+    python benchmarks/predict.py [--quick] [--track] [--model-uri URI] [--model SPEC]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _model  # noqa: E402
+
+BATCH_SIZE = 64
+MAX_LENGTH = 128
+
+
+def texts_per_second(
+    contenders: dict[str, Callable[[list[str]], object]], texts: list[str], repeats: int
+) -> dict[str, float]:
+    """Median texts/s of each contender over ``repeats`` passes, after a warm-up on a few texts.
+
+    The passes are interleaved (one of each per round) so that load from other processes on
+    the machine slows every contender alike instead of whichever happened to run at the time.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for predict in contenders.values():
+        predict(texts[:16])
+    for _ in range(repeats):
+        for name, predict in contenders.items():
+            start = time.perf_counter()
+            predict(texts)
+            rates[name].append(len(texts) / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model.add_arguments(parser)
+    args = parser.parse_args()
+    count, repeats = (256, 2) if args.quick else (1000, 5)
+
+    with _model.store(args.track, model_uri=args.model_uri) as workdir:
+        import mlflow
+        import pandas as pd
+        import torch
+        from transformers import pipeline
+
+        from emotion_exp import models
+
+        uri = _model.model_uri(args, workdir)
+        texts = _model.texts(count)
+        model = mlflow.pyfunc.load_model(uri)
+        folder = _model.classifier_folder(uri)
+        pipe = pipeline("text-classification", model=str(folder), tokenizer=str(folder), device="cpu", top_k=None)
+
+        def run_pipeline(batch: list[str]) -> list:
+            return pipe(batch, batch_size=BATCH_SIZE, truncation=True, max_length=MAX_LENGTH)
+
+        def run_pipeline_bf16(batch: list[str]) -> list:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return run_pipeline(batch)
+
+        def run_pyfunc(batch: list[str]) -> pd.DataFrame:
+            return model.predict(pd.DataFrame({"text": batch}))
+
+        rates = texts_per_second(
+            {"pyfunc": run_pyfunc, "pipeline": run_pipeline, "pipeline_bf16": run_pipeline_bf16}, texts, repeats
+        )
+        ours, theirs, theirs_bf16 = rates["pyfunc"], rates["pipeline"], rates["pipeline_bf16"]
+        ours_labels = run_pyfunc(texts[:256])["label"].tolist()
+        their_labels = [max(scores, key=lambda s: s["score"])["label"] for scores in run_pipeline(texts[:256])]
+        agreement = sum(a == b for a, b in zip(ours_labels, their_labels)) / len(ours_labels)
+
+        print(f"cpu: {models.cpu_description()}; torch threads: {torch.get_num_threads()}")
+        print(f"model: {uri}; {count} texts, batch size {BATCH_SIZE}, max length {MAX_LENGTH}, median of {repeats}")
+        precision = models.resolve_precision("auto")
+        print(f"pyfunc (length-sorted batches, precision auto -> {precision}): {ours:8.1f} texts/s")
+        print(f"transformers pipeline, fp32:                                  {theirs:8.1f} texts/s")
+        print(f"transformers pipeline, bf16 autocast:                         {theirs_bf16:8.1f} texts/s")
+        print(f"ratio pyfunc / pipeline fp32: {ours / theirs:.2f}x; pyfunc / pipeline bf16: {ours / theirs_bf16:.2f}x")
+        print(f"same label as the fp32 pipeline on {agreement:.1%} of {len(ours_labels)} texts")
+        if args.track:
+            _model.log(
+                "predict",
+                {"model_uri": uri, "texts": count, "repeats": repeats, "batch_size": BATCH_SIZE,
+                 "cpu": models.cpu_description()},
+                {"pyfunc_texts_per_second": ours, "pipeline_texts_per_second": theirs,
+                 "pipeline_bf16_texts_per_second": theirs_bf16, "ratio_vs_pipeline": ours / theirs,
+                 "label_agreement": agreement},
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""Full fine-tuning with the transformers Trainer: dynamic padding, length grouping, bf16 where native.
+
+This module never imports mlflow: ``train`` takes Trainer callbacks, and the stage passes the
+one that logs (``tracking.trainer_callback``). Checkpoints go to one folder per run, each epoch
+and when the user interrupts (Ctrl-C or SIGTERM finish the current step, save, then stop), so
+an interrupted run continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from emotion_exp import batching, metrics, models
+from emotion_exp.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+
+    from emotion_exp.config import FinetuneConfig
+    from emotion_exp.data import DatasetSplits
+
+MODEL_FOLDER = "model"
+# The metric that early stopping (and the best checkpoint it reloads) goes by.
+BEST_METRIC = "eval_f1_weighted"
+# About this many training-loss points per epoch.
+LOSS_POINTS_PER_EPOCH = 20
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at the user's request after saving ``checkpoint``."""
+
+    def __init__(self, checkpoint: str | None) -> None:
+        super().__init__(f"training interrupted; last checkpoint: {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What the stage logs: the saved model, scores' inputs and how fast training went."""
+
+    model_dir: Path
+    """The fine-tuned model and its tokenizer, written by ``save_pretrained``."""
+    probabilities: dict[str, np.ndarray]
+    """Class probabilities per split (``validation``, ``test``), rows in the split's order."""
+    validation_embeddings: np.ndarray
+    """The fine-tuned encoder's [CLS] last hidden state of every validation text."""
+    precision: str
+    train_seconds: float
+    """Wall time of the Trainer's ``train`` in this process (evaluation and saving included)."""
+    train_samples_per_second: float
+    """Training texts per second over the training epochs alone (no evaluation, no saving)."""
+    global_step: int
+    truncated: dict[str, int]
+    """Texts per split that ``max_length`` cut."""
+    resumed_from: str | None
+
+
+def last_checkpoint(folder: str | Path) -> str | None:
+    """The newest complete ``checkpoint-<step>`` folder in ``folder``, or None.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without it was cut short
+    (the process was killed while saving) and cannot be resumed from.
+    """
+    complete = [
+        path
+        for path in Path(folder).glob("checkpoint-*")
+        if path.name.removeprefix("checkpoint-").isdigit() and (path / TRAINER_STATE_NAME).is_file()
+    ]
+    return str(max(complete, key=lambda path: int(path.name.removeprefix("checkpoint-")))) if complete else None
+
+
+def load_classifier(resolved: models.ResolvedModel, label_names: Sequence[str]) -> PreTrainedModel:
+    """The encoder with a fresh classification head whose labels are ``label_names``."""
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolved.location,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: index for index, name in enumerate(label_names)},
+        )
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"Model {resolved.spec!r} ({resolved.location}) could not be loaded as a sequence classifier: "
+            f"{error}. Pass an encoder folder written by save_pretrained or a hub id of an encoder."
+        ) from error
+
+
+def examples(
+    texts: Sequence[str], labels: Sequence[int], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Unpadded token ids with labels (the collator pads per batch), and how many texts were cut."""
+    tokenized = batching.tokenize(texts, tokenizer, max_length)
+    rows = [{"input_ids": ids, "labels": int(label)} for ids, label in zip(tokenized.input_ids, labels)]
+    return rows, tokenized.truncated
+
+
+def training_arguments(
+    config: FinetuneConfig,
+    output_dir: str | Path,
+    precision: str,
+    *,
+    steps_per_epoch: int,
+    evaluate: bool = True,
+    group_by_length: bool = True,
+) -> TrainingArguments:
+    """Our set-up: linear warm-up then decay, length-grouped batches, eval and a checkpoint each epoch."""
+    early_stopping = evaluate and config.early_stopping_patience > 0
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=float(config.warmup),
+        lr_scheduler_type="linear",
+        seed=config.seed,
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="epoch" if evaluate else "no",
+        save_total_limit=1,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model=BEST_METRIC if early_stopping else None,
+        logging_strategy="steps",
+        logging_steps=max(1, round(steps_per_epoch / LOSS_POINTS_PER_EPOCH)),
+        logging_first_step=True,
+        report_to="none",
+        log_level="warning",
+        disable_tqdm=False,
+    )
+
+
+def _compute_metrics(label_names: Sequence[str]):  # noqa: ANN202 - a Trainer hook
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        scores = metrics.evaluate(prediction.label_ids, np.argmax(prediction.predictions, axis=-1), label_names)
+        return {"accuracy": scores.accuracy, "f1_weighted": scores.f1_weighted}
+
+    return compute
+
+
+class Stopwatch(TrainerCallback):
+    """Seconds spent inside training epochs and the share of an epoch they covered.
+
+    The Trainer's own samples/s includes evaluation and checkpointing; this counts training alone.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.epochs = 0.0
+        self._started = 0.0
+        self._epoch = 0.0
+
+    def on_epoch_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+        self._epoch = state.epoch or 0.0
+
+    def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.epochs += (state.epoch or 0.0) - self._epoch
+
+
+class _StopOnRequest(TrainerCallback):
+    """After a stop request: save a checkpoint at the end of the current step and stop training.
+
+    The epoch-end evaluation and save that would follow the early stop are skipped: the step's
+    checkpoint already holds everything a resume needs.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.requested:
+            control.should_evaluate = False
+            control.should_save = False
+        return control
+
+
+@contextlib.contextmanager
+def _stop_requests(stopper: _StopOnRequest) -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM into a checkpointed stop; a second Ctrl-C stops at once.
+
+    SIGTERM never aborts at once: ``mlflow run`` answers Ctrl-C by sending it to the entry point
+    and waits for it to exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and stopper.requested:
+            raise KeyboardInterrupt
+        if not stopper.requested:
+            print(
+                "\nStopping: saving a checkpoint after this step (Ctrl-C again to stop at once).",
+                file=sys.stderr,
+                flush=True,
+            )
+        stopper.requested = True
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from ``seed + epoch``.
+
+    transformers' sampler draws from the global RNG, so an epoch resumed mid-way would skip the
+    first batches of a different order (some texts twice, some never); seeded per epoch, the
+    resumed epoch replays its order, and every process of a distributed run draws the same one.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+
+class _Trainer(Trainer):
+    """The Trainer, with the length-grouped sampler seeded per epoch."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.seed)
+        return sampler
+
+
+def make_trainer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    args: TrainingArguments,
+    train_rows: list[dict[str, Any]],
+    *,
+    eval_rows: list[dict[str, Any]] | None = None,
+    label_names: Sequence[str] = (),
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Trainer:
+    """A Trainer that pads each batch to its longest text and scores accuracy and weighted F1."""
+    return _Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_compute_metrics(label_names) if eval_rows is not None else None,
+        callbacks=list(callbacks),
+    )
+
+
+def train(
+    splits: DatasetSplits,
+    resolved: models.ResolvedModel,
+    config: FinetuneConfig,
+    *,
+    callbacks: Sequence[TrainerCallback] = (),
+    checkpoint_dir: str | Path,
+    resume: bool = False,
+) -> FinetuneResult:
+    """Fine-tune on train, evaluate on validation each epoch, then predict validation and test.
+
+    ``resume`` continues from the newest checkpoint in ``checkpoint_dir``. Raises
+    ``TrainingInterrupted`` after saving a checkpoint when the user stops training.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    resume_from = last_checkpoint(checkpoint_dir) if resume else None
+    if resume and resume_from is None:
+        raise UserError(
+            f"No checkpoint to resume from in {checkpoint_dir}: expected a checkpoint-<step> folder there. "
+            "Check --output_dir, or start a new run without --resume."
+        )
+    precision = models.resolve_precision(config.precision)
+    tokenizer = models.load_tokenizer(resolved)
+    set_seed(config.seed)  # the new classification head's initial weights
+    model = load_classifier(resolved, splits.label_names)
+
+    train_rows, train_cut = examples(splits.train["text"], splits.train["label"], tokenizer, config.max_length)
+    eval_rows, _ = examples(splits.validation["text"], splits.validation["label"], tokenizer, config.max_length)
+    # Evaluation order does not change the scores; sorted by length it pads least.
+    eval_rows.sort(key=lambda row: len(row["input_ids"]))
+    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    args = training_arguments(config, checkpoint_dir, precision, steps_per_epoch=steps_per_epoch)
+
+    stopwatch, stopper = Stopwatch(), _StopOnRequest()
+    extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
+    trainer = make_trainer(
+        model,
+        tokenizer,
+        args,
+        train_rows,
+        eval_rows=eval_rows,
+        label_names=splits.label_names,
+        callbacks=[*callbacks, *extra, stopwatch, stopper],
+    )
+    started = time.perf_counter()
+    with _stop_requests(stopper):
+        trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - started
+    if stopper.requested:
+        raise TrainingInterrupted(last_checkpoint(checkpoint_dir))
+
+    model_dir = checkpoint_dir / MODEL_FOLDER
+    trainer.save_model(str(model_dir))
+    model = trainer.model.eval()
+    global_step = trainer.state.global_step
+    del trainer  # the optimizer state is twice the weights; free it before predicting
+    gc.collect()
+
+    device = next(model.parameters()).device
+    truncated = {"train": train_cut}
+    probabilities: dict[str, np.ndarray] = {}
+    embeddings = np.empty((0, 0), dtype=np.float32)
+    for split in ("validation", "test"):
+        frame = splits.split(split)
+        tokenized = batching.tokenize(frame["text"], tokenizer, config.max_length)
+        truncated[split] = tokenized.truncated
+        probabilities[split], cls = predict(model, tokenizer, tokenized, config.batch_size, precision, device)
+        if split == "validation":
+            embeddings = cls
+    return FinetuneResult(
+        model_dir=model_dir,
+        probabilities=probabilities,
+        validation_embeddings=embeddings,
+        precision=precision,
+        train_seconds=train_seconds,
+        train_samples_per_second=stopwatch.epochs * len(train_rows) / stopwatch.seconds if stopwatch.seconds else 0.0,
+        global_step=global_step,
+        truncated=truncated,
+        resumed_from=resume_from,
+    )
+
+
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenized: batching.TokenizedTexts,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and the [CLS] last hidden state of every text, in input order."""
+    count = len(tokenized.input_ids)
+    probabilities = np.empty((count, model.config.num_labels), dtype=np.float32)
+    cls = np.empty((count, model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode(), batching.autocast(precision, device):
+        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size):
+            output = model(**batch.to(device), output_hidden_states=True)
+            probabilities[positions] = torch.softmax(output.logits.float(), dim=-1).cpu().numpy()
+            cls[positions] = output.hidden_states[-1][:, 0].float().cpu().numpy()
+    return probabilities, cls

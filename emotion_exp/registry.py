@@ -1,0 +1,256 @@
+"""The model registry edge: registration, the champion alias and loading registered models.
+
+Registry stages are deprecated in MLflow 3, so the champion is an alias (``@champion``).
+A run's model is the logged model named ``model`` whose source is that run; a run gets at most
+one registered version per registered model, however often it is registered or promoted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mlflow
+from mlflow.entities import LoggedModelStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from emotion_exp import tracking
+from emotion_exp.config import CHAMPION_ALIAS
+from emotion_exp.errors import UserError
+from emotion_exp.pyfunc import MODEL_NAME
+
+if TYPE_CHECKING:
+    from mlflow.pyfunc import PyFuncModel
+
+PROMOTION_MARK = "<!-- promotion -->"
+REGISTERED_MODEL_DESCRIPTION = (
+    "Emotion text classifier (pyfunc). Input: a DataFrame with a `text` column or a list of strings. "
+    "Output: `label` and one `prob_<label>` column per label. The `champion` alias marks the best "
+    "run promoted by `emotion-exp promote`."
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A finished run that logged a model and scored ``value`` on the promotion metric."""
+
+    run_id: str
+    model_uri: str
+    stage: str
+    value: float
+    val_accuracy: float
+    start_time: int
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version the champion alias points at, and what its run scored on which data."""
+
+    version: str
+    run_id: str | None
+    digest: str | None
+    value: float | None
+
+
+def _not_found(error: MlflowException) -> bool:
+    return error.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _run_of(model_uri: str) -> str | None:
+    """The run that produced a ``runs:/`` or ``models:/<model_id>`` URI (None for other URIs)."""
+    if match := re.fullmatch(r"runs:/([^/]+)/.+", model_uri):
+        return match.group(1)
+    if match := re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri):
+        return MlflowClient().get_logged_model(match.group(1)).source_run_id
+    return None
+
+
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The registered version of ``name`` made from ``run_id``'s model, if there is one (the oldest)."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
+    except MlflowException as error:
+        if _not_found(error):
+            return None
+        raise
+    return str(min(int(v.version) for v in versions)) if versions else None
+
+
+def register(model_uri: str, name: str) -> str:
+    """Register a logged model as a version of ``name`` once; return its version.
+
+    Registering the same run's model again returns the version it already has, so stages and
+    ``promote`` can both register without making duplicates. Two processes registering the same
+    run at once both find no version and make one each: the oldest stays, and the process that
+    made a later one deletes it.
+    """
+    client = MlflowClient()
+    run_id = _run_of(model_uri)
+    if run_id and (existing := version_of_run(name, run_id)):
+        return existing
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if not _not_found(error):
+            raise
+        try:
+            client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
+        except MlflowException as race:  # another process created it since the look-up
+            if race.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    version = str(mlflow.register_model(model_uri, name).version)
+    if run_id and (oldest := version_of_run(name, run_id)) != version:
+        client.delete_model_version(name, version)
+        return oldest
+    return version
+
+
+def candidates(experiment_id: str, digest: str, metric: str) -> list[Candidate]:
+    """FINISHED runs of the experiment tagged with ``digest`` that logged ``model`` and have ``metric``."""
+    models = _logged_models(experiment_id)
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.dataset_digest = '{digest}' AND attributes.status = 'FINISHED'",
+        output_format="list",
+    )
+    return [
+        Candidate(
+            run_id=run.info.run_id,
+            model_uri=models[run.info.run_id],
+            stage=run.data.tags.get("stage", ""),
+            value=run.data.metrics[metric],
+            val_accuracy=run.data.metrics.get("val_accuracy", float("-inf")),
+            start_time=run.info.start_time or 0,
+        )
+        for run in runs
+        if run.info.run_id in models and metric in run.data.metrics
+    ]
+
+
+def _logged_models(experiment_id: str) -> dict[str, str]:
+    """Run id -> URI of the newest READY logged model named ``model`` that the run produced."""
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"name = '{MODEL_NAME}'",
+        order_by=[{"field_name": "creation_time", "ascending": True}],
+        output_format="list",
+    )
+    return {m.source_run_id: m.model_uri for m in found if m.source_run_id and m.status == LoggedModelStatus.READY}
+
+
+def digests_with_models(experiment_id: str) -> dict[str, int]:
+    """How many FINISHED runs with a logged model each dataset digest has (for error messages)."""
+    models = _logged_models(experiment_id)
+    counts: dict[str, int] = {}
+    for run in mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string="attributes.status = 'FINISHED'", output_format="list"
+    ):
+        if run.info.run_id in models:
+            digest = run.data.tags.get("dataset_digest", "(none)")
+            counts[digest] = counts.get(digest, 0) + 1
+    return counts
+
+
+def experiment_name(experiment_id: str) -> str:
+    """The name of an experiment, for messages."""
+    return MlflowClient().get_experiment(experiment_id).name
+
+
+def champion(name: str, metric: str, alias: str = CHAMPION_ALIAS) -> Champion | None:
+    """The current champion of ``name`` with its run's digest and ``metric``; None without one."""
+    client = MlflowClient()
+    try:
+        version = client.get_registered_model(name).aliases.get(alias)
+    except MlflowException as error:
+        if _not_found(error):
+            return None
+        raise
+    if version is None:
+        return None
+    run_id = client.get_model_version(name, str(version)).run_id
+    if not run_id:
+        return Champion(str(version), None, None, None)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if _not_found(error):
+            return Champion(str(version), run_id, None, None)
+        raise
+    return Champion(str(version), run_id, run.data.tags.get("dataset_digest"), run.data.metrics.get(metric))
+
+
+def set_champion(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
+    """Point the champion alias at ``version`` (retried when another process set it at the same moment)."""
+    tracking.retry_on_conflict(lambda: MlflowClient().set_registered_model_alias(name, alias, version))
+
+
+def describe_version(name: str, version: str, note: str, tags: dict[str, str], *, overwrite: bool) -> None:
+    """Tag a version, and write ``note`` (markdown) as its description when asked or when it has none."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if overwrite or not client.get_model_version(name, version).description:
+        client.update_model_version(name, version, description=note)
+
+
+def note_promotion(name: str, version: str, note: str, tags: dict[str, str], *, replace: bool) -> None:
+    """Tag a version and put ``note`` in the promotion section of its description, after its model card.
+
+    An existing promotion section is replaced only when ``replace`` is set, so re-running a
+    promote that changes nothing leaves the note of the decision that did.
+    """
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    card, marked, _ = (client.get_model_version(name, version).description or "").partition(PROMOTION_MARK)
+    if marked and not replace:
+        return
+    client.update_model_version(name, version, description=f"{card.rstrip()}\n\n{PROMOTION_MARK}\n{note}".lstrip())
+
+
+def load_model(model_uri: str) -> PyFuncModel:
+    """Load a pyfunc model; a missing registered model, alias, version or run is a ``UserError``.
+
+    The message says what the registry does hold and how to create the missing piece.
+    """
+    if match := re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", model_uri):
+        _check_registered(model_uri, match.group(1), alias=match.group(2), version=match.group(3))
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as error:
+        if _not_found(error):
+            raise UserError(
+                f"Model {model_uri} was not found in the MLflow store {mlflow.get_tracking_uri()}: "
+                f"{error.message}. Pass --model_uri with an existing model (models:/<name>@<alias>, "
+                "models:/<name>/<version> or runs:/<run id>/model)."
+            ) from error
+        raise
+
+
+def _check_registered(model_uri: str, name: str, *, alias: str | None, version: str | None) -> None:
+    client = MlflowClient()
+    how_to = (
+        "Create it with `emotion-exp finetune` (registers the fine-tuned model) and "
+        "`emotion-exp promote` (points @champion at the best run), or pass another --model_uri."
+    )
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as error:
+        if not _not_found(error):
+            raise
+        names = sorted(m.name for m in client.search_registered_models())
+        raise UserError(
+            f"{model_uri}: no registered model named {name!r} in the MLflow store {mlflow.get_tracking_uri()} "
+            f"(registered models: {', '.join(names) or 'none'}). {how_to}"
+        ) from error
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    holds = (
+        f"versions: {', '.join(map(str, versions)) or 'none'}; aliases: "
+        + (", ".join(f"@{a} -> {v}" for a, v in sorted(registered.aliases.items())) or "none")
+    )
+    if alias is not None and alias not in registered.aliases:
+        raise UserError(f"{model_uri}: registered model {name!r} has no alias @{alias} ({holds}). {how_to}")
+    if version is not None and int(version) not in versions:
+        raise UserError(f"{model_uri}: registered model {name!r} has no version {version} ({holds}). {how_to}")

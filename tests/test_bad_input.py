@@ -1,0 +1,368 @@
+"""Every bad input, one table: a clear message, a non-zero exit, no traceback, no run left RUNNING.
+
+Each case goes through the real CLI (click's CliRunner) against the session's sqlite store. A
+case passes when the command exits non-zero, prints one ``Error:`` message holding every
+expected fragment (what was expected and what was found), shows no traceback, and every MLflow
+run the command opened ended FAILED with that message as its ``error`` tag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner, Result
+
+from emotion_exp import registry
+from emotion_exp.cli import cli
+from tests.pyfunc_models import log_keyword_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:An input example was not provided")
+
+HEADER = "text,label\n"
+SIX = ("sadness", "joy", "love", "anger", "fear", "surprise")
+UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a case builds its files, and the shared fixtures it may point at."""
+
+    folder: Path
+    small_dataset: Path
+    tiny_model_dir: Path
+    prepared: tuple[str, ...] = ()
+    """What the case's ``prepare`` made (a run id, a registered model name)."""
+
+    def file(self, name: str, content: str | bytes) -> str:
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        return str(path)
+
+    def rows(self, name: str, labels: list[str]) -> str:
+        """A CSV with one distinct text per label given."""
+        return self.file(name, HEADER + "".join(f"text number {i} here,{label}\n" for i, label in enumerate(labels)))
+
+    def splits(self, folder: str, test_labels: list[str]) -> str:
+        """A folder dataset whose train and validation hold all six labels and test ``test_labels``."""
+        for split, labels in (("train", list(SIX) * 2), ("validation", list(SIX)), ("test", test_labels)):
+            self.rows(f"{folder}/{split}.csv", labels)
+        return str(self.folder / folder)
+
+    def texts(self) -> str:
+        return self.file("texts.csv", "text\ni feel great\nim scared\n")
+
+
+@dataclass(frozen=True)
+class Case:
+    args: Callable[[Inputs], list[str]]
+    expected: tuple[str, ...]
+    """Fragments of the message: what was expected and what was found."""
+    opens_run: bool = False
+    """The stage opens its run before it finds the mistake, so a FAILED run must be there."""
+    needs: str = ""
+    """A stage module that must exist (cases written before their stage landed)."""
+    exit_code: int = 1
+    prepare: Callable[[Inputs], list[str]] = field(default=lambda inputs: [])
+
+
+def dummy(dataset: Callable[[Inputs], str], *extra: str) -> Callable[[Inputs], list[str]]:
+    return lambda inputs: ["dummy", "--dataset", dataset(inputs), *extra]
+
+
+def on_small(stage: str, *extra: str) -> Callable[[Inputs], list[str]]:
+    """``stage`` on the small dataset and tiny model, with ``extra`` options."""
+    return lambda inputs: [
+        stage, "--dataset", str(inputs.small_dataset), "--model", str(inputs.tiny_model_dir),
+        "--umap_max_points", "50", *extra,
+    ]
+
+
+def other_dataset_extract_run(inputs: Inputs) -> list[str]:
+    """A finished extract run on another dataset than the small one; its id is the case's argument."""
+    runner = CliRunner()
+    data = inputs.splits("other-data", list(SIX))
+    result = runner.invoke(
+        cli, ["extract", "--dataset", data, "--model", str(inputs.tiny_model_dir), "--umap_max_points", "50"]
+    )
+    assert result.exit_code == 0, result.output
+    [run] = mlflow.search_runs(filter_string="tags.stage = 'extract'", output_format="list")
+    return [run.info.run_id]
+
+
+def a_dummy_run(inputs: Inputs) -> list[str]:
+    assert CliRunner().invoke(cli, ["dummy", "--dataset", str(inputs.small_dataset)]).exit_code == 0
+    [run] = mlflow.search_runs(filter_string="tags.stage = 'dummy'", output_format="list")
+    return [run.info.run_id]
+
+
+def registered_without_alias(inputs: Inputs) -> list[str]:
+    name = f"bad-input-{uuid.uuid4().hex[:8]}"
+    with mlflow.start_run():
+        registry.register(log_keyword_model(input_example=False), name)
+    return [name]
+
+
+CASES = {
+    # --- the data contract, through the cheapest stage ---------------------------------------
+    "missing dataset path": Case(
+        dummy(lambda i: "no/such/data.csv"),
+        ("Dataset path 'no/such/data.csv' does not exist", "expected 'sample'", "a CSV/TSV/JSONL/Parquet file"),
+        opens_run=True,
+    ),
+    "folder without split files": Case(
+        dummy(lambda i: str(Path(i.file("notes/readme.md", "hello")).parent)),
+        ("has no train or validation or test file", "found: readme.md", "expected files named train, validation"),
+        opens_run=True,
+    ),
+    "unsupported extension": Case(
+        dummy(lambda i: i.file("data.xlsx", "text,label\n")),
+        ("data.xlsx' has the unsupported extension '.xlsx'", "supported: .csv, .tsv"),
+        opens_run=True,
+    ),
+    "empty file": Case(
+        dummy(lambda i: i.file("empty.csv", "")),
+        ("empty.csv' is empty", "no rows"),
+        opens_run=True,
+    ),
+    "unparsable csv": Case(
+        dummy(lambda i: i.file("broken.csv", HEADER + "fine text,joy\nfine too,sadness\nan,extra,comma\n")),
+        ("Could not parse", "broken.csv", "line 4", "Expected 2 fields"),
+        opens_run=True,
+    ),
+    "unparsable json lines": Case(
+        dummy(lambda i: i.file("broken.jsonl", '{"text": "ok", "label": "joy"}\n{"text": "no end"\n')),
+        ("Could not parse", "broken.jsonl", "line 2 is not valid JSON", "JSON Lines"),
+        opens_run=True,
+    ),
+    "missing text column": Case(
+        dummy(lambda i: i.file("cols.csv", "sentence,label\nhi,joy\n")),
+        ("has no column 'text'", "columns found: sentence, label", "--text_column"),
+        opens_run=True,
+    ),
+    "missing label column": Case(
+        dummy(lambda i: i.file("cols.csv", "text,emotion\nhi,joy\n")),
+        ("has no column 'label'", "columns found: text, emotion", "--label_column"),
+        opens_run=True,
+    ),
+    "empty texts": Case(
+        dummy(lambda i: i.file("gaps.csv", HEADER + "fine,joy\n,sadness\nfine too,joy\n   ,anger\n")),
+        ("has 2 empty or non-text value(s) in column 'text'", "lines 3, 5"),
+        opens_run=True,
+    ),
+    "non-text values": Case(
+        dummy(lambda i: i.file(
+            "numbers.jsonl",
+            "\n".join(json.dumps(r) for r in [{"text": "ok", "label": "joy"}, {"text": 42, "label": "joy"},
+                                              {"text": None, "label": "sadness"}]) + "\n",
+        )),
+        ("has 2 empty or non-text value(s) in column 'text'", "lines 2, 3"),
+        opens_run=True,
+    ),
+    "label that train lacks": Case(
+        dummy(lambda i: i.splits("unseen", ["joy", "sadness", "boredom"])),
+        ("The test split has label(s) 'boredom' that the train split lacks", "train has: sadness, joy"),
+        opens_run=True,
+    ),
+    "single class": Case(
+        dummy(lambda i: i.rows("one.csv", ["joy"] * 12)),
+        ("Only one class ('joy')", "needs at least two"),
+        opens_run=True,
+    ),
+    "too few rows of a class to split": Case(
+        dummy(lambda i: i.rows("rare.csv", ["joy"] * 10 + ["fear"] * 2)),
+        ("too few rows of class(es) 'fear' (2) to split", "at least 3 rows per class"),
+        opens_run=True,
+    ),
+    "too few rows to split": Case(
+        dummy(lambda i: i.rows("tiny.csv", ["joy"] * 4 + ["fear"] * 4)),
+        ("has 8 rows, which split into 6 train, 1 validation, 1 test", "at least one row per class (2)"),
+        opens_run=True,
+    ),
+    "fractions leave no training rows": Case(
+        lambda i: ["dummy", "--validation_fraction", "0.5", "--test_fraction", "0.5"],
+        ("--validation_fraction plus --test_fraction must leave rows for training", "0.5 + 0.5"),
+    ),
+    "negative max_samples": Case(
+        lambda i: ["dummy", "--max_samples", "-1"],
+        ("--max_samples must be at least 0; got -1",),
+    ),
+    # --- models ------------------------------------------------------------------------------
+    "unknown model offline (finetune)": Case(
+        lambda i: ["finetune", "--dataset", str(i.small_dataset), "--model", "no-such-org/no-such-model",
+                   "--registered_model", ""],
+        ("'no-such-org/no-such-model' could not be loaded", "not a local folder", "Hugging Face cache"),
+        opens_run=True,
+    ),
+    "unknown model offline (extract)": Case(
+        lambda i: ["extract", "--dataset", str(i.small_dataset), "--model", "no-such-org/no-such-model"],
+        ("'no-such-org/no-such-model' could not be loaded", "not a local folder", "Hugging Face cache"),
+        opens_run=True,
+        needs="extract",
+    ),
+    "folder that is not a model": Case(
+        lambda i: ["extract", "--dataset", str(i.small_dataset), "--model", str(Path(i.file("nomodel/x.txt", "")).parent)],
+        ("could not be loaded by transformers", "save_pretrained"),
+        opens_run=True,
+        needs="extract",
+    ),
+    # --- parameter values (refused before any run starts) -----------------------------------
+    "precision fp16": Case(
+        on_small("extract", "--precision", "fp16"),
+        ("--precision must be one of auto, fp32, bf16, int8; got 'fp16'",),
+    ),
+    "precision int8 for finetune": Case(
+        on_small("finetune", "--precision", "int8"),
+        ("--precision int8 is for extraction and prediction", "fine-tuning takes auto, fp32 or bf16"),
+    ),
+    "epochs zero": Case(on_small("finetune", "--epochs", "0"), ("--epochs must be greater than 0; got 0",)),
+    "batch_size zero": Case(on_small("extract", "--batch_size", "0"), ("--batch_size must be at least 1; got 0",)),
+    "batch_size not whole": Case(
+        on_small("finetune", "--batch_size", "2.5"),
+        ("Invalid value for '--batch_size'", "expected a whole number, got '2.5'"),
+        exit_code=2,
+    ),
+    "max_length negative": Case(on_small("extract", "--max_length", "-8"), ("--max_length must be at least 1; got -8",)),
+    "learning_rate zero": Case(
+        on_small("finetune", "--learning_rate", "0"), ("--learning_rate must be greater than 0; got 0",)
+    ),
+    "learning_rate negative": Case(
+        on_small("finetune", "--learning_rate", "-0.001"), ("--learning_rate must be greater than 0; got -0.001",)
+    ),
+    "unknown pooling": Case(on_small("extract", "--pooling", "max"), ("--pooling must be one of cls, mean; got 'max'",)),
+    "unknown promote metric": Case(
+        lambda i: ["promote", "--metric", "loss"], ("--metric must be one of val_f1_weighted", "got 'loss'")
+    ),
+    # --- runs referred to by id --------------------------------------------------------------
+    "features_run_id that does not exist": Case(
+        on_small("probe", "--features_run_id", UNKNOWN_RUN),
+        (f"--features_run_id {UNKNOWN_RUN}: there is no such run", "pass the id of a finished extract run"),
+        opens_run=True,
+        needs="probe",
+    ),
+    "features_run_id that is not an extract run": Case(
+        lambda i: on_small("probe", "--features_run_id", i.prepared[0])(i),
+        ("is a FINISHED 'dummy' run, not a finished extract run",),
+        opens_run=True,
+        needs="probe",
+        prepare=a_dummy_run,
+    ),
+    "features_run_id of another dataset": Case(
+        lambda i: on_small("probe", "--features_run_id", i.prepared[0])(i),
+        ("holds features of another dataset (other-data", "pass an extract run of the same data"),
+        opens_run=True,
+        needs="probe",
+        prepare=other_dataset_extract_run,
+    ),
+    "resume of an unknown run": Case(
+        on_small("finetune", "--resume", UNKNOWN_RUN),
+        (f"--resume {UNKNOWN_RUN}: no such run in the MLflow store", "interrupted finetune run"),
+    ),
+    "resume of a run that is not a finetune run": Case(
+        lambda i: on_small("finetune", "--resume", i.prepared[0])(i),
+        ("that run is a 'dummy' run, not a finetune run",),
+        prepare=a_dummy_run,
+    ),
+    # --- predict -----------------------------------------------------------------------------
+    "predict with a missing registered model": Case(
+        lambda i: ["predict", "--input", i.texts(), "--model_uri", "models:/no-such-model@champion"],
+        ("no registered model named 'no-such-model'", "registered models:"),
+    ),
+    "predict with a missing alias": Case(
+        lambda i: ["predict", "--input", i.texts(), "--model_uri", f"models:/{i.prepared[0]}@champion"],
+        ("has no alias @champion", "versions: 1; aliases: none"),
+        prepare=registered_without_alias,
+    ),
+    "predict with a missing input file": Case(
+        lambda i: ["predict", "--input", str(i.folder / "nothing.csv")],
+        ("nothing.csv' does not exist", "expected a CSV"),
+    ),
+    "predict with a missing text column": Case(
+        lambda i: ["predict", "--input", i.file("sentences.csv", "sentence\nhello\n")],
+        ("has no column 'text'", "columns found: sentence", "--text_column"),
+    ),
+    "predict output equal to input": Case(
+        lambda i: ["predict", "--input", i.texts(), "--output", i.texts()],
+        ("is the input file", "never overwrites its input"),
+    ),
+}
+
+
+def message_of(result: Result) -> str:
+    """The text after the last ``Error:`` that the CLI printed."""
+    assert "Error: " in result.output, result.output
+    return result.output.rsplit("Error: ", 1)[1].strip()
+
+
+def run_ids() -> set[str]:
+    return {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_bad_input_gets_a_clear_message_and_a_failed_run(
+    case: Case, tmp_path: Path, small_dataset: Path, tiny_model_dir: Path
+) -> None:
+    if case.needs and importlib.util.find_spec(f"emotion_exp.stages.{case.needs}") is None:
+        pytest.skip(f"the {case.needs} stage has not landed yet")
+    inputs = Inputs(tmp_path / "inputs", small_dataset, tiny_model_dir)
+    inputs = dataclasses.replace(inputs, prepared=tuple(case.prepare(inputs)))
+    before = run_ids()
+
+    result = CliRunner().invoke(cli, case.args(inputs), env={"EMOTION_EXP_DEBUG": None})
+
+    assert result.exit_code == case.exit_code, result.output
+    assert "Traceback" not in result.output
+    message = message_of(result)
+    for fragment in case.expected:
+        assert fragment in message
+    opened = [mlflow.get_run(run_id) for run_id in run_ids() - before]
+    if case.opens_run:
+        assert opened, "the stage should have opened a run before it found the mistake"
+    for run in opened:
+        assert run.info.status == "FAILED"
+        assert run.data.tags["error"] == message
+
+
+@pytest.mark.parametrize("switch", ["--debug", "EMOTION_EXP_DEBUG=1"])
+def test_debug_shows_the_traceback(switch: str, tmp_path: Path) -> None:
+    env = {"EMOTION_EXP_DEBUG": "1" if switch.startswith("EMOTION") else None}
+    args = (["--debug"] if switch == "--debug" else []) + ["dummy", "--dataset", "no/such/data.csv"]
+
+    result = CliRunner().invoke(cli, args, env=env)
+
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.output
+    assert "emotion_exp.errors.UserError: Dataset path 'no/such/data.csv' does not exist" in result.output
+    assert message_of(result).startswith("Dataset path 'no/such/data.csv' does not exist")
+
+
+def test_over_long_texts_are_truncated_and_counted_not_refused(small_dataset: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    expected = {
+        prefix: sum(len(ids) > 8 for ids in tokenizer(pd.read_csv(small_dataset / f"{split}.csv")["text"].tolist())["input_ids"])
+        for split, prefix in (("train", "train"), ("validation", "val"), ("test", "test"))
+    }
+    assert all(expected.values())  # the sample has texts longer than 8 tokens in every split
+
+    result = CliRunner().invoke(cli, on_small("extract", "--max_length", "8")(Inputs(Path(), small_dataset, tiny_model_dir)))
+
+    assert result.exit_code == 0, result.output
+    [run] = mlflow.search_runs(output_format="list")
+    assert run.info.status == "FINISHED"
+    assert {f"truncated_{p}": run.data.metrics[f"truncated_{p}"] for p in expected} == {
+        f"truncated_{p}": n for p, n in expected.items()
+    }

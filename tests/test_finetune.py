@@ -1,0 +1,211 @@
+"""finetune on the tiny model and small data: one run with everything, a registered model that
+predicts, Ctrl-C then resume into the same run, and clear refusals of resumes that cannot work."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from transformers import TrainerCallback, TrainerState
+
+from emotion_exp import tracking
+from emotion_exp.config import FinetuneConfig
+from emotion_exp.errors import UserError
+from emotion_exp.finetune import TrainingInterrupted
+from emotion_exp.stages import finetune as stage
+from tests.test_mlflow_run import mlflow_run
+
+LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+PROBABILITIES = [f"prob_{label}" for label in LABELS]
+TRAIN_ROWS = 120
+
+
+def make_config(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, **overrides) -> FinetuneConfig:
+    values = dict(
+        dataset=str(small_dataset),
+        model=str(tiny_model_dir),
+        epochs=1,
+        batch_size=16,
+        output_dir=str(tmp_path / "checkpoints"),
+        registered_model="",
+        umap_max_points=100,
+    )
+    return FinetuneConfig(**{**values, **overrides})
+
+
+def artifacts(run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in MlflowClient().list_artifacts(run_id, path):
+        found |= artifacts(run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def steps(run_id: str, metric: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, metric))
+
+
+class CtrlCAt(TrainerCallback):
+    """Sends this process SIGINT at the end of a given optimizer step, as Ctrl-C would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predicts(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, isolated_mlflow: str
+) -> None:
+    name = f"finetune-test-{uuid.uuid4().hex[:8]}"
+    config = make_config(tiny_model_dir, small_dataset, tmp_path, registered_model=name)
+
+    run_id = stage.run(config)
+
+    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")  # no stray runs
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "finetune"
+    assert run.data.params["learning_rate"] == "0.00015"
+    assert run.data.params["resolved_precision"] in ("bf16", "fp32")
+    for metric in ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted"):
+        assert 0 <= run.data.metrics[metric] <= 1
+    assert run.data.metrics["train_samples_per_second"] > 0
+    assert run.data.metrics["train_seconds"] > 0
+    steps_per_epoch = -(-TRAIN_ROWS // config.batch_size)
+    assert steps(run_id, "train_loss")[0] == 1 and steps(run_id, "train_loss")[-1] == steps_per_epoch
+    for metric in ("eval_loss", "eval_accuracy", "eval_f1_weighted"):
+        assert steps(run_id, metric) == [steps_per_epoch]
+    assert {
+        "plots/label_distribution.png",
+        "plots/umap_finetuned_overlay.png",
+        "plots/umap_finetuned_per_label.png",
+        "plots/confusion_matrix_validation.png",
+        "plots/confusion_matrix_test.png",
+        "reports/classification_report_validation.json",
+        "reports/classification_report_test.json",
+        "model_card.md",
+    } <= artifacts(run_id)
+    assert len(run.inputs.dataset_inputs) == 3
+    # Finished runs keep the saved model folder but not their resumable checkpoints.
+    assert [p.name for p in (Path(config.output_dir) / run_id).iterdir()] == ["model"]
+
+    version = run.data.tags["registered_version"]
+    model_version = MlflowClient().get_model_version(name, version)
+    assert model_version.run_id == run_id
+    assert "## Scores" in model_version.description and "validation" in model_version.description
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    predictions = model.predict(pd.DataFrame({"text": ["i feel so happy today", "im scared", "meh"]}))
+    assert list(predictions.columns) == ["label", *PROBABILITIES]
+    assert set(predictions["label"]) <= set(LABELS)
+    assert predictions[PROBABILITIES].sum(axis=1).round(5).tolist() == [1.0, 1.0, 1.0]
+    assert model.metadata.signature.outputs.input_names() == ["label", *PROBABILITIES]
+
+    with pytest.raises(UserError, match="already FINISHED"):
+        stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, resume=run_id))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_same_run_as_if_never_stopped(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, isolated_mlflow: str, capsys: pytest.CaptureFixture
+) -> None:
+    config = make_config(tiny_model_dir, small_dataset, tmp_path, epochs=2)
+    steps_per_epoch = -(-TRAIN_ROWS // config.batch_size)
+    stop_at = steps_per_epoch + 3  # in the middle of the second epoch
+
+    with pytest.raises(TrainingInterrupted):
+        stage.run(config, callbacks=[CtrlCAt(stop_at)])
+
+    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+    run_id = run.info.run_id
+    assert run.info.status == "KILLED"
+    assert [p.name for p in (Path(config.output_dir) / run_id).iterdir()] == [f"checkpoint-{stop_at}"]
+    assert f"emotion-exp finetune --resume {run_id}" in capsys.readouterr().err
+    assert steps(run_id, "train_loss") == list(range(1, stop_at + 1))
+    assert steps(run_id, "eval_loss") == [steps_per_epoch]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with pytest.raises(UserError, match=r"pass them unchanged \(--learning_rate was 0.00015, now 0.001\)"):
+        stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, epochs=2, learning_rate=1e-3, resume=run_id))
+    assert tracking.status_of(run_id) == "KILLED"
+
+    assert stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, epochs=2, resume=run_id)) == run_id
+
+    reference_id = stage.run(config)
+    runs = {r.info.run_id: r for r in mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")}
+    assert set(runs) == {run_id, reference_id}
+    resumed, reference = runs[run_id], runs[reference_id]
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resumed_from"].endswith(f"checkpoint-{stop_at}")
+    assert steps(run_id, "train_loss") == list(range(1, 2 * steps_per_epoch + 1))
+    assert steps(run_id, "eval_accuracy") == [steps_per_epoch, 2 * steps_per_epoch]
+    # Optimizer, schedule, RNG and data order all continue: the result is the uninterrupted run's.
+    for metric in ("eval_loss", "val_accuracy", "val_f1_weighted", "test_accuracy"):
+        assert resumed.data.metrics[metric] == pytest.approx(reference.data.metrics[metric], abs=1e-5)
+
+
+def test_resume_refuses_an_unknown_run_and_a_run_without_checkpoints(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="--resume 0123abcd: no such run in the MLflow store"):
+        stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, resume="0123abcd"))
+
+    with mlflow.start_run() as run:
+        mlflow.set_tag("stage", "finetune")
+    MlflowClient().set_terminated(run.info.run_id, "KILLED")
+    with pytest.raises(UserError, match="no checkpoint-<step> folder in .*Start a new run without --resume"):
+        stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, resume=run.info.run_id))
+
+
+def test_the_logging_callback_logs_only_on_the_main_process() -> None:
+    with mlflow.start_run() as run:
+        callback = tracking.trainer_callback(run.info.run_id)
+        callback.on_log(None, TrainerState(global_step=5, is_world_process_zero=False), None, logs={"loss": 1.0})
+        callback.on_log(None, TrainerState(global_step=7), None, logs={"loss": 0.5, "eval_accuracy": 0.25, "epoch": 1.0})
+        callback.on_log(None, TrainerState(global_step=7), None, logs={"train_runtime": 3.0, "train_loss": 0.7})
+    history = {m: [(x.step, x.value) for x in MlflowClient().get_metric_history(run.info.run_id, m)] for m in ("train_loss", "eval_accuracy")}
+    assert history == {"train_loss": [(7, 0.5)], "eval_accuracy": [(7, 0.25)]}
+
+
+def test_training_arguments_are_our_set_up(tmp_path: Path) -> None:
+    from emotion_exp.finetune import training_arguments
+
+    args = training_arguments(FinetuneConfig(), tmp_path, "bf16", steps_per_epoch=500)
+    assert (args.train_sampling_strategy, args.warmup_steps, args.lr_scheduler_type.value) == ("group_by_length", 0.1, "linear")
+    assert (args.eval_strategy.value, args.save_strategy.value, args.report_to) == ("epoch", "epoch", [])
+    assert args.bf16 and not args.load_best_model_at_end and args.logging_steps == 25
+    stopping = training_arguments(FinetuneConfig(early_stopping_patience=2), tmp_path, "fp32", steps_per_epoch=3)
+    assert stopping.load_best_model_at_end and stopping.metric_for_best_model == "eval_f1_weighted"
+    assert not stopping.bf16 and stopping.logging_steps == 1
+
+
+@pytest.mark.parametrize("warmup", [1.0, 2.5])
+def test_warmup_must_be_a_fraction(warmup: float) -> None:
+    with pytest.raises(UserError, match=f"--warmup is a fraction of the training steps, at least 0 and below 1; got {warmup}"):
+        FinetuneConfig(warmup=warmup)
+
+
+@pytest.mark.slow
+def test_mlflow_run_finetune_leaves_a_finished_run_with_a_registered_model(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, tracking_uri: str, isolated_mlflow: str
+) -> None:
+    name = f"finetune-e2e-{uuid.uuid4().hex[:8]}"
+    result = mlflow_run(
+        "finetune", isolated_mlflow, tracking_uri,
+        f"dataset={small_dataset}", f"model={tiny_model_dir}", "epochs=1", "batch_size=16",
+        f"output_dir={tmp_path / 'checkpoints'}", f"registered_model={name}", "umap_max_points=100",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "finetune"
+    assert {"val_accuracy", "test_accuracy", "train_samples_per_second"} <= set(run.data.metrics)
+    assert steps(run.info.run_id, "eval_accuracy") == [8]
+    version = run.data.tags["registered_version"]
+    predictions = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(pd.DataFrame({"text": ["i am glad"]}))
+    assert predictions["label"].iloc[0] in LABELS

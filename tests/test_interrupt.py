@@ -1,0 +1,210 @@
+"""Interrupted runs lose nothing: Ctrl-C and SIGKILL on a real `emotion-exp finetune` process,
+`clean-stale` for runs whose process is gone, and `--resume` into the same run.
+
+The slow test drives real processes on the tiny model: one run is stopped by SIGINT, resumed,
+killed outright, cleaned up and resumed again, and must end like a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from emotion_exp.cli import cli
+
+EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 4, 120
+STEPS_PER_EPOCH = TRAIN_ROWS // BATCH_SIZE
+WAIT_S = 240  # bound on every wait for a process; far above what each step needs
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def make_run(tags: dict[str, str], status: str = "RUNNING") -> str:
+    client = MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"]).experiment_id
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
+    host = socket.gethostname()
+    gone = make_run({"stage": "finetune", "host": host, "pid": str(dead_pid())})
+    alive = make_run({"stage": "dummy", "host": host, "pid": str(os.getpid())})
+    elsewhere = make_run({"stage": "dummy", "host": "another-host", "pid": "1"})
+    untagged = make_run({})
+    finished = make_run({"stage": "dummy", "host": host, "pid": str(dead_pid())}, status="FINISHED")
+
+    dry = CliRunner().invoke(cli, ["clean-stale", "--dry_run", "true"])
+    assert dry.exit_code == 0, dry.output
+    assert f"{gone} (finetune): process" in dry.output and "would mark FAILED (dry run)" in dry.output
+    assert mlflow.get_run(gone).info.status == "RUNNING"
+
+    result = CliRunner().invoke(cli, ["clean-stale"])
+
+    assert result.exit_code == 0, result.output
+    assert "4 RUNNING run(s)" in result.output and "1 stale" in result.output
+    assert f"{elsewhere} (dummy): pid 1 on host 'another-host'" in result.output
+    assert "run clean-stale on that host" in result.output
+    assert f"{untagged} (?): no host/pid tags" in result.output
+    statuses = {run_id: mlflow.get_run(run_id).info.status for run_id in (gone, alive, elsewhere, untagged, finished)}
+    assert statuses == {gone: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING", finished: "FINISHED"}
+    error = mlflow.get_run(gone).data.tags["error"]
+    assert "is gone" in error and f"emotion-exp finetune --resume {gone}" in error
+    assert "error" not in mlflow.get_run(alive).data.tags
+
+
+@pytest.mark.slow
+def test_mlflow_run_clean_stale_fails_a_stale_run(tracking_uri: str, isolated_mlflow: str) -> None:
+    from tests.test_mlflow_run import mlflow_run
+
+    stale = make_run({"stage": "dummy", "host": socket.gethostname(), "pid": str(dead_pid())})
+
+    result = mlflow_run("clean-stale", isolated_mlflow, tracking_uri)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{stale} (dummy): process" in result.stdout and "marked FAILED" in result.stdout
+    assert mlflow.get_run(stale).info.status == "FAILED"
+    [launcher] = mlflow.search_runs(filter_string="tags.`mlflow.project.entryPoint` = 'clean-stale'", output_format="list")
+    assert launcher.info.status == "FINISHED"  # its own run is not stale
+
+
+# --- real processes ----------------------------------------------------------------------------
+
+
+def emotion_exp(*args: str, log: Path) -> subprocess.Popen:
+    """Start the `emotion-exp` console script (or ``python -m emotion_exp``), output to ``log``."""
+    script = Path(sys.executable).with_name("emotion-exp")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "emotion_exp"]
+    with log.open("w") as out:
+        return subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path, what: str) -> None:
+    """Poll until ``condition`` holds; fail if the process exits first or the bound runs out."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"exited with {process.returncode} before {what}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} within {WAIT_S} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def finish(process: subprocess.Popen, log: Path) -> int:
+    try:
+        return process.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running after {WAIT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def complete_checkpoints(folder: Path) -> list[int]:
+    """Steps of the checkpoints whose save finished (the Trainer writes trainer_state.json last)."""
+    return sorted(int(p.parent.name.split("-")[1]) for p in folder.glob("*/checkpoint-*/trainer_state.json"))
+
+
+def run_of_pid(pid: int) -> str | None:
+    """The id of the run that process ``pid`` has open, if it has one yet."""
+    runs = mlflow.search_runs(filter_string=f"tags.pid = '{pid}'", output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
+def history_steps(run_id: str, metric: str) -> list[int]:
+    return sorted({m.step for m in MlflowClient().get_metric_history(run_id, metric)})
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_sigkill_then_resume_ends_like_an_uninterrupted_run(
+    tmp_path: Path, small_dataset: Path, tiny_model_dir: Path
+) -> None:
+    options = [
+        "finetune", "--dataset", str(small_dataset), "--model", str(tiny_model_dir), "--epochs", str(EPOCHS),
+        "--batch_size", str(BATCH_SIZE), "--max_length", "16", "--umap_max_points", "50", "--registered_model", "",
+    ]
+    # The uninterrupted reference run goes on alongside (two cores: the waits are bounded, not timed).
+    reference = emotion_exp(*options, "--output_dir", str(tmp_path / "reference"), log=tmp_path / "reference.log")
+    checkpoints = tmp_path / "checkpoints"
+    stopped = [*options, "--output_dir", str(checkpoints)]
+
+    # 1. Ctrl-C after the first epoch's checkpoint: the run ends KILLED, a checkpoint stays, the hint says how to go on.
+    log = tmp_path / "interrupted.log"
+    process = emotion_exp(*stopped, log=log)
+    # While it runs, a second process may not resume into the same run.
+    wait_for(lambda: run_of_pid(process.pid) is not None, process, log, "its run")
+    twice = CliRunner().invoke(cli, [*stopped, "--resume", run_of_pid(process.pid)], env={"EMOTION_EXP_DEBUG": None})
+    assert twice.exit_code == 1 and f"process {process.pid} on" in twice.output and "still RUNNING" in twice.output
+    wait_for(lambda: complete_checkpoints(checkpoints) != [], process, log, "a first checkpoint")
+    process.send_signal(signal.SIGINT)
+    assert finish(process, log) == 130, log.read_text()[-3000:]
+    [run_folder] = checkpoints.iterdir()
+    run_id = run_folder.name
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert "interrupted" in run.data.tags["error"]
+    assert complete_checkpoints(checkpoints), "the last checkpoint is kept"
+    output = log.read_text()
+    assert "Traceback" not in output
+    assert f"emotion-exp finetune --resume {run_id}" in output
+
+    # 2. Resume, then SIGKILL after the second epoch's checkpoint: nobody ends the run, it stays RUNNING.
+    log = tmp_path / "killed.log"
+    process = emotion_exp(*stopped, "--resume", run_id, log=log)
+    wait_for(lambda: complete_checkpoints(checkpoints)[-1:] == [2 * STEPS_PER_EPOCH], process, log,
+             "the second epoch's checkpoint")
+    process.send_signal(signal.SIGKILL)
+    assert finish(process, log) == -signal.SIGKILL
+    assert mlflow.get_run(run_id).info.status == "RUNNING"
+    # A kill can also land in the middle of a save: the next checkpoint then holds only its model files.
+    partial = run_folder / f"checkpoint-{EPOCHS * STEPS_PER_EPOCH}"
+    partial.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(run_folder / f"checkpoint-{2 * STEPS_PER_EPOCH}" / name, partial / name)
+
+    # 3. clean-stale finds the run's process gone and fails the run, saying how to resume.
+    cleaned = CliRunner().invoke(cli, ["clean-stale"])
+    assert cleaned.exit_code == 0, cleaned.output
+    assert f"{run_id} (finetune): process {process.pid}" in cleaned.output and "marked FAILED" in cleaned.output
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert f"--resume {run_id}" in run.data.tags["error"]
+
+    # 4. Resume again: the run finishes from the last complete checkpoint.
+    log = tmp_path / "resumed.log"
+    process = emotion_exp(*stopped, "--resume", run_id, log=log)
+    assert finish(process, log) == 0, log.read_text()[-3000:]
+    assert finish(reference, tmp_path / "reference.log") == 0, (tmp_path / "reference.log").read_text()[-3000:]
+
+    runs = {run.info.run_id: run for run in mlflow.search_runs(output_format="list")}
+    resumed = runs.pop(run_id)
+    [uninterrupted] = runs.values()
+    assert resumed.info.status == uninterrupted.info.status == "FINISHED"
+    assert resumed.data.tags["resumed_from"].endswith(f"checkpoint-{2 * STEPS_PER_EPOCH}")
+    epochs = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
+    assert history_steps(run_id, "eval_loss") == history_steps(uninterrupted.info.run_id, "eval_loss") == epochs
+    print({name: (resumed.data.metrics[name], uninterrupted.data.metrics[name])
+           for name in ("eval_loss", "val_accuracy", "val_f1_weighted", "test_accuracy")})
+    assert resumed.data.metrics["eval_loss"] == pytest.approx(uninterrupted.data.metrics["eval_loss"], abs=0.01)
+    for name in ("val_accuracy", "val_f1_weighted", "test_accuracy", "test_f1_weighted"):
+        assert resumed.data.metrics[name] == pytest.approx(uninterrupted.data.metrics[name], abs=0.05)
+    # Texts longer than --max_length were cut and counted, not refused.
+    assert resumed.data.metrics["truncated_train"] == uninterrupted.data.metrics["truncated_train"] > 0

@@ -1,0 +1,174 @@
+"""predict: files in, predictions out, with a real registered pyfunc model and clear errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from emotion_exp import registry
+from emotion_exp.cli import cli
+from emotion_exp.config import PredictConfig
+from emotion_exp.errors import UserError
+from emotion_exp.stages import predict
+from tests.pyfunc_models import LABELS, KeywordModel, log_keyword_model
+from tests.test_mlflow_run import mlflow_run
+
+PROBABILITIES = [f"prob_{label}" for label in LABELS]
+
+
+@pytest.fixture(scope="module")
+def registered(tracking_uri: str) -> str:
+    """A registered model with a champion (its own name, so other tests' registries do not matter)."""
+    name = f"predict-test-{uuid.uuid4().hex[:8]}"
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.set_experiment(f"{name}-setup")
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        uri = log_keyword_model()
+    registry.set_champion(name, registry.register(uri, name))
+    return name
+
+
+@pytest.fixture
+def champion_uri(registered: str) -> str:
+    return f"models:/{registered}@champion"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, ["predict", *args])
+
+
+def test_csv_in_csv_out_keeps_the_input_columns_and_logs_a_run(tmp_path, champion_uri, isolated_mlflow) -> None:
+    source = tmp_path / "reviews.csv"
+    texts = ["so happy", "anxious all day", "meh"]
+    frame = pd.DataFrame({"id": [7, 8, 9], "text": texts, "label": ["joy", "fear", "x"]})
+    frame.to_csv(source, index=False)
+    before = source.read_bytes()
+
+    result = invoke("--input", str(source), "--model_uri", champion_uri, "--batch_size", "2")
+
+    assert result.exit_code == 0, result.output
+    assert source.read_bytes() == before
+    out = pd.read_csv(tmp_path / "reviews.predictions.csv")
+    assert list(out.columns) == ["id", "text", "label_input", "label", *PROBABILITIES]
+    assert out["id"].tolist() == [7, 8, 9]
+    assert out["label"].tolist() == ["joy", "fear", "sadness"]
+    assert out["label_input"].tolist() == ["joy", "fear", "x"]
+    assert out[PROBABILITIES].sum(axis=1).round(6).tolist() == [1.0, 1.0, 1.0]
+
+    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "predict"
+    assert run.data.params["model_uri"] == champion_uri
+    assert run.data.metrics["rows"] == 3
+    assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "predictions")] == [
+        "predictions/reviews.predictions.csv"
+    ]
+
+
+def test_plain_text_to_parquet(tmp_path, champion_uri) -> None:
+    source = tmp_path / "lines.txt"
+    source.write_text("i am happy\n\nscared of the dark\n")
+    target = tmp_path / "out" / "labels.parquet"
+
+    predict.run(PredictConfig(input=str(source), output=str(target), model_uri=champion_uri))
+
+    out = pd.read_parquet(target)
+    assert out["text"].tolist() == ["i am happy", "scared of the dark"]
+    assert out["label"].tolist() == ["joy", "fear"]
+
+
+def test_json_lines_with_another_text_column(tmp_path, champion_uri) -> None:
+    source = tmp_path / "posts.jsonl"
+    source.write_text("\n".join(json.dumps({"body": t, "n": i}) for i, t in enumerate(["happy", "sad"])) + "\n")
+
+    predict.run(PredictConfig(input=str(source), text_column="body", model_uri=champion_uri))
+
+    out = pd.read_csv(tmp_path / "posts.predictions.csv")
+    assert list(out.columns) == ["body", "n", "label", *PROBABILITIES]
+    assert out["label"].tolist() == ["joy", "sadness"]
+
+
+def test_batches_keep_the_input_order() -> None:
+    texts = [f"text {i} {'happy' if i % 3 == 0 else ''}" for i in range(11)]
+    frame = predict.predict_batches(_Local(), texts, batch_size=4)
+    assert frame["label"].tolist() == ["joy" if i % 3 == 0 else "sadness" for i in range(11)]
+
+
+class _Local:
+    """The keyword model called directly, without MLflow's loading."""
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return KeywordModel().predict(None, frame)
+
+
+def test_the_input_is_never_overwritten(tmp_path, champion_uri) -> None:
+    source = tmp_path / "texts.csv"
+    source.write_text("text\nhappy\n")
+    result = invoke("--input", str(source), "--output", str(source), "--model_uri", champion_uri)
+    assert result.exit_code == 1
+    assert "is the input file; predict never overwrites its input" in result.output
+    assert source.read_text() == "text\nhappy\n"
+
+
+def test_an_unsupported_output_format_is_refused(tmp_path, champion_uri) -> None:
+    source = tmp_path / "texts.csv"
+    source.write_text("text\nhappy\n")
+    with pytest.raises(UserError, match=r"--output must end in \.csv or \.parquet; got 'out\.xlsx'"):
+        predict.run(PredictConfig(input=str(source), output="out.xlsx", model_uri=champion_uri))
+
+
+def test_a_missing_alias_names_what_the_registry_holds(tmp_path, registered) -> None:
+    source = tmp_path / "texts.csv"
+    source.write_text("text\nhappy\n")
+    result = invoke("--input", str(source), "--model_uri", f"models:/{registered}@staging")
+    assert result.exit_code == 1
+    holds = "(versions: 1; aliases: @champion -> 1)"
+    assert f"registered model '{registered}' has no alias @staging {holds}" in result.output
+    assert "emotion-exp promote" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_registered_model_and_version_are_explained(tmp_path, registered) -> None:
+    source = tmp_path / "texts.csv"
+    source.write_text("text\nhappy\n")
+    with pytest.raises(UserError, match=r"no registered model named 'no-such-model' in the MLflow store .*finetune"):
+        predict.run(PredictConfig(input=str(source), model_uri="models:/no-such-model@champion"))
+    with pytest.raises(UserError, match=rf"'{registered}' has no version 9 \(versions: 1;"):
+        predict.run(PredictConfig(input=str(source), model_uri=f"models:/{registered}/9"))
+    with pytest.raises(UserError, match=r"Model runs:/0123abcd/model was not found .*Run with id=0123abcd not found"):
+        predict.run(PredictConfig(input=str(source), model_uri="runs:/0123abcd/model"))
+
+
+def test_a_missing_column_and_an_empty_file_are_explained(tmp_path, champion_uri) -> None:
+    source = tmp_path / "texts.csv"
+    source.write_text("sentence\nhappy\n")
+    result = invoke("--input", str(source), "--model_uri", champion_uri)
+    assert result.exit_code == 1
+    assert "has no column 'text' (columns found: sentence); name the right column with --text_column" in result.output
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match="is empty"):
+        predict.run(PredictConfig(input=str(empty), model_uri=champion_uri))
+    assert not (tmp_path / "empty.predictions.csv").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_run_predict_writes_labels_next_to_the_input(tmp_path, champion_uri, tracking_uri, isolated_mlflow) -> None:
+    source = tmp_path / "texts.txt"
+    source.write_text("so happy\nanxious\n")
+
+    result = mlflow_run("predict", isolated_mlflow, tracking_uri, f"input={source}", f"model_uri={champion_uri}")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pd.read_csv(tmp_path / "texts.predictions.csv")["label"].tolist() == ["joy", "fear"]
+    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "predict"

@@ -1,0 +1,153 @@
+"""The probe stage with the tiny encoder: feature reuse, features_run_id checks, the pyfunc model."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from emotion_exp import baselines
+from emotion_exp.config import ExtractConfig, ProbeConfig
+from emotion_exp.errors import UserError
+from emotion_exp.stages import extract, probe
+from tests.test_mlflow_run import mlflow_run
+
+LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+
+
+def _config(small_dataset: Path, tiny_model_dir: Path, **overrides: object) -> ProbeConfig:
+    values = dict(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100)
+    return ProbeConfig(**{**values, **overrides})
+
+
+def _runs(experiment: str, stage: str) -> list[mlflow.entities.Run]:
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return [r for r in runs if r.data.tags.get("stage") == stage]
+
+
+def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text_model(
+    small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
+) -> None:
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    first_id = probe.run(_config(small_dataset, tiny_model_dir, registered_model=name))
+
+    [extract_run] = _runs(isolated_mlflow, "extract")
+    assert extract_run.data.tags["mlflow.parentRunId"] == first_id
+    first = mlflow.get_run(first_id)
+    assert first.info.status == "FINISHED"
+    assert first.data.tags["features_run_id"] == extract_run.info.run_id
+    for metric in ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted"):
+        assert 0 <= first.data.metrics[metric] <= 1
+    assert first.data.tags["registered_version"] == "1"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first_id, "plots")}
+    assert {"plots/confusion_matrix_validation.png", "plots/confusion_matrix_test.png", "plots/label_distribution.png"} <= artifacts
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    texts = ["i feel so happy today", "im scared of what comes next", "ok"]
+    from_frame = model.predict(pd.DataFrame({"text": texts}))
+    # MLflow's schema check turns a bare list into a column named 0, so the list form is checked on
+    # the unwrapped model (served `inputs` payloads and DataFrames pass the check).
+    from_list = model.unwrap_python_model().predict(None, texts)
+    assert list(from_frame.columns) == ["label", *(f"prob_{n}" for n in LABELS)]
+    pd.testing.assert_frame_equal(from_frame, from_list)
+    assert set(from_frame["label"]) <= set(LABELS)
+    np.testing.assert_allclose(from_frame.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-6)
+    assert model.metadata.get_input_schema().input_names() == ["text"]
+    assert len(model.predict(pd.DataFrame({"text": []}, dtype=str))) == 0
+
+    second_id = probe.run(_config(small_dataset, tiny_model_dir, C=0.5))
+    assert len(_runs(isolated_mlflow, "extract")) == 1, "the second probe must reuse the finished extract run"
+    assert mlflow.get_run(second_id).data.tags["features_run_id"] == extract_run.info.run_id
+
+
+def test_an_explicit_features_run_id_is_used(small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str) -> None:
+    from emotion_exp.config import subset
+
+    config = _config(small_dataset, tiny_model_dir, pooling="mean", max_iter=1)
+    features_run = extract.run(subset(config, ExtractConfig))
+    probe_id = probe.run(_config(small_dataset, tiny_model_dir, pooling="mean", max_iter=1, features_run_id=features_run))
+    run = mlflow.get_run(probe_id)
+    assert run.data.tags["features_run_id"] == features_run
+    assert "did not converge in 1 iterations" in run.data.tags["warning"]
+    assert "mlflow.parentRunId" not in mlflow.get_run(features_run).data.tags
+
+
+def test_a_features_run_id_that_does_not_exist_fails_with_the_reason(
+    small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
+) -> None:
+    with pytest.raises(UserError, match="--features_run_id 0123abcd: there is no such run in the tracking store"):
+        probe.run(_config(small_dataset, tiny_model_dir, features_run_id="0123abcd"))
+    [run] = _runs(isolated_mlflow, "probe")
+    assert run.info.status == "FAILED"
+
+
+def test_a_features_run_id_of_another_dataset_or_key_or_stage_is_refused(
+    small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
+) -> None:
+    other_data = extract.run(ExtractConfig(model=str(tiny_model_dir), precision="fp32", umap_max_points=100, max_samples=60))
+    with pytest.raises(UserError, match=r"holds features of another dataset \(emotion-sample, digest"):
+        probe.run(_config(small_dataset, tiny_model_dir, features_run_id=other_data))
+
+    cls_run = extract.run(ExtractConfig(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100))
+    with pytest.raises(UserError, match=r"made its features with pooling=cls \(not mean\); pass the same values"):
+        probe.run(_config(small_dataset, tiny_model_dir, pooling="mean", features_run_id=cls_run))
+
+    probe_run = _runs(isolated_mlflow, "probe")[0].info.run_id
+    with pytest.raises(UserError, match=r"is a FAILED 'probe' run, not a finished extract run"):
+        probe.run(_config(small_dataset, tiny_model_dir, features_run_id=probe_run))
+
+
+def test_fit_probe_converges_and_gives_a_probability_per_label() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    points = rng.normal(size=(60, 8)) + labels[:, None] * 3.0
+    pipeline = baselines.fit_probe(points, labels, max_iter=500)
+    assert baselines.converged(pipeline, 500)
+    assert (pipeline.predict(points) == labels).mean() > 0.95
+    probabilities = baselines.predict_proba(pipeline, points[:2], n_labels=5)
+    assert probabilities.shape == (2, 5) and np.allclose(probabilities[:, 3:], 0)
+
+
+@pytest.mark.slow
+def test_the_probe_on_the_packaged_encoder_clearly_beats_the_dummy() -> None:
+    """The real encoder on the bundled sample: validation accuracy far above the majority class."""
+    from emotion_exp import data, features, models
+    from emotion_exp.config import DEFAULT_MODEL, DataConfig
+
+    splits = data.load_splits(DataConfig())
+    encoder = features.load_encoder(models.resolve(DEFAULT_MODEL), "auto")
+    train, validation = (
+        features.extract(splits.split(n)["text"].tolist(), encoder, pooling="mean", progress=False).features
+        for n in ("train", "validation")
+    )
+    labels = splits.validation["label"].to_numpy()
+    pipeline = baselines.fit_probe(train, splits.train["label"].to_numpy())
+    dummy = baselines.fit_dummy(splits.train["label"].to_numpy())
+    probe_accuracy = (pipeline.predict(validation) == labels).mean()
+    dummy_accuracy = (dummy.predict(validation) == labels).mean()
+    assert dummy_accuracy == pytest.approx(67 / 200)
+    assert probe_accuracy > dummy_accuracy + 0.3
+
+
+@pytest.mark.slow
+def test_mlflow_run_probe(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str) -> None:
+    result = mlflow_run(
+        "probe", isolated_mlflow, tracking_uri,
+        f"dataset={small_dataset}", f"model={tiny_model_dir}", "umap_max_points=100", "batch_size=16",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [probe_run] = _runs(isolated_mlflow, "probe")
+    [extract_run] = _runs(isolated_mlflow, "extract")
+    assert probe_run.info.status == extract_run.info.status == "FINISHED"
+    assert probe_run.data.tags["mlflow.project.entryPoint"] == "probe"
+    assert extract_run.data.tags["mlflow.parentRunId"] == probe_run.info.run_id
+    assert probe_run.data.tags["features_run_id"] == extract_run.info.run_id
+    assert {"val_accuracy", "test_accuracy", "val_f1_weighted"} <= set(probe_run.data.metrics)
+    [logged] = mlflow.search_logged_models(experiment_ids=[probe_run.info.experiment_id], output_format="list")
+    assert logged.source_run_id == probe_run.info.run_id
+    predictions = mlflow.pyfunc.load_model(logged.model_uri).predict(pd.DataFrame({"text": ["i feel so happy today"]}))
+    assert predictions["label"].iloc[0] in ("sadness", "joy", "love", "anger", "fear", "surprise")

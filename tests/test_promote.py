@@ -1,0 +1,243 @@
+"""promote against a real MLflow store: runs that log a small real pyfunc model, then the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from emotion_exp import data, registry
+from emotion_exp.cli import cli
+from emotion_exp.config import DataConfig, PromoteConfig
+from emotion_exp.errors import UserError
+from emotion_exp.registry import Candidate, Champion
+from emotion_exp.stages import promote
+from tests.pyfunc_models import log_keyword_model
+from tests.test_mlflow_run import mlflow_run
+
+NAME = "emotion-classifier"
+pytestmark = pytest.mark.filterwarnings("ignore:An input example was not provided")
+
+
+@pytest.fixture(scope="module")
+def digest(small_dataset: Path) -> str:
+    return data.load_splits(DataConfig(dataset=str(small_dataset))).digest
+
+
+@pytest.fixture
+def config(small_dataset: Path) -> PromoteConfig:
+    return PromoteConfig(dataset=str(small_dataset))
+
+
+def make_run(
+    digest: str,
+    val_f1_weighted: float | None,
+    *,
+    val_accuracy: float = 0.5,
+    model: bool = True,
+    status: str = "FINISHED",
+    stage: str = "finetune",
+) -> str:
+    """A stage-like run: the dataset_digest tag, validation scores and (optionally) a logged model."""
+    with mlflow.start_run(run_name=stage) as run:
+        mlflow.set_tags({"stage": stage, "dataset_digest": digest})
+        metrics = {"val_accuracy": val_accuracy}
+        if val_f1_weighted is not None:
+            metrics["val_f1_weighted"] = val_f1_weighted
+        mlflow.log_metrics(metrics)
+        if model:
+            log_keyword_model(input_example=False)
+        mlflow.end_run(status)
+    return run.info.run_id
+
+
+def champion_run() -> str:
+    client = MlflowClient()
+    return client.get_model_version_by_alias(NAME, "champion").run_id
+
+
+def versions() -> list[str]:
+    return sorted(v.run_id for v in MlflowClient().search_model_versions(f"name = '{NAME}'"))
+
+
+def promote_runs(experiment: str) -> list[mlflow.entities.Run]:
+    return mlflow.search_runs(
+        experiment_names=[experiment], filter_string="tags.stage = 'promote'", output_format="list",
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+@pytest.fixture(autouse=True)
+def fresh_registered_model():
+    """The store is shared by the session: every test starts without the registered model."""
+    client = MlflowClient()
+    for model in client.search_registered_models(f"name = '{NAME}'"):
+        client.delete_registered_model(model.name)
+    yield
+
+
+def test_first_promotion_registers_the_best_run_and_records_why(config, digest, isolated_mlflow) -> None:
+    make_run(digest, 0.40)
+    best = make_run(digest, 0.70, stage="probe")
+    make_run(digest, 0.95, model=False, stage="dummy")  # no model: not a candidate
+    make_run(digest, 0.99, status="FAILED")  # not finished: not a candidate
+    make_run(digest, None)  # without the metric: not a candidate
+
+    promote.run(config)
+
+    assert champion_run() == best
+    assert versions() == [best]
+    [decision] = promote_runs(isolated_mlflow)
+    assert decision.info.status == "FINISHED"
+    assert decision.data.params["candidate_run_id"] == best
+    assert decision.data.params["candidate_stage"] == "probe"
+    assert decision.data.params["candidate_version"] == "1"
+    assert decision.data.params["champion_version"] == "none"
+    assert float(decision.data.params["candidate_value"]) == pytest.approx(0.70)
+    assert decision.data.tags["promote_decision"] == "promoted"
+    assert "no @champion yet" in decision.data.tags["promote_reason"]
+    assert decision.data.tags["dataset_digest"] == digest
+    version = MlflowClient().get_model_version(NAME, "1")
+    assert version.description.startswith("<!-- promotion -->\n## Promotion\n\n**Champion**")
+    assert "val_f1_weighted: 0.7000" in version.description
+    assert version.tags["dataset_digest"] == digest
+
+
+def test_a_strictly_better_run_moves_the_alias(config, digest, isolated_mlflow) -> None:
+    first = make_run(digest, 0.60)
+    promote.run(config)
+    better = make_run(digest, 0.61)
+    promote.run(config)
+
+    assert champion_run() == better
+    assert versions() == sorted([first, better])
+    last = promote_runs(isolated_mlflow)[-1]
+    assert last.data.tags["promote_decision"] == "promoted"
+    assert last.data.params["champion_version"] == "1"
+    assert float(last.data.params["champion_value"]) == pytest.approx(0.60)
+    assert "0.6100 of version 2 beats 0.6000 of version 1" in last.data.tags["promote_reason"]
+
+
+def test_an_equal_run_is_registered_but_the_alias_stays(config, digest, isolated_mlflow) -> None:
+    first = make_run(digest, 0.60)
+    promote.run(config)
+    equal = make_run(digest, 0.60)  # same scores, more recent: the candidate, yet not better
+    promote.run(config)
+
+    assert champion_run() == first
+    assert versions() == sorted([first, equal])
+    last = promote_runs(isolated_mlflow)[-1]
+    assert last.data.tags["promote_decision"] == "kept"
+    assert "is not strictly better than 0.6000 of the champion, version 1" in last.data.tags["promote_reason"]
+    assert "**Not promoted**" in MlflowClient().get_model_version(NAME, "2").description
+
+
+def test_a_worse_run_leaves_the_champion_and_is_not_registered(config, digest, isolated_mlflow) -> None:
+    first = make_run(digest, 0.60)
+    promote.run(config)
+    make_run(digest, 0.55)
+    promote.run(config)
+
+    assert champion_run() == first
+    assert versions() == [first]
+    assert "already the champion" in promote_runs(isolated_mlflow)[-1].data.tags["promote_reason"]
+
+
+def test_running_again_never_registers_twice_and_keeps_card_and_note(config, digest, isolated_mlflow) -> None:
+    run_id = make_run(digest, 0.60)
+    # finetune registers its model right away; promote must reuse that version.
+    experiment_id = mlflow.get_experiment_by_name(isolated_mlflow).experiment_id
+    uri = registry.candidates(experiment_id, digest, "val_f1_weighted")[0].model_uri
+    assert registry.register(uri, NAME) == "1"
+    assert registry.register(uri, NAME) == "1"
+    registry.describe_version(NAME, "1", "# Model card", {"stage": "finetune"}, overwrite=True)
+    promote.run(config)
+    note = MlflowClient().get_model_version(NAME, "1").description
+    assert note.startswith("# Model card\n\n<!-- promotion -->\n## Promotion\n\n**Champion**")
+    promote.run(config)
+
+    assert versions() == [run_id]
+    assert champion_run() == run_id
+    assert MlflowClient().get_model_version(NAME, "1").description == note
+    assert [r.data.tags["promote_decision"] for r in promote_runs(isolated_mlflow)] == ["promoted", "kept"]
+
+
+def test_a_champion_of_another_dataset_is_never_compared(config, digest, isolated_mlflow) -> None:
+    other = make_run("0" * 64, 0.30)
+    experiment_id = mlflow.get_experiment_by_name(isolated_mlflow).experiment_id
+    [old] = registry.candidates(experiment_id, "0" * 64, "val_f1_weighted")
+    registry.set_champion(NAME, registry.register(old.model_uri, NAME))
+    better_here = make_run(digest, 0.90)
+
+    promote.run(config)
+
+    assert champion_run() == other
+    assert versions() == sorted([other, better_here])
+    last = promote_runs(isolated_mlflow)[-1]
+    assert last.data.tags["promote_decision"] == "kept"
+    assert "dataset digest 000000000000" in last.data.tags["promote_reason"]
+    assert "not compared" in last.data.tags["promote_reason"]
+
+
+def test_an_empty_experiment_fails_with_a_clear_message(small_dataset, isolated_mlflow) -> None:
+    result = CliRunner().invoke(cli, ["promote", "--dataset", str(small_dataset)])
+
+    assert result.exit_code == 1
+    assert "Nothing to promote in experiment" in result.output
+    assert "no finished run with a logged model" in result.output
+    assert "emotion-exp finetune" in result.output
+    [failed] = promote_runs(isolated_mlflow)
+    assert failed.info.status == "FAILED"
+    assert "Nothing to promote" in failed.data.tags["error"]
+
+
+def test_runs_of_other_data_only_are_named_in_the_message(config) -> None:
+    make_run("f" * 64, 0.8)
+    with pytest.raises(UserError, match=r"other data only \(1 for digest ffffffffffff\)"):
+        promote.run(config)
+
+
+def test_ties_go_to_validation_accuracy_then_the_most_recent_run() -> None:
+    def candidate(run_id: str, value: float, accuracy: float, start: int) -> Candidate:
+        return Candidate(run_id, f"runs:/{run_id}/model", "finetune", value, accuracy, start)
+
+    tied = [candidate("a", 0.8, 0.7, 3), candidate("b", 0.8, 0.9, 1), candidate("c", 0.7, 1.0, 9)]
+    assert promote.best(tied).run_id == "b"
+    assert promote.best([candidate("a", 0.8, 0.7, 3), candidate("b", 0.8, 0.7, 5)]).run_id == "b"
+
+
+@pytest.mark.parametrize(
+    ("champion", "promoted", "reason"),
+    [
+        (None, True, "no @champion yet"),
+        (Champion("1", "old", "d" * 64, 0.7), True, "beats 0.7000 of version 1"),
+        (Champion("1", "old", "d" * 64, 0.8), False, "not strictly better"),
+        (Champion("1", "old", "d" * 64, 0.9), False, "not strictly better"),
+        (Champion("1", "old", "e" * 64, 0.1), False, "not compared"),
+        (Champion("1", "old", None, None), False, "not compared"),
+        (Champion("1", "old", "d" * 64, None), False, "has no val_f1_weighted"),
+        (Champion("2", "new", "d" * 64, 0.8), False, "already the champion"),
+    ],
+)
+def test_the_promotion_rule(champion, promoted, reason) -> None:
+    candidate = Candidate("new", "runs:/new/model", "finetune", 0.8, 0.8, 1)
+    decision = promote.decide(candidate, "2", champion, metric="val_f1_weighted", digest="d" * 64)
+    assert decision.promoted is promoted
+    assert reason in decision.reason
+
+
+@pytest.mark.slow
+def test_mlflow_run_promote_moves_the_champion(small_dataset, digest, tracking_uri, isolated_mlflow) -> None:
+    best = make_run(digest, 0.70)
+
+    result = mlflow_run("promote", isolated_mlflow, tracking_uri, f"dataset={small_dataset}")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert champion_run() == best
+    [decision] = promote_runs(isolated_mlflow)
+    assert decision.info.status == "FINISHED"
+    assert decision.data.tags["mlflow.project.entryPoint"] == "promote"
+    assert decision.data.tags["promote_decision"] == "promoted"

@@ -1,0 +1,47 @@
+"""The README's pyfunc snippet runs as written against a real champion, so it cannot go stale."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from emotion_exp.config import REGISTERED_MODEL, FinetuneConfig, PromoteConfig
+from emotion_exp.stages import finetune, promote
+from tests.conftest import REPO_ROOT
+
+
+def pyfunc_snippet(readme: Path) -> str:
+    """The first ```python block under a heading that mentions pyfunc."""
+    heading = ""
+    lines = iter(readme.read_text().splitlines())
+    for line in lines:
+        if re.match(r"#+ ", line):
+            heading = line
+        elif line.strip() == "```python" and "pyfunc" in heading.lower():
+            block = []
+            for code in lines:
+                if code.strip() == "```":
+                    return "\n".join(block) + "\n"
+                block.append(code)
+    pytest.fail(f"{readme} has no ```python block under a heading that mentions pyfunc")
+
+
+def test_the_readme_pyfunc_snippet_predicts_with_the_champion(small_dataset, tiny_model_dir, tmp_path, capsys) -> None:
+    snippet = pyfunc_snippet(REPO_ROOT / "README.md")
+    assert f"models:/{REGISTERED_MODEL}@champion" in snippet
+    client = MlflowClient()
+    for model in client.search_registered_models(f"name = '{REGISTERED_MODEL}'"):
+        client.delete_registered_model(model.name)  # the session's store: start from no champion
+    finetune.run(FinetuneConfig(dataset=str(small_dataset), model=str(tiny_model_dir), epochs=1, max_length=32,
+                                batch_size=16, umap_max_points=100, output_dir=str(tmp_path / "checkpoints")))
+    promote.run(PromoteConfig(dataset=str(small_dataset)))
+    capsys.readouterr()
+
+    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the documented code, run as a user would
+
+    printed = capsys.readouterr().out
+    assert "label" in printed and "prob_joy" in printed
+    assert re.search(r"^1\s", printed, re.M), printed

@@ -1,0 +1,126 @@
+"""The champion behind the real `mlflow models serve` on a loopback port: payload shapes and errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from emotion_exp.config import FinetuneConfig, PromoteConfig
+from emotion_exp.stages import finetune, promote
+
+LABELS = {"sadness", "joy", "love", "anger", "fear", "surprise"}
+PROBABILITIES = {f"prob_{label}" for label in LABELS}
+TEXTS = ["i feel so happy today", "this waiting makes me anxious"]
+START_TIMEOUT_S = 180
+
+
+def server_log(workdir: Path) -> str:
+    return (workdir / "server.log").read_text()[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, tmp_path_factory) -> Iterator[str]:
+    """Fine-tune the tiny model, promote it, serve ``models:/<name>@champion``; yield the base URL."""
+    import mlflow
+
+    name = f"serve-test-{uuid.uuid4().hex[:8]}"
+    workdir = tmp_path_factory.mktemp("serve")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(name)  # promote searches the active experiment
+    common = {"dataset": str(small_dataset), "registered_model": name}
+    finetune.run(FinetuneConfig(**common, model=str(tiny_model_dir), epochs=1, max_length=32, batch_size=16,
+                                umap_max_points=100, output_dir=str(workdir / "checkpoints")))
+    promote.run(PromoteConfig(**common))
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    log = (workdir / "server.log").open("w")
+    process = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{server_log(workdir)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no answer on /ping after {START_TIMEOUT_S} s:\n{server_log(workdir)}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def invocations(url: str, payload: object) -> requests.Response:
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+def check_predictions(response: requests.Response, rows: int) -> None:
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == rows
+    for row in predictions:
+        assert set(row) == {"label"} | PROBABILITIES
+        assert row["label"] in LABELS
+        assert sum(row[c] for c in PROBABILITIES) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] == max(PROBABILITIES, key=row.get).removeprefix("prob_")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dataframe_records": [{"text": t} for t in TEXTS]},
+        {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},
+        {"inputs": TEXTS},
+    ],
+    ids=["dataframe_records", "dataframe_split", "inputs"],
+)
+def test_every_payload_shape_gets_labels_and_probabilities(server: str, payload: dict) -> None:
+    check_predictions(invocations(server, payload), rows=len(TEXTS))
+
+
+@pytest.mark.slow
+def test_a_malformed_request_gets_a_4xx_with_a_message_and_the_server_keeps_serving(server: str) -> None:
+    wrong_column = invocations(server, {"dataframe_records": [{"sentence": "hello"}]})
+    assert 400 <= wrong_column.status_code < 500
+    assert "text" in wrong_column.json()["message"]
+
+    headers = {"Content-Type": "application/json"}
+    not_json = requests.post(f"{server}/invocations", data="not json", headers=headers, timeout=60)
+    assert 400 <= not_json.status_code < 500
+    assert "JSON" in not_json.json()["message"]
+
+    assert requests.get(f"{server}/ping", timeout=10).status_code == 200
+    check_predictions(invocations(server, {"inputs": TEXTS[:1]}), rows=1)

@@ -1,0 +1,89 @@
+"""The main entry point: the whole study as nested runs of one parent, compared on the parent."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from emotion_exp.cli import cli
+from tests.test_mlflow_run import mlflow_run
+
+STAGES = {"extract", "dummy", "probe", "tfidf", "finetune", "promote"}
+COMPARED = ["extract", "dummy", "probe", "tfidf", "finetune"]
+
+
+def study_params(small_dataset: Path, tiny_model_dir: Path, registered_model: str) -> dict[str, str]:
+    """The smallest study: tiny encoder, small data, one epoch, short texts."""
+    return {
+        "dataset": str(small_dataset),
+        "model": str(tiny_model_dir),
+        "epochs": "1",
+        "max_length": "32",
+        "batch_size": "16",
+        "umap_max_points": "200",
+        "registered_model": registered_model,
+    }
+
+
+def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
+    """The parent and its children in the store, the comparison on the parent and the champion."""
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    [parent] = [r for r in runs if r.data.tags.get("stage") == "main"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["stage"] for r in children} == STAGES
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert len(parent.data.tags["dataset_digest"]) == 64
+    assert {r.data.tags.get("dataset_digest") for r in children} == {parent.data.tags["dataset_digest"]}
+
+    client = MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert artifacts == {"comparison/comparison.md", "comparison/comparison.csv"}
+    assert "plots/comparison.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    table = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison/comparison.csv")
+    )
+    assert [s for s in table["stage"] if s in COMPARED] == [s for s in COMPARED if s in set(table["stage"])]
+    assert {"dummy", "probe", "tfidf", "finetune"} <= set(table["stage"])
+    markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/comparison/comparison.md")
+    assert "| finetune" in markdown and "val_f1_weighted" in markdown
+    for stage in ("dummy", "probe", "tfidf", "finetune"):
+        assert 0 <= parent.data.metrics[f"{stage}_val_accuracy"] <= 1
+        assert 0 <= parent.data.metrics[f"{stage}_val_f1_weighted"] <= 1
+
+    champion = client.get_model_version_by_alias(registered_model, "champion")
+    candidates = {r.info.run_id for r in children if r.data.tags["stage"] in ("probe", "tfidf", "finetune")}
+    assert champion.run_id in candidates
+    [promote_run] = [r for r in children if r.data.tags["stage"] == "promote"]
+    assert promote_run.data.params["candidate_run_id"] == champion.run_id
+    return parent
+
+
+def test_main_runs_every_stage_as_children_and_compares_them(small_dataset, tiny_model_dir, isolated_mlflow) -> None:
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    arguments = ["main"]
+    for key, value in study_params(small_dataset, tiny_model_dir, name).items():
+        arguments += [f"--{key}", value]
+
+    result = CliRunner().invoke(cli, arguments)
+
+    assert result.exit_code == 0, result.output
+    check_study(isolated_mlflow, name)
+
+
+@pytest.mark.slow
+def test_mlflow_run_dot_is_the_whole_study(small_dataset, tiny_model_dir, tracking_uri, isolated_mlflow) -> None:
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    params = [f"{k}={v}" for k, v in study_params(small_dataset, tiny_model_dir, name).items()]
+
+    result = mlflow_run("main", isolated_mlflow, tracking_uri, *params, timeout=600)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent = check_study(isolated_mlflow, name)
+    assert parent.data.tags["mlflow.project.entryPoint"] == "main"
