@@ -88,12 +88,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the best counts.")
     parser.add_argument("--accuracy", action="store_true", help="Also fit the probe per precision (cls and mean).")
     parser.add_argument("--track", action="store_true", help="Log the figures to the current MLflow store (experiment benchmarks).")
+    parser.add_argument(
+        "--lengths",
+        choices=("sample", "emotion"),
+        default="sample",
+        help="sample: the bundled sample resampled (longest 63 tokens); emotion: texts cut or joined to the "
+        "emotion data's length spread (longest about 90 tokens; benchmarks/finetune.py's generator).",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default, one per core).")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     count = 1000 if args.quick else args.texts
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     resolved = models.resolve(args.model)
     tokenizer, model = models.load_tokenizer(resolved), models.load_encoder(resolved)
     auto = models.resolve_precision("auto")
@@ -102,10 +112,15 @@ def main() -> None:
         "auto": features.encoder_from(tokenizer, model, "auto"),
         "int8": features.encoder_from(tokenizer, models.load_encoder(resolved), "int8"),
     }
-    texts = sample_texts(count, args.seed)
+    if args.lengths == "emotion":
+        from finetune import emotion_like_texts
+
+        texts = emotion_like_texts(count, args.seed)
+    else:
+        texts = sample_texts(count, args.seed)
     lengths = np.array([len(ids) for ids in tokenizer(texts)["input_ids"]])
     print(f"CPU: {models.cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"model: {args.model} ({resolved.source}); {count} texts, tokens mean {lengths.mean():.1f}, "
+    print(f"model: {args.model} ({resolved.source}); {count} texts ({args.lengths} lengths), tokens mean {lengths.mean():.1f}, "
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}; auto precision here: {auto}")
 
     warmup = texts[:64]
@@ -155,7 +170,8 @@ def main() -> None:
         with _model.store(track=True):
             _model.log(
                 "extract",
-                {"model": args.model, "texts": count, "batch_size": args.batch_size, "repeats": args.repeats,
+                {"model": args.model, "texts": count, "lengths": args.lengths, "batch_size": args.batch_size, "repeats": args.repeats,
+                 "threads": torch.get_num_threads(),
                  "auto_precision": auto, "cpu": models.cpu_description()},
                 metrics,
             )

@@ -1,7 +1,7 @@
 """In-process prediction: our pyfunc model against transformers' text-classification pipeline.
 
-Both run the same saved fine-tuned model on the same texts in this process with the same batch
-size (64) and max length (128). The pyfunc model sorts texts by length before batching and
+Both run the same saved fine-tuned model on the same texts in this process with the batch size
+and max length the pyfunc model was logged with. The pyfunc model sorts texts by length before batching and
 uses bf16 where the CPU runs it natively; the pipeline batches in input order, in fp32 by
 default; it is also timed under bf16 autocast so the two effects can be told apart.
 
@@ -20,9 +20,6 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _model  # noqa: E402
-
-BATCH_SIZE = 64
-MAX_LENGTH = 128
 
 
 def texts_per_second(
@@ -54,18 +51,22 @@ def main() -> None:
         import mlflow
         import pandas as pd
         import torch
+        from mlflow.pyfunc import PythonModelContext
         from transformers import pipeline
 
         from emotion_exp import models
+        from emotion_exp.pyfunc import TransformerClassifier
 
         uri = _model.model_uri(args, workdir)
         texts = _model.texts(count)
         model = mlflow.pyfunc.load_model(uri)
         folder = _model.classifier_folder(uri)
+        logged = model.unwrap_python_model()
+        batch_size, max_length = logged.batch_size, logged.max_length
         pipe = pipeline("text-classification", model=str(folder), tokenizer=str(folder), device="cpu", top_k=None)
 
         def run_pipeline(batch: list[str]) -> list:
-            return pipe(batch, batch_size=BATCH_SIZE, truncation=True, max_length=MAX_LENGTH)
+            return pipe(batch, batch_size=batch_size, truncation=True, max_length=max_length)
 
         def run_pipeline_bf16(batch: list[str]) -> list:
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -74,8 +75,18 @@ def main() -> None:
         def run_pyfunc(batch: list[str]) -> pd.DataFrame:
             return model.predict(pd.DataFrame({"text": batch}))
 
+        # The same model class forced to fp32: tells the batching gain from the precision's.
+        fp32 = TransformerClassifier(max_length=max_length, batch_size=batch_size, precision="fp32")
+        fp32.load_context(PythonModelContext({TransformerClassifier.ARTIFACT: str(folder)}, {}))
+
+        def run_pyfunc_fp32(batch: list[str]) -> pd.DataFrame:
+            return fp32.predict(None, pd.DataFrame({"text": batch}))
+
         rates = texts_per_second(
-            {"pyfunc": run_pyfunc, "pipeline": run_pipeline, "pipeline_bf16": run_pipeline_bf16}, texts, repeats
+            {"pyfunc": run_pyfunc, "pyfunc_fp32": run_pyfunc_fp32, "pipeline": run_pipeline,
+             "pipeline_bf16": run_pipeline_bf16},
+            texts,
+            repeats,
         )
         ours, theirs, theirs_bf16 = rates["pyfunc"], rates["pipeline"], rates["pipeline_bf16"]
         ours_labels = run_pyfunc(texts[:256])["label"].tolist()
@@ -83,9 +94,10 @@ def main() -> None:
         agreement = sum(a == b for a, b in zip(ours_labels, their_labels)) / len(ours_labels)
 
         print(f"cpu: {models.cpu_description()}; torch threads: {torch.get_num_threads()}")
-        print(f"model: {uri}; {count} texts, batch size {BATCH_SIZE}, max length {MAX_LENGTH}, median of {repeats}")
+        print(f"model: {uri}; {count} texts, batch size {batch_size}, max length {max_length}, median of {repeats}")
         precision = models.resolve_precision("auto")
         print(f"pyfunc (length-sorted batches, precision auto -> {precision}): {ours:8.1f} texts/s")
+        print(f"pyfunc, same class forced to fp32:                           {rates['pyfunc_fp32']:8.1f} texts/s")
         print(f"transformers pipeline, fp32:                                  {theirs:8.1f} texts/s")
         print(f"transformers pipeline, bf16 autocast:                         {theirs_bf16:8.1f} texts/s")
         print(f"ratio pyfunc / pipeline fp32: {ours / theirs:.2f}x; pyfunc / pipeline bf16: {ours / theirs_bf16:.2f}x")
@@ -93,10 +105,11 @@ def main() -> None:
         if args.track:
             _model.log(
                 "predict",
-                {"model_uri": uri, "texts": count, "repeats": repeats, "batch_size": BATCH_SIZE,
+                {"model_uri": uri, "texts": count, "repeats": repeats, "batch_size": batch_size,
                  "cpu": models.cpu_description()},
                 {"pyfunc_texts_per_second": ours, "pipeline_texts_per_second": theirs,
-                 "pipeline_bf16_texts_per_second": theirs_bf16, "ratio_vs_pipeline": ours / theirs,
+                 "pipeline_bf16_texts_per_second": theirs_bf16, "pyfunc_fp32_texts_per_second": rates["pyfunc_fp32"],
+                 "ratio_vs_pipeline": ours / theirs,
                  "label_agreement": agreement},
             )
 

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -167,20 +167,22 @@ class Stopwatch(TrainerCallback):
     """Seconds spent inside training epochs and the share of an epoch they covered.
 
     The Trainer's own samples/s includes evaluation and checkpointing; this counts training alone.
+    ``clock`` may be ``time.process_time`` to measure CPU time on a machine others share.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.seconds = 0.0
         self.epochs = 0.0
         self._started = 0.0
         self._epoch = 0.0
 
     def on_epoch_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self._started = time.perf_counter()
+        self._started = self.clock()
         self._epoch = state.epoch or 0.0
 
     def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.seconds += time.perf_counter() - self._started
+        self.seconds += self.clock() - self._started
         self.epochs += (state.epoch or 0.0) - self._epoch
 
 

@@ -73,7 +73,8 @@ def test_two_stages_at_once_in_a_new_experiment_both_log_everything(tmp_path: Pa
     for code, output in results:
         assert code == 0, output[-3000:]
         assert "database is locked" not in output
-    runs = {run.data.tags["stage"]: run for run in mlflow.search_runs(experiment_names=[experiment], output_format="list")}
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    runs = {run.data.tags["stage"]: run for run in found}
     assert set(runs) == {"dummy", "tfidf"}
     for stage, config in (("dummy", DummyConfig), ("tfidf", TfidfConfig)):
         run = runs[stage]

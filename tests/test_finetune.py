@@ -105,6 +105,7 @@ def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predict
     assert set(predictions["label"]) <= set(LABELS)
     assert predictions[PROBABILITIES].sum(axis=1).round(5).tolist() == [1.0, 1.0, 1.0]
     assert model.metadata.signature.outputs.input_names() == ["label", *PROBABILITIES]
+    assert model.predict(["i am glad", "so lonely tonight"])["label"].isin(LABELS).all()
 
     with pytest.raises(UserError, match="already FINISHED"):
         stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, resume=run_id))

@@ -66,7 +66,9 @@ def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
     assert "run clean-stale on that host" in result.output
     assert f"{untagged} (?): no host/pid tags" in result.output
     statuses = {run_id: mlflow.get_run(run_id).info.status for run_id in (gone, alive, elsewhere, untagged, finished)}
-    assert statuses == {gone: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING", finished: "FINISHED"}
+    assert statuses == {
+        gone: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING", finished: "FINISHED"
+    }
     error = mlflow.get_run(gone).data.tags["error"]
     assert "is gone" in error and f"emotion-exp finetune --resume {gone}" in error
     assert "error" not in mlflow.get_run(alive).data.tags
@@ -83,7 +85,8 @@ def test_mlflow_run_clean_stale_fails_a_stale_run(tracking_uri: str, isolated_ml
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{stale} (dummy): process" in result.stdout and "marked FAILED" in result.stdout
     assert mlflow.get_run(stale).info.status == "FAILED"
-    [launcher] = mlflow.search_runs(filter_string="tags.`mlflow.project.entryPoint` = 'clean-stale'", output_format="list")
+    entry_point = "tags.`mlflow.project.entryPoint` = 'clean-stale'"
+    [launcher] = mlflow.search_runs(filter_string=entry_point, output_format="list")
     assert launcher.info.status == "FINISHED"  # its own run is not stale
 
 
@@ -94,8 +97,10 @@ def emotion_exp(*args: str, log: Path) -> subprocess.Popen:
     """Start the `emotion-exp` console script (or ``python -m emotion_exp``), output to ``log``."""
     script = Path(sys.executable).with_name("emotion-exp")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "emotion_exp"]
+    # Two of these run at once on two cores: one torch thread each, or their spinning threads starve each other.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
-        return subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+        return subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path, what: str) -> None:

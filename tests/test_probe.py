@@ -49,14 +49,12 @@ def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     texts = ["i feel so happy today", "im scared of what comes next", "ok"]
     from_frame = model.predict(pd.DataFrame({"text": texts}))
-    # MLflow's schema check turns a bare list into a column named 0, so the list form is checked on
-    # the unwrapped model (served `inputs` payloads and DataFrames pass the check).
-    from_list = model.unwrap_python_model().predict(None, texts)
+    from_list = model.predict(texts)
     assert list(from_frame.columns) == ["label", *(f"prob_{n}" for n in LABELS)]
     pd.testing.assert_frame_equal(from_frame, from_list)
     assert set(from_frame["label"]) <= set(LABELS)
     np.testing.assert_allclose(from_frame.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-6)
-    assert model.metadata.get_input_schema().input_names() == ["text"]
+    assert [spec.type.name for spec in model.metadata.get_input_schema().inputs] == ["string"]
     assert len(model.predict(pd.DataFrame({"text": []}, dtype=str))) == 0
 
     second_id = probe.run(_config(small_dataset, tiny_model_dir, C=0.5))

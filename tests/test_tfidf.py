@@ -48,7 +48,7 @@ def test_the_tfidf_stage_logs_scores_and_a_text_model_that_loads(small_dataset: 
     assert list(predictions.columns) == ["label", *(f"prob_{n}" for n in LABELS)]
     assert set(predictions["label"]) <= set(LABELS)
     np.testing.assert_allclose(predictions.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-6)
-    pd.testing.assert_frame_equal(predictions, model.unwrap_python_model().predict(None, texts))
+    pd.testing.assert_frame_equal(predictions, model.predict(texts))
 
 
 def test_a_label_with_a_single_train_text_is_refused_with_the_reason() -> None:
