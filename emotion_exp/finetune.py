@@ -75,7 +75,6 @@ class FinetuneResult:
     global_step: int
     truncated: dict[str, int]
     """Texts per split that ``max_length`` cut."""
-    resumed_from: str | None
 
 
 def last_checkpoint(folder: str | Path) -> str | None:
@@ -367,7 +366,6 @@ def train(
         train_samples_per_second=stopwatch.epochs * len(train_rows) / stopwatch.seconds if stopwatch.seconds else 0.0,
         global_step=global_step,
         truncated=truncated,
-        resumed_from=resume_from,
     )
 
 

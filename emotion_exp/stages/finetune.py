@@ -60,9 +60,8 @@ def run(config: FinetuneConfig, *, callbacks: Sequence[Any] = ()) -> str:
             print(_resume_hint(run_id, checkpoint_dir), file=sys.stderr, flush=True)
             raise
         log_result(config, splits, resolved, result)
-        # A finished run cannot be resumed: its checkpoints (weights plus optimizer state) are dead weight.
-        for checkpoint in checkpoint_dir.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
+        # A finished run cannot be resumed, and MLflow now holds its model: the folder is dead weight.
+        shutil.rmtree(checkpoint_dir)
         return run_id
 
 
