@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -17,21 +11,11 @@ import requests
 
 from emotion_exp.config import FinetuneConfig, PromoteConfig
 from emotion_exp.stages import finetune, promote
+from tests.model_server import serving
 
 LABELS = {"sadness", "joy", "love", "anger", "fear", "surprise"}
 PROBABILITIES = {f"prob_{label}" for label in LABELS}
 TEXTS = ["i feel so happy today", "this waiting makes me anxious"]
-START_TIMEOUT_S = 180
-
-
-def server_log(workdir: Path) -> str:
-    return (workdir / "server.log").read_text()[-3000:]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,38 +32,8 @@ def server(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, tmp_pat
                                 umap_max_points=100, output_dir=str(workdir / "checkpoints")))
     promote.run(PromoteConfig(**common))
 
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log = (workdir / "server.log").open("w")
-    process = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{server_log(workdir)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no answer on /ping after {START_TIMEOUT_S} s:\n{server_log(workdir)}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
+    with serving(f"models:/{name}@champion", tracking_uri, workdir) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def invocations(url: str, payload: object) -> requests.Response:

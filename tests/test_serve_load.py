@@ -10,11 +10,6 @@ answer afterwards. The p50/p99 latencies of the valid requests are printed, not 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,12 +23,12 @@ import requests
 
 from emotion_exp.config import TfidfConfig
 from emotion_exp.stages import tfidf
+from tests.model_server import serving
 
 REQUESTS = 2000
 CLIENTS = 8
 MALFORMED_EVERY = 20
 TIME_LIMIT_S = 120
-START_TIMEOUT_S = 120
 LABELS = {"sadness", "joy", "love", "anger", "fear", "surprise"}
 TEXTS = [
     "i feel so happy today",
@@ -54,12 +49,6 @@ MALFORMED = [
     ("unsupported content type", b"hello", {"Content-Type": "application/x-unknown"}),
     ("empty body", b"", JSON),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -83,39 +72,8 @@ def served(small_dataset: Path, tracking_uri: str, tmp_path_factory: pytest.Temp
     mlflow.set_experiment(name)
     tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
 
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log_path = workdir / "server.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", f"models:/{name}/1", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no answer on /ping after {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.25)
+    with serving(f"models:/{name}/1", tracking_uri, workdir) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def client(url: str, numbers: Iterator[int], tally: Tally, deadline: float) -> None:
