@@ -72,7 +72,9 @@ def probe_accuracy(encoder: features.Encoder, batch_size: int, pooling: str) -> 
     """Validation accuracy of the probe on the bundled sample with features from ``encoder``."""
     splits = data.load_splits(DataConfig())
     train, validation = (
-        features.extract(splits.split(n)["text"].tolist(), encoder, pooling=pooling, batch_size=batch_size, progress=False)
+        features.extract(
+            splits.split(n)["text"].tolist(), encoder, pooling=pooling, batch_size=batch_size, progress=False
+        )
         for n in ("train", "validation")
     )
     pipeline = baselines.fit_probe(train.features, splits.train["label"].to_numpy())
@@ -87,7 +89,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32, help="Our batch size (the study's is 1,000).")
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the best counts.")
     parser.add_argument("--accuracy", action="store_true", help="Also fit the probe per precision (cls and mean).")
-    parser.add_argument("--track", action="store_true", help="Log the figures to the current MLflow store (experiment benchmarks).")
+    parser.add_argument(
+        "--track", action="store_true", help="Log the figures to the current MLflow store (experiment benchmarks)."
+    )
     parser.add_argument(
         "--lengths",
         choices=("sample", "emotion"),
@@ -120,7 +124,8 @@ def main() -> None:
         texts = sample_texts(count, args.seed)
     lengths = np.array([len(ids) for ids in tokenizer(texts)["input_ids"]])
     print(f"CPU: {models.cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"model: {args.model} ({resolved.source}); {count} texts ({args.lengths} lengths), tokens mean {lengths.mean():.1f}, "
+    print(f"model: {args.model} ({resolved.source}); {count} texts ({args.lengths} lengths), "
+          f"tokens mean {lengths.mean():.1f}, "
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}; auto precision here: {auto}")
 
     warmup = texts[:64]
@@ -150,7 +155,8 @@ def main() -> None:
             / np.linalg.norm(result.features, axis=1)
             / np.linalg.norm(reference.features, axis=1)
         ).min()
-        print(f"{result.name:<20}{result.texts_per_second:>10.1f}{result.texts_per_second / reference.texts_per_second:>7.1f}x"
+        ratio = result.texts_per_second / reference.texts_per_second
+        print(f"{result.name:<20}{result.texts_per_second:>10.1f}{ratio:>7.1f}x"
               f"{diff:>12.2e}{cosine:>12.5f}")
 
     accuracy = {}
@@ -162,16 +168,20 @@ def main() -> None:
                 print(f"  {pooling:<5}{name:<6}{accuracy[f'{pooling}_{name}']:.3f}")
 
     if args.track:
-        speeds = {"study": reference.texts_per_second, "fp32": results["ours fp32"].texts_per_second,
-                  "auto": results[f"ours auto ({auto})"].texts_per_second, "int8": results["ours int8"].texts_per_second}
+        speeds = {
+            "study": reference.texts_per_second,
+            "fp32": results["ours fp32"].texts_per_second,
+            "auto": results[f"ours auto ({auto})"].texts_per_second,
+            "int8": results["ours int8"].texts_per_second,
+        }
         metrics = {f"{name}_texts_per_second": rate for name, rate in speeds.items()}
         metrics |= {f"{name}_speedup": rate / speeds["study"] for name, rate in speeds.items() if name != "study"}
         metrics |= {f"probe_val_accuracy_{name}": value for name, value in accuracy.items()}
         with _model.store(track=True):
             _model.log(
                 "extract",
-                {"model": args.model, "texts": count, "lengths": args.lengths, "batch_size": args.batch_size, "repeats": args.repeats,
-                 "threads": torch.get_num_threads(),
+                {"model": args.model, "texts": count, "lengths": args.lengths, "batch_size": args.batch_size,
+                 "repeats": args.repeats, "threads": torch.get_num_threads(),
                  "auto_precision": auto, "cpu": models.cpu_description()},
                 metrics,
             )

@@ -49,7 +49,9 @@ def converged(pipeline: Pipeline, max_iter: int) -> bool:
     return bool(np.all(pipeline[-1].n_iter_ < max_iter))
 
 
-def fit_tfidf(texts: list[str], labels: np.ndarray, *, C: float = 1.0, class_weight: str = "none", seed: int = 42) -> Pipeline:
+def fit_tfidf(
+    texts: list[str], labels: np.ndarray, *, C: float = 1.0, class_weight: str = "none", seed: int = 42
+) -> Pipeline:
     """TF-IDF of word 1-2-grams and character 2-5-grams, then a linear SVM with calibrated probabilities.
 
     The SVM beat logistic regression on the same features on the bundled sample (validation

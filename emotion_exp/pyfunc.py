@@ -6,6 +6,7 @@ DataFrame with ``label`` and one probability column per label name (``prob_<labe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow
@@ -218,11 +219,14 @@ def log_model(
 
     ``artifacts`` (name -> local path) are copied from disk, so no second copy of the weights
     is built in memory; ``packages`` are the pip packages the model needs beyond MLflow's own.
+    The ``emotion_exp`` package travels with the model (``code_paths``), so it loads where
+    emotion-exp is not installed, such as the fresh environment of ``mlflow models serve``.
     """
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=python_model,
         artifacts=artifacts,
+        code_paths=[str(Path(__file__).resolve().parent)],
         signature=signature(label_names),
         input_example=INPUT_EXAMPLE,
         pip_requirements=requirements(*packages),

@@ -25,7 +25,11 @@ def run(config: ExtractConfig) -> str:
         resolved = models.resolve(config.model)
         key = features.feature_key(resolved, config.pooling, config.max_length, config.precision)
         tracking.log_params(
-            {"model_location": resolved.location, "model_source": resolved.source, "resolved_precision": key["precision"]}
+            {
+                "model_location": resolved.location,
+                "model_source": resolved.source,
+                "resolved_precision": key["precision"],
+            }
         )
         tracking.set_tags({"cpu": models.cpu_description()})
         found = tracking.find_extract_run(splits.digest, key)

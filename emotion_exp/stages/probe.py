@@ -29,12 +29,17 @@ def run(config: ProbeConfig) -> str:
         resolved = models.resolve(config.model)
         key = features.feature_key(resolved, config.pooling, config.max_length, config.precision)
         tracking.log_params(
-            {"model_location": resolved.location, "model_source": resolved.source, "resolved_precision": key["precision"]}
+            {
+                "model_location": resolved.location,
+                "model_source": resolved.source,
+                "resolved_precision": key["precision"],
+            }
         )
         if config.features_run_id:
             features_run_id = tracking.check_extract_run(config.features_run_id, splits.digest, key)
         else:
-            features_run_id = tracking.find_extract_run(splits.digest, key) or extract.run(subset(config, ExtractConfig))
+            found = tracking.find_extract_run(splits.digest, key)
+            features_run_id = found or extract.run(subset(config, ExtractConfig))
         tracking.set_tags({"features_run_id": features_run_id})
         feature_set = _load_features(features_run_id, splits)
 
@@ -47,9 +52,8 @@ def run(config: ProbeConfig) -> str:
             seed=config.seed,
         )
         if not baselines.converged(pipeline, config.max_iter):
-            tracking.set_tags(
-                {"warning": f"The logistic regression did not converge in {config.max_iter} iterations; raise --max_iter."}
-            )
+            warning = f"The logistic regression did not converge in {config.max_iter} iterations; raise --max_iter."
+            tracking.set_tags({"warning": warning})
         for split in ("validation", "test"):
             predicted = pipeline.predict(feature_set.features[split])
             evaluation = metrics.evaluate(feature_set.labels[split], predicted, splits.label_names)
@@ -60,12 +64,14 @@ def run(config: ProbeConfig) -> str:
 
 def _load_features(run_id: str, splits: DatasetSplits) -> features.FeatureSet:
     with tempfile.TemporaryDirectory() as folder:
-        feature_set = features.load(Path(tracking.download_artifact(run_id, tracking.FEATURES_ARTIFACT, folder)))
+        path = Path(tracking.download_artifact(run_id, tracking.FEATURES_ARTIFACT, folder))
+        feature_set = features.load(path)
     for split in features.SPLITS:
         if not np.array_equal(feature_set.labels[split], splits.split(split)["label"].to_numpy()):
             raise UserError(
                 f"The features of run {run_id} do not line up with this dataset's {split} labels although the "
-                "dataset digests agree; the run's artifacts were changed. Leave --features_run_id empty to extract anew."
+                "dataset digests agree; the run's artifacts were changed. Leave --features_run_id empty to "
+                "extract anew."
             )
     return feature_set
 

@@ -21,7 +21,8 @@ def run(config: TfidfConfig) -> str:
             class_weight=config.class_weight,
             seed=config.seed,
         )
-        tracking.log_metrics({f"vocabulary_{name}": len(step.vocabulary_) for name, step in pipeline["tfidf"].transformer_list})
+        vectorizers = pipeline["tfidf"].transformer_list
+        tracking.log_metrics({f"vocabulary_{name}": len(step.vocabulary_) for name, step in vectorizers})
         for split in ("validation", "test"):
             frame = splits.split(split)
             evaluation = metrics.evaluate(frame["label"], pipeline.predict(frame["text"].tolist()), splits.label_names)
