@@ -18,7 +18,7 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_SAMPLE = "sample"
 REGISTERED_MODEL = "emotion-classifier"
 CHAMPION_ALIAS = "champion"
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def option(
@@ -121,7 +121,7 @@ class EncoderConfig(DataConfig):
     precision: str = option(
         "auto",
         "Numeric precision: auto (bf16 only where the hardware runs it natively, else fp32), "
-        "fp32, bf16, or int8 (dynamic quantization; extraction and prediction only).",
+        "fp32 or bf16.",
         choices=PRECISIONS,
     )
     umap_max_points: int = option(20_000, "At most this many points in the UMAP plots.", minimum=1)
@@ -160,8 +160,6 @@ class FinetuneConfig(EncoderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.precision == "int8":
-            raise UserError("--precision int8 is for extraction and prediction; fine-tuning takes auto, fp32 or bf16.")
         if not self.warmup < 1:
             raise UserError(f"--warmup is a fraction of the training steps, at least 0 and below 1; got {self.warmup!r}.")
 

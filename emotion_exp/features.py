@@ -33,7 +33,7 @@ class Encoder:
 
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
-    precision: str  # resolved: fp32, bf16 or int8
+    precision: str  # resolved: fp32 or bf16
     device: torch.device
 
     @property
@@ -58,40 +58,14 @@ class Extraction:
 
 
 def load_encoder(resolved: models.ResolvedModel, precision: str) -> Encoder:
-    """Load tokenizer and encoder for ``precision`` (``auto`` resolved for this hardware).
-
-    ``int8`` quantizes every linear layer dynamically (weights int8, activations quantized on
-    the fly); torch runs that on the CPU only, so int8 always uses the CPU.
-    """
+    """Load tokenizer and encoder for ``precision`` (``auto`` resolved for this hardware)."""
     return encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision)
 
 
 def encoder_from(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, precision: str) -> Encoder:
     """Wrap an already loaded tokenizer and model (the pyfunc model loads them from its artifacts)."""
-    import torch
-
-    resolved = models.resolve_precision(precision)
-    if resolved == "int8":
-        device = torch.device("cpu")
-        model = quantize_int8(model.to(device))
-    else:
-        device = batching.best_device()
-        model = model.to(device)
-    return Encoder(tokenizer, model.eval(), resolved, device)
-
-
-def quantize_int8(model: PreTrainedModel) -> PreTrainedModel:
-    """Dynamic int8 quantization of the ``nn.Linear`` layers (about 3/4 of the compute)."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        # torch announces that its quantized tensors move to torchao; they still work in torch 2.13.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    device = batching.best_device()
+    return Encoder(tokenizer, model.to(device).eval(), models.resolve_precision(precision), device)
 
 
 def feature_key(resolved: models.ResolvedModel, pooling: str, max_length: int, precision: str) -> dict[str, str]:

@@ -220,11 +220,11 @@ CASES = {
     # --- parameter values (refused before any run starts) -----------------------------------
     "precision fp16": Case(
         on_small("extract", "--precision", "fp16"),
-        ("--precision must be one of auto, fp32, bf16, int8; got 'fp16'",),
+        ("--precision must be one of auto, fp32, bf16; got 'fp16'",),
     ),
     "precision int8 for finetune": Case(
         on_small("finetune", "--precision", "int8"),
-        ("--precision int8 is for extraction and prediction", "fine-tuning takes auto, fp32 or bf16"),
+        ("--precision must be one of auto, fp32, bf16; got 'int8'",),
     ),
     "epochs zero": Case(on_small("finetune", "--epochs", "0"), ("--epochs must be greater than 0; got 0",)),
     "batch_size zero": Case(on_small("extract", "--batch_size", "0"), ("--batch_size must be at least 1; got 0",)),

@@ -59,8 +59,8 @@ def test_every_stage_has_an_entry_point_and_a_command() -> None:
 @pytest.mark.parametrize(
     ("config_class", "overrides", "message"),
     [
-        (cfg.ExtractConfig, {"precision": "fp16"}, "--precision must be one of auto, fp32, bf16, int8; got 'fp16'"),
-        (cfg.FinetuneConfig, {"precision": "int8"}, "fine-tuning takes auto, fp32 or bf16"),
+        (cfg.ExtractConfig, {"precision": "fp16"}, "--precision must be one of auto, fp32, bf16; got 'fp16'"),
+        (cfg.FinetuneConfig, {"precision": "int8"}, "--precision must be one of auto, fp32, bf16; got 'int8'"),
         (cfg.FinetuneConfig, {"epochs": 0}, "--epochs must be greater than 0"),
         (cfg.FinetuneConfig, {"batch_size": 0}, "--batch_size must be at least 1"),
         (cfg.ExtractConfig, {"max_length": -3}, "--max_length must be at least 1"),

@@ -66,18 +66,6 @@ def test_no_texts_give_an_empty_matrix(encoder: features.Encoder) -> None:
     assert features.extract([], encoder, progress=False).features.shape == (0, 32)
 
 
-def test_int8_quantizes_the_linear_layers_and_runs_on_the_cpu(tiny_model_dir: Path) -> None:
-    import torch
-
-    encoder = features.load_encoder(models.resolve(str(tiny_model_dir)), "int8")
-    assert encoder.precision == "int8"
-    assert encoder.device == torch.device("cpu")
-    assert not any(type(m) is torch.nn.Linear for m in encoder.model.modules())
-    result = features.extract(TEXTS, encoder, progress=False)
-    assert result.features.shape == (len(TEXTS), 32)
-    assert np.isfinite(result.features).all()
-
-
 def test_the_feature_key_uses_the_absolute_folder_and_the_resolved_precision(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

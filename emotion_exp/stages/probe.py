@@ -89,9 +89,8 @@ def log_model(pipeline: object, splits: DatasetSplits, resolved: models.Resolved
                 pooling=config.pooling,
                 max_length=config.max_length,
                 batch_size=config.batch_size,
-                # bf16 and fp32 features agree to about 1e-2, so the loading machine picks what it runs
-                # natively; int8 features differ more, so the model keeps them as they were trained.
-                precision="int8" if config.precision == "int8" else "auto",
+                # bf16 and fp32 features agree to about 1e-2, so the loading machine picks what it runs natively.
+                precision="auto",
             ),
             splits.label_names,
             artifacts={pyfunc.ProbeClassifier.ARTIFACT: folder},
