@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from emotion_exp.data import DatasetSplits
     from emotion_exp.metrics import Evaluation
+    from emotion_exp.models import ResolvedModel
 
 T = TypeVar("T")
 SPLIT_PREFIX = {"train": "train", "validation": "val", "test": "test"}
@@ -395,3 +396,14 @@ def _key_differences(tags: Mapping[str, str], key: Mapping[str, str]) -> list[st
 def download_artifact(run_id: str, artifact_path: str, dst_path: str) -> str:
     """Download one artifact of a run into ``dst_path``; return its local path."""
     return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst_path)
+
+
+def log_model_source(resolved: ResolvedModel, precision: str | None = None) -> None:
+    """Record which weights a run really used, the precision they ran in, and the CPU."""
+    from emotion_exp.models import cpu_description
+
+    params = {"model_location": resolved.location, "model_source": resolved.source}
+    if precision is not None:
+        params["resolved_precision"] = precision
+    log_params(params)
+    set_tags({"cpu": cpu_description()})

@@ -24,14 +24,7 @@ def run(config: ExtractConfig) -> str:
         tracking.log_dataset(splits)
         resolved = models.resolve(config.model)
         key = features.feature_key(resolved, config.pooling, config.max_length, config.precision)
-        tracking.log_params(
-            {
-                "model_location": resolved.location,
-                "model_source": resolved.source,
-                "resolved_precision": key["precision"],
-            }
-        )
-        tracking.set_tags({"cpu": models.cpu_description()})
+        tracking.log_model_source(resolved, key["precision"])
         found = tracking.find_extract_run(splits.digest, key)
         if found:
             tracking.set_feature_key(key, found)

@@ -45,8 +45,7 @@ def run(config: FinetuneConfig, *, callbacks: Sequence[Any] = ()) -> str:
             plots.label_distribution(splits.train["label"], splits.label_names), "plots/label_distribution.png"
         )
         resolved = models.resolve(config.model)
-        tracking.log_params({"model_location": resolved.location, "model_source": resolved.source})
-        tracking.set_tags({"cpu": models.cpu_description()})
+        tracking.log_model_source(resolved)
         try:
             result = finetune.train(
                 splits,

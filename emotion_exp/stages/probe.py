@@ -28,13 +28,7 @@ def run(config: ProbeConfig) -> str:
         )
         resolved = models.resolve(config.model)
         key = features.feature_key(resolved, config.pooling, config.max_length, config.precision)
-        tracking.log_params(
-            {
-                "model_location": resolved.location,
-                "model_source": resolved.source,
-                "resolved_precision": key["precision"],
-            }
-        )
+        tracking.log_model_source(resolved, key["precision"])
         if config.features_run_id:
             features_run_id = tracking.check_extract_run(config.features_run_id, splits.digest, key)
         else:
