@@ -153,11 +153,6 @@ def digests_with_models(experiment_id: str) -> dict[str, int]:
     return counts
 
 
-def experiment_name(experiment_id: str) -> str:
-    """The name of an experiment, for messages."""
-    return MlflowClient().get_experiment(experiment_id).name
-
-
 def champion(name: str, metric: str, alias: str = CHAMPION_ALIAS) -> Champion | None:
     """The current champion of ``name`` with its run's digest and ``metric``; None without one."""
     client = MlflowClient()

@@ -12,14 +12,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import socket
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import mlflow
-from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import __version__
@@ -197,26 +195,11 @@ def log_evaluation(split: str, evaluation: Evaluation, label_names: tuple[str, .
     log_dict(evaluation.report, f"reports/classification_report_{split}.json")
 
 
-def active_run_id() -> str:
-    """The id of the run a stage is logging into."""
-    return mlflow.active_run().info.run_id
-
-
 def current_experiment_id() -> str:
     """The experiment new runs go to (``MLFLOW_EXPERIMENT_NAME``/``_ID`` or MLflow's default)."""
     from mlflow.tracking.fluent import _get_experiment_id
 
     return _get_experiment_id()
-
-
-def status_of(run_id: str) -> str:
-    """A run's status name (``RUNNING``, ``FINISHED``, ...)."""
-    return RunStatus.to_string(RunStatus.from_string(MlflowClient().get_run(run_id).info.status))
-
-
-def to_json(data: Any) -> str:
-    """Pretty JSON for artifacts people read."""
-    return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 
 def run_metrics(run_id: str) -> dict[str, float]:

@@ -132,7 +132,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_same_run_as_if_never
 
     with pytest.raises(UserError, match=r"pass them unchanged \(--learning_rate was 0.00015, now 0.001\)"):
         stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, epochs=2, learning_rate=1e-3, resume=run_id))
-    assert tracking.status_of(run_id) == "KILLED"
+    assert tracking.find_run(run_id).status == "KILLED"
 
     assert stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, epochs=2, resume=run_id)) == run_id
 

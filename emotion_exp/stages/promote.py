@@ -109,7 +109,7 @@ def _no_candidates(experiment_id: str, digest: str, dataset_name: str, metric: s
         else "it holds no finished run with a logged model"
     )
     return UserError(
-        f"Nothing to promote in experiment {registry.experiment_name(experiment_id)!r}: expected a finished "
+        f"Nothing to promote in experiment {tracking.experiment_name(experiment_id)!r}: expected a finished "
         f"run that logged a model with {metric} on dataset {dataset_name!r} (digest {digest[:12]}), but {found}. "
         "Run `emotion-exp finetune` (or probe / tfidf) on this dataset in this experiment first, or pick "
         "the experiment with MLFLOW_EXPERIMENT_NAME."
