@@ -9,6 +9,7 @@ are checked when a config is built, so a bad parameter fails before any work sta
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,23 +192,83 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
-class MainConfig(FinetuneConfig):
-    """The whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs."""
-
-    pooling: str = option("cls", "Pooling for the extract and probe stages.", choices=("cls", "mean"))
-    metric: str = option(
-        "val_f1_weighted",
-        "Metric that decides the champion (higher is better).",
-        choices=("val_f1_weighted", "val_accuracy", "val_f1_macro"),
-    )
-
-
-@dataclass(frozen=True)
 class CleanStaleConfig:
     """Mark RUNNING runs whose process is gone as FAILED."""
 
     dry_run: bool = option(False, "Only list the stale runs.")
 
+
+# The study (``main``) runs these stages, in this order, as children of one run.
+STUDY_STAGES: dict[str, type] = {
+    "extract": ExtractConfig,
+    "dummy": DummyConfig,
+    "probe": ProbeConfig,
+    "tfidf": TfidfConfig,
+    "finetune": FinetuneConfig,
+    "promote": PromoteConfig,
+}
+# What the study decides for its children: the probe reads the study's extract run, and only
+# promote registers (whichever run is best), so the model stages register nothing.
+SET_BY_THE_STUDY: dict[str, dict[str, Any]] = {
+    "probe": {"features_run_id": "", "registered_model": ""},
+    "tfidf": {"registered_model": ""},
+    "finetune": {"registered_model": ""},
+}
+
+
+def _compose_study() -> tuple[type, dict[str, dict[str, str]]]:
+    """``MainConfig``: every field of the study's stages, each declared once, in its stage's config.
+
+    A field that several stages share (inherited from one declaration: ``dataset``, ``model``,
+    ``pooling`` ...) appears once under its own name. Where stages declare different fields of
+    one name (``C`` of the probe and of tfidf), each becomes ``<stage>_<name>`` (``probe_C``,
+    ``tfidf_C``). Fields in ``SET_BY_THE_STUDY`` are not options of ``main``. Returns the class
+    and, per stage, which ``main`` field feeds each of its fields.
+    """
+    declared: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for stage, config_class in STUDY_STAGES.items():
+        for spec in dataclasses.fields(config_class):
+            if spec.name not in SET_BY_THE_STUDY.get(stage, {}):
+                declared.setdefault(spec.name, []).append((stage, spec))
+    sources: dict[str, dict[str, str]] = {stage: {} for stage in STUDY_STAGES}
+    fields: list[tuple[str, Any, Any]] = []
+    for name, owners in declared.items():
+        distinct = {id(spec): (stage, spec) for stage, spec in reversed(owners)}  # the first stage of each wins
+        for stage, spec in reversed(list(distinct.values())):
+            study_name, help_text = name, spec.metadata["help"]
+            if len(distinct) > 1:
+                study_name, help_text = f"{stage}_{name}", f"{stage.capitalize()} stage: {help_text}"
+            for owner, owner_spec in owners:
+                if owner_spec is spec:
+                    sources[owner][name] = study_name
+            hint = typing.get_type_hints(STUDY_STAGES[stage])[name]
+            fields.append((study_name, hint, option(spec.default, help_text, **_limits(spec))))
+
+    def __post_init__(self: Any) -> None:
+        _check(self)
+        for stage in STUDY_STAGES:
+            self.stage_config(stage)  # each stage's own checks (fractions, warm-up)
+
+    def stage_config(self: Any, stage: str) -> Any:
+        """The config the study runs ``stage`` with."""
+        values = {name: getattr(self, study_name) for name, study_name in sources[stage].items()}
+        return STUDY_STAGES[stage](**values, **SET_BY_THE_STUDY.get(stage, {}))
+
+    namespace = {
+        "__doc__": "The whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs.",
+        "__post_init__": __post_init__,
+        "stage_config": stage_config,
+    }
+    main = dataclasses.make_dataclass("MainConfig", fields, frozen=True, namespace=namespace)
+    main.__module__ = __name__
+    return main, sources
+
+
+def _limits(spec: dataclasses.Field) -> dict[str, Any]:
+    return {key: spec.metadata[key] for key in ("choices", "minimum", "exclusive_minimum")}
+
+
+MainConfig, STUDY_SOURCES = _compose_study()
 
 STAGE_CONFIGS: dict[str, type] = {
     "main": MainConfig,

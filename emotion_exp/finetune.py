@@ -1,7 +1,7 @@
 """Full fine-tuning with the transformers Trainer: dynamic padding, length grouping, bf16 where native.
 
 This module never imports mlflow: ``train`` takes Trainer callbacks, and the stage passes the
-one that logs (``tracking.trainer_callback``). Checkpoints go to one folder per run, each epoch
+one that logs (``stages.finetune.MlflowMetricsCallback``). Checkpoints go to one folder per run, each epoch
 and when the user interrupts (Ctrl-C or SIGTERM finish the current step, save, then stop), so
 an interrupted run continues from its last checkpoint.
 """

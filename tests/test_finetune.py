@@ -164,7 +164,7 @@ def test_resume_refuses_an_unknown_run_and_a_run_without_checkpoints(
 
 def test_the_logging_callback_logs_only_on_the_main_process() -> None:
     with mlflow.start_run() as run:
-        callback = tracking.trainer_callback(run.info.run_id)
+        callback = stage.MlflowMetricsCallback(run.info.run_id)
         callback.on_log(None, TrainerState(global_step=5, is_world_process_zero=False), None, logs={"loss": 1.0})
         callback.on_log(None, TrainerState(global_step=7), None, logs={"loss": 0.5, "eval_accuracy": 0.25, "epoch": 1.0})
         callback.on_log(None, TrainerState(global_step=7), None, logs={"train_runtime": 3.0, "train_loss": 0.7})

@@ -6,25 +6,20 @@ the run stays RUNNING for ever. Every stage run records the ``host`` and ``pid``
 from another host cannot be checked from here and are left alone, as are runs without those
 tags (not started by emotion-exp, or still being set up by ``mlflow run``).
 
-The pid check is the operating system's (``os.kill(pid, 0)``): a pid that a later, unrelated
+Whether a process is alive is ``tracking.process_state``'s call: a pid that a later, unrelated
 process reused counts as alive, so such a run is left alone rather than wrongly failed.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import mlflow
+from mlflow.tracking import MlflowClient
+
 from emotion_exp import tracking
 from emotion_exp.config import CleanStaleConfig
-
-GONE = "gone"
-ALIVE = "alive"
-OTHER_HOST = "other host"
-UNTRACKED = "untracked"
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -32,29 +27,8 @@ class Verdict:
 
     run_id: str
     stage: str
-    state: str  # GONE, ALIVE, OTHER_HOST or UNTRACKED
+    state: str  # tracking.GONE, ALIVE, OTHER_HOST or UNTRACKED
     detail: str
-
-
-def process_state(tags: dict[str, str], host: str | None = None) -> tuple[str, str]:
-    """Whether the process that owns a run (its ``host`` and ``pid`` tags) is still there.
-
-    Returns the state and a phrase describing it for messages.
-    """
-    host = host or socket.gethostname()
-    owner, pid_text = tags.get("host"), tags.get("pid", "")
-    if not owner or not pid_text.isdigit():
-        return UNTRACKED, "no host/pid tags (not started by emotion-exp, or not yet set up)"
-    if owner != host:
-        return OTHER_HOST, f"pid {pid_text} on host {owner!r}, which cannot be checked from {host!r}"
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return GONE, f"process {pid} on {host!r} is gone"
-    except PermissionError:  # it exists, under another user
-        return ALIVE, f"process {pid} on {host!r} is still running (another user's)"
-    return ALIVE, f"process {pid} on {host!r} is still running"
 
 
 def find_stale(experiment_id: str) -> list[Verdict]:
@@ -64,7 +38,7 @@ def find_stale(experiment_id: str) -> list[Verdict]:
     for record in tracking.running_runs(experiment_id):
         if record.run_id == own:
             continue
-        state, detail = process_state(record.tags)
+        state, detail = tracking.process_state(record.tags)
         verdicts.append(Verdict(record.run_id, record.tags.get("stage", "?"), state, detail))
     return verdicts
 
@@ -89,15 +63,15 @@ def run(config: CleanStaleConfig) -> list[str]:
     """
     experiment_id = tracking.current_experiment_id()
     verdicts = find_stale(experiment_id)
-    stale = [v for v in verdicts if v.state == GONE]
-    where = f"experiment {tracking.experiment_name(experiment_id)!r} of {tracking.tracking_uri()}"
+    stale = [v for v in verdicts if v.state == tracking.GONE]
+    where = f"experiment {MlflowClient().get_experiment(experiment_id).name!r} of {mlflow.get_tracking_uri()}"
     print(f"clean-stale: {len(verdicts)} RUNNING run(s) in {where}; {len(stale)} stale.")
     for verdict in verdicts:
-        if verdict.state == GONE:
+        if verdict.state == tracking.GONE:
             action = "would mark FAILED (dry run)" if config.dry_run else "marked FAILED"
             if not config.dry_run:
                 tracking.fail_run(verdict.run_id, error_message(verdict))
-        elif verdict.state == OTHER_HOST:
+        elif verdict.state == tracking.OTHER_HOST:
             action = "left alone: run clean-stale on that host"
         else:
             action = "left alone"

@@ -14,71 +14,62 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from emotion_exp import data, finetune, metrics, models, plots, pyfunc, registry, tracking
+import mlflow
+from transformers import TrainerCallback
+
+from emotion_exp import data, finetune, model_card, models, plots, pyfunc, tracking
 from emotion_exp.config import DataConfig, FinetuneConfig, subset
 from emotion_exp.errors import UserError
-from emotion_exp.stages import clean_stale
+from emotion_exp.stages.skeleton import SPLIT_PREFIX, LoggedModel, Stage, log_figure, log_model_source, open_stage
 
 if TYPE_CHECKING:
     from emotion_exp.data import DatasetSplits
-    from emotion_exp.metrics import Evaluation
 
 # Parameters that may differ on resume: they do not change what is trained.
 FREE_ON_RESUME = ("resume", "output_dir", "umap_max_points", "registered_model")
 
 
-def run(config: FinetuneConfig, *, callbacks: Sequence[Any] = ()) -> str:
+def run(config: FinetuneConfig, *, splits: DatasetSplits | None = None, callbacks: Sequence[Any] = ()) -> str:
     """Fine-tune, evaluate, log and register; return the run id.
 
     ``callbacks`` are extra transformers ``TrainerCallback`` objects (tests, notebooks).
     """
-    splits = _check_resume(config) if config.resume else None
-    with tracking.stage_run("finetune", config, run_id=config.resume or None) as run:
-        run_id = run.info.run_id
-        checkpoint_dir = Path(config.output_dir) / run_id
-        if splits is None:
-            splits = data.load_splits(subset(config, DataConfig))
-            tracking.log_dataset(splits)
-        else:
-            tracking.set_tags({"resumed_from": finetune.last_checkpoint(checkpoint_dir)})
-        tracking.log_figure(
-            plots.label_distribution(splits.train["label"], splits.label_names), "plots/label_distribution.png"
-        )
+    if config.resume:
+        splits = _check_resume(config)
+    with open_stage("finetune", config, splits=splits, run_id=config.resume or None) as stage:
+        checkpoint_dir = Path(config.output_dir) / stage.run_id
+        if config.resume:
+            mlflow.set_tag("resumed_from", finetune.last_checkpoint(checkpoint_dir))
         resolved = models.resolve(config.model)
-        tracking.log_model_source(resolved)
+        log_model_source(resolved)
         try:
             result = finetune.train(
-                splits,
+                stage.splits,
                 resolved,
                 config,
-                callbacks=[tracking.trainer_callback(run_id), *callbacks],
+                callbacks=[MlflowMetricsCallback(stage.run_id), *callbacks],
                 checkpoint_dir=checkpoint_dir,
                 resume=bool(config.resume),
             )
         except KeyboardInterrupt:
-            print(_resume_hint(run_id, checkpoint_dir), file=sys.stderr, flush=True)
+            print(_resume_hint(stage.run_id, checkpoint_dir), file=sys.stderr, flush=True)
             raise
-        log_result(config, splits, resolved, result)
+        log_result(stage, config, resolved, result)
         # A finished run cannot be resumed, and MLflow now holds its model: the folder is dead weight.
         shutil.rmtree(checkpoint_dir)
-        return run_id
+        return stage.run_id
 
 
-def log_result(
-    config: FinetuneConfig, splits: DatasetSplits, resolved: models.ResolvedModel, result: finetune.FinetuneResult
-) -> None:
+def log_result(stage: Stage, config: FinetuneConfig, resolved: models.ResolvedModel, result: finetune.FinetuneResult) -> None:
     """Scores, plots, throughput, the pyfunc model with its card, and its registered version."""
+    splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
-    evaluations = {}
-    for split in ("validation", "test"):
-        predicted = result.probabilities[split].argmax(axis=1)
-        evaluations[split] = metrics.evaluate(splits.split(split)["label"], predicted, splits.label_names)
-        tracking.log_evaluation(split, evaluations[split], splits.label_names)
-    tracking.log_metrics(
+    evaluations = stage.score(result.probabilities.__getitem__)
+    mlflow.log_metrics(
         {
             "train_seconds": result.train_seconds,
             "train_samples_per_second": result.train_samples_per_second,
-            **{f"truncated_{tracking.SPLIT_PREFIX[s]}": n for s, n in result.truncated.items()},
+            **{f"truncated_{SPLIT_PREFIX[s]}": n for s, n in result.truncated.items()},
         }
     )
     embedding, labels = plots.umap_embedding(
@@ -87,72 +78,21 @@ def log_result(
         seed=config.seed,
         max_points=config.umap_max_points,
     )
-    tracking.log_figure(
+    log_figure(
         plots.umap_overlay(embedding, labels, splits.label_names, title="UMAP of the fine-tuned model (validation)"),
         "plots/umap_finetuned_overlay.png",
     )
-    tracking.log_figure(plots.umap_per_label(embedding, labels, splits.label_names), "plots/umap_finetuned_per_label.png")
+    log_figure(plots.umap_per_label(embedding, labels, splits.label_names), "plots/umap_finetuned_per_label.png")
 
-    card = model_card(config, splits, resolved, result, evaluations)
+    card = model_card.finetuned(config, splits, resolved, result, evaluations)
     (result.model_dir / "README.md").write_text(card)
-    tracking.log_text(card, "model_card.md")
-    model_uri = pyfunc.log_model(
+    mlflow.log_text(card, "model_card.md")
+    model = LoggedModel(
         pyfunc.TransformerClassifier(max_length=config.max_length, batch_size=config.batch_size),
-        splits.label_names,
         artifacts={pyfunc.TransformerClassifier.ARTIFACT: str(result.model_dir)},
         packages=("torch", "transformers"),
     )
-    if config.registered_model:
-        version = registry.register(model_uri, config.registered_model)
-        registry.describe_version(
-            config.registered_model, version, card, {"stage": "finetune", "dataset_digest": splits.digest}, overwrite=True
-        )
-        tracking.set_tags({"registered_model": config.registered_model, "registered_version": version})
-
-
-def model_card(
-    config: FinetuneConfig,
-    splits: DatasetSplits,
-    resolved: models.ResolvedModel,
-    result: finetune.FinetuneResult,
-    evaluations: dict[str, Evaluation],
-) -> str:
-    """A markdown model card: what the model is, what it was trained on, how, and how well it does."""
-    rows = " / ".join(f"{len(splits.split(s)):,}" for s in ("train", "validation", "test"))
-    scores = "\n".join(
-        f"| {split} | {e.accuracy:.4f} | {e.f1_weighted:.4f} | {e.f1_macro:.4f} |" for split, e in evaluations.items()
-    )
-    return f"""# Emotion classifier: fine-tuned {resolved.spec}
-
-Classifies an English text into one of {len(splits.label_names)} labels: {", ".join(splits.label_names)}.
-Input: a DataFrame with a `text` column, or a list of strings. Output: `label` and one
-`{pyfunc.probability_column("<label>")}` column per label.
-
-## Data
-- Dataset: {splits.name} (source: {splits.source}); digest `{splits.digest}`
-- Rows train / validation / test: {rows}
-
-## Training
-- Base model: {resolved.spec} ({resolved.source}: {resolved.location})
-- Epochs {config.epochs:g}, batch size {config.batch_size}, learning rate {config.learning_rate:g} (AdamW,
-  {config.warmup:g} of the steps linear warm-up, then linear decay), weight decay {config.weight_decay:g},
-  max length {config.max_length}, seed {config.seed}, precision {result.precision}
-- Dynamic padding with length-grouped batches; {result.global_step} optimizer steps,
-  {result.train_seconds:.0f} s of training at {result.train_samples_per_second:.1f} texts/s on
-  {models.cpu_description()}
-
-## Scores
-| split | accuracy | weighted F1 | macro F1 |
-|---|---|---|---|
-{scores}
-
-## Use
-```python
-import mlflow
-model = mlflow.pyfunc.load_model("models:/{config.registered_model or "<name>"}/<version>")
-model.predict(["i feel so happy today"])
-```
-"""
+    stage.log_model(model, registered_model=config.registered_model, description=card)
 
 
 def _check_resume(config: FinetuneConfig) -> DatasetSplits:
@@ -160,7 +100,7 @@ def _check_resume(config: FinetuneConfig) -> DatasetSplits:
     record = tracking.find_run(config.resume)
     if record is None:
         raise UserError(
-            f"--resume {config.resume}: no such run in the MLflow store {tracking.tracking_uri()}. "
+            f"--resume {config.resume}: no such run in the MLflow store {mlflow.get_tracking_uri()}. "
             "Pass the id of an interrupted finetune run (printed when it stopped) with the same MLFLOW_TRACKING_URI."
         )
     if record.tags.get("stage") != "finetune":
@@ -169,8 +109,8 @@ def _check_resume(config: FinetuneConfig) -> DatasetSplits:
         )
     if record.status == "FINISHED":
         raise UserError(f"--resume {config.resume}: that run already FINISHED; start a new run without --resume.")
-    state, detail = clean_stale.process_state(record.tags)
-    if record.status == "RUNNING" and state == clean_stale.ALIVE:
+    state, detail = tracking.process_state(record.tags)
+    if record.status == "RUNNING" and state == tracking.ALIVE:
         raise UserError(
             f"--resume {config.resume}: that run is still RUNNING and its {detail}; two processes would train "
             "into one run. Stop it first (Ctrl-C saves a checkpoint), then resume."
@@ -227,3 +167,38 @@ def _resume_hint(run_id: str, checkpoint_dir: Path) -> str:
         f"  emotion-exp finetune --resume {run_id} ...\n"
         f"  mlflow run . -e finetune --run-id {run_id} -P resume={run_id} ..."
     )
+
+
+# The Trainer's log keys and the metric names they are logged under.
+TRAINER_METRICS = {
+    "loss": "train_loss",
+    "eval_loss": "eval_loss",
+    "eval_accuracy": "eval_accuracy",
+    "eval_f1_weighted": "eval_f1_weighted",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+}
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """A Trainer callback that logs training loss and per-epoch evaluation into ``run_id``.
+
+    Metrics go to the run by id with the Trainer's global step, so nothing here can start a
+    run (transformers' own MLflow callback opens stray runs; ``report_to="none"`` keeps it off),
+    and only the main process logs, so the same code can run under ``torchrun``. The Trainer's
+    closing summary (its ``train_loss`` is an average) is left out: the stage logs throughput.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return
+        metrics = {
+            TRAINER_METRICS[key]: float(value)
+            for key, value in logs.items()
+            if key in TRAINER_METRICS and isinstance(value, (int, float))
+        }
+        if metrics:
+            mlflow.log_metrics(metrics, step=state.global_step, run_id=self.run_id)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 
 from emotion_exp import data, registry, tracking
@@ -47,8 +48,8 @@ def run(config: PredictConfig) -> str:
             frame.to_parquet(target, index=False)
         else:
             frame.to_csv(target, index=False)
-        tracking.log_metrics({"rows": len(frame), "texts_per_second": len(frame) / max(seconds, 1e-9)})
-        tracking.log_artifact(str(target), "predictions")
+        mlflow.log_metrics({"rows": len(frame), "texts_per_second": len(frame) / max(seconds, 1e-9)})
+        mlflow.log_artifact(str(target), "predictions")
         print(f"predict: wrote {len(frame)} predictions to {target}.")
         return predict_run.info.run_id
 

@@ -21,8 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import mlflow
+from mlflow.tracking import MlflowClient
+
 from emotion_exp import data, registry, tracking
 from emotion_exp.config import CHAMPION_ALIAS, DataConfig, PromoteConfig, subset
+from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
 from emotion_exp.registry import Candidate, Champion
 
@@ -74,7 +78,7 @@ def decide(
     )
 
 
-def run(config: PromoteConfig) -> str:
+def run(config: PromoteConfig, *, splits: DatasetSplits | None = None) -> str:
     """Register the best run for this dataset and move @champion if it is strictly better; return the run id."""
     if not config.registered_model:
         raise UserError(
@@ -83,8 +87,9 @@ def run(config: PromoteConfig) -> str:
         )
     experiment_id = tracking.current_experiment_id()
     with tracking.stage_run("promote", config) as promote_run:
-        splits = data.load_splits(subset(config, DataConfig))
-        tracking.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
+        if splits is None:
+            splits = data.load_splits(subset(config, DataConfig))
+        mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
         found = registry.candidates(experiment_id, splits.digest, config.metric)
         if not found:
             raise _no_candidates(experiment_id, splits.digest, splits.name, config.metric)
@@ -109,7 +114,7 @@ def _no_candidates(experiment_id: str, digest: str, dataset_name: str, metric: s
         else "it holds no finished run with a logged model"
     )
     return UserError(
-        f"Nothing to promote in experiment {tracking.experiment_name(experiment_id)!r}: expected a finished "
+        f"Nothing to promote in experiment {MlflowClient().get_experiment(experiment_id).name!r}: expected a finished "
         f"run that logged a model with {metric} on dataset {dataset_name!r} (digest {digest[:12]}), but {found}. "
         "Run `emotion-exp finetune` (or probe / tfidf) on this dataset in this experiment first, or pick "
         "the experiment with MLFLOW_EXPERIMENT_NAME."
@@ -138,7 +143,7 @@ def _record(
             "promoted": decision.promoted,
         }
     )
-    tracking.set_tags(
+    mlflow.set_tags(
         {"promote_decision": "promoted" if decision.promoted else "kept", "promote_reason": decision.reason}
     )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

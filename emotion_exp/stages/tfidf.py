@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from emotion_exp import baselines, data, metrics, plots, pyfunc, registry, tracking
-from emotion_exp.config import DataConfig, TfidfConfig, subset
+import mlflow
+
+from emotion_exp import baselines, pyfunc
+from emotion_exp.config import TfidfConfig
+from emotion_exp.data import DatasetSplits
+from emotion_exp.stages.skeleton import LoggedModel, open_stage
 
 
-def run(config: TfidfConfig) -> str:
+def run(config: TfidfConfig, *, splits: DatasetSplits | None = None) -> str:
     """Fit on train, score validation and test, log the text -> label model; return the run id."""
-    with tracking.stage_run("tfidf", config) as run:
-        splits = data.load_splits(subset(config, DataConfig))
-        tracking.log_dataset(splits)
-        tracking.log_figure(
-            plots.label_distribution(splits.train["label"], splits.label_names), "plots/label_distribution.png"
-        )
+    with open_stage("tfidf", config, splits=splits) as stage:
+        splits = stage.splits
         pipeline = baselines.fit_tfidf(
             splits.train["text"].tolist(),
             splits.train["label"].to_numpy(),
@@ -22,15 +22,11 @@ def run(config: TfidfConfig) -> str:
             seed=config.seed,
         )
         vectorizers = pipeline["tfidf"].transformer_list
-        tracking.log_metrics({f"vocabulary_{name}": len(step.vocabulary_) for name, step in vectorizers})
-        for split in ("validation", "test"):
-            frame = splits.split(split)
-            evaluation = metrics.evaluate(frame["label"], pipeline.predict(frame["text"].tolist()), splits.label_names)
-            tracking.log_evaluation(split, evaluation, splits.label_names)
-        model_uri = pyfunc.log_model(
-            pyfunc.TextPipelineClassifier(pipeline, splits.label_names), splits.label_names, packages=("scikit-learn",)
+        mlflow.log_metrics({f"vocabulary_{name}": len(step.vocabulary_) for name, step in vectorizers})
+        n_labels = len(splits.label_names)
+        stage.finish(
+            lambda split: baselines.predict_proba(pipeline, splits.split(split)["text"].tolist(), n_labels),
+            LoggedModel(pyfunc.TextPipelineClassifier(pipeline, splits.label_names), packages=("scikit-learn",)),
+            registered_model=config.registered_model,
         )
-        if config.registered_model:
-            version = registry.register(model_uri, config.registered_model)
-            tracking.set_tags({"registered_model": config.registered_model, "registered_version": version})
-        return run.info.run_id
+        return stage.run_id

@@ -1,0 +1,76 @@
+"""Model cards: the markdown a registered version carries as its description (and finetune's README.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emotion_exp import models, pyfunc
+
+if TYPE_CHECKING:
+    from emotion_exp.config import FinetuneConfig
+    from emotion_exp.data import DatasetSplits
+    from emotion_exp.finetune import FinetuneResult
+    from emotion_exp.metrics import Evaluation
+
+
+def _header(title: str, splits: DatasetSplits) -> str:
+    rows = " / ".join(f"{len(splits.split(s)):,}" for s in ("train", "validation", "test"))
+    return f"""# {title}
+
+Classifies an English text into one of {len(splits.label_names)} labels: {", ".join(splits.label_names)}.
+Input: a DataFrame with a `text` column, or a list of strings. Output: `label` and one
+`{pyfunc.probability_column("<label>")}` column per label.
+
+## Data
+- Dataset: {splits.name} (source: {splits.source}); digest `{splits.digest}`
+- Rows train / validation / test: {rows}
+"""
+
+
+def _scores_and_use(evaluations: dict[str, Evaluation], registered_model: str) -> str:
+    scores = "\n".join(
+        f"| {split} | {e.accuracy:.4f} | {e.f1_weighted:.4f} | {e.f1_macro:.4f} |" for split, e in evaluations.items()
+    )
+    return f"""
+## Scores
+| split | accuracy | weighted F1 | macro F1 |
+|---|---|---|---|
+{scores}
+
+## Use
+```python
+import mlflow
+model = mlflow.pyfunc.load_model("models:/{registered_model or "<name>"}/<version>")
+model.predict(["i feel so happy today"])
+```
+"""
+
+
+def summary(stage: str, splits: DatasetSplits, evaluations: dict[str, Evaluation], registered_model: str) -> str:
+    """The card of a baseline stage's model: what it classifies, on which data, how well."""
+    return _header(f"Emotion classifier: {stage}", splits) + _scores_and_use(evaluations, registered_model)
+
+
+def finetuned(
+    config: FinetuneConfig,
+    splits: DatasetSplits,
+    resolved: models.ResolvedModel,
+    result: FinetuneResult,
+    evaluations: dict[str, Evaluation],
+) -> str:
+    """The card of a fine-tuned model: the summary plus how it was trained."""
+    training = f"""
+## Training
+- Base model: {resolved.spec} ({resolved.source}: {resolved.location})
+- Epochs {config.epochs:g}, batch size {config.batch_size}, learning rate {config.learning_rate:g} (AdamW,
+  {config.warmup:g} of the steps linear warm-up, then linear decay), weight decay {config.weight_decay:g},
+  max length {config.max_length}, seed {config.seed}, precision {result.precision}
+- Dynamic padding with length-grouped batches; {result.global_step} optimizer steps,
+  {result.train_seconds:.0f} s of training at {result.train_samples_per_second:.1f} texts/s on
+  {models.cpu_description()}
+"""
+    return (
+        _header(f"Emotion classifier: fine-tuned {resolved.spec}", splits)
+        + training
+        + _scores_and_use(evaluations, config.registered_model)
+    )

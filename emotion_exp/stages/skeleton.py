@@ -1,0 +1,202 @@
+"""The skeleton every model stage shares: open the run and log the data once; score, log, register.
+
+A model stage is three steps, and only the middle one is its own::
+
+    def run(config: XConfig, *, splits: DatasetSplits | None = None) -> str:
+        with skeleton.open_stage("x", config, splits=splits) as stage:
+            model = fit(stage.splits.train, config)                 # what is particular to the stage
+            stage.finish(lambda split: probabilities(model, split), # scored on validation and test
+                         LoggedModel(pyfunc_model, packages=(...)),
+                         registered_model=config.registered_model)
+            return stage.run_id
+
+``open_stage`` opens the stage's run (``tracking.stage_run``: attached to ``mlflow run``'s run,
+nested under a parent, or its own), loads the splits unless a parent passes them, records the
+dataset inputs and ``dataset_digest`` tag on the run, and draws the label distribution on the
+run that loaded the data (so ``main`` draws it once, on the parent).
+
+``finish`` scores each evaluated split from the model's class probabilities (``score_test=False``
+scores validation only: a sweep trial must never see test), logs metrics, confusion matrix and
+classification report per split, then logs the pyfunc model, registers it when asked, and
+writes the version's description (a model card) and tags. A stage that needs the scores before
+it logs its model (finetune writes them into its card) calls ``score`` and ``log_model`` itself.
+
+Everything logged about one split goes through ``log_split``: per-split analysis (error
+analysis, calibration) is added there once and every model stage gets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import matplotlib.pyplot as plt
+import mlflow
+import mlflow.data
+import numpy as np
+
+from emotion_exp import data, metrics, model_card, plots, pyfunc, registry, tracking
+from emotion_exp.config import DataConfig, subset
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from emotion_exp.data import DatasetSplits
+    from emotion_exp.metrics import Evaluation
+    from emotion_exp.models import ResolvedModel
+
+SPLITS = ("train", "validation", "test")
+SPLIT_PREFIX = {"train": "train", "validation": "val", "test": "test"}
+"""Metric-name prefix of each split (``val_accuracy``)."""
+
+
+def log_figure(figure: Figure, artifact_file: str) -> None:
+    """Log a figure as a PNG artifact and free it."""
+    mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+def log_dataset(splits: DatasetSplits) -> None:
+    """Record the data: one MLflow dataset input per split, and the ``dataset_digest`` tag.
+
+    MLflow's own dataset digest hashes only the first rows, so the tag carries our digest over
+    every text, label and label name; runs are reused and compared by it.
+    """
+    for split in SPLITS:
+        frame = splits.split(split).assign(label_name=lambda df: df["label"].map(dict(enumerate(splits.label_names))))
+        with warnings.catch_warnings():
+            # MLflow warns that a local path matches two source types and that integer labels
+            # cannot hold missing values; neither applies to a finished, validated split.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                frame, source=splits.source, targets="label", name=f"{splits.name}-{split}", digest=splits.digest[:16]
+            )
+        tracking.retry_on_conflict(lambda dataset=dataset, split=split: mlflow.log_input(dataset, context=split))
+    mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
+    tracking.log_params({"dataset_source": splits.source, "label_names": ",".join(splits.label_names)})
+    mlflow.log_metrics({f"{SPLIT_PREFIX[s]}_rows": len(splits.split(s)) for s in SPLITS})
+
+
+def log_model_source(resolved: ResolvedModel, precision: str | None = None) -> None:
+    """Record which weights a run really used, the precision they ran in, and the CPU."""
+    from emotion_exp.models import cpu_description
+
+    params = {"model_location": resolved.location, "model_source": resolved.source}
+    if precision is not None:
+        params["resolved_precision"] = precision
+    tracking.log_params(params)
+    mlflow.set_tag("cpu", cpu_description())
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A pyfunc model as ``pyfunc.log_model`` takes it: the model, its artifact folders and pip packages."""
+
+    python_model: mlflow.pyfunc.PythonModel
+    artifacts: dict[str, str] = field(default_factory=dict)
+    packages: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """An open model-stage run and the data it works on."""
+
+    name: str
+    run_id: str
+    splits: DatasetSplits
+    loaded_data: bool
+    """Whether this run loaded the splits itself (rather than getting them from a parent)."""
+
+    def log_label_distribution(self) -> None:
+        """Draw the train split's label distribution, on the run that loaded the data only."""
+        if self.loaded_data:
+            labels = self.splits.train["label"]
+            log_figure(plots.label_distribution(labels, self.splits.label_names), "plots/label_distribution.png")
+
+    def score(
+        self, probabilities: Callable[[str], np.ndarray], *, score_test: bool = True
+    ) -> dict[str, Evaluation]:
+        """Score and log validation (and test) from ``probabilities(split)``, one row per text."""
+        evaluated = ("validation", "test") if score_test else ("validation",)
+        return {split: log_split(split, self.splits, probabilities(split)) for split in evaluated}
+
+    def log_model(
+        self,
+        model: LoggedModel,
+        *,
+        registered_model: str = "",
+        description: str,
+    ) -> str:
+        """Log the pyfunc model; register it under ``registered_model`` (when set) with its description and tags.
+
+        Returns the model URI.
+        """
+        model_uri = pyfunc.log_model(
+            model.python_model, self.splits.label_names, artifacts=model.artifacts or None, packages=model.packages
+        )
+        if registered_model:
+            version = registry.register(model_uri, registered_model)
+            version_tags = {"stage": self.name, "dataset_digest": self.splits.digest}
+            registry.describe_version(registered_model, version, description, version_tags, overwrite=True)
+            mlflow.set_tags({"registered_model": registered_model, "registered_version": version})
+        return model_uri
+
+    def finish(
+        self,
+        probabilities: Callable[[str], np.ndarray],
+        model: LoggedModel | None = None,
+        *,
+        registered_model: str = "",
+        score_test: bool = True,
+    ) -> dict[str, Evaluation]:
+        """Score the evaluated splits, then log (and register) ``model`` with a card of those scores."""
+        evaluations = self.score(probabilities, score_test=score_test)
+        if model is not None:
+            card = model_card.summary(self.name, self.splits, evaluations, registered_model)
+            self.log_model(model, registered_model=registered_model, description=card)
+        return evaluations
+
+
+def log_split(split: str, splits: DatasetSplits, probabilities: np.ndarray) -> Evaluation:
+    """Everything logged about one evaluated split: scores, row-normalised confusion matrix, report.
+
+    The one place for per-split analysis: what is added here, every model stage logs.
+    """
+    evaluation = metrics.evaluate(splits.split(split)["label"], probabilities.argmax(axis=1), splits.label_names)
+    mlflow.log_metrics(evaluation.metrics(SPLIT_PREFIX[split]))
+    log_figure(
+        plots.confusion_matrix(evaluation.confusion, splits.label_names, title=f"Normalized Confusion Matrix ({split})"),
+        f"plots/confusion_matrix_{split}.png",
+    )
+    mlflow.log_dict(evaluation.report, f"reports/classification_report_{split}.json")
+    return evaluation
+
+
+@contextlib.contextmanager
+def open_stage(
+    name: str,
+    config: Any,
+    *,
+    splits: DatasetSplits | None = None,
+    run_id: str | None = None,
+    label_plot: bool = True,
+) -> Iterator[Stage]:
+    """Open the stage's run with its data logged (module docstring); yield the open stage.
+
+    ``splits`` come from a parent that loaded (and drew) them already; ``run_id`` re-opens an
+    interrupted run, which has its dataset inputs from its first attempt. ``label_plot=False``
+    leaves drawing to the stage (extract draws nothing when it reuses features).
+    """
+    with tracking.stage_run(name, config, run_id=run_id) as run:
+        loaded_data = splits is None
+        if splits is None:
+            splits = data.load_splits(subset(config, DataConfig))
+        stage = Stage(name, run.info.run_id, splits, loaded_data)
+        if run_id is None:
+            log_dataset(stage.splits)
+        if label_plot:
+            stage.log_label_distribution()
+        yield stage
+
