@@ -245,6 +245,9 @@ CASES = {
     "unknown pooling": Case(
         on_small("extract", "--pooling", "max"), ("--pooling must be one of cls, mean; got 'max'",)
     ),
+    "unknown dummy strategy": Case(
+        lambda i: ["dummy", "--strategy", "constant"], ("--strategy must be one of most_frequent", "got 'constant'")
+    ),
     "unknown promote metric": Case(
         lambda i: ["promote", "--metric", "loss"], ("--metric must be one of val_f1_weighted", "got 'loss'")
     ),

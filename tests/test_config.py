@@ -60,24 +60,7 @@ def test_main_names_a_clashing_field_after_its_stage_in_messages() -> None:
         cfg.MainConfig(tfidf_C=0)
 
 
-@pytest.mark.parametrize(
-    ("config_class", "overrides", "message"),
-    [
-        (cfg.ExtractConfig, {"precision": "fp16"}, "--precision must be one of auto, fp32, bf16; got 'fp16'"),
-        (cfg.FinetuneConfig, {"precision": "int8"}, "--precision must be one of auto, fp32, bf16; got 'int8'"),
-        (cfg.FinetuneConfig, {"epochs": 0}, "--epochs must be greater than 0"),
-        (cfg.FinetuneConfig, {"batch_size": 0}, "--batch_size must be at least 1"),
-        (cfg.ExtractConfig, {"max_length": -3}, "--max_length must be at least 1"),
-        (cfg.FinetuneConfig, {"learning_rate": 0.0}, "--learning_rate must be greater than 0"),
-        (cfg.ExtractConfig, {"pooling": "max"}, "--pooling must be one of cls, mean; got 'max'"),
-        (cfg.DataConfig, {"validation_fraction": 0.5, "test_fraction": 0.5}, "must leave rows for training"),
-        (cfg.DummyConfig, {"strategy": "constant"}, "--strategy must be one of"),
-    ],
-)
-def test_invalid_parameters_are_refused_with_the_allowed_values(config_class, overrides, message) -> None:
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        config_class(**overrides)
-
+# Bad parameter values and their messages are listed once, in test_bad_input.py, through the CLI.
 
 ALLOWED_TO_IMPORT_MLFLOW = {"tracking.py", "registry.py", "pyfunc.py"}
 

@@ -7,7 +7,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from emotion_exp import baselines, data
 from emotion_exp.cli import cli
+from emotion_exp.config import DataConfig
+from tests.helpers import artifacts
 
 EXPECTED_ARTIFACTS = {
     "plots/label_distribution.png",
@@ -17,12 +20,6 @@ EXPECTED_ARTIFACTS = {
     "reports/classification_report_test.json",
 }
 
-
-def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
-    found = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
 
 
 def test_dummy_logs_scores_plots_report_and_dataset(isolated_mlflow: str) -> None:
@@ -39,7 +36,7 @@ def test_dummy_logs_scores_plots_report_and_dataset(isolated_mlflow: str) -> Non
     assert run.data.metrics["val_accuracy"] == pytest.approx(67 / 200)
     for name in ("val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted"):
         assert 0 < run.data.metrics[name] < 1
-    assert EXPECTED_ARTIFACTS <= _artifacts(client, run.info.run_id)
+    assert EXPECTED_ARTIFACTS <= artifacts(run.info.run_id)
 
     report = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/reports/classification_report_validation.json")
     assert set(report) >= {"sadness", "joy", "love", "anger", "fear", "surprise", "accuracy"}
@@ -62,8 +59,10 @@ def test_a_bad_dataset_fails_the_run_with_the_reason_and_no_traceback(isolated_m
 
 
 def test_majority_class_on_the_sample_predicts_joy() -> None:
-    from emotion_exp.baselines import fit_dummy
-    import numpy as np
+    splits = data.load_splits(DataConfig())
+    assert splits.train["label"].map(dict(enumerate(splits.label_names))).value_counts().idxmax() == "joy"
 
-    model = fit_dummy(np.array([0, 1, 1, 2]))
-    assert model.predict(np.zeros((3, 1))).tolist() == [1, 1, 1]
+    model = baselines.fit_dummy(splits.train["label"].to_numpy())
+
+    predicted = model.predict(splits.validation[["text"]])
+    assert {splits.label_names[i] for i in predicted} == {"joy"} and len(predicted) == len(splits.validation)

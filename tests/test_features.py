@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from emotion_exp import features, models
 from emotion_exp.cli import cli
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import artifacts, mlflow_run
 
 TEXTS = [
     "i feel so happy today",
@@ -77,12 +77,6 @@ def test_the_feature_key_uses_the_absolute_folder_and_the_resolved_precision(
     assert features.feature_key(models.resolve(models.DEFAULT_MODEL), "cls", 128, "bf16")["model"] == models.DEFAULT_MODEL
 
 
-def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
-    found = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
-
 
 def _extract_args(small_dataset: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
     return ["extract", "--dataset", str(small_dataset), "--model", str(tiny_model_dir), "--umap_max_points", "100",
@@ -104,7 +98,7 @@ def test_extract_logs_features_plots_and_throughput_then_a_second_run_reuses_the
     assert metrics["texts_per_second"] > 0 and metrics["truncated_texts"] == 0
     assert {"extract_seconds_train", "extract_seconds_val", "extract_seconds_test"} <= set(metrics)
     assert first.data.params["resolved_precision"] == "fp32"
-    assert _artifacts(MlflowClient(), first_id) == {
+    assert artifacts(first_id) == {
         "features/features.npz", "plots/label_distribution.png", "plots/umap_overlay.png", "plots/umap_per_label.png"
     }
     saved = features.load(Path(mlflow.artifacts.download_artifacts(run_id=first_id, artifact_path="features/features.npz")))
@@ -120,7 +114,7 @@ def test_extract_logs_features_plots_and_throughput_then_a_second_run_reuses_the
     assert second.data.tags["features_run_id"] == first_id
     assert second.data.tags["reused_features"] == "true"
     assert "texts_per_second" not in second.data.metrics
-    assert _artifacts(MlflowClient(), second.info.run_id) == set()
+    assert artifacts(second.info.run_id) == set()
 
 
 def test_a_different_pooling_is_not_reused(small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str) -> None:
@@ -146,6 +140,5 @@ def test_mlflow_run_extract(small_dataset: Path, tiny_model_dir: Path, tracking_
     assert run.data.tags["mlflow.project.entryPoint"] == "extract"
     assert run.data.tags["features_run_id"] == run.info.run_id
     assert run.data.metrics["texts_per_second"] > 0
-    assert {"features/features.npz", "plots/umap_overlay.png", "plots/umap_per_label.png", "plots/label_distribution.png"} <= _artifacts(
-        MlflowClient(), run.info.run_id
-    )
+    expected = {"features/features.npz", "plots/umap_overlay.png", "plots/umap_per_label.png"}
+    assert expected | {"plots/label_distribution.png"} <= artifacts(run.info.run_id)

@@ -76,7 +76,7 @@ def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
 
 @pytest.mark.slow
 def test_mlflow_run_clean_stale_fails_a_stale_run(tracking_uri: str, isolated_mlflow: str) -> None:
-    from tests.test_mlflow_run import mlflow_run
+    from tests.helpers import mlflow_run
 
     stale = make_run({"stage": "dummy", "host": socket.gethostname(), "pid": str(dead_pid())})
 

@@ -10,23 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import REPO_ROOT
-
-
-def mlflow_run(entry_point: str, experiment: str, tracking_uri: str, *params: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run an entry point with `mlflow run . --env-manager local` in a subprocess."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    # The launcher takes the experiment from its flag; the test's own env would contradict it.
-    env.pop("MLFLOW_EXPERIMENT_ID", None)
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [
-        sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "-e", entry_point,
-        "--env-manager", "local", "--experiment-name", experiment,
-    ]
-    for param in params:
-        command += ["-P", param]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+from tests.helpers import mlflow_run
 
 
 @pytest.mark.slow

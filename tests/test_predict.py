@@ -17,7 +17,7 @@ from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import predict
 from tests.pyfunc_models import LABELS, KeywordModel, log_keyword_model
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import mlflow_run
 
 PROBABILITIES = [f"prob_{label}" for label in LABELS]
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_exp import baselines
-from emotion_exp.config import ExtractConfig, ProbeConfig
+from emotion_exp import baselines, data
+from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import extract, probe
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import mlflow_run, scores_of_the_model
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
@@ -40,8 +40,9 @@ def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text
     first = mlflow.get_run(first_id)
     assert first.info.status == "FINISHED"
     assert first.data.tags["features_run_id"] == extract_run.info.run_id
-    for metric in ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted"):
-        assert 0 <= first.data.metrics[metric] <= 1
+    splits = data.load_splits(subset(_config(small_dataset, tiny_model_dir), DataConfig))
+    expected = {**scores_of_the_model(f"models:/{name}/1", splits, "validation"), **scores_of_the_model(f"models:/{name}/1", splits, "test")}
+    assert {m: first.data.metrics[m] for m in expected} == pytest.approx(expected)
     assert first.data.tags["registered_version"] == "1"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first_id, "plots")}
     assert {"plots/confusion_matrix_validation.png", "plots/confusion_matrix_test.png", "plots/label_distribution.png"} <= artifacts

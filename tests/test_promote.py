@@ -16,7 +16,7 @@ from emotion_exp.errors import UserError
 from emotion_exp.registry import Candidate, Champion
 from emotion_exp.stages import promote
 from tests.pyfunc_models import log_keyword_model
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import mlflow_run
 
 NAME = "emotion-classifier"
 pytestmark = pytest.mark.filterwarnings("ignore:An input example was not provided")

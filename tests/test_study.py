@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from emotion_exp.cli import cli
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import mlflow_run
 
 STAGES = {"extract", "dummy", "probe", "tfidf", "finetune", "promote"}
 COMPARED = ["extract", "dummy", "probe", "tfidf", "finetune"]

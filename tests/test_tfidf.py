@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from emotion_exp import baselines, data
-from emotion_exp.config import DataConfig, TfidfConfig
+from emotion_exp.config import DataConfig, TfidfConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import tfidf
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import mlflow_run, scores_of_the_model
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
@@ -35,8 +35,9 @@ def test_the_tfidf_stage_logs_scores_and_a_text_model_that_loads(small_dataset: 
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "tfidf" and run.data.tags["registered_version"] == "1"
     assert run.data.params["C"] == "1.0" and run.data.params["class_weight"] == "balanced"
-    for metric in ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted"):
-        assert 0 <= run.data.metrics[metric] <= 1
+    splits = data.load_splits(subset(TfidfConfig(dataset=str(small_dataset)), DataConfig))
+    expected = {**scores_of_the_model(f"models:/{name}/1", splits, "validation"), **scores_of_the_model(f"models:/{name}/1", splits, "test")}
+    assert {m: run.data.metrics[m] for m in expected} == pytest.approx(expected)
     assert run.data.metrics["vocabulary_words"] > 100 and run.data.metrics["vocabulary_chars"] > 1000
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "plots")}
     assert {"plots/confusion_matrix_validation.png", "plots/confusion_matrix_test.png", "plots/label_distribution.png"} <= artifacts

@@ -1,0 +1,56 @@
+"""What several test modules share: a run's artifacts, `mlflow run` in a subprocess, a model's own scores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import accuracy_score, f1_score
+
+from emotion_exp.data import DatasetSplits
+
+from tests.conftest import REPO_ROOT
+
+
+def artifacts(run_id: str, path: str = "") -> set[str]:
+    """Every artifact file of a run under ``path``, folders walked."""
+    found = set()
+    for item in MlflowClient().list_artifacts(run_id, path):
+        found |= artifacts(run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def mlflow_run(
+    entry_point: str, experiment: str, tracking_uri: str, *params: str, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run an entry point with `mlflow run . --env-manager local` in a subprocess."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # The launcher takes the experiment from its flag; the test's own env would contradict it.
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [
+        sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "-e", entry_point,
+        "--env-manager", "local", "--experiment-name", experiment,
+    ]
+    for param in params:
+        command += ["-P", param]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def scores_of_the_model(model_uri: str, splits: DatasetSplits, split: str) -> dict[str, float]:
+    """A split's scores computed from what the logged model predicts, apart from the stage's own scoring."""
+    frame = splits.split(split)
+    predicted = mlflow.pyfunc.load_model(model_uri).predict(frame[["text"]])["label"].tolist()
+    truth = [splits.label_names[label] for label in frame["label"]]
+    labels = list(splits.label_names)
+    prefix = {"validation": "val", "test": "test"}[split]
+    return {
+        f"{prefix}_accuracy": accuracy_score(truth, predicted),
+        f"{prefix}_f1_weighted": f1_score(truth, predicted, labels=labels, average="weighted", zero_division=0),
+        f"{prefix}_f1_macro": f1_score(truth, predicted, labels=labels, average="macro", zero_division=0),
+    }
