@@ -5,10 +5,10 @@ fp32, taking the [CLS] state. Ours sorts texts by token length and pads per batc
 ``torch.inference_mode``, in exact fp32 and in the precision ``auto`` picks here (bf16 where the
 CPU runs it natively), plus dynamic int8 (measured only: it costs too much accuracy to offer). Throughput counts tokenization and forward passes.
 
-    python benchmarks/extract.py            # 16,000 texts (the bundled sample resampled)
-    python benchmarks/extract.py --quick    # 1,000 texts, CI-sized
-    python benchmarks/extract.py --accuracy # also the probe's validation accuracy per precision
-    python benchmarks/extract.py --track    # also log the figures (experiment 'benchmarks')
+    python -m benchmarks.extract            # 16,000 texts (the bundled sample resampled)
+    python -m benchmarks.extract --quick    # 1,000 texts, CI-sized
+    python -m benchmarks.extract --accuracy # also the probe's validation accuracy per precision
+    python -m benchmarks.extract --track    # also log the figures (experiment 'benchmarks')
 
 On a shared machine other processes distort timings: each method runs ``--repeats`` times,
 interleaved, and the best run counts.
@@ -17,19 +17,15 @@ interleaved, and the best run counts.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import harness
 
-import _model  # noqa: E402
-
-from emotion_exp import baselines, data, features, models  # noqa: E402
-from emotion_exp.config import DEFAULT_MODEL, DataConfig  # noqa: E402
+from emotion_exp import baselines, data, features, models
+from emotion_exp.config import DEFAULT_MODEL, DataConfig
 
 STUDY_BATCH = 1000
 
@@ -57,13 +53,6 @@ def quantize_int8(model):  # noqa: ANN001, ANN201 - a transformers model in, the
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def sample_texts(count: int, seed: int) -> list[str]:
-    """The bundled sample (all splits) resampled to ``count`` texts: emotion-like lengths, offline."""
-    splits = data.load_splits(DataConfig())
-    texts = [t for name in ("train", "validation", "test") for t in splits.split(name)["text"]]
-    return [texts[i] for i in np.random.default_rng(seed).choice(len(texts), size=count, replace=True)]
 
 
 def study_method(texts: list[str], encoder: features.Encoder) -> tuple[float, np.ndarray]:
@@ -115,7 +104,7 @@ def main() -> None:
         choices=("sample", "emotion"),
         default="sample",
         help="sample: the bundled sample resampled (longest 63 tokens); emotion: texts cut or joined to the "
-        "emotion data's length spread (longest about 90 tokens; benchmarks/finetune.py's generator).",
+        "emotion data's length spread (longest about 90 tokens; benchmarks.finetune's generator).",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default, one per core).")
     parser.add_argument("--seed", type=int, default=42)
@@ -139,7 +128,7 @@ def main() -> None:
 
         texts = emotion_like_texts(count, args.seed)
     else:
-        texts = sample_texts(count, args.seed)
+        texts = harness.sample(count, args.seed)["text"].tolist()
     lengths = np.array([len(ids) for ids in tokenizer(texts)["input_ids"]])
     print(f"CPU: {models.cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model: {args.model} ({resolved.source}); {count} texts ({args.lengths} lengths), "
@@ -195,8 +184,8 @@ def main() -> None:
         metrics = {f"{name}_texts_per_second": rate for name, rate in speeds.items()}
         metrics |= {f"{name}_speedup": rate / speeds["study"] for name, rate in speeds.items() if name != "study"}
         metrics |= {f"probe_val_accuracy_{name}": value for name, value in accuracy.items()}
-        with _model.store(track=True):
-            _model.log(
+        with harness.store(track=True):
+            harness.log(
                 "extract",
                 {"model": args.model, "texts": count, "lengths": args.lengths, "batch_size": args.batch_size,
                  "repeats": args.repeats, "threads": torch.get_num_threads(),

@@ -11,7 +11,7 @@ The texts are drawn from the bundled sample and cut or joined to emotion-like le
 per text ~ gamma with the emotion train split's mean 19 and sd 11, 2 to 66 words, the longest
 66 as in that split), because the padding the study pays for depends on the length spread.
 
-    python benchmarks/finetune.py [--quick] [--cpu-time] [--track] [--texts N] [--rounds N] [--model SPEC]
+    python -m benchmarks.finetune [--quick] [--cpu-time] [--track] [--texts N] [--rounds N] [--model SPEC]
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import harness
 
-import _model  # noqa: E402
-
-from emotion_exp.config import DEFAULT_MODEL, FinetuneConfig  # noqa: E402
+from emotion_exp.config import DEFAULT_MODEL, FinetuneConfig
 
 # Words per text in the emotion train split (16,000 texts): mean, standard deviation, extremes.
 MEAN_WORDS, SD_WORDS, MIN_WORDS, MAX_WORDS = 19.2, 10.9, 2, 66
@@ -164,10 +162,10 @@ def main() -> None:
         print(f"{descriptions[setup.name]:<46} {padded[setup.name]:>11.1f} {rate:>11.1f} {rate / study:>7.2f}x")
 
     if args.track:
-        with _model.store(track=True):
+        with harness.store(track=True):
             metrics = {f"{name}_samples_per_second": rate for name, rate in best.items()}
             metrics |= {f"{name}_speedup": rate / study for name, rate in best.items() if name != "study"}
-            _model.log(
+            harness.log(
                 "finetune",
                 {"model": args.model, "texts": count, "batch_size": config.batch_size, "rounds": rounds,
                  "clock": "process CPU, 1 thread" if args.cpu_time else "wall", "cpu": models.cpu_description()},

@@ -6,9 +6,9 @@ beside ours as the baseline. Fine-tuning peaks within the first steps (weights, 
 state, activations of the largest batch), so a bounded number of steps over the full 16,000
 texts measures it.
 
-    python benchmarks/memory.py            # 16,000 texts, 60 training steps
-    python benchmarks/memory.py --quick    # 2,000 texts, 10 steps
-    python benchmarks/memory.py --track    # also log the figures to MLflow
+    python -m benchmarks.memory            # 16,000 texts, 60 training steps
+    python -m benchmarks.memory --quick    # 2,000 texts, 10 steps
+    python -m benchmarks.memory --track    # also log the figures to MLflow
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 GOAL_GIB = 3.0
 
@@ -32,13 +30,15 @@ def _peak_gib() -> float:
 
 
 def _splits(count: int):  # noqa: ANN202 - DatasetSplits, imported lazily
-    """The bundled sample with its train split resampled to ``count`` texts."""
+    """The bundled sample with ``count`` texts drawn from all its splits as the train split."""
     from emotion_exp import data
     from emotion_exp.config import DataConfig
     from emotion_exp.data import DatasetSplits
 
+    from benchmarks import harness
+
     sample = data.load_splits(DataConfig())
-    train = sample.train.sample(n=count, replace=count > len(sample.train), random_state=0).reset_index(drop=True)
+    train = harness.sample(count)
     return DatasetSplits(train, sample.validation, sample.test, sample.label_names, sample.source, sample.name)
 
 
@@ -51,7 +51,7 @@ def child(task: str, count: int, steps: int, workdir: str) -> dict[str, float]:
     texts = splits.train["text"].tolist()
     resolved = models.resolve(DEFAULT_MODEL)
     if task == "extract-study":
-        from extract import study_method
+        from benchmarks.extract import study_method
 
         study_method(texts, features.load_encoder(resolved, "fp32"))
     elif task == "extract":
@@ -67,8 +67,8 @@ def child(task: str, count: int, steps: int, workdir: str) -> dict[str, float]:
 def measure(task: str, count: int, steps: int, workdir: str) -> float:
     """Run ``task`` in a child process and return its peak RSS in GiB."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", task, "--count", str(count), "--steps", str(steps), "--workdir", workdir],
-        capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "benchmarks.memory", "--child", task, "--count", str(count), "--steps", str(steps), "--workdir", workdir],
+        capture_output=True, text=True, check=False, cwd=ROOT,
     )
     if out.returncode != 0:
         raise SystemExit(f"{task} failed:\n{out.stderr[-3000:]}")
@@ -103,7 +103,7 @@ def main() -> None:
             print(f"{task:>14}: peak RSS {peaks[task]:.2f} GiB{verdict}")
     print(f"extraction peak, ours / study's: {peaks['extract'] / peaks['extract-study']:.2f}")
     if args.track:
-        from _model import log
+        from benchmarks.harness import log
 
         log("memory", {"texts": count, "steps": steps, "cpu": models.cpu_description()},
             {f"peak_gib_{task.replace('-', '_')}": value for task, value in peaks.items()})

@@ -5,21 +5,17 @@ and max length the pyfunc model was logged with. The pyfunc model sorts texts by
 uses bf16 where the CPU runs it natively; the pipeline batches in input order, in fp32 by
 default; it is also timed under bf16 autocast so the two effects can be told apart.
 
-    python benchmarks/predict.py [--quick] [--track] [--model-uri URI] [--model SPEC]
+    python -m benchmarks.predict [--quick] [--track] [--model-uri URI] [--model SPEC]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _model  # noqa: E402
+from benchmarks import harness
 
 
 def texts_per_second(
@@ -43,11 +39,11 @@ def texts_per_second(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model.add_arguments(parser)
+    harness.add_arguments(parser)
     args = parser.parse_args()
     count, repeats = (256, 2) if args.quick else (1000, 5)
 
-    with _model.store(args.track, model_uri=args.model_uri) as workdir:
+    with harness.store(args.track, model_uri=args.model_uri) as workdir:
         import mlflow
         import pandas as pd
         import torch
@@ -57,10 +53,10 @@ def main() -> None:
         from emotion_exp import models
         from emotion_exp.pyfunc import TransformerClassifier
 
-        uri = _model.model_uri(args, workdir)
-        texts = _model.texts(count)
+        uri = harness.model_uri(args, workdir)
+        texts = harness.sample(count)["text"].tolist()
         model = mlflow.pyfunc.load_model(uri)
-        folder = _model.classifier_folder(uri)
+        folder = harness.classifier_folder(uri)
         logged = model.unwrap_python_model()
         batch_size, max_length = logged.batch_size, logged.max_length
         pipe = pipeline("text-classification", model=str(folder), tokenizer=str(folder), device="cpu", top_k=None)
@@ -103,7 +99,7 @@ def main() -> None:
         print(f"ratio pyfunc / pipeline fp32: {ours / theirs:.2f}x; pyfunc / pipeline bf16: {ours / theirs_bf16:.2f}x")
         print(f"same label as the fp32 pipeline on {agreement:.1%} of {len(ours_labels)} texts")
         if args.track:
-            _model.log(
+            harness.log(
                 "predict",
                 {"model_uri": uri, "texts": count, "repeats": repeats, "batch_size": batch_size,
                  "cpu": models.cpu_description()},

@@ -1,69 +1,23 @@
 """REST serving overhead: `mlflow models serve` on loopback against the same model in-process.
 
-Starts the real server (``--env-manager local``) on a free loopback port and measures, with a
+Starts the real server (``--env-manager local``) on a free loopback port (``emotion_exp.serving``) and measures, with a
 bounded number of requests and a time limit: single-text latency (p50/p99) and batched
 throughput (64 texts a request), each interleaved request by request with the same call on
 the model loaded in this process, so that other load on the machine hits both alike.
 
-    python benchmarks/serve.py [--quick] [--track] [--model-uri URI] [--model SPEC]
+    python -m benchmarks.serve [--quick] [--track] [--model-uri URI] [--model SPEC]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _model  # noqa: E402
+from benchmarks import harness
+from emotion_exp.serving import local_server
 
 BATCH_SIZE = 64
-START_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def started_server(uri: str, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """Start the server and wait (bounded) until /ping answers."""
-    import requests
-
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (workdir / "server.log").open("w")
-    process = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    stop(process)
-    raise SystemExit(f"the server did not answer /ping:\n{(workdir / 'server.log').read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def bounded(items: list, seconds: float) -> Iterator:
@@ -77,22 +31,25 @@ def bounded(items: list, seconds: float) -> Iterator:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model.add_arguments(parser)
+    harness.add_arguments(parser)
     args = parser.parse_args()
     singles, batches, limit_s = (20, 4, 30.0) if args.quick else (200, 20, 120.0)
 
-    with _model.store(args.track, model_uri=args.model_uri) as workdir:
+    with harness.store(args.track, model_uri=args.model_uri) as workdir:
         import mlflow
         import pandas as pd
         import requests
 
         from emotion_exp import models
 
-        uri = _model.model_uri(args, workdir)
-        texts = _model.texts(max(singles, batches * BATCH_SIZE))
+        uri = harness.model_uri(args, workdir)
+        texts = harness.sample(max(singles, batches * BATCH_SIZE))["text"].tolist()
         model = mlflow.pyfunc.load_model(uri)
-        process, url = started_server(uri, workdir)
-        try:
+
+        def command(port: int) -> list[str]:
+            return ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+
+        with local_server(command, "/ping", workdir / "server.log") as url:
             session = requests.Session()
 
             def served(batch: list[str]) -> float:
@@ -116,11 +73,9 @@ def main() -> None:
             for chunk in bounded(chunks, limit_s):
                 batched["served"].append(served(chunk))
                 batched["local"].append(local(chunk))
-        finally:
-            stop(process)
 
-    p50 = {k: _model.percentile(v, 50) * 1000 for k, v in single.items()}
-    p99 = {k: _model.percentile(v, 99) * 1000 for k, v in single.items()}
+    p50 = {k: harness.percentile(v, 50) * 1000 for k, v in single.items()}
+    p99 = {k: harness.percentile(v, 99) * 1000 for k, v in single.items()}
     rate = {k: len(v) * BATCH_SIZE / sum(v) for k, v in batched.items()}
     print(f"cpu: {models.cpu_description()}")
     print(f"model: {uri}; {len(single['served'])} single-text requests, "
@@ -132,7 +87,7 @@ def main() -> None:
           f"(+{p50['served'] - p50['local']:.1f} ms); "
           f"batched throughput {rate['served'] / rate['local']:.2f}x in-process")
     if args.track:
-        _model.log(
+        harness.log(
             "serve",
             {"model_uri": uri, "single_requests": len(single["served"]), "batch_requests": len(batched["served"]),
              "batch_size": BATCH_SIZE, "cpu": models.cpu_description()},

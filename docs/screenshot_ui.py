@@ -9,7 +9,7 @@ parent run, keeps the validation accuracy and F1 charts (one bar per stage) and 
 Needs the Debian packages `chromium` and `chromium-driver` (`apt-get install chromium
 chromium-driver`).
 
-    python docs/screenshot_ui.py [--tracking-uri sqlite:///mlflow.db] [--experiment Default]
+    python -m docs.screenshot_ui [--tracking-uri sqlite:///mlflow.db] [--experiment Default]
                                  [--output docs/mlflow-ui-comparison.png]
 """
 
@@ -19,15 +19,14 @@ import argparse
 import base64
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 
 import requests
+
+from emotion_exp.serving import local_server
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 WAIT_S = 90
@@ -44,39 +43,6 @@ CHART_SEARCH = "input[placeholder='Search metric charts']"
 CHART_FILTER = "^val_(accuracy|f1)"
 W3C_ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 RUN_FIRST = "run `mlflow run . --env-manager local` first"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(url: str, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{what} did not answer at {url} within {WAIT_S} s")
-
-
-def start(command: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def study_runs(tracking_uri: str, experiment: str) -> tuple[str, list[str]]:
@@ -105,17 +71,14 @@ def study_runs(tracking_uri: str, experiment: str) -> tuple[str, list[str]]:
     return found.experiment_id, [r.info.run_id for r in children if r.data.metrics]
 
 
-def screenshot(url: str, output: Path) -> None:
+def screenshot(url: str, output: Path, workdir: Path) -> None:
     """Open the runs chart view in headless Chromium through chromedriver, focus it on the scores, save a PNG.
 
     The stage runs sit under their parent in the table: the parent is expanded so that the charts
     draw each stage, and the chart filter keeps the validation accuracy and F1 charts.
     """
-    port = free_port()
-    driver = start([shutil.which("chromedriver") or "/usr/bin/chromedriver", f"--port={port}"])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{base}/status", "chromedriver")
+    chromedriver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    with local_server(lambda port: [chromedriver, f"--port={port}"], "/status", workdir / "chromedriver.log") as base:
         options = {"args": [*CHROMIUM_FLAGS, WINDOW]}
         if shutil.which("chromium"):
             options["binary"] = shutil.which("chromium")
@@ -138,8 +101,6 @@ def screenshot(url: str, output: Path) -> None:
             output.write_bytes(base64.b64decode(png))
         finally:
             requests.delete(f"{base}/session/{session}", timeout=30)
-    finally:
-        stop(driver)
 
 
 def _wait_for_text(base: str, session: str, text: str, url: str) -> None:
@@ -167,16 +128,14 @@ def main() -> None:
     args = parser.parse_args()
 
     experiment_id, runs = study_runs(args.tracking_uri, args.experiment)
-    port = free_port()
-    ui = start(["mlflow", "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port", str(port)])
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", "mlflow ui")
+
+    def mlflow_ui(port: int) -> list[str]:
+        return ["mlflow", "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port", str(port)]
+
+    with tempfile.TemporaryDirectory() as folder, local_server(mlflow_ui, "/health", Path(folder) / "ui.log") as ui:
         only_stages = "attributes.run_id IN (" + ", ".join(f"'{run_id}'" for run_id in runs) + ")"
         query = urllib.parse.urlencode({"compareRunsMode": "CHART", "searchFilter": only_stages})
-        url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?{query}"
-        screenshot(url, args.output)
-    finally:
-        stop(ui)
+        screenshot(f"{ui}/#/experiments/{experiment_id}/runs?{query}", args.output, Path(folder))
     print(f"saved {args.output} ({len(runs)} runs compared)")
 
 

@@ -1,7 +1,8 @@
 """One frozen dataclass per stage: the single source of every default.
 
-The click options (``cli.py``) are generated from these fields, and a test checks that the
-``MLproject`` entry points declare the same parameters with the same defaults. Each field
+The click options (``cli.py``) and the ``MLproject`` entry points (``mlproject.py``) are
+generated from these fields; ``MainConfig``, the study's, is composed from the stages' own
+(``_compose_study``), so each parameter is declared once and ``main`` can set all. Each field
 carries its ``--help`` text and, where it applies, its allowed choices or lower bound; values
 are checked when a config is built, so a bad parameter fails before any work starts.
 """
@@ -272,12 +273,7 @@ MainConfig, STUDY_SOURCES = _compose_study()
 
 STAGE_CONFIGS: dict[str, type] = {
     "main": MainConfig,
-    "extract": ExtractConfig,
-    "dummy": DummyConfig,
-    "probe": ProbeConfig,
-    "tfidf": TfidfConfig,
-    "finetune": FinetuneConfig,
-    "promote": PromoteConfig,
+    **STUDY_STAGES,
     "predict": PredictConfig,
     "clean-stale": CleanStaleConfig,
 }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import mlflow
 import pytest
 from click.testing import CliRunner
-from mlflow.tracking import MlflowClient
 
 from emotion_exp import baselines, data
 from emotion_exp.cli import cli
@@ -26,7 +25,6 @@ def test_dummy_logs_scores_plots_report_and_dataset(isolated_mlflow: str) -> Non
     result = CliRunner().invoke(cli, ["dummy"])
     assert result.exit_code == 0, result.output
 
-    client = MlflowClient()
     [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
     assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "dummy"

@@ -8,7 +8,6 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from mlflow.tracking import MlflowClient
 
 from emotion_exp import features, models
 from emotion_exp.cli import cli

@@ -1,4 +1,4 @@
-"""Shared by the predict and serve benchmarks: a fine-tuned model to measure, texts to feed it, tracking.
+"""What the benchmarks share: their common options, a throw-away store, a model to measure, texts, logging.
 
 Without ``--model-uri`` the benchmarks fine-tune the encoder briefly (inference speed does not
 depend on how well it learned) into a throw-away MLflow store, unless ``--track`` asks for the
@@ -14,6 +14,8 @@ import statistics
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+import pandas as pd
 
 from emotion_exp.config import DEFAULT_MODEL
 
@@ -51,14 +53,14 @@ def model_uri(args: argparse.Namespace, workdir: Path) -> str:
     return f"runs:/{run_id}/model"
 
 
-def texts(count: int) -> list[str]:
-    """``count`` texts of the bundled sample (all splits, repeated if needed): realistic lengths."""
+def sample(count: int, seed: int = 0) -> pd.DataFrame:
+    """``count`` rows (text, label) drawn with replacement from every split of the bundled sample: realistic lengths, offline."""
     from emotion_exp import data
     from emotion_exp.config import DataConfig
 
     splits = data.load_splits(DataConfig())
-    pool = [t for name in ("validation", "test", "train") for t in splits.split(name)["text"]]
-    return [pool[i % len(pool)] for i in range(count)]
+    pool = pd.concat([splits.split(name) for name in ("train", "validation", "test")], ignore_index=True)
+    return pool.sample(n=count, replace=True, random_state=seed).reset_index(drop=True)
 
 
 def classifier_folder(uri: str) -> Path:
