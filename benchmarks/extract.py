@@ -3,7 +3,8 @@
 The study tokenized each whole split padded to its longest text and ran batches of 1,000 in
 fp32, taking the [CLS] state. Ours sorts texts by token length and pads per batch, under
 ``torch.inference_mode``, in exact fp32 and in the precision ``auto`` picks here (bf16 where the
-CPU runs it natively), plus dynamic int8 (measured only: it costs too much accuracy to offer). Throughput counts tokenization and forward passes.
+CPU runs it natively), plus dynamic int8 (measured only: it costs too much accuracy to offer).
+Throughput counts tokenization and forward passes.
 
     python -m benchmarks.extract            # 16,000 texts (the bundled sample resampled)
     python -m benchmarks.extract --quick    # 1,000 texts, CI-sized
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks import harness
-
 from emotion_exp import baselines, data, features, models
 from emotion_exp.config import DEFAULT_MODEL, DataConfig
 
@@ -37,7 +37,7 @@ class Result:
     features: np.ndarray | None = None
 
 
-def quantize_int8(model):  # noqa: ANN001, ANN201 - a transformers model in, the same out
+def quantize_int8(model):
     """Dynamic int8 quantization of the ``nn.Linear`` layers, measured here and not offered.
 
     It was 1.4x faster than bf16 but cost the probe 4 to 9 points of validation accuracy on the
@@ -131,9 +131,11 @@ def main() -> None:
         texts = harness.sample(count, args.seed)["text"].tolist()
     lengths = np.array([len(ids) for ids in tokenizer(texts)["input_ids"]])
     print(f"CPU: {models.cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"model: {args.model} ({resolved.source}); {count} texts ({args.lengths} lengths), "
-          f"tokens mean {lengths.mean():.1f}, "
-          f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}; auto precision here: {auto}")
+    print(
+        f"model: {args.model} ({resolved.source}); {count} texts ({args.lengths} lengths), "
+        f"tokens mean {lengths.mean():.1f}, "
+        f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}; auto precision here: {auto}"
+    )
 
     warmup = texts[:64]
     study_method(warmup, encoders["fp32"])
@@ -163,8 +165,7 @@ def main() -> None:
             / np.linalg.norm(reference.features, axis=1)
         ).min()
         ratio = result.texts_per_second / reference.texts_per_second
-        print(f"{result.name:<20}{result.texts_per_second:>10.1f}{ratio:>7.1f}x"
-              f"{diff:>12.2e}{cosine:>12.5f}")
+        print(f"{result.name:<20}{result.texts_per_second:>10.1f}{ratio:>7.1f}x{diff:>12.2e}{cosine:>12.5f}")
 
     accuracy = {}
     if args.accuracy:
@@ -187,11 +188,19 @@ def main() -> None:
         with harness.store(track=True):
             harness.log(
                 "extract",
-                {"model": args.model, "texts": count, "lengths": args.lengths, "batch_size": args.batch_size,
-                 "repeats": args.repeats, "threads": torch.get_num_threads(),
-                 "auto_precision": auto, "cpu": models.cpu_description()},
+                {
+                    "model": args.model,
+                    "texts": count,
+                    "lengths": args.lengths,
+                    "batch_size": args.batch_size,
+                    "repeats": args.repeats,
+                    "threads": torch.get_num_threads(),
+                    "auto_precision": auto,
+                    "cpu": models.cpu_description(),
+                },
                 metrics,
             )
+
 
 if __name__ == "__main__":
     main()

@@ -22,11 +22,10 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from benchmarks import harness
-
 from emotion_exp.config import DEFAULT_MODEL, FinetuneConfig
 
 # Words per text in the emotion train split (16,000 texts): mean, standard deviation, extremes.
@@ -85,8 +84,10 @@ def samples_per_second(
         lengths = sorted(len(row["input_ids"]) for row in rows)
         # Length grouping sorts within mega-batches of 50 batches (one, at the default size), and
         # each batch pads to its longest text: about this many tokens per text.
-        padded = sum(max(lengths[i : i + config.batch_size]) * len(lengths[i : i + config.batch_size])
-                     for i in range(0, len(lengths), config.batch_size)) / len(lengths)
+        padded = sum(
+            max(lengths[i : i + config.batch_size]) * len(lengths[i : i + config.batch_size])
+            for i in range(0, len(lengths), config.batch_size)
+        ) / len(lengths)
     set_seed(config.seed)
     model = finetune.load_classifier(resolved, [str(i) for i in range(6)])
     args = finetune.training_arguments(
@@ -150,7 +151,10 @@ def main() -> None:
 
     study = best["study"]
     print(f"cpu: {models.cpu_description()}; torch threads: {torch.get_num_threads()}")
-    print(f"model: {args.model}; {count} emotion-like texts, batch size {config.batch_size}, one epoch, best of {rounds} ({unit})")
+    print(
+        f"model: {args.model}; {count} emotion-like texts, batch size {config.batch_size}, one epoch, "
+        f"best of {rounds} ({unit})"
+    )
     print(f"{'set-up':<46} {'tokens/text':>11} {unit:>11} {'vs study':>8}")
     descriptions = {
         "study": "study: pad to longest of split, fp32, random",
@@ -167,8 +171,14 @@ def main() -> None:
             metrics |= {f"{name}_speedup": rate / study for name, rate in best.items() if name != "study"}
             harness.log(
                 "finetune",
-                {"model": args.model, "texts": count, "batch_size": config.batch_size, "rounds": rounds,
-                 "clock": "process CPU, 1 thread" if args.cpu_time else "wall", "cpu": models.cpu_description()},
+                {
+                    "model": args.model,
+                    "texts": count,
+                    "batch_size": config.batch_size,
+                    "rounds": rounds,
+                    "clock": "process CPU, 1 thread" if args.cpu_time else "wall",
+                    "cpu": models.cpu_description(),
+                },
                 metrics,
             )
 

@@ -12,8 +12,8 @@ import contextlib
 import os
 import statistics
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
@@ -47,14 +47,23 @@ def model_uri(args: argparse.Namespace, workdir: Path) -> str:
     from emotion_exp.stages import finetune
 
     run_id = finetune.run(
-        FinetuneConfig(model=args.model, epochs=1, max_samples=200, registered_model="", umap_max_points=200,
-                       output_dir=str(workdir / "checkpoints"))
+        FinetuneConfig(
+            model=args.model,
+            epochs=1,
+            max_samples=200,
+            registered_model="",
+            umap_max_points=200,
+            output_dir=str(workdir / "checkpoints"),
+        )
     )
     return f"runs:/{run_id}/model"
 
 
 def sample(count: int, seed: int = 0) -> pd.DataFrame:
-    """``count`` rows (text, label) drawn with replacement from every split of the bundled sample: realistic lengths, offline."""
+    """``count`` rows (text, label) drawn with replacement from all splits of the bundled sample.
+
+    Realistic lengths, offline.
+    """
     from emotion_exp import data
     from emotion_exp.config import DataConfig
 

@@ -29,13 +29,12 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def _splits(count: int):  # noqa: ANN202 - DatasetSplits, imported lazily
+def _splits(count: int):
     """The bundled sample with ``count`` texts drawn from all its splits as the train split."""
+    from benchmarks import harness
     from emotion_exp import data
     from emotion_exp.config import DataConfig
     from emotion_exp.data import DatasetSplits
-
-    from benchmarks import harness
 
     sample = data.load_splits(DataConfig())
     train = harness.sample(count)
@@ -67,8 +66,23 @@ def child(task: str, count: int, steps: int, workdir: str) -> dict[str, float]:
 def measure(task: str, count: int, steps: int, workdir: str) -> float:
     """Run ``task`` in a child process and return its peak RSS in GiB."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", "--child", task, "--count", str(count), "--steps", str(steps), "--workdir", workdir],
-        capture_output=True, text=True, check=False, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.memory",
+            "--child",
+            task,
+            "--count",
+            str(count),
+            "--steps",
+            str(steps),
+            "--workdir",
+            workdir,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
     )
     if out.returncode != 0:
         raise SystemExit(f"{task} failed:\n{out.stderr[-3000:]}")
@@ -99,14 +113,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="emotion-memory-") as workdir:
         for task in ("extract-study", "extract", "finetune"):
             peaks[task] = measure(task, count, steps, workdir)
-            verdict = "" if task == "extract-study" else ("  (goal met)" if peaks[task] < GOAL_GIB else "  (over the goal)")
+            verdict = (
+                "" if task == "extract-study" else ("  (goal met)" if peaks[task] < GOAL_GIB else "  (over the goal)")
+            )
             print(f"{task:>14}: peak RSS {peaks[task]:.2f} GiB{verdict}")
     print(f"extraction peak, ours / study's: {peaks['extract'] / peaks['extract-study']:.2f}")
     if args.track:
         from benchmarks.harness import log
 
-        log("memory", {"texts": count, "steps": steps, "cpu": models.cpu_description()},
-            {f"peak_gib_{task.replace('-', '_')}": value for task, value in peaks.items()})
+        log(
+            "memory",
+            {"texts": count, "steps": steps, "cpu": models.cpu_description()},
+            {f"peak_gib_{task.replace('-', '_')}": value for task, value in peaks.items()},
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from benchmarks import harness
 
@@ -79,8 +79,12 @@ def main() -> None:
             return fp32.predict(None, pd.DataFrame({"text": batch}))
 
         rates = texts_per_second(
-            {"pyfunc": run_pyfunc, "pyfunc_fp32": run_pyfunc_fp32, "pipeline": run_pipeline,
-             "pipeline_bf16": run_pipeline_bf16},
+            {
+                "pyfunc": run_pyfunc,
+                "pyfunc_fp32": run_pyfunc_fp32,
+                "pipeline": run_pipeline,
+                "pipeline_bf16": run_pipeline_bf16,
+            },
             texts,
             repeats,
         )
@@ -101,12 +105,21 @@ def main() -> None:
         if args.track:
             harness.log(
                 "predict",
-                {"model_uri": uri, "texts": count, "repeats": repeats, "batch_size": batch_size,
-                 "cpu": models.cpu_description()},
-                {"pyfunc_texts_per_second": ours, "pipeline_texts_per_second": theirs,
-                 "pipeline_bf16_texts_per_second": theirs_bf16, "pyfunc_fp32_texts_per_second": rates["pyfunc_fp32"],
-                 "ratio_vs_pipeline": ours / theirs,
-                 "label_agreement": agreement},
+                {
+                    "model_uri": uri,
+                    "texts": count,
+                    "repeats": repeats,
+                    "batch_size": batch_size,
+                    "cpu": models.cpu_description(),
+                },
+                {
+                    "pyfunc_texts_per_second": ours,
+                    "pipeline_texts_per_second": theirs,
+                    "pipeline_bf16_texts_per_second": theirs_bf16,
+                    "pyfunc_fp32_texts_per_second": rates["pyfunc_fp32"],
+                    "ratio_vs_pipeline": ours / theirs,
+                    "label_agreement": agreement,
+                },
             )
 
 

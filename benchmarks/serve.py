@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from benchmarks import harness
 from emotion_exp.serving import local_server
@@ -47,7 +47,19 @@ def main() -> None:
         model = mlflow.pyfunc.load_model(uri)
 
         def command(port: int) -> list[str]:
-            return ["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+            return [
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ]
 
         with local_server(command, "/ping", workdir / "server.log") as url:
             session = requests.Session()
@@ -78,22 +90,39 @@ def main() -> None:
     p99 = {k: harness.percentile(v, 99) * 1000 for k, v in single.items()}
     rate = {k: len(v) * BATCH_SIZE / sum(v) for k, v in batched.items()}
     print(f"cpu: {models.cpu_description()}")
-    print(f"model: {uri}; {len(single['served'])} single-text requests, "
-          f"{len(batched['served'])} requests of {BATCH_SIZE} texts")
-    print(f"single text  p50 / p99: served {p50['served']:7.1f} / {p99['served']:7.1f} ms, "
-          f"in-process {p50['local']:7.1f} / {p99['local']:7.1f} ms")
+    print(
+        f"model: {uri}; {len(single['served'])} single-text requests, "
+        f"{len(batched['served'])} requests of {BATCH_SIZE} texts"
+    )
+    print(
+        f"single text  p50 / p99: served {p50['served']:7.1f} / {p99['served']:7.1f} ms, "
+        f"in-process {p50['local']:7.1f} / {p99['local']:7.1f} ms"
+    )
     print(f"batched ({BATCH_SIZE}): served {rate['served']:7.1f} texts/s, in-process {rate['local']:7.1f} texts/s")
-    print(f"serving overhead: single-text p50 {p50['served'] / p50['local']:.2f}x the in-process latency "
-          f"(+{p50['served'] - p50['local']:.1f} ms); "
-          f"batched throughput {rate['served'] / rate['local']:.2f}x in-process")
+    print(
+        f"serving overhead: single-text p50 {p50['served'] / p50['local']:.2f}x the in-process latency "
+        f"(+{p50['served'] - p50['local']:.1f} ms); "
+        f"batched throughput {rate['served'] / rate['local']:.2f}x in-process"
+    )
     if args.track:
         harness.log(
             "serve",
-            {"model_uri": uri, "single_requests": len(single["served"]), "batch_requests": len(batched["served"]),
-             "batch_size": BATCH_SIZE, "cpu": models.cpu_description()},
-            {"served_p50_ms": p50["served"], "served_p99_ms": p99["served"], "local_p50_ms": p50["local"],
-             "local_p99_ms": p99["local"], "served_texts_per_second": rate["served"],
-             "local_texts_per_second": rate["local"], "latency_overhead_ratio": p50["served"] / p50["local"]},
+            {
+                "model_uri": uri,
+                "single_requests": len(single["served"]),
+                "batch_requests": len(batched["served"]),
+                "batch_size": BATCH_SIZE,
+                "cpu": models.cpu_description(),
+            },
+            {
+                "served_p50_ms": p50["served"],
+                "served_p99_ms": p99["served"],
+                "local_p50_ms": p50["local"],
+                "local_p99_ms": p99["local"],
+                "served_texts_per_second": rate["served"],
+                "local_texts_per_second": rate["local"],
+                "latency_overhead_ratio": p50["served"] / p50["local"],
+            },
         )
 
 

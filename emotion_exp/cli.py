@@ -13,7 +13,8 @@ import os
 import sys
 import traceback
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 

@@ -47,9 +47,7 @@ def _check(config: Any) -> None:
         value = getattr(config, spec.name)
         choices = spec.metadata.get("choices")
         if choices and value not in choices:
-            raise UserError(
-                f"--{spec.name} must be one of {', '.join(choices)}; got {value!r}."
-            )
+            raise UserError(f"--{spec.name} must be one of {', '.join(choices)}; got {value!r}.")
         minimum = spec.metadata.get("minimum")
         if minimum is None:
             continue
@@ -122,8 +120,7 @@ class EncoderConfig(DataConfig):
     batch_size: int = option(32, "Texts per batch.", minimum=1)
     precision: str = option(
         "auto",
-        "Numeric precision: auto (bf16 only where the hardware runs it natively, else fp32), "
-        "fp32 or bf16.",
+        "Numeric precision: auto (bf16 only where the hardware runs it natively, else fp32), fp32 or bf16.",
         choices=PRECISIONS,
     )
     umap_max_points: int = option(20_000, "At most this many points in the UMAP plots.", minimum=1)
@@ -133,7 +130,9 @@ class EncoderConfig(DataConfig):
 class ExtractConfig(EncoderConfig):
     """Hidden states of the encoder's last layer for every split."""
 
-    pooling: str = option("cls", "Pool the last hidden state by the [CLS] token or by the masked mean.", choices=("cls", "mean"))
+    pooling: str = option(
+        "cls", "Pool the last hidden state by the [CLS] token or by the masked mean.", choices=("cls", "mean")
+    )
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,9 @@ class ProbeConfig(ExtractConfig):
     """Logistic regression on extracted features."""
 
     features_run_id: str = option("", "Reuse the features of this extract run ('' = find a matching run or extract).")
-    C: float = option(1.0, "Inverse regularisation strength of the logistic regression.", minimum=0, exclusive_minimum=True)
+    C: float = option(
+        1.0, "Inverse regularisation strength of the logistic regression.", minimum=0, exclusive_minimum=True
+    )
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
     max_iter: int = option(3000, "Iterations allowed for the solver to converge.", minimum=1)
     registered_model: str = option("", "Register the model under this name ('' = do not register).")
@@ -163,7 +164,9 @@ class FinetuneConfig(EncoderConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.warmup < 1:
-            raise UserError(f"--warmup is a fraction of the training steps, at least 0 and below 1; got {self.warmup!r}.")
+            raise UserError(
+                f"--warmup is a fraction of the training steps, at least 0 and below 1; got {self.warmup!r}."
+            )
 
 
 @dataclass(frozen=True)

@@ -138,8 +138,7 @@ def _split_files(folder: Path) -> dict[str, Path]:
         matches = [p for p in files if p.stem.lower() in stems and _suffix(p) in SUFFIXES]
         if len(matches) > 1:
             raise UserError(
-                f"Folder '{folder}' has several {split} files ({', '.join(p.name for p in matches)}); "
-                "keep exactly one."
+                f"Folder '{folder}' has several {split} files ({', '.join(p.name for p in matches)}); keep exactly one."
             )
         if matches:
             found[split] = matches[0]
@@ -223,8 +222,7 @@ def _read_table(path: Path, txt_columns: tuple[str, ...]) -> pd.DataFrame:
     suffix = _suffix(path)
     if suffix not in SUFFIXES:
         raise UserError(
-            f"'{path}' has the unsupported extension {suffix or '(none)'!r}; supported: "
-            f"{', '.join(SUFFIXES)}."
+            f"'{path}' has the unsupported extension {suffix or '(none)'!r}; supported: {', '.join(SUFFIXES)}."
         )
     if path.stat().st_size == 0:
         raise _empty(path)
@@ -256,8 +254,7 @@ def _read_delimited(path: Path, suffix: str) -> pd.DataFrame:
         raise _not_utf8(path, err) from err
     except pd.errors.ParserError as err:
         raise UserError(
-            f"Could not parse '{path}': {str(err).strip()}; fix the delimiters or quotes on that "
-            "line, or remove it."
+            f"Could not parse '{path}': {str(err).strip()}; fix the delimiters or quotes on that line, or remove it."
         ) from err
     frame.index = pd.RangeIndex(2, len(frame) + 2)  # line 1 is the header
     blank = frame.apply(lambda column: column.fillna("").str.strip().eq("")).all(axis=1)
@@ -301,10 +298,7 @@ def _read_txt(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     for number, line in lines:
         text, separator, label = line.rpartition(";")
         if not separator:
-            raise UserError(
-                f"Could not parse '{path}': line {number} has no ';'; expected one 'text;label' "
-                "per line."
-            )
+            raise UserError(f"Could not parse '{path}': line {number} has no ';'; expected one 'text;label' per line.")
         rows.append((text, label))
     return pd.DataFrame(rows, columns=list(columns), index=numbers)
 

@@ -15,9 +15,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ def training_arguments(
     )
 
 
-def _compute_metrics(label_names: Sequence[str]):  # noqa: ANN202 - a Trainer hook
+def _compute_metrics(label_names: Sequence[str]):
     def compute(prediction: EvalPrediction) -> dict[str, float]:
         scores = metrics.evaluate(prediction.label_ids, np.argmax(prediction.predictions, axis=-1), label_names)
         return {"accuracy": scores.accuracy, "f1_weighted": scores.f1_weighted}

@@ -119,8 +119,12 @@ def cpu_description() -> str:
     except OSError:
         pass
     flags = cpu_flags()
-    simd = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else (
-        "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    simd = (
+        "amx_bf16"
+        if "amx_bf16" in flags
+        else "avx512_bf16"
+        if "avx512_bf16" in flags
+        else ("avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2")
     )
     return f"{name} ({os.cpu_count()} cores, best SIMD: {simd}, native bf16: {native_bf16()})"
 

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 # The study's colour maps, one per label in its order; more labels cycle through them.
 LABEL_CMAPS = ("Greys", "Blues", "Oranges", "Reds", "Purples", "Greens")
 
 
-def label_distribution(labels: Sequence[int], label_names: Sequence[str], title: str = "Distribution of Labels") -> Figure:
+def label_distribution(
+    labels: Sequence[int], label_names: Sequence[str], title: str = "Distribution of Labels"
+) -> Figure:
     """Horizontal bars of the label counts, ascending, as in the study."""
     counts = pd.Series(np.asarray(labels)).map(dict(enumerate(label_names))).value_counts(ascending=True)
     counts = counts.reindex([n for n in counts.index] + [n for n in label_names if n not in counts.index], fill_value=0)
@@ -32,7 +34,9 @@ def label_distribution(labels: Sequence[int], label_names: Sequence[str], title:
     return fig
 
 
-def confusion_matrix(confusion: np.ndarray, label_names: Sequence[str], title: str = "Normalized Confusion Matrix") -> Figure:
+def confusion_matrix(
+    confusion: np.ndarray, label_names: Sequence[str], title: str = "Normalized Confusion Matrix"
+) -> Figure:
     """Row-normalised confusion matrix with label names, as in the study."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -46,7 +50,9 @@ def confusion_matrix(confusion: np.ndarray, label_names: Sequence[str], title: s
     return fig
 
 
-def umap_embedding(features: np.ndarray, labels: np.ndarray, *, seed: int, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+def umap_embedding(
+    features: np.ndarray, labels: np.ndarray, *, seed: int, max_points: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Project features to 2-D like the study: MinMax scaling, then UMAP with the cosine metric.
 
     At most ``max_points`` rows are used (a seeded, stratified-by-chance sample) because UMAP's
@@ -73,7 +79,9 @@ def _cmap(index: int) -> str:
     return LABEL_CMAPS[index % len(LABEL_CMAPS)]
 
 
-def umap_overlay(embedding: np.ndarray, labels: np.ndarray, label_names: Sequence[str], title: str = "UMAP of the features") -> Figure:
+def umap_overlay(
+    embedding: np.ndarray, labels: np.ndarray, label_names: Sequence[str], title: str = "UMAP of the features"
+) -> Figure:
     """All labels' hexbin densities drawn over each other, with a legend (the study's first view)."""
     fig, ax = plt.subplots(figsize=(7, 5))
     for index, name in enumerate(label_names):
@@ -96,8 +104,16 @@ def umap_per_label(embedding: np.ndarray, labels: np.ndarray, label_names: Seque
     columns = 3 if len(label_names) > 4 else max(1, len(label_names))
     rows = math.ceil(len(label_names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(7, 2.5 * rows + 0.5), squeeze=False)
-    extent = (*np.nanmin(embedding, axis=0)[[0]], *np.nanmax(embedding, axis=0)[[0]],
-              *np.nanmin(embedding, axis=0)[[1]], *np.nanmax(embedding, axis=0)[[1]]) if len(embedding) else None
+    extent = (
+        (
+            *np.nanmin(embedding, axis=0)[[0]],
+            *np.nanmax(embedding, axis=0)[[0]],
+            *np.nanmin(embedding, axis=0)[[1]],
+            *np.nanmax(embedding, axis=0)[[1]],
+        )
+        if len(embedding)
+        else None
+    )
     flat = axes.flatten()
     for index, name in enumerate(label_names):
         points = embedding[labels == index]
@@ -107,7 +123,7 @@ def umap_per_label(embedding: np.ndarray, labels: np.ndarray, label_names: Seque
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in flat[len(label_names):]:
+    for ax in flat[len(label_names) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig

@@ -6,8 +6,9 @@ DataFrame with ``label`` and one probability column per label name (``prob_<labe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -45,7 +46,8 @@ def texts_from_input(model_input: Any) -> list[str]:
         values = pd.Series([model_input])
     else:
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-            f"Expected a DataFrame with a '{TEXT_COLUMN}' column or a list of strings; got {type(model_input).__name__}."
+            f"Expected a DataFrame with a '{TEXT_COLUMN}' column or a list of strings; "
+            f"got {type(model_input).__name__}."
         )
     bad = [i for i, value in enumerate(values) if not isinstance(value, str)]
     if bad:

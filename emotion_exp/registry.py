@@ -241,9 +241,8 @@ def _check_registered(model_uri: str, name: str, *, alias: str | None, version: 
             f"(registered models: {', '.join(names) or 'none'}). {how_to}"
         ) from error
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    holds = (
-        f"versions: {', '.join(map(str, versions)) or 'none'}; aliases: "
-        + (", ".join(f"@{a} -> {v}" for a, v in sorted(registered.aliases.items())) or "none")
+    holds = f"versions: {', '.join(map(str, versions)) or 'none'}; aliases: " + (
+        ", ".join(f"@{a} -> {v}" for a, v in sorted(registered.aliases.items())) or "none"
     )
     if alias is not None and alias not in registered.aliases:
         raise UserError(f"{model_uri}: registered model {name!r} has no alias @{alias} ({holds}). {how_to}")

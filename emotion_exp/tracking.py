@@ -17,7 +17,8 @@ import contextlib
 import dataclasses
 import os
 import socket
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -49,7 +50,7 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
     except KeyboardInterrupt:
         _end(run, "KILLED", "interrupted by the user (Ctrl-C)")
         raise
-    except BaseException as error:  # noqa: BLE001 - re-raised: the run records why it failed
+    except BaseException as error:
         _end(run, "FAILED", str(error) or type(error).__name__)
         raise
     else:
@@ -154,8 +155,6 @@ def running_runs(experiment_id: str) -> list[RunRecord]:
         experiment_ids=[experiment_id], filter_string="attributes.status = 'RUNNING'", output_format="list"
     )
     return [RunRecord(r.info.run_id, r.info.status, dict(r.data.tags), dict(r.data.params)) for r in runs]
-
-
 
 
 # What ``process_state`` finds about the process that owns a run.

@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score
 
 from emotion_exp.data import DatasetSplits
-
 from tests.conftest import REPO_ROOT
 
 
@@ -34,12 +33,21 @@ def mlflow_run(
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [
-        sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "-e", entry_point,
-        "--env-manager", "local", "--experiment-name", experiment,
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO_ROOT),
+        "-e",
+        entry_point,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        experiment,
     ]
     for param in params:
         command += ["-P", param]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def scores_of_the_model(model_uri: str, splits: DatasetSplits, split: str) -> dict[str, float]:

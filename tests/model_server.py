@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from emotion_exp.serving import local_server
 
@@ -15,7 +15,19 @@ def serving(model_uri: str, tracking_uri: str, workdir: Path) -> Iterator[str]:
     """Serve ``model_uri`` on 127.0.0.1 until the block ends; yield the base URL once /ping answers."""
 
     def command(port: int) -> list[str]:
-        return ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+        return [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ]
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     with local_server(command, "/ping", workdir / "server.log", env=env, cwd=workdir) as url:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 import pandas as pd
@@ -85,8 +85,14 @@ def dummy(dataset: Callable[[Inputs], str]) -> Callable[[Inputs], list[str]]:
 def on_small(stage: str, *extra: str) -> Callable[[Inputs], list[str]]:
     """``stage`` on the small dataset and tiny model, with ``extra`` options."""
     return lambda inputs: [
-        stage, "--dataset", str(inputs.small_dataset), "--model", str(inputs.tiny_model_dir),
-        "--umap_max_points", "50", *extra,
+        stage,
+        "--dataset",
+        str(inputs.small_dataset),
+        "--model",
+        str(inputs.tiny_model_dir),
+        "--umap_max_points",
+        "50",
+        *extra,
     ]
 
 
@@ -163,11 +169,20 @@ CASES = {
         opens_run=True,
     ),
     "non-text values": Case(
-        dummy(lambda i: i.file(
-            "numbers.jsonl",
-            "\n".join(json.dumps(r) for r in [{"text": "ok", "label": "joy"}, {"text": 42, "label": "joy"},
-                                              {"text": None, "label": "sadness"}]) + "\n",
-        )),
+        dummy(
+            lambda i: i.file(
+                "numbers.jsonl",
+                "\n".join(
+                    json.dumps(r)
+                    for r in [
+                        {"text": "ok", "label": "joy"},
+                        {"text": 42, "label": "joy"},
+                        {"text": None, "label": "sadness"},
+                    ]
+                )
+                + "\n",
+            )
+        ),
         ("has 2 empty or non-text value(s) in column 'text'", "lines 2, 3"),
         opens_run=True,
     ),
@@ -201,8 +216,15 @@ CASES = {
     ),
     # --- models ------------------------------------------------------------------------------
     "unknown model offline (finetune)": Case(
-        lambda i: ["finetune", "--dataset", str(i.small_dataset), "--model", "no-such-org/no-such-model",
-                   "--registered_model", ""],
+        lambda i: [
+            "finetune",
+            "--dataset",
+            str(i.small_dataset),
+            "--model",
+            "no-such-org/no-such-model",
+            "--registered_model",
+            "",
+        ],
         ("'no-such-org/no-such-model' could not be loaded", "not a local folder", "Hugging Face cache"),
         opens_run=True,
     ),
@@ -212,8 +234,13 @@ CASES = {
         opens_run=True,
     ),
     "folder that is not a model": Case(
-        lambda i: ["extract", "--dataset", str(i.small_dataset),
-                   "--model", str(Path(i.file("no-model/x.txt", "")).parent)],
+        lambda i: [
+            "extract",
+            "--dataset",
+            str(i.small_dataset),
+            "--model",
+            str(Path(i.file("no-model/x.txt", "")).parent),
+        ],
         ("could not be loaded by transformers", "save_pretrained"),
         opens_run=True,
     ),

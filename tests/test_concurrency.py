@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from emotion_exp import data
 from emotion_exp.config import DataConfig, DummyConfig, TfidfConfig
-from tests.pyfunc_models import log_keyword_model
 from tests.helpers import artifacts
+from tests.pyfunc_models import log_keyword_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:An input example was not provided")]
 WAIT_S = 300
@@ -56,7 +56,6 @@ def start_together(commands: list[list[str]], folder: Path, **env: str) -> list[
             process.wait()
         results.append((process.returncode, log.read_text()))
     return results
-
 
 
 def test_two_stages_at_once_in_a_new_experiment_both_log_everything(tmp_path: Path, small_dataset: Path) -> None:

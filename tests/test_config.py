@@ -69,11 +69,15 @@ def test_only_the_edge_modules_import_mlflow() -> None:
     """The stages (emotion_exp/stages) and three modules are the MLflow edge; nothing else imports it."""
     offenders = []
     for path in (REPO_ROOT / "emotion_exp").rglob("*.py"):
-        if path.parent.name == "stages" or (path.name in ALLOWED_TO_IMPORT_MLFLOW and path.parent.name == "emotion_exp"):
+        if path.parent.name == "stages" or (
+            path.name in ALLOWED_TO_IMPORT_MLFLOW and path.parent.name == "emotion_exp"
+        ):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             )
             if any(name == "mlflow" or name.startswith("mlflow.") for name in names):
                 offenders.append(str(path.relative_to(REPO_ROOT)))
@@ -81,6 +85,8 @@ def test_only_the_edge_modules_import_mlflow() -> None:
 
 
 def test_importing_the_cli_does_no_heavy_work() -> None:
-    code = "import sys, emotion_exp.cli; print(sorted(m for m in ('torch','mlflow','transformers') if m in sys.modules))"
+    code = (
+        "import sys, emotion_exp.cli; print(sorted(m for m in ('torch','mlflow','transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip() == "[]"

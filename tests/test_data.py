@@ -21,9 +21,7 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "emotion_exp" / "sample"
 def labelled(per_class: dict[str, int], text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
     """Distinct texts, ``per_class[name]`` rows of each class, classes interleaved."""
     rows = [
-        (f"{name} example number {i} with some words", name)
-        for name, count in per_class.items()
-        for i in range(count)
+        (f"{name} example number {i} with some words", name) for name, count in per_class.items() for i in range(count)
     ]
     return pd.DataFrame(rows, columns=[text_column, label_column])
 
@@ -36,7 +34,9 @@ def write(frame: pd.DataFrame, path: Path) -> Path:
         frame.to_csv(path, index=False)
     elif suffix == ".tsv":
         path.write_text(
-            "\t".join(frame.columns) + "\n" + "".join("\t".join(map(str, row)) + "\n" for row in frame.itertuples(index=False)),
+            "\t".join(frame.columns)
+            + "\n"
+            + "".join("\t".join(map(str, row)) + "\n" for row in frame.itertuples(index=False)),
             encoding="utf-8",
         )
     elif suffix in (".jsonl", ".json"):
@@ -103,7 +103,7 @@ def test_semicolon_txt_splits_at_the_last_semicolon_and_skips_blank_lines(tmp_pa
 
 
 def test_tsv_keeps_stray_quotes_and_every_row(tmp_path):
-    texts = ['he said "hi', '"quoted" start', "it's 'odd", 'a "b" c', 'end"', 'NA', "null"]
+    texts = ['he said "hi', '"quoted" start', "it's 'odd", 'a "b" c', 'end"', "NA", "null"]
     lines = ["text\tlabel"] + [f"{text}\t{label}" for text, label in zip(texts, ["joy", "fear"] * 4)]
     folder = tmp_path / "tsv"
     folder.mkdir()
@@ -236,7 +236,7 @@ def test_read_texts_txt_one_text_a_line(tmp_path):
     [
         ("in.csv", "sentence\nhi\n", {}, r"has no column 'text' \(columns found: sentence\); .*--text_column"),
         ("in.txt", "\n \n", {}, r"in.txt' is empty"),
-        ("in.csv", "id,text\n1,ok\n2, \n\n3,fine\n4,\"\"\n", {}, r"2 empty or non-text value\(s\) .*lines 3, 6"),
+        ("in.csv", 'id,text\n1,ok\n2, \n\n3,fine\n4,""\n', {}, r"2 empty or non-text value\(s\) .*lines 3, 6"),
         ("in.xlsx", "x", {}, r"unsupported extension '.xlsx'; supported: .csv, .tsv, .jsonl"),
     ],
 )
@@ -270,12 +270,24 @@ CSV_SIX = "text,label\n" + "".join(f"t{i},{STUDY_LABELS[i % 6]}\n" for i in rang
             {"f/train.csv": CSV_SIX, "f/notes.md": "x"},
             "f",
             {},
-            r"has no validation or test file \(found: notes.md, train.csv\); expected files named "
-            r"train, validation \(or val\) and test",
+            (
+                r"has no validation or test file \(found: notes.md, train.csv\); expected files named "
+                r"train, validation \(or val\) and test"
+            ),
         ),
-        ({"f/train.csv": CSV_SIX, "f/train.jsonl": "{}", "f/val.csv": "", "f/test.csv": ""}, "f", {}, r"several train files"),
+        (
+            {"f/train.csv": CSV_SIX, "f/train.jsonl": "{}", "f/val.csv": "", "f/test.csv": ""},
+            "f",
+            {},
+            r"several train files",
+        ),
         # unsupported extension
-        ({"d.xlsx": "x"}, "d.xlsx", {}, r"unsupported extension '.xlsx'; supported: .csv, .tsv, .jsonl, .json, .parquet, .txt"),
+        (
+            {"d.xlsx": "x"},
+            "d.xlsx",
+            {},
+            r"unsupported extension '.xlsx'; supported: .csv, .tsv, .jsonl, .json, .parquet, .txt",
+        ),
         # empty file
         ({"d.csv": ""}, "d.csv", {}, r"d.csv' is empty"),
         ({"d.csv": "text,label\n"}, "d.csv", {}, r"d.csv' is empty"),
@@ -284,19 +296,54 @@ CSV_SIX = "text,label\n" + "".join(f"t{i},{STUDY_LABELS[i % 6]}\n" for i in rang
         # unparsable
         ({"d.csv": "text,label\na,joy\nb,joy,extra\n"}, "d.csv", {}, r"Could not parse '.*d.csv': .*line 3"),
         ({"d.tsv": "text\tlabel\na\tjoy\nb\tjoy\tx\n"}, "d.tsv", {}, r"Could not parse '.*d.tsv': .*line 3"),
-        ({"d.jsonl": '{"text": "a", "label": 1}\n{"text": "b",\n'}, "d.jsonl", {}, r"d.jsonl': line 2 is not valid JSON"),
+        (
+            {"d.jsonl": '{"text": "a", "label": 1}\n{"text": "b",\n'},
+            "d.jsonl",
+            {},
+            r"d.jsonl': line 2 is not valid JSON",
+        ),
         ({"d.jsonl": '{"text": "a", "label": 1}\n\n[1, 2]\n'}, "d.jsonl", {}, r"line 3 holds a JSON list"),
         ({"d.parquet": "not parquet at all"}, "d.parquet", {}, r"Could not read '.*d.parquet' as Parquet"),
-        ({"f/train.txt": "a;joy\nno separator\n", "f/val.txt": "b;joy\n", "f/test.txt": "c;joy\n"}, "f", {}, r"train.txt': line 2 has no ';'"),
+        (
+            {"f/train.txt": "a;joy\nno separator\n", "f/val.txt": "b;joy\n", "f/test.txt": "c;joy\n"},
+            "f",
+            {},
+            r"train.txt': line 2 has no ';'",
+        ),
         # missing columns
-        ({"d.csv": "sentence,label\na,joy\n"}, "d.csv", {}, r"no column 'text' \(columns found: sentence, label\); .*--text_column"),
-        ({"d.csv": "text,emotion\na,joy\n"}, "d.csv", {}, r"no column 'label' \(columns found: text, emotion\); .*--label_column"),
+        (
+            {"d.csv": "sentence,label\na,joy\n"},
+            "d.csv",
+            {},
+            r"no column 'text' \(columns found: sentence, label\); .*--text_column",
+        ),
+        (
+            {"d.csv": "text,emotion\na,joy\n"},
+            "d.csv",
+            {},
+            r"no column 'label' \(columns found: text, emotion\); .*--label_column",
+        ),
         ({"d.csv": "a,b\n1,2\n"}, "d.csv", {}, r"no column 'text' or 'label'.*--text_column and --label_column"),
         ({"d.csv": CSV_SIX}, "d.csv", {"text_column": "body"}, r"no column 'body' \(columns found: text, label\)"),
         # empty or non-text texts
-        ({"d.csv": CSV_SIX + ",joy\n  ,joy\n"}, "d.csv", {}, r"d.csv has 2 empty or non-text value\(s\) in column 'text' \(lines 62, 63\)"),
-        ({"d.jsonl": '{"text": "a", "label": 1}\n\n{"text": 5, "label": 1}\n{"label": 2}\n'}, "d.jsonl", {}, r"2 empty or non-text .*lines 3, 4\)"),
-        ({"d.csv": "text,label\n" + "\n".join([",joy"] * 7) + "\n"}, "d.csv", {}, r"7 empty .*lines 2, 3, 4, 5, 6, \.\.\.\)"),
+        (
+            {"d.csv": CSV_SIX + ",joy\n  ,joy\n"},
+            "d.csv",
+            {},
+            r"d.csv has 2 empty or non-text value\(s\) in column 'text' \(lines 62, 63\)",
+        ),
+        (
+            {"d.jsonl": '{"text": "a", "label": 1}\n\n{"text": 5, "label": 1}\n{"label": 2}\n'},
+            "d.jsonl",
+            {},
+            r"2 empty or non-text .*lines 3, 4\)",
+        ),
+        (
+            {"d.csv": "text,label\n" + "\n".join([",joy"] * 7) + "\n"},
+            "d.csv",
+            {},
+            r"7 empty .*lines 2, 3, 4, 5, 6, \.\.\.\)",
+        ),
         # empty or invalid labels
         ({"d.csv": CSV_SIX + "x,\n"}, "d.csv", {}, r"1 empty or invalid label\(s\) in column 'label' \(line 62\)"),
         ({"d.jsonl": '{"text": "a", "label": 1.5}\n'}, "d.jsonl", {}, r"invalid label\(s\) .*\(line 1\)"),
@@ -308,13 +355,22 @@ CSV_SIX = "text,label\n" + "".join(f"t{i},{STUDY_LABELS[i % 6]}\n" for i in rang
             r"The validation split has label\(s\) 'rage', 'zeal' that the train split lacks \(train has: sadness, joy",
         ),
         (
-            {"f/train.csv": "text,label\na,0\nb,1\n", "f/validation.csv": "text,label\nc,1\n", "f/test.csv": "text,label\nd,2\n"},
+            {
+                "f/train.csv": "text,label\na,0\nb,1\n",
+                "f/validation.csv": "text,label\nc,1\n",
+                "f/test.csv": "text,label\nd,2\n",
+            },
             "f",
             {},
             r"The test split has label\(s\) 2 that the train split lacks",
         ),
         # fewer than two classes
-        ({"d.csv": "text,label\na,joy\nb,joy\nc,joy\n"}, "d.csv", {}, r"Only one class \('joy'\) found in the training data; classification needs at least two"),
+        (
+            {"d.csv": "text,label\na,joy\nb,joy\nc,joy\n"},
+            "d.csv",
+            {},
+            r"Only one class \('joy'\) found in the training data; classification needs at least two",
+        ),
         # too few rows to stratify
         (
             {"d.csv": CSV_SIX + "x,rage\ny,rage\nz,zeal\n"},
@@ -329,7 +385,11 @@ CSV_SIX = "text,label\n" + "".join(f"t{i},{STUDY_LABELS[i % 6]}\n" for i in rang
             r"has 6 rows, which split into 4 train, 1 validation, 1 test; .*at least one row per class \(2\)",
         ),
         (
-            {"d.csv": "text,label\n" + "".join(f"a{i},a\n" for i in range(3)) + "".join(f"b{i},b\n" for i in range(100))},
+            {
+                "d.csv": "text,label\n"
+                + "".join(f"a{i},a\n" for i in range(3))
+                + "".join(f"b{i},b\n" for i in range(100))
+            },
             "d.csv",
             {"test_fraction": 0.5, "validation_fraction": 0.3},
             r"after the 52 test rows, a class had one row left for train and validation.*lower --test_fraction",
@@ -407,7 +467,9 @@ def test_bundled_sample_is_a_faithful_learnable_miniature():
 
     vectorizer = TfidfVectorizer()
     with threadpool_limits(1):  # BLAS threads oversubscribe small CPUs and make this fit 100x slower
-        model = LogisticRegression(max_iter=1000).fit(vectorizer.fit_transform(splits.train["text"]), splits.train["label"])
+        model = LogisticRegression(max_iter=1000).fit(
+            vectorizer.fit_transform(splits.train["text"]), splits.train["label"]
+        )
     accuracy = (model.predict(vectorizer.transform(splits.validation["text"])) == splits.validation["label"]).mean()
     majority = (splits.validation["label"] == splits.train["label"].mode()[0]).mean()
     assert accuracy >= majority + 0.15

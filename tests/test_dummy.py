@@ -20,7 +20,6 @@ EXPECTED_ARTIFACTS = {
 }
 
 
-
 def test_dummy_logs_scores_plots_report_and_dataset(isolated_mlflow: str) -> None:
     result = CliRunner().invoke(cli, ["dummy"])
     assert result.exit_code == 0, result.output
@@ -42,7 +41,9 @@ def test_dummy_logs_scores_plots_report_and_dataset(isolated_mlflow: str) -> Non
     contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
     assert contexts == ["test", "train", "validation"]
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {
-        "emotion-sample-train", "emotion-sample-validation", "emotion-sample-test"
+        "emotion-sample-train",
+        "emotion-sample-validation",
+        "emotion-sample-test",
     }
 
 

@@ -73,13 +73,24 @@ def test_the_feature_key_uses_the_absolute_folder_and_the_resolved_precision(
     monkeypatch.setattr(models, "native_bf16", lambda: False)
     key = features.feature_key(resolved, "mean", 64, "auto")
     assert key == {"model": str(tiny_model_dir.resolve()), "pooling": "mean", "max_length": "64", "precision": "fp32"}
-    assert features.feature_key(models.resolve(models.DEFAULT_MODEL), "cls", 128, "bf16")["model"] == models.DEFAULT_MODEL
-
+    assert (
+        features.feature_key(models.resolve(models.DEFAULT_MODEL), "cls", 128, "bf16")["model"] == models.DEFAULT_MODEL
+    )
 
 
 def _extract_args(small_dataset: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
-    return ["extract", "--dataset", str(small_dataset), "--model", str(tiny_model_dir), "--umap_max_points", "100",
-            "--precision", "fp32", *extra]
+    return [
+        "extract",
+        "--dataset",
+        str(small_dataset),
+        "--model",
+        str(tiny_model_dir),
+        "--umap_max_points",
+        "100",
+        "--precision",
+        "fp32",
+        *extra,
+    ]
 
 
 def test_extract_logs_features_plots_and_throughput_then_a_second_run_reuses_them(
@@ -98,17 +109,29 @@ def test_extract_logs_features_plots_and_throughput_then_a_second_run_reuses_the
     assert {"extract_seconds_train", "extract_seconds_val", "extract_seconds_test"} <= set(metrics)
     assert first.data.params["resolved_precision"] == "fp32"
     assert artifacts(first_id) == {
-        "features/features.npz", "plots/label_distribution.png", "plots/umap_overlay.png", "plots/umap_per_label.png"
+        "features/features.npz",
+        "plots/label_distribution.png",
+        "plots/umap_overlay.png",
+        "plots/umap_per_label.png",
     }
-    saved = features.load(Path(mlflow.artifacts.download_artifacts(run_id=first_id, artifact_path="features/features.npz")))
-    assert {n: a.shape for n, a in saved.features.items()} == {"train": (120, 32), "validation": (40, 32), "test": (40, 32)}
+    saved = features.load(
+        Path(mlflow.artifacts.download_artifacts(run_id=first_id, artifact_path="features/features.npz"))
+    )
+    assert {n: a.shape for n, a in saved.features.items()} == {
+        "train": (120, 32),
+        "validation": (40, 32),
+        "test": (40, 32),
+    }
     assert all(a.dtype == np.float32 for a in saved.features.values())
     assert saved.label_names == ("sadness", "joy", "love", "anger", "fear", "surprise")
 
     result = CliRunner().invoke(cli, _extract_args(small_dataset, tiny_model_dir))
     assert result.exit_code == 0, result.output
-    second = next(r for r in mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
-                  if r.info.run_id != first_id)
+    second = next(
+        r
+        for r in mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+        if r.info.run_id != first_id
+    )
     assert second.info.status == "FINISHED"
     assert second.data.tags["features_run_id"] == first_id
     assert second.data.tags["reused_features"] == "true"
@@ -120,7 +143,7 @@ def test_a_different_pooling_is_not_reused(small_dataset: Path, tiny_model_dir: 
     from emotion_exp.config import ExtractConfig
     from emotion_exp.stages import extract
 
-    common = dict(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100)
+    common = {"dataset": str(small_dataset), "model": str(tiny_model_dir), "precision": "fp32", "umap_max_points": 100}
     cls_run = extract.run(ExtractConfig(**common))
     mean_run = extract.run(ExtractConfig(**common, pooling="mean"))
     assert mean_run != cls_run
@@ -130,8 +153,13 @@ def test_a_different_pooling_is_not_reused(small_dataset: Path, tiny_model_dir: 
 @pytest.mark.slow
 def test_mlflow_run_extract(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str) -> None:
     result = mlflow_run(
-        "extract", isolated_mlflow, tracking_uri,
-        f"dataset={small_dataset}", f"model={tiny_model_dir}", "umap_max_points=100", "batch_size=16",
+        "extract",
+        isolated_mlflow,
+        tracking_uri,
+        f"dataset={small_dataset}",
+        f"model={tiny_model_dir}",
+        "umap_max_points=100",
+        "batch_size=16",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")

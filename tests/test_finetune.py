@@ -26,17 +26,16 @@ TRAIN_ROWS = 120
 
 
 def make_config(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, **overrides) -> FinetuneConfig:
-    values = dict(
-        dataset=str(small_dataset),
-        model=str(tiny_model_dir),
-        epochs=1,
-        batch_size=16,
-        output_dir=str(tmp_path / "checkpoints"),
-        registered_model="",
-        umap_max_points=100,
-    )
+    values = {
+        "dataset": str(small_dataset),
+        "model": str(tiny_model_dir),
+        "epochs": 1,
+        "batch_size": 16,
+        "output_dir": str(tmp_path / "checkpoints"),
+        "registered_model": "",
+        "umap_max_points": 100,
+    }
     return FinetuneConfig(**{**values, **overrides})
-
 
 
 def steps(run_id: str, metric: str) -> list[int]:
@@ -68,7 +67,10 @@ def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predict
     assert run.data.params["learning_rate"] == "0.00015"
     assert run.data.params["resolved_precision"] in ("bf16", "fp32")
     splits = data.load_splits(subset(config, DataConfig))
-    expected = {**scores_of_the_model(f"models:/{name}/1", splits, "validation"), **scores_of_the_model(f"models:/{name}/1", splits, "test")}
+    expected = {
+        **scores_of_the_model(f"models:/{name}/1", splits, "validation"),
+        **scores_of_the_model(f"models:/{name}/1", splits, "test"),
+    }
     assert {m: run.data.metrics[m] for m in expected} == pytest.approx(expected)
     assert run.data.metrics["train_samples_per_second"] > 0
     assert run.data.metrics["train_seconds"] > 0
@@ -161,9 +163,14 @@ def test_the_logging_callback_logs_only_on_the_main_process() -> None:
     with mlflow.start_run() as run:
         callback = stage.MlflowMetricsCallback(run.info.run_id)
         callback.on_log(None, TrainerState(global_step=5, is_world_process_zero=False), None, logs={"loss": 1.0})
-        callback.on_log(None, TrainerState(global_step=7), None, logs={"loss": 0.5, "eval_accuracy": 0.25, "epoch": 1.0})
+        callback.on_log(
+            None, TrainerState(global_step=7), None, logs={"loss": 0.5, "eval_accuracy": 0.25, "epoch": 1.0}
+        )
         callback.on_log(None, TrainerState(global_step=7), None, logs={"train_runtime": 3.0, "train_loss": 0.7})
-    history = {m: [(x.step, x.value) for x in MlflowClient().get_metric_history(run.info.run_id, m)] for m in ("train_loss", "eval_accuracy")}
+    history = {
+        m: [(x.step, x.value) for x in MlflowClient().get_metric_history(run.info.run_id, m)]
+        for m in ("train_loss", "eval_accuracy")
+    }
     assert history == {"train_loss": [(7, 0.5)], "eval_accuracy": [(7, 0.25)]}
 
 
@@ -171,7 +178,11 @@ def test_training_arguments_are_our_set_up(tmp_path: Path) -> None:
     from emotion_exp.finetune import training_arguments
 
     args = training_arguments(FinetuneConfig(), tmp_path, "bf16", steps_per_epoch=500)
-    assert (args.train_sampling_strategy, args.warmup_steps, args.lr_scheduler_type.value) == ("group_by_length", 0.1, "linear")
+    assert (args.train_sampling_strategy, args.warmup_steps, args.lr_scheduler_type.value) == (
+        "group_by_length",
+        0.1,
+        "linear",
+    )
     assert (args.eval_strategy.value, args.save_strategy.value, args.report_to) == ("epoch", "epoch", [])
     assert args.bf16 and not args.load_best_model_at_end and args.logging_steps == 25
     stopping = training_arguments(FinetuneConfig(early_stopping_patience=2), tmp_path, "fp32", steps_per_epoch=3)
@@ -181,7 +192,9 @@ def test_training_arguments_are_our_set_up(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("warmup", [1.0, 2.5])
 def test_warmup_must_be_a_fraction(warmup: float) -> None:
-    with pytest.raises(UserError, match=f"--warmup is a fraction of the training steps, at least 0 and below 1; got {warmup}"):
+    with pytest.raises(
+        UserError, match=f"--warmup is a fraction of the training steps, at least 0 and below 1; got {warmup}"
+    ):
         FinetuneConfig(warmup=warmup)
 
 
@@ -191,9 +204,16 @@ def test_mlflow_run_finetune_leaves_a_finished_run_with_a_registered_model(
 ) -> None:
     name = f"finetune-e2e-{uuid.uuid4().hex[:8]}"
     result = mlflow_run(
-        "finetune", isolated_mlflow, tracking_uri,
-        f"dataset={small_dataset}", f"model={tiny_model_dir}", "epochs=1", "batch_size=16",
-        f"output_dir={tmp_path / 'checkpoints'}", f"registered_model={name}", "umap_max_points=100",
+        "finetune",
+        isolated_mlflow,
+        tracking_uri,
+        f"dataset={small_dataset}",
+        f"model={tiny_model_dir}",
+        "epochs=1",
+        "batch_size=16",
+        f"output_dir={tmp_path / 'checkpoints'}",
+        f"registered_model={name}",
+        "umap_max_points=100",
     )
     assert result.returncode == 0, result.stderr[-3000:]
 

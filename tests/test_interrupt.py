@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 import pytest
@@ -67,7 +67,11 @@ def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
     assert f"{untagged} (?): no host/pid tags" in result.output
     statuses = {run_id: mlflow.get_run(run_id).info.status for run_id in (gone, alive, elsewhere, untagged, finished)}
     assert statuses == {
-        gone: "FAILED", alive: "RUNNING", elsewhere: "RUNNING", untagged: "RUNNING", finished: "FINISHED"
+        gone: "FAILED",
+        alive: "RUNNING",
+        elsewhere: "RUNNING",
+        untagged: "RUNNING",
+        finished: "FINISHED",
     }
     error = mlflow.get_run(gone).data.tags["error"]
     assert "is gone" in error and f"emotion-exp finetune --resume {gone}" in error
@@ -143,8 +147,21 @@ def test_ctrl_c_then_sigkill_then_resume_ends_like_an_uninterrupted_run(
     tmp_path: Path, small_dataset: Path, tiny_model_dir: Path
 ) -> None:
     options = [
-        "finetune", "--dataset", str(small_dataset), "--model", str(tiny_model_dir), "--epochs", str(EPOCHS),
-        "--batch_size", str(BATCH_SIZE), "--max_length", "16", "--umap_max_points", "50", "--registered_model", "",
+        "finetune",
+        "--dataset",
+        str(small_dataset),
+        "--model",
+        str(tiny_model_dir),
+        "--epochs",
+        str(EPOCHS),
+        "--batch_size",
+        str(BATCH_SIZE),
+        "--max_length",
+        "16",
+        "--umap_max_points",
+        "50",
+        "--registered_model",
+        "",
     ]
     # The uninterrupted reference run goes on alongside (two cores: the waits are bounded, not timed).
     reference = emotion_exp(*options, "--output_dir", str(tmp_path / "reference"), log=tmp_path / "reference.log")
@@ -174,8 +191,12 @@ def test_ctrl_c_then_sigkill_then_resume_ends_like_an_uninterrupted_run(
     # 2. Resume, then SIGKILL after the second epoch's checkpoint: nobody ends the run, it stays RUNNING.
     log = tmp_path / "killed.log"
     process = emotion_exp(*stopped, "--resume", run_id, log=log)
-    wait_for(lambda: complete_checkpoints(checkpoints)[-1:] == [2 * STEPS_PER_EPOCH], process, log,
-             "the second epoch's checkpoint")
+    wait_for(
+        lambda: complete_checkpoints(checkpoints)[-1:] == [2 * STEPS_PER_EPOCH],
+        process,
+        log,
+        "the second epoch's checkpoint",
+    )
     process.send_signal(signal.SIGKILL)
     assert finish(process, log) == -signal.SIGKILL
     assert mlflow.get_run(run_id).info.status == "RUNNING"
@@ -206,8 +227,12 @@ def test_ctrl_c_then_sigkill_then_resume_ends_like_an_uninterrupted_run(
     assert resumed.data.tags["resumed_from"].endswith(f"checkpoint-{2 * STEPS_PER_EPOCH}")
     epochs = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
     assert history_steps(run_id, "eval_loss") == history_steps(uninterrupted.info.run_id, "eval_loss") == epochs
-    print({name: (resumed.data.metrics[name], uninterrupted.data.metrics[name])
-           for name in ("eval_loss", "val_accuracy", "val_f1_weighted", "test_accuracy")})
+    print(
+        {
+            name: (resumed.data.metrics[name], uninterrupted.data.metrics[name])
+            for name in ("eval_loss", "val_accuracy", "val_f1_weighted", "test_accuracy")
+        }
+    )
     assert resumed.data.metrics["eval_loss"] == pytest.approx(uninterrupted.data.metrics["eval_loss"], abs=0.01)
     for name in ("val_accuracy", "val_f1_weighted", "test_accuracy", "test_f1_weighted"):
         assert resumed.data.metrics[name] == pytest.approx(uninterrupted.data.metrics[name], abs=0.05)

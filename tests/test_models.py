@@ -41,7 +41,12 @@ def test_a_folder_without_weights_says_what_a_model_folder_needs(tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("flags", "native"),
-    [({"avx2", "avx512f"}, False), ({"avx2", "avx512f", "avx512_bf16"}, True), ({"amx_bf16", "avx2"}, True), (set(), False)],
+    [
+        ({"avx2", "avx512f"}, False),
+        ({"avx2", "avx512f", "avx512_bf16"}, True),
+        ({"amx_bf16", "avx2"}, True),
+        (set(), False),
+    ],
 )
 def test_bf16_is_native_only_with_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, flags: set[str], native: bool) -> None:
     import torch

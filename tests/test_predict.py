@@ -16,8 +16,8 @@ from emotion_exp.cli import cli
 from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import predict
-from tests.pyfunc_models import LABELS, KeywordModel, log_keyword_model
 from tests.helpers import mlflow_run
+from tests.pyfunc_models import LABELS, KeywordModel, log_keyword_model
 
 PROBABILITIES = [f"prob_{label}" for label in LABELS]
 
@@ -160,7 +160,9 @@ def test_a_missing_column_and_an_empty_file_are_explained(tmp_path, champion_uri
 
 
 @pytest.mark.slow
-def test_mlflow_run_predict_writes_labels_next_to_the_input(tmp_path, champion_uri, tracking_uri, isolated_mlflow) -> None:
+def test_mlflow_run_predict_writes_labels_next_to_the_input(
+    tmp_path, champion_uri, tracking_uri, isolated_mlflow
+) -> None:
     source = tmp_path / "texts.txt"
     source.write_text("so happy\nanxious\n")
 

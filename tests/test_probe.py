@@ -20,7 +20,7 @@ LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
 
 def _config(small_dataset: Path, tiny_model_dir: Path, **overrides: object) -> ProbeConfig:
-    values = dict(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100)
+    values = {"dataset": str(small_dataset), "model": str(tiny_model_dir), "precision": "fp32", "umap_max_points": 100}
     return ProbeConfig(**{**values, **overrides})
 
 
@@ -41,11 +41,18 @@ def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text
     assert first.info.status == "FINISHED"
     assert first.data.tags["features_run_id"] == extract_run.info.run_id
     splits = data.load_splits(subset(_config(small_dataset, tiny_model_dir), DataConfig))
-    expected = {**scores_of_the_model(f"models:/{name}/1", splits, "validation"), **scores_of_the_model(f"models:/{name}/1", splits, "test")}
+    expected = {
+        **scores_of_the_model(f"models:/{name}/1", splits, "validation"),
+        **scores_of_the_model(f"models:/{name}/1", splits, "test"),
+    }
     assert {m: first.data.metrics[m] for m in expected} == pytest.approx(expected)
     assert first.data.tags["registered_version"] == "1"
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first_id, "plots")}
-    assert {"plots/confusion_matrix_validation.png", "plots/confusion_matrix_test.png", "plots/label_distribution.png"} <= artifacts
+    assert {
+        "plots/confusion_matrix_validation.png",
+        "plots/confusion_matrix_test.png",
+        "plots/label_distribution.png",
+    } <= artifacts
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     texts = ["i feel so happy today", "im scared of what comes next", "ok"]
@@ -68,7 +75,9 @@ def test_an_explicit_features_run_id_is_used(small_dataset: Path, tiny_model_dir
 
     config = _config(small_dataset, tiny_model_dir, pooling="mean", max_iter=1)
     features_run = extract.run(subset(config, ExtractConfig))
-    probe_id = probe.run(_config(small_dataset, tiny_model_dir, pooling="mean", max_iter=1, features_run_id=features_run))
+    probe_id = probe.run(
+        _config(small_dataset, tiny_model_dir, pooling="mean", max_iter=1, features_run_id=features_run)
+    )
     run = mlflow.get_run(probe_id)
     assert run.data.tags["features_run_id"] == features_run
     assert "did not converge in 1 iterations" in run.data.tags["warning"]
@@ -87,11 +96,15 @@ def test_a_features_run_id_that_does_not_exist_fails_with_the_reason(
 def test_a_features_run_id_of_another_dataset_or_key_or_stage_is_refused(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
 ) -> None:
-    other_data = extract.run(ExtractConfig(model=str(tiny_model_dir), precision="fp32", umap_max_points=100, max_samples=60))
+    other_data = extract.run(
+        ExtractConfig(model=str(tiny_model_dir), precision="fp32", umap_max_points=100, max_samples=60)
+    )
     with pytest.raises(UserError, match=r"holds features of another dataset \(emotion-sample, digest"):
         probe.run(_config(small_dataset, tiny_model_dir, features_run_id=other_data))
 
-    cls_run = extract.run(ExtractConfig(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100))
+    cls_run = extract.run(
+        ExtractConfig(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100)
+    )
     with pytest.raises(UserError, match=r"made its features with pooling=cls \(not mean\); pass the same values"):
         probe.run(_config(small_dataset, tiny_model_dir, pooling="mean", features_run_id=cls_run))
 
@@ -135,8 +148,13 @@ def test_the_probe_on_the_packaged_encoder_clearly_beats_the_dummy() -> None:
 @pytest.mark.slow
 def test_mlflow_run_probe(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str) -> None:
     result = mlflow_run(
-        "probe", isolated_mlflow, tracking_uri,
-        f"dataset={small_dataset}", f"model={tiny_model_dir}", "umap_max_points=100", "batch_size=16",
+        "probe",
+        isolated_mlflow,
+        tracking_uri,
+        f"dataset={small_dataset}",
+        f"model={tiny_model_dir}",
+        "umap_max_points=100",
+        "batch_size=16",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     [probe_run] = _runs(isolated_mlflow, "probe")

@@ -15,8 +15,8 @@ from emotion_exp.config import DataConfig, PromoteConfig
 from emotion_exp.errors import UserError
 from emotion_exp.registry import Candidate, Champion
 from emotion_exp.stages import promote
-from tests.pyfunc_models import log_keyword_model
 from tests.helpers import mlflow_run
+from tests.pyfunc_models import log_keyword_model
 
 NAME = "emotion-classifier"
 pytestmark = pytest.mark.filterwarnings("ignore:An input example was not provided")
@@ -65,7 +65,9 @@ def versions() -> list[str]:
 
 def promote_runs(experiment: str) -> list[mlflow.entities.Run]:
     return mlflow.search_runs(
-        experiment_names=[experiment], filter_string="tags.stage = 'promote'", output_format="list",
+        experiment_names=[experiment],
+        filter_string="tags.stage = 'promote'",
+        output_format="list",
         order_by=["attributes.start_time ASC"],
     )
 

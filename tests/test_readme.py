@@ -35,8 +35,17 @@ def test_the_readme_pyfunc_snippet_predicts_with_the_champion(small_dataset, tin
     client = MlflowClient()
     for model in client.search_registered_models(f"name = '{REGISTERED_MODEL}'"):
         client.delete_registered_model(model.name)  # the session's store: start from no champion
-    finetune.run(FinetuneConfig(dataset=str(small_dataset), model=str(tiny_model_dir), epochs=1, max_length=32,
-                                batch_size=16, umap_max_points=100, output_dir=str(tmp_path / "checkpoints")))
+    finetune.run(
+        FinetuneConfig(
+            dataset=str(small_dataset),
+            model=str(tiny_model_dir),
+            epochs=1,
+            max_length=32,
+            batch_size=16,
+            umap_max_points=100,
+            output_dir=str(tmp_path / "checkpoints"),
+        )
+    )
     promote.run(PromoteConfig(dataset=str(small_dataset)))
     capsys.readouterr()
 
@@ -44,4 +53,4 @@ def test_the_readme_pyfunc_snippet_predicts_with_the_champion(small_dataset, tin
 
     printed = capsys.readouterr().out
     assert "label" in printed and "prob_joy" in printed
-    assert re.search(r"^1\s", printed, re.M), printed
+    assert re.search(r"^1\s", printed, re.MULTILINE), printed

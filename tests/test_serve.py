@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -28,8 +28,17 @@ def server(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, tmp_pat
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(name)  # promote searches the active experiment
     common = {"dataset": str(small_dataset), "registered_model": name}
-    finetune.run(FinetuneConfig(**common, model=str(tiny_model_dir), epochs=1, max_length=32, batch_size=16,
-                                umap_max_points=100, output_dir=str(workdir / "checkpoints")))
+    finetune.run(
+        FinetuneConfig(
+            **common,
+            model=str(tiny_model_dir),
+            epochs=1,
+            max_length=32,
+            batch_size=16,
+            umap_max_points=100,
+            output_dir=str(workdir / "checkpoints"),
+        )
+    )
     promote.run(PromoteConfig(**common))
 
     with serving(f"models:/{name}@champion", tracking_uri, workdir) as url:

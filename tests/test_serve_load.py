@@ -13,9 +13,9 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -125,7 +125,7 @@ def test_the_server_answers_every_valid_request_and_refuses_malformed_ones(
         print(
             f"\nserve load: {answered} requests ({len(tally.latencies)} valid) from {CLIENTS} clients in "
             f"{seconds:.1f} s ({answered / seconds:.0f}/s); valid p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-            f"malformed answered {dict((what, sorted(set(s))) for what, s in tally.malformed.items())}"
+            f"malformed answered { {what: sorted(set(s)) for what, s in tally.malformed.items()} }"
         )
     assert not any(thread.is_alive() for thread in threads)
     assert answered == REQUESTS, f"only {answered} of {REQUESTS} requests within {TIME_LIMIT_S} s"

@@ -36,11 +36,18 @@ def test_the_tfidf_stage_logs_scores_and_a_text_model_that_loads(small_dataset: 
     assert run.data.tags["stage"] == "tfidf" and run.data.tags["registered_version"] == "1"
     assert run.data.params["C"] == "1.0" and run.data.params["class_weight"] == "balanced"
     splits = data.load_splits(subset(TfidfConfig(dataset=str(small_dataset)), DataConfig))
-    expected = {**scores_of_the_model(f"models:/{name}/1", splits, "validation"), **scores_of_the_model(f"models:/{name}/1", splits, "test")}
+    expected = {
+        **scores_of_the_model(f"models:/{name}/1", splits, "validation"),
+        **scores_of_the_model(f"models:/{name}/1", splits, "test"),
+    }
     assert {m: run.data.metrics[m] for m in expected} == pytest.approx(expected)
     assert run.data.metrics["vocabulary_words"] > 100 and run.data.metrics["vocabulary_chars"] > 1000
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "plots")}
-    assert {"plots/confusion_matrix_validation.png", "plots/confusion_matrix_test.png", "plots/label_distribution.png"} <= artifacts
+    assert {
+        "plots/confusion_matrix_validation.png",
+        "plots/confusion_matrix_test.png",
+        "plots/label_distribution.png",
+    } <= artifacts
     assert len(run.inputs.dataset_inputs) == 3
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")

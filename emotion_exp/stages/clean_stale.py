@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from emotion_exp import tracking
 from emotion_exp.config import CleanStaleConfig
 
+
 @dataclass(frozen=True)
 class Verdict:
     """What clean-stale found about one RUNNING run."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+import numpy as np
 from transformers import TrainerCallback
 
 from emotion_exp import data, finetune, model_card, models, plots, pyfunc, tracking
@@ -60,7 +60,9 @@ def run(config: FinetuneConfig, *, splits: DatasetSplits | None = None, callback
         return stage.run_id
 
 
-def log_result(stage: Stage, config: FinetuneConfig, resolved: models.ResolvedModel, result: finetune.FinetuneResult) -> None:
+def log_result(
+    stage: Stage, config: FinetuneConfig, resolved: models.ResolvedModel, result: finetune.FinetuneResult
+) -> None:
     """Scores, plots, throughput, the pyfunc model with its card, and its registered version."""
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
@@ -105,7 +107,8 @@ def _check_resume(config: FinetuneConfig) -> DatasetSplits:
         )
     if record.tags.get("stage") != "finetune":
         raise UserError(
-            f"--resume {config.resume}: that run is a {record.tags.get('stage', 'non-stage')!r} run, not a finetune run."
+            f"--resume {config.resume}: that run is a {record.tags.get('stage', 'non-stage')!r} run, "
+            "not a finetune run."
         )
     if record.status == "FINISHED":
         raise UserError(f"--resume {config.resume}: that run already FINISHED; start a new run without --resume.")

@@ -68,8 +68,7 @@ def decide(
     if candidate.value > champion.value:
         return Decision(
             True,
-            f"{score} of version {candidate_version} beats {champion.value:.4f} of "
-            f"version {champion.version}",
+            f"{score} of version {candidate_version} beats {champion.value:.4f} of version {champion.version}",
         )
     return Decision(
         False,

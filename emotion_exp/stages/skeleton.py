@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -115,9 +116,7 @@ class Stage:
             labels = self.splits.train["label"]
             log_figure(plots.label_distribution(labels, self.splits.label_names), "plots/label_distribution.png")
 
-    def score(
-        self, probabilities: Callable[[str], np.ndarray], *, score_test: bool = True
-    ) -> dict[str, Evaluation]:
+    def score(self, probabilities: Callable[[str], np.ndarray], *, score_test: bool = True) -> dict[str, Evaluation]:
         """Score and log validation (and test) from ``probabilities(split)``, one row per text."""
         evaluated = ("validation", "test") if score_test else ("validation",)
         return {split: log_split(split, self.splits, probabilities(split)) for split in evaluated}
@@ -167,7 +166,9 @@ def log_split(split: str, splits: DatasetSplits, probabilities: np.ndarray) -> E
     evaluation = metrics.evaluate(splits.split(split)["label"], probabilities.argmax(axis=1), splits.label_names)
     mlflow.log_metrics(evaluation.metrics(SPLIT_PREFIX[split]))
     log_figure(
-        plots.confusion_matrix(evaluation.confusion, splits.label_names, title=f"Normalized Confusion Matrix ({split})"),
+        plots.confusion_matrix(
+            evaluation.confusion, splits.label_names, title=f"Normalized Confusion Matrix ({split})"
+        ),
         f"plots/confusion_matrix_{split}.png",
     )
     mlflow.log_dict(evaluation.report, f"reports/classification_report_{split}.json")
@@ -199,4 +200,3 @@ def open_stage(
         if label_plot:
             stage.log_label_distribution()
         yield stage
-
