@@ -167,6 +167,18 @@ _stage_command(
     "clean_stale",
     "Mark RUNNING runs whose process is gone (killed, crashed) as FAILED.",
 )
+_stage_command(
+    "sweep",
+    "sweep",
+    "Search one stage's parameters with Optuna (TPE seeded by --seed), each trial a nested run selected on "
+    "validation; score the best trial on test once, register its model. --study_name resumes a study.",
+)
+_stage_command(
+    "learning-curve",
+    "learning_curve",
+    "Train each chosen stage on nested stratified subsets of the training split, one nested run per point, "
+    "scored on the full validation and test splits; log the curve on the parent run.",
+)
 
 
 def main() -> None:

@@ -149,8 +149,8 @@ class ProbeConfig(ExtractConfig):
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(EncoderConfig):
-    """Full fine-tuning with the transformers Trainer."""
+class TrainingConfig(EncoderConfig):
+    """How the encoder is fine-tuned (shared by finetune and the learning curve's finetune points)."""
 
     epochs: float = option(3, "Training epochs.", minimum=0, exclusive_minimum=True)
     learning_rate: float = option(1.5e-4, "Peak learning rate (AdamW).", minimum=0, exclusive_minimum=True)
@@ -158,8 +158,6 @@ class FinetuneConfig(EncoderConfig):
     warmup: float = option(0.1, "Linear warm-up as a fraction of the training steps.", minimum=0)
     early_stopping_patience: int = option(0, "Stop after this many epochs without improvement (0 = off).", minimum=0)
     output_dir: str = option("checkpoints", "Checkpoints go to OUTPUT_DIR/<run id>.")
-    resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).")
-    registered_model: str = option(REGISTERED_MODEL, "Register the model under this name ('' = do not register).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,6 +165,14 @@ class FinetuneConfig(EncoderConfig):
             raise UserError(
                 f"--warmup is a fraction of the training steps, at least 0 and below 1; got {self.warmup!r}."
             )
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainingConfig):
+    """Full fine-tuning with the transformers Trainer."""
+
+    resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).")
+    registered_model: str = option(REGISTERED_MODEL, "Register the model under this name ('' = do not register).")
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,89 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         _check(self)
+
+
+SWEPT_STAGES = ("tfidf", "probe", "finetune")
+
+
+@dataclass(frozen=True)
+class SweepConfig(EncoderConfig):
+    """An Optuna study over one stage's parameters; every trial a nested run, selection on validation only."""
+
+    stage: str = option("tfidf", "Stage whose parameters are searched.", choices=SWEPT_STAGES)
+    n_trials: int = option(
+        20, "Trials the study should hold (complete or pruned); a resumed study runs only the missing ones.", minimum=1
+    )
+    timeout: float = option(0, "Start no new trial after this many seconds (0 = no limit).", minimum=0)
+    study_name: str = option("", "Optuna study to create or, if it exists in the storage, resume ('' = a new name).")
+    optuna_storage: str = option(
+        "",
+        "Optuna storage URL ('' = sqlite file optuna.db beside a sqlite tracking store; required for other "
+        "tracking URIs). Never the tracking store's own database.",
+    )
+    search_space: str = option(
+        "",
+        "Override parts of the stage's search space: comma-separated NAME=LOW..HIGH (add :log for log-uniform), "
+        "NAME=A|B|C (a choice) or NAME=VALUE (fixed), e.g. 'C=0.01..10:log,class_weight=balanced'.",
+    )
+    pruner_startup_trials: int = option(
+        5, "finetune: the median pruner prunes nothing until this many trials have finished.", minimum=0
+    )
+    pruner_warmup_epochs: int = option(0, "finetune: epochs of a trial that are never pruned.", minimum=0)
+    pooling: str = option("cls", "Pooling of the features a probe sweep fits on.", choices=("cls", "mean"))
+    max_iter: int = option(3000, "probe: iterations allowed for the solver to converge.", minimum=1)
+    output_dir: str = option("checkpoints", "finetune: checkpoints go to OUTPUT_DIR/<trial run id>.")
+    registered_model: str = option(
+        REGISTERED_MODEL, "Register the best trial's model under this name ('' = do not register)."
+    )
+
+
+LEARNING_CURVE_STAGES = ("tfidf", "probe", "finetune")
+
+
+def _listed_values(text: str, what: str, example: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise UserError(f"--{what} needs a comma-separated list such as {example!r}; got {text!r}.")
+    return values
+
+
+@dataclass(frozen=True)
+class LearningCurveConfig(TrainingConfig):
+    """Each chosen stage on nested stratified subsets of the training split, scored on full validation and test."""
+
+    fractions: str = option(
+        "0.01,0.05,0.1,0.25,0.5,1.0", "Comma-separated shares of the training split, each above 0 and at most 1."
+    )
+    stages: str = option("tfidf,probe,finetune", "Comma-separated stages to train at every fraction.")
+    pooling: str = option("cls", "Pooling of the features the probe points fit on.", choices=("cls", "mean"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fractions = self.fraction_list
+        if any(not 0 < f <= 1 for f in fractions) or len(set(fractions)) != len(fractions):
+            raise UserError(
+                f"--fractions must be distinct shares of the training split above 0 and at most 1; got {self.fractions!r}."
+            )
+        unknown = [s for s in self.stage_list if s not in LEARNING_CURVE_STAGES]
+        if unknown or len(set(self.stage_list)) != len(self.stage_list):
+            raise UserError(
+                f"--stages must name distinct stages among {', '.join(LEARNING_CURVE_STAGES)}; got {self.stages!r}."
+            )
+
+    @property
+    def fraction_list(self) -> list[float]:
+        """The fractions in ascending order."""
+        values = _listed_values(self.fractions, "fractions", "0.1,0.5,1.0")
+        try:
+            return sorted(float(v) for v in values)
+        except ValueError:
+            raise UserError(f"--fractions must be numbers such as '0.1,0.5,1.0'; got {self.fractions!r}.") from None
+
+    @property
+    def stage_list(self) -> list[str]:
+        """The stages in the order given."""
+        return _listed_values(self.stages, "stages", "tfidf,probe")
 
 
 @dataclass(frozen=True)
@@ -279,6 +368,8 @@ STAGE_CONFIGS: dict[str, type] = {
     **STUDY_STAGES,
     "predict": PredictConfig,
     "clean-stale": CleanStaleConfig,
+    "sweep": SweepConfig,
+    "learning-curve": LearningCurveConfig,
 }
 
 

@@ -8,3 +8,15 @@ class UserError(Exception):
     (``--debug`` or ``EMOTION_EXP_DEBUG=1`` shows it); an MLflow run that was open ends FAILED
     with the message as its ``error`` tag.
     """
+
+
+class EndedEarly(Exception):
+    """A run stopped on purpose before it finished (a sweep's pruner gave up on it): no failure.
+
+    ``tracking.stage_run`` ends the run KILLED with ``reason`` as its ``error`` tag and ``tags``
+    added (``pruned=true``), and keeps everything it logged.
+    """
+
+    def __init__(self, reason: str, tags: dict[str, str]) -> None:
+        super().__init__(reason)
+        self.tags = tags

@@ -65,7 +65,7 @@ class FinetuneResult:
     model_dir: Path
     """The fine-tuned model and its tokenizer, written by ``save_pretrained``."""
     probabilities: dict[str, np.ndarray]
-    """Class probabilities per split (``validation``, ``test``), rows in the split's order."""
+    """Class probabilities per predicted split (``validation``, ``test``), rows in the split's order."""
     validation_embeddings: np.ndarray
     """The fine-tuned encoder's [CLS] last hidden state of every validation text."""
     precision: str
@@ -297,8 +297,9 @@ def train(
     callbacks: Sequence[TrainerCallback] = (),
     checkpoint_dir: str | Path,
     resume: bool = False,
+    predict_splits: Sequence[str] = ("validation", "test"),
 ) -> FinetuneResult:
-    """Fine-tune on train, evaluate on validation each epoch, then predict validation and test.
+    """Fine-tune on train, evaluate on validation each epoch, then predict ``predict_splits``.
 
     ``resume`` continues from the newest checkpoint in ``checkpoint_dir``. Raises
     ``TrainingInterrupted`` after saving a checkpoint when the user stops training.
@@ -351,7 +352,7 @@ def train(
     truncated = {"train": train_cut}
     probabilities: dict[str, np.ndarray] = {}
     embeddings = np.empty((0, 0), dtype=np.float32)
-    for split in ("validation", "test"):
+    for split in predict_splits:
         frame = splits.split(split)
         tokenized = batching.tokenize(frame["text"], tokenizer, config.max_length)
         truncated[split] = tokenized.truncated

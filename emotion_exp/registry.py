@@ -140,6 +140,12 @@ def _logged_models(experiment_id: str) -> dict[str, str]:
     return {m.source_run_id: m.model_uri for m in found if m.source_run_id and m.status == LoggedModelStatus.READY}
 
 
+def model_of_run(run_id: str) -> str | None:
+    """The URI of the model named ``model`` that ``run_id`` logged (the newest READY one), or None."""
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    return _logged_models(experiment_id).get(run_id)
+
+
 def digests_with_models(experiment_id: str) -> dict[str, int]:
     """How many FINISHED runs with a logged model each dataset digest has (for error messages)."""
     models = _logged_models(experiment_id)

@@ -14,6 +14,7 @@ MLflow edge, calls mlflow directly); the shared opening and closing of model sta
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 import socket
@@ -24,9 +25,40 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import __version__
+from emotion_exp.errors import EndedEarly
 
 T = TypeVar("T")
 MAX_TAG_LENGTH = 5000
+
+
+@dataclasses.dataclass
+class NextRun:
+    """Params and tags for the next stage run that starts, and that run's id once it has."""
+
+    params: dict[str, Any]
+    tags: dict[str, str]
+    run_id: str | None = None
+
+
+_next_run: contextvars.ContextVar[NextRun | None] = contextvars.ContextVar("next_run", default=None)
+
+
+@contextlib.contextmanager
+def next_stage_run(params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[NextRun]:
+    """Give the next stage run started in this block extra ``params`` and ``tags`` from its first moment.
+
+    A sweep's trial number and a learning-curve point's train size travel this way; the run's id
+    is recorded on the yielded ``NextRun``, also when the stage then fails.
+
+    Only the first run started gets them: a stage that nests another (probe extracting features)
+    leaves the inner run alone.
+    """
+    record = NextRun(dict(params or {}), {key: str(value) for key, value in (tags or {}).items()})
+    token = _next_run.set(record)
+    try:
+        yield record
+    finally:
+        _next_run.reset(token)
 
 
 @contextlib.contextmanager
@@ -34,21 +66,35 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
     """Run a stage inside an MLflow run tagged ``stage=<name>`` with its config as params.
 
     ``run_id`` re-opens an existing run (resuming an interrupted one). The run ends FINISHED
-    on success, FAILED with the error on an exception and KILLED on Ctrl-C; the exception
-    propagates either way.
+    on success, FAILED with the error on an exception, KILLED on Ctrl-C and KILLED with the
+    ``EndedEarly`` tags (``pruned``) when stopped on purpose; the exception propagates either way.
     """
     nested = mlflow.active_run() is not None
     if not nested:
         # Two stages started at once with a new MLFLOW_EXPERIMENT_NAME both try to create it.
         retry_on_conflict(current_experiment_id)
+    started = _next_run.get()
+    if started is not None and started.run_id is not None:
+        started = None  # an outer run took them (probe nesting extract)
     # The run is created with its host and pid, so clean-stale never sees it RUNNING without them.
     tags = {"stage": stage, "host": socket.gethostname(), "pid": str(os.getpid()), "emotion_exp_version": __version__}
+    if started:
+        tags.update(started.tags)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, nested=nested, tags=tags)
     try:
+        if started:
+            started.run_id = run.info.run_id
+            log_params(started.params)
         log_params(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
         yield run
     except KeyboardInterrupt:
         _end(run, "KILLED", "interrupted by the user (Ctrl-C)")
+        raise
+    except EndedEarly as stop:
+        client = MlflowClient()
+        for key, value in stop.tags.items():
+            client.set_tag(run.info.run_id, key, value)
+        _end(run, "KILLED", str(stop))
         raise
     except BaseException as error:
         _end(run, "FAILED", str(error) or type(error).__name__)

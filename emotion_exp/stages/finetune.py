@@ -29,10 +29,17 @@ if TYPE_CHECKING:
 FREE_ON_RESUME = ("resume", "output_dir", "umap_max_points", "registered_model")
 
 
-def run(config: FinetuneConfig, *, splits: DatasetSplits | None = None, callbacks: Sequence[Any] = ()) -> str:
+def run(
+    config: FinetuneConfig,
+    *,
+    splits: DatasetSplits | None = None,
+    callbacks: Sequence[Any] = (),
+    score_test: bool = True,
+) -> str:
     """Fine-tune, evaluate, log and register; return the run id.
 
-    ``callbacks`` are extra transformers ``TrainerCallback`` objects (tests, notebooks).
+    ``callbacks`` are extra transformers ``TrainerCallback`` objects (a sweep's pruning, tests);
+    ``score_test=False`` neither predicts nor scores the test split (a sweep's trial).
     """
     if config.resume:
         splits = _check_resume(config)
@@ -50,6 +57,7 @@ def run(config: FinetuneConfig, *, splits: DatasetSplits | None = None, callback
                 callbacks=[MlflowMetricsCallback(stage.run_id), *callbacks],
                 checkpoint_dir=checkpoint_dir,
                 resume=bool(config.resume),
+                predict_splits=("validation", "test") if score_test else ("validation",),
             )
         except KeyboardInterrupt:
             print(_resume_hint(stage.run_id, checkpoint_dir), file=sys.stderr, flush=True)
@@ -66,7 +74,7 @@ def log_result(
     """Scores, plots, throughput, the pyfunc model with its card, and its registered version."""
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
-    evaluations = stage.score(result.probabilities.__getitem__)
+    evaluations = stage.score(result.probabilities.__getitem__, score_test="test" in result.probabilities)
     mlflow.log_metrics(
         {
             "train_seconds": result.train_seconds,

@@ -3,27 +3,39 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
-from emotion_exp import baselines, features, models, pyfunc
-from emotion_exp.config import ExtractConfig, ProbeConfig, subset
+from emotion_exp import baselines, data, features, models, pyfunc, subsets
+from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
 from emotion_exp.stages import extract
 from emotion_exp.stages.skeleton import LoggedModel, log_model_source, open_stage
 
 
-def run(config: ProbeConfig, *, splits: DatasetSplits | None = None) -> str:
+def run(
+    config: ProbeConfig,
+    *,
+    splits: DatasetSplits | None = None,
+    train_rows: Sequence[int] | None = None,
+    score_test: bool = True,
+) -> str:
     """Fit the probe on the train features, score validation and test, log the model; return the run id.
 
     Features come from ``--features_run_id``, else from the newest finished extract run with
-    the same data and feature key, else from an extract run nested in this one.
+    the same data and feature key, else from an extract run nested in this one. ``train_rows``
+    fits on those rows of the training split only, reusing the features of the whole split (a
+    learning-curve point); ``score_test=False`` leaves the test split unscored (a sweep's trial).
     """
-    with open_stage("probe", config, splits=splits) as stage:
-        splits = stage.splits
+    if train_rows is not None and splits is None:
+        splits = data.load_splits(subset(config, DataConfig))
+    trained_on = splits if train_rows is None else subsets.with_train_rows(splits, train_rows)
+    with open_stage("probe", config, splits=trained_on) as stage:
+        splits = stage.splits if splits is None else splits  # the whole splits, whose features are logged
         resolved = models.resolve(config.model)
         key = features.feature_key(resolved, config.pooling, config.max_length, config.precision)
         log_model_source(resolved, key["precision"])
@@ -35,9 +47,12 @@ def run(config: ProbeConfig, *, splits: DatasetSplits | None = None) -> str:
         mlflow.set_tag("features_run_id", features_run_id)
         feature_set = _load_features(features_run_id, splits)
 
+        train_features, train_labels = feature_set.features["train"], feature_set.labels["train"]
+        if train_rows is not None:
+            train_features, train_labels = train_features[train_rows], train_labels[train_rows]
         pipeline = baselines.fit_probe(
-            feature_set.features["train"],
-            feature_set.labels["train"],
+            train_features,
+            train_labels,
             C=config.C,
             class_weight=config.class_weight,
             max_iter=config.max_iter,
@@ -68,6 +83,7 @@ def run(config: ProbeConfig, *, splits: DatasetSplits | None = None) -> str:
                     packages=("torch", "transformers", "scikit-learn"),
                 ),
                 registered_model=config.registered_model,
+                score_test=score_test,
             )
         return stage.run_id
 

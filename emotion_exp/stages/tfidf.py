@@ -10,8 +10,11 @@ from emotion_exp.data import DatasetSplits
 from emotion_exp.stages.skeleton import LoggedModel, open_stage
 
 
-def run(config: TfidfConfig, *, splits: DatasetSplits | None = None) -> str:
-    """Fit on train, score validation and test, log the text -> label model; return the run id."""
+def run(config: TfidfConfig, *, splits: DatasetSplits | None = None, score_test: bool = True) -> str:
+    """Fit on train, score validation and test, log the text -> label model; return the run id.
+
+    ``score_test=False`` leaves the test split unscored (a sweep's trial).
+    """
     with open_stage("tfidf", config, splits=splits) as stage:
         splits = stage.splits
         pipeline = baselines.fit_tfidf(
@@ -28,5 +31,6 @@ def run(config: TfidfConfig, *, splits: DatasetSplits | None = None) -> str:
             lambda split: baselines.predict_proba(pipeline, splits.split(split)["text"].tolist(), n_labels),
             LoggedModel(pyfunc.TextPipelineClassifier(pipeline, splits.label_names), packages=("scikit-learn",)),
             registered_model=config.registered_model,
+            score_test=score_test,
         )
         return stage.run_id
