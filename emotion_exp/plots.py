@@ -145,3 +145,22 @@ def comparison(table: pd.DataFrame, title: str = "Validation scores by stage") -
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def learning_curve(table: pd.DataFrame, floor: float | None = None, metric: str = "val_accuracy") -> Figure:
+    """``metric`` against the number of training texts (log scale), one line per stage, the dummy as a floor."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for stage, points in table.groupby("stage", sort=False):
+        points = points.sort_values("train_size")
+        ax.plot(points["train_size"], points[metric], marker="o", label=str(stage))
+    if floor is not None:
+        ax.axhline(floor, color="grey", linestyle="--", label="dummy (most frequent)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training texts (log scale)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_ylim(0, 1.0)
+    ax.set_title("Learning curve")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
