@@ -3,6 +3,7 @@ the test split scored once for the best trial, the median pruner on fine-tuning,
 
 from __future__ import annotations
 
+import signal
 import uuid
 from pathlib import Path
 
@@ -215,3 +216,44 @@ def test_mlflow_run_sweep(small_dataset: Path, tracking_uri: str, isolated_mlflo
     assert [run.data.tags["trial_number"] for run in trials_of(parent.info.run_id)] == ["0", "1", "2"]
     assert "best_test_accuracy" in parent.data.metrics
     assert Path(tracking_uri.removeprefix("sqlite:///")).with_name("optuna.db").is_file()
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------------
+
+
+def trial_runs_of_study(study_name: str) -> list[mlflow.entities.Run]:
+    runs = mlflow.search_runs(filter_string=f"tags.study_name = '{study_name}'", output_format="list")
+    return [run for run in runs if "trial_number" in run.data.tags]
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_current_trial_cleanly_and_the_hint_resumes_the_study(
+    small_dataset: Path, tmp_path: Path, isolated_mlflow: str
+) -> None:
+    from tests.test_interrupt import emotion_exp, finish, wait_for
+
+    name = f"sweep-{uuid.uuid4().hex[:8]}"
+    options = ["sweep", "--dataset", str(small_dataset), "--n_trials", "3", "--registered_model", ""]
+    log = tmp_path / "sweep.log"
+    process = emotion_exp(*options, "--study_name", name, log=log)
+    # The log, not the store, is polled: reads of the sqlite store would compete with the sweep's writes.
+    wait_for(lambda: "Trial 0 finished" in log.read_text(), process, log, "a first finished trial")
+    process.send_signal(signal.SIGINT)
+    assert finish(process, log) == 130, log.read_text()[-3000:]
+
+    [parent] = mlflow.search_runs(filter_string="tags.stage = 'sweep'", output_format="list")
+    assert parent.info.status == "KILLED"
+    hint = parent.data.tags["resume_hint"]
+    assert f"emotion-exp sweep --dataset {small_dataset} --n_trials 3 --registered_model '' --study_name {name}" in hint
+    assert hint in log.read_text()
+    statuses = {run.info.status for run in trial_runs_of_study(name)}
+    assert statuses <= {"FINISHED", "KILLED"}  # the interrupted trial ended, and nothing FAILED
+
+    resumed = CliRunner().invoke(cli, [*options, "--study_name", name])
+
+    assert resumed.exit_code == 0, resumed.output
+    assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
+    storage = mlflow.get_run(parent.info.run_id).data.tags["optuna_storage"]
+    states = [trial.state for trial in optuna.load_study(study_name=name, storage=storage).trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert {run.data.tags["mlflow.parentRunId"] for run in trial_runs_of_study(name)} == {parent.info.run_id}
