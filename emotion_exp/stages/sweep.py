@@ -466,13 +466,19 @@ def log_study(study: optuna.Study) -> pd.DataFrame:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        tracking.log_figure(optuna_plots.plot_optimization_history(study).figure, "plots/optimization_history.png")
+        tracking.log_figure(_fitted(optuna_plots.plot_optimization_history(study)), "plots/optimization_history.png")
         reason = _no_importances(study, complete)
         if reason:
             tracking.set_tags({"param_importances": reason})
         else:
-            tracking.log_figure(optuna_plots.plot_param_importances(study).figure, "plots/param_importances.png")
+            tracking.log_figure(_fitted(optuna_plots.plot_param_importances(study)), "plots/param_importances.png")
     return table
+
+
+def _fitted(axes: Any) -> Any:
+    """The figure of Optuna's axes, laid out so that long parameter names are not cut off."""
+    axes.figure.tight_layout()
+    return axes.figure
 
 
 def _no_importances(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -> str | None:
