@@ -261,7 +261,8 @@ class LearningCurveConfig(TrainingConfig):
         fractions = self.fraction_list
         if any(not 0 < f <= 1 for f in fractions) or len(set(fractions)) != len(fractions):
             raise UserError(
-                f"--fractions must be distinct shares of the training split above 0 and at most 1; got {self.fractions!r}."
+                "--fractions must be distinct shares of the training split above 0 and at most 1; "
+                f"got {self.fractions!r}."
             )
         unknown = [s for s in self.stage_list if s not in LEARNING_CURVE_STAGES]
         if unknown or len(set(self.stage_list)) != len(self.stage_list):

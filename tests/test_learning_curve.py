@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,7 @@ from emotion_exp import subsets
 from emotion_exp.config import LearningCurveConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import learning_curve
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import mlflow_run
 
 
 def sample_labels() -> np.ndarray:
@@ -28,7 +29,7 @@ def test_subsets_are_nested_stratified_seeded_and_hold_every_label() -> None:
     rows = subsets.nested_stratified_subsets(labels, fractions, seed=7)
 
     assert [len(r) for r in rows] == [12, 17, 166, 832, len(labels)]  # 12: two of each of the six labels
-    for smaller, larger in zip(rows, rows[1:]):
+    for smaller, larger in itertools.pairwise(rows):
         assert set(smaller) < set(larger)
     shares = np.bincount(labels) / len(labels)
     for subset in rows:
@@ -71,8 +72,10 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
 
     runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", output_format="list")
     points = [run for run in runs if "curve_point" in run.data.tags]
-    by_stage = {stage: sorted((int(r.data.params["train_size"]), r) for r in points if r.data.tags["stage"] == stage)
-                for stage in ("tfidf", "probe", "finetune")}
+    by_stage = {
+        stage: sorted((int(r.data.params["train_size"]), r) for r in points if r.data.tags["stage"] == stage)
+        for stage in ("tfidf", "probe", "finetune")
+    }
     for stage, sized in by_stage.items():
         assert [size for size, _ in sized] == [30, 120], stage
         for size, run in sized:
@@ -90,17 +93,26 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
     assert 0 < parent.data.metrics["dummy_val_accuracy"] < 1
     artifacts = {a.path for a in MlflowClient().list_artifacts(parent_id, "plots")}
     assert "plots/learning_curve.png" in artifacts
-    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="learning_curve/points.csv"))
+    table = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="learning_curve/points.csv")
+    )
     assert len(table) == 6 and set(table["train_size"]) == {30, 120}
     history = MlflowClient().get_metric_history(parent_id, "tfidf_val_accuracy")
     assert sorted(m.step for m in history) == [30, 120]
 
 
 @pytest.mark.slow
-def test_mlflow_run_learning_curve(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str) -> None:
+def test_mlflow_run_learning_curve(
+    small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str
+) -> None:
     result = mlflow_run(
-        "learning-curve", isolated_mlflow, tracking_uri,
-        f"dataset={small_dataset}", f"model={tiny_model_dir}", "fractions=0.25,1.0", "stages=tfidf,probe",
+        "learning-curve",
+        isolated_mlflow,
+        tracking_uri,
+        f"dataset={small_dataset}",
+        f"model={tiny_model_dir}",
+        "fractions=0.25,1.0",
+        "stages=tfidf,probe",
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -115,6 +127,9 @@ def test_mlflow_run_learning_curve(small_dataset: Path, tiny_model_dir: Path, tr
     )
     points = [run for run in runs if "train_size" in run.data.params]
     assert sorted((r.data.tags["stage"], r.data.params["train_size"]) for r in points) == [
-        ("probe", "120"), ("probe", "30"), ("tfidf", "120"), ("tfidf", "30")
+        ("probe", "120"),
+        ("probe", "30"),
+        ("tfidf", "120"),
+        ("tfidf", "30"),
     ]
     assert "plots/learning_curve.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "plots")}

@@ -19,7 +19,7 @@ from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig, SweepConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import sweep
-from tests.test_mlflow_run import mlflow_run
+from tests.helpers import mlflow_run
 
 
 def children(parent_id: str) -> list[mlflow.entities.Run]:
@@ -126,7 +126,17 @@ def test_a_tfidf_sweep_selects_on_validation_and_scores_only_the_best_trial_on_t
 
 def test_a_resumed_sweep_continues_its_study_under_the_same_parent(small_dataset: Path, isolated_mlflow: str) -> None:
     name = f"sweep-{uuid.uuid4().hex[:8]}"
-    options = ["sweep", "--dataset", str(small_dataset), "--stage", "tfidf", "--study_name", name, "--registered_model", ""]
+    options = [
+        "sweep",
+        "--dataset",
+        str(small_dataset),
+        "--stage",
+        "tfidf",
+        "--study_name",
+        name,
+        "--registered_model",
+        "",
+    ]
     first = CliRunner().invoke(cli, [*options, "--n_trials", "2"])
     assert first.exit_code == 0, first.output
     [parent] = mlflow.search_runs(filter_string="tags.stage = 'sweep'", output_format="list")
@@ -194,7 +204,11 @@ def test_a_finetune_trial_below_the_median_is_pruned_and_its_run_kept(
     assert "test_accuracy" not in complete.data.metrics
     assert not Path("checkpoints", complete.info.run_id).exists()
     states = [trial.state for trial in optuna.load_study(study_name=name, storage=storage).trials]
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+    assert states == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.COMPLETE,
+    ]
     parent = mlflow.get_run(parent_id)
     assert parent.data.tags["best_run_id"] == complete.info.run_id
     assert 0 <= parent.data.metrics["best_test_accuracy"] <= 1
@@ -204,8 +218,13 @@ def test_a_finetune_trial_below_the_median_is_pruned_and_its_run_kept(
 @pytest.mark.slow
 def test_mlflow_run_sweep(small_dataset: Path, tracking_uri: str, isolated_mlflow: str) -> None:
     result = mlflow_run(
-        "sweep", isolated_mlflow, tracking_uri,
-        f"dataset={small_dataset}", "stage=tfidf", "n_trials=3", "registered_model=",
+        "sweep",
+        isolated_mlflow,
+        tracking_uri,
+        f"dataset={small_dataset}",
+        "stage=tfidf",
+        "n_trials=3",
+        "registered_model=",
     )
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -24,8 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
 import optuna
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -35,7 +37,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from emotion_exp import data, metrics, registry, tracking
+from emotion_exp import data, metrics, plots, registry, tracking
 from emotion_exp.config import (
     DataConfig,
     ExtractConfig,
@@ -46,7 +48,8 @@ from emotion_exp.config import (
     subset,
 )
 from emotion_exp.errors import EndedEarly, UserError
-from emotion_exp.stages import clean_stale, extract, finetune, probe, tfidf
+from emotion_exp.stages import extract, finetune, probe, tfidf
+from emotion_exp.stages.skeleton import log_figure, open_stage
 
 if TYPE_CHECKING:
     from emotion_exp.data import DatasetSplits
@@ -81,6 +84,10 @@ SEARCHABLE = {
 INT_PARAMS = ("epochs", "batch_size", "max_length", "max_iter")
 FLOAT_PARAMS = ("learning_rate", "warmup", "weight_decay", "C")
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _set_tags(tags: dict[str, Any]) -> None:
+    mlflow.set_tags({key: str(value) for key, value in tags.items()})
 
 
 # --- the search space ---------------------------------------------------------------------------
@@ -272,27 +279,32 @@ def finished_trials(study: optuna.Study) -> int:
 def run(config: SweepConfig) -> str:
     """Run (or resume) the study with every trial a nested run; log the outcome on the parent; return its id."""
     space = search_space(config.stage, config.search_space)
-    storage = resolve_storage(config.optuna_storage, tracking.tracking_uri())
+    storage = resolve_storage(config.optuna_storage, mlflow.get_tracking_uri())
     splits = data.load_splits(subset(config, DataConfig))
     study_name = config.study_name or f"sweep-{config.stage}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     study = open_study(config, storage, study_name, space_description(space), splits.digest)
     previous_parent = study.user_attrs.get("parent_run_id")
-    with tracking.stage_run("sweep", config, run_id=_parent_to_reopen(previous_parent)) as parent:
-        parent_id = parent.info.run_id
+    reopened = _parent_to_reopen(previous_parent)
+    # The parent holds the data (its inputs, and the label distribution drawn once); every trial gets the same splits.
+    with open_stage("sweep", config, splits=splits, run_id=reopened, label_plot=False) as parent:
+        parent_id = parent.run_id
+        if reopened is None:
+            log_figure(
+                plots.label_distribution(splits.train["label"], splits.label_names), "plots/label_distribution.png"
+            )
         study.set_user_attr("parent_run_id", parent_id)
-        tracking.set_tags(
+        _set_tags(
             {
                 "study_name": study_name,
                 "optuna_storage": shown_storage(storage),
-                "dataset_digest": splits.digest,
-                "dataset_name": splits.name,
                 "search_space": space_description(space),
             }
         )
         if previous_parent and previous_parent != parent_id:
-            tracking.set_tags({"continues_run_id": previous_parent})
-        features_run_id = extract.run(subset(config, ExtractConfig)) if config.stage == "probe" else ""
-        objective = _objective(config, space, study_name, features_run_id)
+            _set_tags({"continues_run_id": previous_parent})
+        probe_features = config.stage == "probe"
+        features_run_id = extract.run(subset(config, ExtractConfig), splits=splits) if probe_features else ""
+        objective = _objective(config, space, study_name, features_run_id, splits)
         missing = config.n_trials - finished_trials(study)
         print(f"sweep: study {study_name!r} in {shown_storage(storage)}: {max(missing, 0)} trial(s) to run.")
         try:
@@ -302,7 +314,7 @@ def run(config: SweepConfig) -> str:
         except KeyboardInterrupt:
             log_study(study)
             hint = resume_hint(config, study_name, study)
-            tracking.set_tags({"resume_hint": hint})
+            _set_tags({"resume_hint": hint})
             print(f"\n{hint}", file=sys.stderr, flush=True)
             raise
         log_study(study)
@@ -318,8 +330,8 @@ def _parent_to_reopen(previous_parent: str | None) -> str | None:
     record = tracking.find_run(previous_parent)
     if record is None:
         return None  # the study outlived its tracking store: the trials go under a new parent
-    state, detail = clean_stale.process_state(record.tags)
-    if record.status == "RUNNING" and state == clean_stale.ALIVE:
+    state, detail = tracking.process_state(record.tags)
+    if record.status == "RUNNING" and state == tracking.ALIVE:
         raise UserError(
             f"The study's sweep run {previous_parent} is still RUNNING and its {detail}; two processes would "
             "run one study. Stop it first (Ctrl-C ends its current trial), then resume."
@@ -328,7 +340,11 @@ def _parent_to_reopen(previous_parent: str | None) -> str | None:
 
 
 def _objective(
-    config: SweepConfig, space: dict[str, BaseDistribution], study_name: str, features_run_id: str
+    config: SweepConfig,
+    space: dict[str, BaseDistribution],
+    study_name: str,
+    features_run_id: str,
+    splits: DatasetSplits,
 ) -> Callable[[optuna.Trial], float]:
     base = dataclasses.replace(subset(config, STAGE_CONFIGS[config.stage]), registered_model="")
     if config.stage == "probe":
@@ -340,26 +356,26 @@ def _objective(
         tags = {"trial_number": trial.number, "study_name": study_name}
         with tracking.next_stage_run(tags=tags) as started:
             try:
-                run_id = _run_trial(config.stage, trial_config, trial)
+                run_id = _run_trial(config.stage, trial_config, trial, splits)
             except EndedEarly as pruned:
                 _remove_checkpoints(trial_config, started.run_id)
                 raise optuna.TrialPruned(str(pruned)) from None
             finally:
                 if started.run_id:
                     trial.set_user_attr("mlflow_run_id", started.run_id)
-        value = tracking.run_metrics(run_id)[OBJECTIVE]
-        tracking.log_metrics({f"trial_{OBJECTIVE}": value}, step=trial.number)
+        value = MlflowClient().get_run(run_id).data.metrics[OBJECTIVE]
+        mlflow.log_metrics({f"trial_{OBJECTIVE}": value}, step=trial.number)
         return value
 
     return objective
 
 
-def _run_trial(stage: str, trial_config: Any, trial: optuna.Trial) -> str:
+def _run_trial(stage: str, trial_config: Any, trial: optuna.Trial, splits: DatasetSplits) -> str:
     if stage == "finetune":
-        return finetune.run(trial_config, callbacks=[pruning_callback(trial)], score_test=False)
+        return finetune.run(trial_config, splits=splits, callbacks=[pruning_callback(trial)], score_test=False)
     if stage == "probe":
-        return probe.run(trial_config, score_test=False)
-    return tfidf.run(trial_config, score_test=False)
+        return probe.run(trial_config, splits=splits, score_test=False)
+    return tfidf.run(trial_config, splits=splits, score_test=False)
 
 
 def _remove_checkpoints(trial_config: Any, run_id: str | None) -> None:
@@ -382,7 +398,9 @@ def _pruning_callback_class() -> type:
         def __init__(self, trial: optuna.Trial) -> None:
             self.trial = trial
 
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        def on_evaluate(
+            self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
             if not metrics or EPOCH_OBJECTIVE not in metrics:
                 return
             epoch = round(state.epoch or 0)
@@ -445,17 +463,17 @@ def log_study(study: optuna.Study) -> pd.DataFrame:
     table = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if "duration" in table:
         table["duration"] = table["duration"].dt.total_seconds()
-    tracking.log_text(table.to_markdown(index=False, floatfmt=".4f"), "sweep/trials.md")
-    tracking.log_text(table.to_csv(index=False), "sweep/trials.csv")
+    mlflow.log_text(table.to_markdown(index=False, floatfmt=".4f"), "sweep/trials.md")
+    mlflow.log_text(table.to_csv(index=False), "sweep/trials.csv")
     complete = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
     states = {state.name.lower(): sum(t.state == state for t in study.trials) for state in TrialState}
-    tracking.log_metrics({f"trials_{name}": count for name, count in states.items() if count})
+    mlflow.log_metrics({f"trials_{name}": count for name, count in states.items() if count})
     if not complete:
         return table
     best = study.best_trial
-    tracking.log_metrics({"best_value": best.value, "best_trial_number": best.number})
-    tracking.log_dict(best.params, "sweep/best_params.json")
-    tracking.set_tags(
+    mlflow.log_metrics({"best_value": best.value, "best_trial_number": best.number})
+    mlflow.log_dict(best.params, "sweep/best_params.json")
+    _set_tags(
         {
             "best_params": json.dumps(best.params),
             "best_trial_number": best.number,
@@ -466,12 +484,12 @@ def log_study(study: optuna.Study) -> pd.DataFrame:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        tracking.log_figure(_fitted(optuna_plots.plot_optimization_history(study)), "plots/optimization_history.png")
+        log_figure(_fitted(optuna_plots.plot_optimization_history(study)), "plots/optimization_history.png")
         reason = _no_importances(study, complete)
         if reason:
-            tracking.set_tags({"param_importances": reason})
+            _set_tags({"param_importances": reason})
         else:
-            tracking.log_figure(_fitted(optuna_plots.plot_param_importances(study)), "plots/param_importances.png")
+            log_figure(_fitted(optuna_plots.plot_param_importances(study)), "plots/param_importances.png")
     return table
 
 
@@ -507,14 +525,14 @@ def score_best(best: optuna.trial.FrozenTrial, splits: DatasetSplits, registered
     if model_uri is None:
         raise UserError(
             f"The best trial ({best.number}, run {run_id}) has no logged model in the tracking store "
-            f"{tracking.tracking_uri()}; was the run deleted? Start a new study (--study_name)."
+            f"{mlflow.get_tracking_uri()}; was the run deleted? Start a new study (--study_name)."
         )
     test = splits.test
     predicted = registry.load_model(model_uri).predict(pd.DataFrame({"text": test["text"]}))["label"]
     index = {name: i for i, name in enumerate(splits.label_names)}
     evaluation = metrics.evaluate(test["label"], predicted.map(index).to_numpy(), splits.label_names)
-    tracking.log_metrics(evaluation.metrics("best_test"))
-    tracking.log_dict(evaluation.report, "reports/best_trial_classification_report_test.json")
+    mlflow.log_metrics(evaluation.metrics("best_test"))
+    mlflow.log_dict(evaluation.report, "reports/best_trial_classification_report_test.json")
     print(
         f"sweep: best trial {best.number} (run {run_id}): {OBJECTIVE} {best.value:.4f}, "
         f"test accuracy {evaluation.accuracy:.4f}; params {json.dumps(best.params)}"
@@ -528,4 +546,4 @@ def score_best(best: optuna.trial.FrozenTrial, splits: DatasetSplits, registered
             {"stage": stage, "dataset_digest": splits.digest, "sweep_trial": str(best.number)},
             overwrite=False,
         )
-        tracking.set_tags({"registered_model": registered_model, "registered_version": version})
+        _set_tags({"registered_model": registered_model, "registered_version": version})
