@@ -272,6 +272,7 @@ def test_ctrl_c_ends_the_current_trial_cleanly_and_the_hint_resumes_the_study(
 
     assert resumed.exit_code == 0, resumed.output
     assert mlflow.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert not {"error", "resume_hint"} & set(mlflow.get_run(parent.info.run_id).data.tags)
     storage = mlflow.get_run(parent.info.run_id).data.tags["optuna_storage"]
     states = [trial.state for trial in optuna.load_study(study_name=name, storage=storage).trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3

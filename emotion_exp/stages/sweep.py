@@ -292,6 +292,10 @@ def run(config: SweepConfig) -> str:
             log_figure(
                 plots.label_distribution(splits.train["label"], splits.label_names), "plots/label_distribution.png"
             )
+        else:  # the interruption is over: its reason and hint no longer describe the run
+            stale = {"error", "resume_hint"} & set(MlflowClient().get_run(parent_id).data.tags)
+            for tag in sorted(stale):
+                MlflowClient().delete_tag(parent_id, tag)
         study.set_user_attr("parent_run_id", parent_id)
         _set_tags(
             {
