@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import signal
 import sys
 import traceback
 import typing
@@ -19,7 +20,7 @@ from typing import Any
 import click
 
 from emotion_exp import config as cfg
-from emotion_exp.errors import UserError
+from emotion_exp.errors import Terminated, UserError
 
 
 class _WholeNumber(click.ParamType):
@@ -52,6 +53,8 @@ def config_options(config_class: type) -> Callable[[Callable[..., Any]], Callabl
             if spec.metadata.get("choices"):
                 help_text += f" One of: {', '.join(spec.metadata['choices'])}."
             required = spec.default is dataclasses.MISSING
+            # A bool option works alone as a flag (--dry_run) and with a value (--dry_run false, from MLproject).
+            flag = {"is_flag": False, "flag_value": True} if hints[spec.name] is bool else {}
             command = click.option(
                 f"--{spec.name}",
                 spec.name,
@@ -60,6 +63,7 @@ def config_options(config_class: type) -> Callable[[Callable[..., Any]], Callabl
                 required=required,
                 show_default=not required,
                 help=help_text,
+                **flag,
             )(command)
         return command
 
@@ -74,6 +78,7 @@ class _Group(click.Group):
     """Turns user errors into one clear line and a non-zero exit; ``--debug`` adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             return super().invoke(ctx)
         except UserError as error:
@@ -84,6 +89,23 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """Ctrl-C or SIGTERM stops the stage and its run ends KILLED (SIGTERM used to kill it with its run RUNNING).
+
+    Further signals are ignored while the run ends: on Ctrl-C, `mlflow run` also sends SIGTERM,
+    which would otherwise cut the ending short and leave the launcher to mark the run FAILED.
+    (Fine-tuning installs its own handlers while it trains: it saves a checkpoint first.)
+    """
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(f"stopped by signal {signal.Signals(signum).name} (kill, or `mlflow run` cancelling the run)")
 
 
 def _fail_launcher_run(reason: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,15 +31,38 @@ def option(
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
     exclusive_minimum: bool = False,
+    maximum: float | None = None,
+    check: Callable[[str, Any], None] | None = None,
 ) -> Any:
-    """A dataclass field that also describes its command-line option."""
+    """A dataclass field that also describes its command-line option.
+
+    ``check(flag, value)`` raises ``UserError`` for a value the other rules cannot describe.
+    """
     metadata = {
         "help": help,
         "choices": choices,
         "minimum": minimum,
         "exclusive_minimum": exclusive_minimum,
+        "maximum": maximum,
+        "check": check,
     }
     return field(default=default, metadata=metadata)
+
+
+def registered_model_name(flag: str, name: str) -> None:
+    """A registered model name by MLflow's rules (checked at the MLflow edge, ``registry``)."""
+    if name:
+        from emotion_exp.registry import check_name
+
+        check_name(flag, name)
+
+
+def run_id(flag: str, value: str) -> None:
+    """An MLflow run id by MLflow's rule (checked at the MLflow edge, ``tracking``), so '../x' fails at once."""
+    if value:
+        from emotion_exp.tracking import check_run_id
+
+        check_run_id(flag, value)
 
 
 def _check(config: Any) -> None:
@@ -49,12 +73,16 @@ def _check(config: Any) -> None:
         if choices and value not in choices:
             raise UserError(f"--{spec.name} must be one of {', '.join(choices)}; got {value!r}.")
         minimum = spec.metadata.get("minimum")
-        if minimum is None:
-            continue
-        if spec.metadata.get("exclusive_minimum") and not value > minimum:
-            raise UserError(f"--{spec.name} must be greater than {minimum:g}; got {value!r}.")
-        if value < minimum:
-            raise UserError(f"--{spec.name} must be at least {minimum:g}; got {value!r}.")
+        if minimum is not None:
+            if spec.metadata.get("exclusive_minimum") and not value > minimum:
+                raise UserError(f"--{spec.name} must be greater than {minimum:g}; got {value!r}.")
+            if value < minimum:
+                raise UserError(f"--{spec.name} must be at least {minimum:g}; got {value!r}.")
+        maximum = spec.metadata.get("maximum")
+        if maximum is not None and value > maximum:
+            raise UserError(f"--{spec.name} must be at most {maximum}; got {value!r}.")
+        if spec.metadata.get("check"):
+            spec.metadata["check"](f"--{spec.name}", value)
 
 
 @dataclass(frozen=True)
@@ -68,9 +96,19 @@ class DataConfig:
         "test files (also the original 'text;label' .txt release).",
     )
     text_column: str = option("text", "Column holding the texts.")
-    label_column: str = option("label", "Column holding the labels (names or integer ids).")
+    label_column: str = option(
+        "label",
+        "Column holding the labels: all names, or all integer ids (whole numbers in any format: 2, '2', 2.0, "
+        "'2.0'); a mix of the two is an error.",
+    )
+    label_names: str = option(
+        "",
+        "Comma-separated label names in id order (id 0 first) for integer labels, or the order of named "
+        "labels. '' = ids 0-5 are the study's sadness, joy, love, anger, fear, surprise; other ids are named by "
+        "their number; names keep the study's order when they are its six, else sorted.",
+    )
     max_samples: int = option(0, "Cap each split at this many rows, stratified (0 = all).", minimum=0)
-    seed: int = option(42, "Random seed for splitting, sampling, UMAP and training.")
+    seed: int = option(42, "Random seed for splitting, sampling, UMAP and training.", minimum=0, maximum=2**32 - 1)
     validation_fraction: float = option(
         0.1, "Share of a single file that becomes the validation split.", minimum=0, exclusive_minimum=True
     )
@@ -104,7 +142,9 @@ class TfidfConfig(DataConfig):
 
     C: float = option(1.0, "Inverse regularisation strength of the linear SVM.", minimum=0, exclusive_minimum=True)
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
-    registered_model: str = option("", "Register the model under this name ('' = do not register).")
+    registered_model: str = option(
+        "", "Register the model under this name ('' = do not register).", check=registered_model_name
+    )
 
 
 @dataclass(frozen=True)
@@ -123,7 +163,7 @@ class EncoderConfig(DataConfig):
         "Numeric precision: auto (bf16 only where the hardware runs it natively, else fp32), fp32 or bf16.",
         choices=PRECISIONS,
     )
-    umap_max_points: int = option(20_000, "At most this many points in the UMAP plots.", minimum=1)
+    umap_max_points: int = option(20_000, "At most this many points in the UMAP plots (UMAP needs 4).", minimum=4)
 
 
 @dataclass(frozen=True)
@@ -139,13 +179,17 @@ class ExtractConfig(EncoderConfig):
 class ProbeConfig(ExtractConfig):
     """Logistic regression on extracted features."""
 
-    features_run_id: str = option("", "Reuse the features of this extract run ('' = find a matching run or extract).")
+    features_run_id: str = option(
+        "", "Reuse the features of this extract run ('' = find a matching run or extract).", check=run_id
+    )
     C: float = option(
         1.0, "Inverse regularisation strength of the logistic regression.", minimum=0, exclusive_minimum=True
     )
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
     max_iter: int = option(3000, "Iterations allowed for the solver to converge.", minimum=1)
-    registered_model: str = option("", "Register the model under this name ('' = do not register).")
+    registered_model: str = option(
+        "", "Register the model under this name ('' = do not register).", check=registered_model_name
+    )
 
 
 @dataclass(frozen=True)
@@ -171,8 +215,10 @@ class TrainingConfig(EncoderConfig):
 class FinetuneConfig(TrainingConfig):
     """Full fine-tuning with the transformers Trainer."""
 
-    resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).")
-    registered_model: str = option(REGISTERED_MODEL, "Register the model under this name ('' = do not register).")
+    resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).", check=run_id)
+    registered_model: str = option(
+        REGISTERED_MODEL, "Register the model under this name ('' = do not register).", check=registered_model_name
+    )
 
 
 @dataclass(frozen=True)
@@ -184,7 +230,9 @@ class PromoteConfig(DataConfig):
         "Metric that decides the champion (higher is better).",
         choices=("val_f1_weighted", "val_accuracy", "val_f1_macro"),
     )
-    registered_model: str = option(REGISTERED_MODEL, "Registered model whose champion alias moves.")
+    registered_model: str = option(
+        REGISTERED_MODEL, "Registered model whose champion alias moves.", check=registered_model_name
+    )
 
 
 @dataclass(frozen=True)
@@ -196,6 +244,12 @@ class PredictConfig:
     text_column: str = option("text", "Column holding the texts (ignored for plain text files).")
     model_uri: str = option(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", "MLflow model URI to predict with.")
     batch_size: int = option(64, "Texts per batch.", minimum=1)
+    overwrite: bool = option(False, "Replace OUTPUT if it exists (it is never the input, nor followed as a link).")
+    skip_empty: bool = option(
+        False,
+        "Label empty or whitespace-only texts with an empty label and empty probabilities instead of refusing "
+        "the file.",
+    )
 
     def __post_init__(self) -> None:
         _check(self)
@@ -232,7 +286,9 @@ class SweepConfig(EncoderConfig):
     max_iter: int = option(3000, "probe: iterations allowed for the solver to converge.", minimum=1)
     output_dir: str = option("checkpoints", "finetune: checkpoints go to OUTPUT_DIR/<trial run id>.")
     registered_model: str = option(
-        REGISTERED_MODEL, "Register the best trial's model under this name ('' = do not register)."
+        REGISTERED_MODEL,
+        "Register the best trial's model under this name ('' = do not register).",
+        check=registered_model_name,
     )
 
 
@@ -359,7 +415,7 @@ def _compose_study() -> tuple[type, dict[str, dict[str, str]]]:
 
 
 def _limits(spec: dataclasses.Field) -> dict[str, Any]:
-    return {key: spec.metadata[key] for key in ("choices", "minimum", "exclusive_minimum")}
+    return {key: spec.metadata[key] for key in ("choices", "minimum", "exclusive_minimum", "maximum", "check")}
 
 
 MainConfig, STUDY_SOURCES = _compose_study()

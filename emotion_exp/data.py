@@ -7,13 +7,15 @@ before any model work starts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from sklearn.model_selection import train_test_split
 
 from emotion_exp.config import BUNDLED_SAMPLE, DataConfig
 from emotion_exp.errors import UserError
+from emotion_exp.texts import problems as text_problems
+from emotion_exp.texts import where
 
 STUDY_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 SPLITS = ("train", "validation", "test")
@@ -92,14 +96,15 @@ def load_splits(config: DataConfig) -> DatasetSplits:
     if not spec.strip() or path.suffix.lower() in SUFFIXES or not _HUB_ID.fullmatch(spec):
         raise UserError(f"Dataset path {spec!r} does not exist; {_DATASET_FORMS}.")
     frames, known_names = _read_hub(config)
-    frames, label_names = _encode(frames, known_names)
+    frames, label_names = _encode(frames, config, known_names)
     return _assemble(frames, label_names, config, source=spec, name=spec)
 
 
-def read_texts(path: str | Path, text_column: str = "text") -> pd.DataFrame:
+def read_texts(path: str | Path, text_column: str = "text", skip_empty: bool = False) -> pd.DataFrame:
     """Read a file of texts to label, keeping every column so outputs can carry them along.
 
     A ``.txt`` file holds one text a line (blank lines ignored) and gives a ``text`` column.
+    Empty texts are refused unless ``skip_empty``; null and non-text values always are.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -107,10 +112,12 @@ def read_texts(path: str | Path, text_column: str = "text") -> pd.DataFrame:
             f"Input file '{path}' does not exist; expected a CSV, TSV, JSON Lines, Parquet or "
             ".txt (one text a line) file."
         )
+    if path.is_dir():
+        raise UserError(f"Input '{path}' is a folder; pass one file of texts (CSV, TSV, JSON Lines, Parquet or .txt).")
     column = "text" if _suffix(path) == ".txt" else text_column
     frame = _read_table(path, txt_columns=(column,))
     _check_columns(frame, str(path), {column: "--text_column"})
-    _check_texts(frame[column], str(path), _unit(path))
+    _check_texts(frame[column], str(path), _unit(path), skip_empty)
     return frame.reset_index(drop=True)
 
 
@@ -120,12 +127,12 @@ def read_texts(path: str | Path, text_column: str = "text") -> pd.DataFrame:
 def _from_folder(folder: Path, config: DataConfig, name: str) -> DatasetSplits:
     files = _split_files(folder)
     frames = {split: _read_labelled(files[split], config) for split in SPLITS}
-    frames, label_names = _encode(frames, None)
+    frames, label_names = _encode(frames, config)
     return _assemble(frames, label_names, config, source=str(folder.resolve()), name=name)
 
 
 def _from_file(path: Path, config: DataConfig) -> DatasetSplits:
-    whole, label_names = _encode({"train": _read_labelled(path, config)}, None)
+    whole, label_names = _encode({"train": _read_labelled(path, config)}, config)
     frames = _stratified_split(whole["train"], label_names, config, str(path))
     return _assemble(frames, label_names, config, source=str(path.resolve()), name=path.stem)
 
@@ -224,41 +231,91 @@ def _read_table(path: Path, txt_columns: tuple[str, ...]) -> pd.DataFrame:
         raise UserError(
             f"'{path}' has the unsupported extension {suffix or '(none)'!r}; supported: {', '.join(SUFFIXES)}."
         )
-    if path.stat().st_size == 0:
-        raise _empty(path)
-    if suffix in (".csv", ".tsv"):
-        frame = _read_delimited(path, suffix)
-    elif suffix in (".jsonl", ".json"):
-        frame = _read_json_lines(path)
-    elif suffix == ".parquet":
-        frame = _read_parquet(path)
-    else:
-        frame = _read_txt(path, txt_columns)
+    try:
+        if path.stat().st_size == 0:
+            raise _empty(path)
+        if suffix in (".csv", ".tsv"):
+            frame = _read_delimited(path, suffix)
+        elif suffix in (".jsonl", ".json"):
+            frame = _read_json_lines(path)
+        elif suffix == ".parquet":
+            frame = _read_parquet(path)
+        else:
+            frame = _read_txt(path, txt_columns)
+    except PermissionError as err:
+        raise UserError(
+            f"Cannot read '{path}': permission denied for this user; grant read access (chmod a+r) or copy it "
+            "somewhere readable."
+        ) from err
     if frame.empty:
         raise _empty(path)
     return frame
 
 
 def _read_delimited(path: Path, suffix: str) -> pd.DataFrame:
-    # TSV texts keep stray quote characters: no quote processing, so rows in = rows out.
-    # dtype=str and keep_default_na=False keep texts such as "NA", "null" or "123" as text;
-    # blank lines are dropped after reading so that the index holds true line numbers.
-    quoting = {"sep": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
-    try:
-        frame = pd.read_csv(
-            path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig", **quoting
-        )
-    except pd.errors.EmptyDataError as err:
-        raise _empty(path) from err
-    except UnicodeDecodeError as err:
-        raise _not_utf8(path, err) from err
-    except pd.errors.ParserError as err:
+    """Every value as text, indexed by the line each row starts on.
+
+    Read with the ``csv`` module rather than pandas, which takes rows that all have one field
+    more than the header (an unquoted comma in every text) as an index column and silently cuts
+    the texts: here a row whose field count is not the header's is an error naming its lines.
+    TSV texts keep stray quote characters (no quote processing), so rows in = rows out. Values
+    stay strings ("NA", "null" and "123" are texts); blank lines are dropped, and a row of empty
+    fields (``""``, ``,``) is kept, so its empty text is refused or skipped like any other.
+    """
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+    rows, numbers, wrong = [], [], []
+    first_line = 1
+    with _no_csv_field_limit(), path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=True, **dialect)
+        try:
+            header = next(reader, None)
+            while True:
+                first_line = reader.line_num + 1
+                record = next(reader, None)
+                if record is None:
+                    break
+                if not record:  # a blank line
+                    continue
+                if header is not None and len(record) != len(header):
+                    wrong.append((first_line, len(record)))
+                    continue
+                rows.append(record)
+                numbers.append(first_line)
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, err, f"line {reader.line_num + 1}") from err
+        except csv.Error as err:
+            raise UserError(
+                f"Could not parse '{path}': the row starting on line {first_line} is malformed ({err}); "
+                'fix its quotes (a text holding quotes or line breaks is written "...", with "" for a quote) '
+                "or remove it."
+            ) from err
+    if header is None:
+        raise _empty(path)
+    if wrong:
+        counts = sorted({count for _, count in wrong})
         raise UserError(
-            f"Could not parse '{path}': {str(err).strip()}; fix the delimiters or quotes on that line, or remove it."
-        ) from err
-    frame.index = pd.RangeIndex(2, len(frame) + 2)  # line 1 is the header
-    blank = frame.apply(lambda column: column.fillna("").str.strip().eq("")).all(axis=1)
-    return frame[~blank]
+            f"Could not parse '{path}': {len(wrong)} row(s) have {' or '.join(map(str, counts))} fields where "
+            f"the header ({', '.join(header)}) has {len(header)} "
+            f"({where([number for number, _ in wrong], 'line')}); put texts that hold a "
+            f"{'tab' if suffix == '.tsv' else 'comma'} in double quotes, or fix those rows."
+        )
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise UserError(
+            f"Could not parse '{path}': the header names column(s) {', '.join(map(repr, duplicates))} more than "
+            "once; give every column its own name."
+        )
+    return pd.DataFrame(rows, columns=header, index=numbers, dtype=object)
+
+
+@contextlib.contextmanager
+def _no_csv_field_limit() -> Iterator[None]:
+    """Lift the ``csv`` module's 128 KiB limit on one field for a read: a text may be longer."""
+    previous = csv.field_size_limit(sys.maxsize)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _read_json_lines(path: Path) -> pd.DataFrame:
@@ -278,7 +335,7 @@ def _read_json_lines(path: Path) -> pd.DataFrame:
             )
         records.append(record)
         numbers.append(number)
-    return pd.DataFrame(records, index=numbers)
+    return pd.DataFrame(records, index=numbers, dtype=object)  # object: a lone surrogate stays checkable
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -324,8 +381,9 @@ def _empty(path: Path) -> UserError:
     return UserError(f"'{path}' is empty: it has no rows of data; fill it or point to another file.")
 
 
-def _not_utf8(path: Path, err: UnicodeDecodeError) -> UserError:
-    return UserError(f"'{path}' is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8.")
+def _not_utf8(path: Path, err: UnicodeDecodeError, where: str = "") -> UserError:
+    where = where or f"byte {err.start}"
+    return UserError(f"'{path}' is not UTF-8 text ({err.reason} at {where}); save it as UTF-8.")
 
 
 # --- validation and label encoding -----------------------------------------------------------
@@ -341,10 +399,12 @@ def _validated(frame: pd.DataFrame, origin: str, unit: str, config: DataConfig) 
     if bad.any():
         raise UserError(
             f"{origin} has {int(bad.sum())} empty or invalid label(s) in column "
-            f"{config.label_column!r} ({_where(labels.index[bad.to_numpy()], unit)}); every row needs a label "
+            f"{config.label_column!r} ({where(list(labels.index[bad.to_numpy()]), unit)}); every row needs a label "
             "name or an integer id: fill in or remove those rows."
         )
-    return pd.DataFrame({"text": texts.astype(str), "label": labels.astype(object)}, index=frame.index)
+    validated = pd.DataFrame({"text": texts.astype(str), "label": labels.astype(object)}, index=frame.index)
+    validated.attrs["unit"] = unit  # for messages that name a label's line (or row)
+    return validated
 
 
 def _check_columns(frame: pd.DataFrame, origin: str, flags: dict[str, str]) -> None:
@@ -357,24 +417,29 @@ def _check_columns(frame: pd.DataFrame, origin: str, flags: dict[str, str]) -> N
         )
 
 
-def _check_texts(texts: pd.Series, origin: str, unit: str) -> None:
-    bad = ~texts.map(lambda value: isinstance(value, str) and not value.isspace() and value != "").astype(bool)
-    if bad.any():
+def _check_texts(texts: pd.Series, origin: str, unit: str, skip_empty: bool | None = None) -> None:
+    """Refuse non-text values and empty texts, naming their lines (the rule of ``emotion_exp.texts``).
+
+    ``skip_empty`` is predict's option (None where there is none, as in training data).
+    """
+    found = text_problems(texts, list(texts.index))
+    if found.refused(bool(skip_empty)):
+        fix = "fill in or remove those rows" + (" or pass --skip_empty" if skip_empty is False else "")
         raise UserError(
-            f"{origin} has {int(bad.sum())} empty or non-text value(s) in column {texts.name!r} "
-            f"({_where(texts.index[bad.to_numpy()], unit)}); every row needs a non-empty text: fill in or "
-            "remove those rows."
+            f"{origin} has {found.describe(unit, bool(skip_empty))} in column {texts.name!r}; every row needs a "
+            f"non-empty text: {fix}."
         )
 
 
-def _where(numbers: Iterable[Any], unit: str) -> str:
-    numbers = [str(number) for number in numbers]
-    shown = ", ".join(numbers[:_SHOWN]) + (", ..." if len(numbers) > _SHOWN else "")
-    return f"{unit}{'s' if len(numbers) > 1 else ''} {shown}"
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 
 
 def _label_value(value: Any) -> int | str | None:
-    """A label as an integer id or a stripped name; None when empty or neither."""
+    """A label as an integer id or a stripped name; None when empty, a fraction or neither.
+
+    One rule for every format: a whole number is an id whether it was read as an integer, a
+    float (Parquet's 2.0) or text (CSV's "2" or "2.0"); any other text is a name.
+    """
     if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, np.integer)):
@@ -383,29 +448,49 @@ def _label_value(value: Any) -> int | str | None:
         return int(value) if float(value).is_integer() else None
     if isinstance(value, str):
         name = value.strip()
-        if name.isascii() and name.isdigit():
-            return int(name)
+        if name.isascii() and _NUMBER.fullmatch(name):
+            number = float(name)
+            return int(number) if number.is_integer() else None
         return name or None
     return None
 
 
+def label_names_option(value: str) -> tuple[str, ...]:
+    """``--label_names``: the comma-separated names, stripped; () when not given."""
+    return tuple(name.strip() for name in value.split(",")) if value.strip() else ()
+
+
 def _encode(
-    frames: dict[str, pd.DataFrame], known_names: tuple[str, ...] | None
+    frames: dict[str, pd.DataFrame], config: DataConfig, known_names: tuple[str, ...] | None = None
 ) -> tuple[dict[str, pd.DataFrame], tuple[str, ...]]:
-    """Replace labels by ids into one ``label_names`` built from train (or the hub's names)."""
+    """Replace labels by ids into one ``label_names``; the rule is stated in ``--label_names``'s help.
+
+    Integer ids are named by ``--label_names`` (id 0 first), else by the hub's names, else ids
+    0-5 are the study's six emotions and other ids their own number. Names are ordered by
+    ``--label_names``, else the study's order when they are its six, else sorted. Every split
+    must use one kind: a mix of ids and names is an error.
+    """
     labels = {split: frame["label"] for split, frame in frames.items()}
-    if known_names is not None:
-        label_names = known_names
-        ids = {index: index for index in range(len(known_names))}
-    elif all(isinstance(value, int) for series in labels.values() for value in series):
+    given = label_names_option(config.label_names)
+    _check_one_kind(frames)
+    _check_given_names(given)
+    ids_only = all(isinstance(value, int) for series in labels.values() for value in series)
+    if ids_only and (given or known_names is not None):
+        label_names = given or known_names
+        ids = {index: index for index in range(len(label_names))}
+    elif ids_only:
         found = sorted(set(labels["train"]))
         study = found == list(range(len(STUDY_LABELS)))
         label_names = STUDY_LABELS if study else tuple(str(value) for value in found)
         ids = {value: index for index, value in enumerate(found)}
     else:
-        labels = {split: series.map(str) for split, series in labels.items()}
         names = set(labels["train"])
-        label_names = STUDY_LABELS if names == set(STUDY_LABELS) else tuple(sorted(names))
+        if given and set(given) != names:
+            raise UserError(
+                f"--label_names lists {', '.join(given)} but the train split's labels are {', '.join(sorted(names))}; "
+                "for named labels --label_names sets their order and must list each of them once."
+            )
+        label_names = given or (STUDY_LABELS if names == set(STUDY_LABELS) else tuple(sorted(names)))
         ids = {name: index for index, name in enumerate(label_names)}
     if len(label_names) < 2:
         raise UserError(
@@ -415,10 +500,11 @@ def _encode(
     encoded = {}
     for split, series in labels.items():
         unknown = sorted(set(series) - ids.keys(), key=str)
-        if unknown and known_names is not None:
+        if unknown and (given or known_names is not None) and ids_only:
+            source = "--label_names" if given else "the dataset's label names"
             raise UserError(
                 f"The {split} split has label id(s) {_listed(unknown)} outside 0..{len(ids) - 1}, "
-                f"the ids of the dataset's label names ({', '.join(label_names)}); fix those labels."
+                f"the ids of {source} ({', '.join(label_names)}); fix those labels or name every id in --label_names."
             )
         if unknown:
             raise UserError(
@@ -428,6 +514,33 @@ def _encode(
         codes = series.map(ids).to_numpy(dtype=np.int64)
         encoded[split] = pd.DataFrame({"text": frames[split]["text"], "label": codes}, index=series.index)
     return encoded, label_names
+
+
+def _check_one_kind(frames: dict[str, pd.DataFrame]) -> None:
+    """Refuse labels that mix integer ids and names (``"0"`` and ``joy`` would silently make extra classes)."""
+    first: dict[type, str] = {}
+    for split, frame in frames.items():
+        unit = frame.attrs.get("unit", "row")
+        for index, value in frame["label"].items():
+            kind = int if isinstance(value, int) else str
+            first.setdefault(kind, f"{value!r} ({split} split, {unit} {index})")
+        if len(first) == 2:
+            raise UserError(
+                f"The labels mix integer ids and names, such as {first[int]} and {first[str]}; use one kind in "
+                "every split: all names, or all ids (named with --label_names)."
+            )
+
+
+def _check_given_names(given: tuple[str, ...]) -> None:
+    if not given:
+        return
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if "" in given or repeated:
+        problem = "an empty name" if "" in given else f"{', '.join(map(repr, repeated))} more than once"
+        raise UserError(
+            f"--label_names has {problem}; give each label one non-empty name, comma-separated in id order "
+            "(such as sadness,joy,love,anger,fear,surprise)."
+        )
 
 
 def _listed(values: list[Any]) -> str:

@@ -20,3 +20,11 @@ class EndedEarly(Exception):
     def __init__(self, reason: str, tags: dict[str, str]) -> None:
         super().__init__(reason)
         self.tags = tags
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM (``kill``, a scheduler, ``mlflow run`` cancelling its entry point).
+
+    A ``KeyboardInterrupt``, so every stage stops as on Ctrl-C and its run ends KILLED, with
+    this message as the ``error`` tag.
+    """

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emotion_exp import batching, models
+from emotion_exp.data import SPLITS
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from emotion_exp.data import DatasetSplits
 
 POOLINGS = ("cls", "mean")
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)

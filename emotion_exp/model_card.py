@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emotion_exp import models, pyfunc
+from emotion_exp import data, models, pyfunc
 
 if TYPE_CHECKING:
     from emotion_exp.config import FinetuneConfig
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def _header(title: str, splits: DatasetSplits) -> str:
-    rows = " / ".join(f"{len(splits.split(s)):,}" for s in ("train", "validation", "test"))
+    rows = " / ".join(f"{len(splits.split(s)):,}" for s in data.SPLITS)
     return f"""# {title}
 
 Classifies an English text into one of {len(splits.label_names)} labels: {", ".join(splits.label_names)}.

@@ -6,7 +6,10 @@ DataFrame with ``label`` and one probability column per label name (``prob_<labe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +17,28 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType
+
+from emotion_exp import texts as text_rule
 
 TEXT_COLUMN = "text"
+SKIP_EMPTY = "skip_empty"
+MAX_TEXTS = "max_texts"
+DEFAULT_MAX_TEXTS = 10_000
+MODEL_CONFIG = {MAX_TEXTS: DEFAULT_MAX_TEXTS}
+"""Logged with every model: texts one call may hold (a request to ``mlflow models serve``).
+
+MLflow lets a loader override only keys the logged config has (``load_model(uri, model_config=...)``,
+``SERVING_MODEL_CONFIG`` or ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` as JSON for a served model).
+"""
+SERVED_PART = 512
+"""Texts a served request predicts between two checks of its deadline."""
+# Set by MLflow's scoring server (mlflow.environment_variables), read here without importing its internals.
+_SERVING_ENVIRONMENT = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
+_REQUEST_TIMEOUT = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+_DEFAULT_REQUEST_TIMEOUT_S = 60
 
 
 def probability_column(label: str) -> str:
@@ -24,12 +46,13 @@ def probability_column(label: str) -> str:
     return f"prob_{label}"
 
 
-def texts_from_input(model_input: Any) -> list[str]:
-    """Accept a DataFrame with a ``text`` column, a Series or a list of strings.
+def texts_from_input(model_input: Any, skip_empty: bool = False) -> list[str]:
+    """Accept a DataFrame with a ``text`` column, a Series or a list of strings; refuse anything else.
 
-    MLflow hands a list of strings over as a DataFrame with the single unnamed column ``0``
-    (the signature's input is an unnamed string column so that lists pass its check); any
-    other DataFrame must name its ``text`` column.
+    MLflow hands a list of strings over as a DataFrame with the single unnamed column ``0``;
+    any other DataFrame must name its ``text`` column. Nulls, numbers and other non-text values
+    are refused with their row numbers, and so are empty or whitespace-only texts unless
+    ``skip_empty`` (the rule of ``emotion_exp.texts``, the same as for files).
     """
     if isinstance(model_input, pd.DataFrame):
         if TEXT_COLUMN in model_input.columns:
@@ -41,20 +64,88 @@ def texts_from_input(model_input: Any) -> list[str]:
                 f"Expected a DataFrame with a '{TEXT_COLUMN}' column; found columns {list(model_input.columns)}."
             )
     elif isinstance(model_input, (pd.Series, list, tuple, np.ndarray)):
-        values = pd.Series(list(np.asarray(model_input, dtype=object).ravel()))
+        values = pd.Series(list(np.asarray(model_input, dtype=object).ravel()), dtype=object)
     elif isinstance(model_input, str):
-        values = pd.Series([model_input])
+        values = pd.Series([model_input], dtype=object)
     else:
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
             f"Expected a DataFrame with a '{TEXT_COLUMN}' column or a list of strings; "
             f"got {type(model_input).__name__}."
         )
-    bad = [i for i, value in enumerate(values) if not isinstance(value, str)]
-    if bad:
+    values = list(values)
+    found = text_rule.problems(values)
+    if found.refused(skip_empty):
+        hint = "" if skip_empty else f', or pass the param {{"{SKIP_EMPTY}": true}} to give empty texts an empty label'
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-            f"Expected every text to be a string; rows {bad[:5]} are not."
+            f"Expected every text to be a non-empty string; found {found.describe('row', skip_empty)} (rows count "
+            f"from 0): send only strings{hint}."
         )
-    return list(values)
+    return values
+
+
+def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """Wrap a model's ``predict``: check the input and the params, cap the texts, and skip empty texts if asked.
+
+    The wrapped ``predict`` gets the non-empty texts as a list of strings; rows skipped by
+    ``skip_empty`` come back with an empty label and empty probabilities. The cap,
+    ``max_texts`` (default ``DEFAULT_MAX_TEXTS``), comes from the model's ``model_config``:
+    ``mlflow.pyfunc.load_model(uri, model_config={"max_texts": N})``, or for ``mlflow models
+    serve`` the environment variable ``SERVING_MODEL_CONFIG='{"max_texts": N}'``.
+    """
+
+    @functools.wraps(predict)
+    def checked(self: Any, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        skip_empty = bool((params or {}).get(SKIP_EMPTY, False))
+        texts = texts_from_input(model_input, skip_empty=skip_empty)
+        model_config = getattr(context, "model_config", None) or {}
+        limit = int(model_config.get(MAX_TEXTS, DEFAULT_MAX_TEXTS))
+        if len(texts) > limit:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"Expected at most {limit} texts in one call; got {len(texts)}: send them in parts of {limit} or fewer "
+                f'(the limit is the model_config "{MAX_TEXTS}", see the README\'s serving section).'
+            )
+        keep = np.fromiter((text.strip() != "" for text in texts), dtype=bool, count=len(texts))
+        kept = [text for text, kept in zip(texts, keep) if kept]
+        deadline = _request_deadline()
+        if deadline is None or len(kept) <= SERVED_PART:
+            return with_skipped_rows(predict(self, context, kept, params), keep)
+        parts = []
+        for start in range(0, len(kept), SERVED_PART):
+            if start and time.monotonic() > deadline:
+                raise mlflow.exceptions.MlflowException(
+                    f"Stopped after {start} of {len(kept)} texts: the request ran past the server's timeout "
+                    "(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT), and its client got a 504; send fewer texts per request.",
+                    error_code=DEADLINE_EXCEEDED,
+                )
+            parts.append(predict(self, context, kept[start : start + SERVED_PART], params))
+        return with_skipped_rows(pd.concat(parts, ignore_index=True), keep)
+
+    return checked
+
+
+def _request_deadline() -> float | None:
+    """When a request to ``mlflow models serve`` times out (``time.monotonic``); None outside the server.
+
+    The server answers 504 at its timeout but lets the request's thread run on; checking this
+    between parts of a request stops work nobody waits for.
+    """
+    if os.environ.get(_SERVING_ENVIRONMENT, "").lower() != "true":
+        return None
+    return time.monotonic() + float(os.environ.get(_REQUEST_TIMEOUT, _DEFAULT_REQUEST_TIMEOUT_S))
+
+
+def with_skipped_rows(predictions: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """``predictions`` of the kept rows, spread over all rows; a skipped row gets label "" and empty probabilities.
+
+    The probabilities of skipped rows are None (null in JSON, an empty cell in CSV, null in Parquet).
+    """
+    if keep.all():
+        return predictions.reset_index(drop=True)
+    frame = pd.DataFrame(index=range(len(keep)), columns=predictions.columns, dtype=object)
+    frame.loc[keep] = predictions.to_numpy(dtype=object)
+    frame.loc[~keep, "label"] = ""
+    frame = frame.astype({"label": str})
+    return frame.where(frame.notna(), None)
 
 
 def predictions_frame(probabilities: np.ndarray, label_names: Sequence[str]) -> pd.DataFrame:
@@ -65,13 +156,16 @@ def predictions_frame(probabilities: np.ndarray, label_names: Sequence[str]) -> 
 
 
 def signature(label_names: Sequence[str]) -> ModelSignature:
-    """Input: strings (a ``text`` column or a plain list); output: ``label`` and one double per label.
+    """Input: texts (a ``text`` column or a list); output: ``label`` and one double per label; param ``skip_empty``.
 
     The input column is unnamed because MLflow checks a named one before the model sees the
-    data and refuses a plain list of strings; ``texts_from_input`` enforces the ``text`` name.
+    data and refuses a plain list of strings. Its type is ``Any``: under ``string`` the server
+    turns ``{"inputs": [null, 5]}`` into the texts "None" and "5" before the model sees them;
+    ``texts_from_input`` enforces the ``text`` name and that every value is a string.
     """
     outputs = [ColSpec("string", "label")] + [ColSpec("double", probability_column(n)) for n in label_names]
-    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema(outputs))
+    params = ParamSchema([ParamSpec(SKIP_EMPTY, "boolean", False)])
+    return ModelSignature(inputs=Schema([ColSpec(AnyType())]), outputs=Schema(outputs), params=params)
 
 
 INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared of what comes next"]})
@@ -108,6 +202,7 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
         self._label_names = [config.id2label[i] for i in range(config.num_labels)]
         self._precision = models.resolve_precision(self.precision)
 
+    @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import torch
 
@@ -163,6 +258,7 @@ class ProbeClassifier(mlflow.pyfunc.PythonModel):
             AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder), self.precision
         )
 
+    @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from emotion_exp import baselines, features
 
@@ -188,6 +284,7 @@ class TextPipelineClassifier(mlflow.pyfunc.PythonModel):
         self.pipeline = pipeline
         self.label_names = tuple(label_names)
 
+    @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from emotion_exp import baselines
 
@@ -231,6 +328,7 @@ def log_model(
         code_paths=[str(Path(__file__).resolve().parent)],
         signature=signature(label_names),
         input_example=INPUT_EXAMPLE,
+        model_config=MODEL_CONFIG,
         pip_requirements=requirements(*packages),
     )
     return info.model_uri

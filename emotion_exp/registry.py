@@ -54,6 +54,24 @@ class Champion:
     value: float | None
 
 
+def check_name(flag: str, name: str) -> None:
+    """Refuse a registered model name that MLflow would refuse (``_validate_model_name``) before any work.
+
+    Quotes and backslashes are refused too: versions are found by search filters, which they would break.
+    """
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as error:
+        raise UserError(f"{flag} {name!r} is not a valid registered model name: {error.message}") from None
+    if any(character in name for character in "'\"`\\"):
+        raise UserError(
+            f"{flag} {name!r} holds a quote or backslash, which registered model names here may not; "
+            "use letters, digits, '-', '_' and '.'."
+        )
+
+
 def _not_found(error: MlflowException) -> bool:
     return error.error_code == "RESOURCE_DOES_NOT_EXIST"
 
@@ -211,15 +229,35 @@ def note_promotion(name: str, version: str, note: str, tags: dict[str, str], *, 
     client.update_model_version(name, version, description=f"{card.rstrip()}\n\n{PROMOTION_MARK}\n{note}".lstrip())
 
 
-def load_model(model_uri: str) -> PyFuncModel:
-    """Load a pyfunc model; a missing registered model, alias, version or run is a ``UserError``.
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded pyfunc model and what ``model_uri`` resolved to when it was loaded."""
 
-    The message says what the registry does hold and how to create the missing piece.
+    model: PyFuncModel
+    source: dict[str, str]
+    """``model_name``, ``model_version`` (for a registered model) and ``model_run_id``, as tags to record."""
+
+
+def load_model(model_uri: str) -> LoadedModel:
+    """Load an emotion-exp text classifier; a missing model, alias, version or run, or another model: ``UserError``.
+
+    A registered model's alias is resolved to its version first, and that version is loaded, so
+    what is recorded is what predicted even if the alias moves meanwhile. The message of an error
+    says what the registry does hold and how to create the missing piece.
     """
+    source: dict[str, str] = {}
+    uri = model_uri
     if match := re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", model_uri):
-        _check_registered(model_uri, match.group(1), alias=match.group(2), version=match.group(3))
+        name, alias, version = match.groups()
+        _check_registered(model_uri, name, alias=alias, version=version)
+        client = MlflowClient()
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        source = {"model_name": name, "model_version": str(found.version), "model_run_id": found.run_id or ""}
+        uri = f"models:/{name}/{found.version}"
+    elif match := re.fullmatch(r"runs:/([^/]+)/.+", model_uri):
+        source = {"model_run_id": match.group(1)}
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        model = mlflow.pyfunc.load_model(uri)
     except MlflowException as error:
         if _not_found(error):
             raise UserError(
@@ -228,6 +266,20 @@ def load_model(model_uri: str) -> PyFuncModel:
                 "models:/<name>/<version> or runs:/<run id>/model)."
             ) from error
         raise
+    _check_text_classifier(model_uri, model)
+    return LoadedModel(model, source)
+
+
+def _check_text_classifier(model_uri: str, model: PyFuncModel) -> None:
+    """Refuse a model that does not answer texts with ``label`` and ``prob_<label>`` columns (another project's)."""
+    outputs = model.metadata.get_output_schema()
+    names = outputs.input_names() if outputs is not None and outputs.has_input_names() else []
+    if "label" not in names or not any(str(n).startswith("prob_") for n in names):
+        raise UserError(
+            f"{model_uri} is not an emotion-exp text classifier: its signature outputs "
+            f"{', '.join(map(str, names)) or 'nothing declared'}, not 'label' and one 'prob_<label>' per label; "
+            "pass a model that emotion-exp finetune, probe or tfidf logged."
+        )
 
 
 def _check_registered(model_uri: str, name: str, *, alias: str | None, version: str | None) -> None:

@@ -87,8 +87,8 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
             log_params(started.params)
         log_params(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
         yield run
-    except KeyboardInterrupt:
-        _end(run, "KILLED", "interrupted by the user (Ctrl-C)")
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (errors.Terminated) with its message
+        _end(run, "KILLED", str(interrupt) or "interrupted by the user (Ctrl-C)")
         raise
     except EndedEarly as stop:
         client = MlflowClient()
@@ -100,6 +100,8 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
         _end(run, "FAILED", str(error) or type(error).__name__)
         raise
     else:
+        if run_id and "error" in MlflowClient().get_run(run_id).data.tags:
+            MlflowClient().delete_tag(run_id, "error")  # a resumed run that finished no longer failed
         mlflow.end_run("FINISHED")
 
 
@@ -180,6 +182,19 @@ class RunRecord:
 def launcher_run_id() -> str | None:
     """The run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``), if any."""
     return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def check_run_id(flag: str, value: str) -> None:
+    """Refuse what MLflow would not take as a run id (such as a path, '../x') before any work."""
+    from mlflow.utils.validation import _RUN_ID_REGEX
+
+    from emotion_exp.errors import UserError
+
+    if not _RUN_ID_REGEX.match(value):
+        raise UserError(
+            f"{flag} {value!r} is not an MLflow run id (letters, digits, '_' and '-', such as "
+            "0123456789abcdef0123456789abcdef); copy the id from the run's page or `mlflow runs list`."
+        )
 
 
 def find_run(run_id: str) -> RunRecord | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 
-from emotion_exp.pyfunc import INPUT_EXAMPLE, predictions_frame, signature, texts_from_input
+from emotion_exp.pyfunc import INPUT_EXAMPLE, MODEL_CONFIG, predictions_frame, signature, text_input, texts_from_input
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
@@ -13,6 +13,7 @@ LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 class KeywordModel(mlflow.pyfunc.PythonModel):
     """joy for texts with 'happy', fear for 'anxious' or 'scared', sadness otherwise."""
 
+    @text_input
     def predict(self, context, model_input, params=None):
         texts = texts_from_input(model_input)
         probabilities = np.full((len(texts), len(LABELS)), 0.05)
@@ -32,6 +33,7 @@ def log_keyword_model(*, input_example: bool = True) -> str:
         python_model=KeywordModel(),
         signature=signature(LABELS),
         input_example=INPUT_EXAMPLE if input_example else None,
+        model_config=MODEL_CONFIG,
         pip_requirements=["mlflow"],
     )
     return info.model_uri

@@ -121,6 +121,25 @@ def registered_without_alias(inputs: Inputs) -> list[str]:
     return [name]
 
 
+def hard_link(inputs: Inputs) -> str:
+    link = inputs.folder / "hard.csv"
+    link.hardlink_to(inputs.texts())
+    return str(link)
+
+
+def symbolic_link(inputs: Inputs) -> str:
+    link = inputs.folder / "link.csv"
+    link.symlink_to(inputs.file("precious.txt", "keep me"))
+    return str(link)
+
+
+def sklearn_model() -> str:
+    from sklearn.dummy import DummyClassifier
+
+    with mlflow.start_run():
+        return mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), name="model").model_uri
+
+
 CASES = {
     # --- the data contract, through the cheapest stage ---------------------------------------
     "missing dataset path": Case(
@@ -145,7 +164,7 @@ CASES = {
     ),
     "unparsable csv": Case(
         dummy(lambda i: i.file("broken.csv", HEADER + "fine text,joy\nfine too,sadness\nan,extra,comma\n")),
-        ("Could not parse", "broken.csv", "line 4", "Expected 2 fields"),
+        ("Could not parse", "broken.csv", "1 row(s) have 3 fields where the header (text, label) has 2 (line 4)"),
         opens_run=True,
     ),
     "unparsable json lines": Case(
@@ -165,7 +184,7 @@ CASES = {
     ),
     "empty texts": Case(
         dummy(lambda i: i.file("gaps.csv", HEADER + "fine,joy\n,sadness\nfine too,joy\n   ,anger\n")),
-        ("has 2 empty or non-text value(s) in column 'text'", "lines 3, 5"),
+        ("has 2 empty or whitespace-only text(s) (lines 3, 5) in column 'text'",),
         opens_run=True,
     ),
     "non-text values": Case(
@@ -183,7 +202,29 @@ CASES = {
                 + "\n",
             )
         ),
-        ("has 2 empty or non-text value(s) in column 'text'", "lines 2, 3"),
+        ("has 2 null or non-text value(s) (lines 2, 3) in column 'text'",),
+        opens_run=True,
+    ),
+    "csv rows with an unquoted comma": Case(
+        dummy(lambda i: i.file("commas.csv", HEADER + "well, i am happy,joy\nhonestly, this is scary,fear\n")),
+        ("2 row(s) have 3 fields where the header (text, label) has 2 (lines 2, 3)", "double quotes"),
+        opens_run=True,
+    ),
+    "json lines with a lone surrogate": Case(
+        dummy(
+            lambda i: i.file("surrogate.jsonl", '{"text": "ok", "label": "joy"}\n{"text": "\\ud800", "label": "joy"}\n')
+        ),
+        ("1 text(s) that are not valid Unicode", "(line 2)"),
+        opens_run=True,
+    ),
+    "labels mixing ids and names": Case(
+        dummy(lambda i: i.rows("mixed.csv", ["0", "joy"] * 6)),
+        ("The labels mix integer ids and names, such as 0 (train split, line 2) and 'joy'",),
+        opens_run=True,
+    ),
+    "label_names that do not fit the ids": Case(
+        lambda i: ["dummy", "--dataset", i.rows("ids.csv", ["0", "1", "2"] * 4), "--label_names", "a,b"],
+        ("label id(s) 2 outside 0..1, the ids of --label_names (a, b)",),
         opens_run=True,
     ),
     "label that train lacks": Case(
@@ -275,6 +316,29 @@ CASES = {
     "unknown dummy strategy": Case(
         lambda i: ["dummy", "--strategy", "constant"], ("--strategy must be one of most_frequent", "got 'constant'")
     ),
+    "registered model name with a slash": Case(
+        on_small("finetune", "--registered_model", "team/emotion"),
+        ("--registered_model 'team/emotion' is not a valid registered model name", "cannot contain '/' or ':'"),
+    ),
+    "registered model name with a quote": Case(
+        on_small("probe", "--registered_model", "it's-mine"),
+        ('--registered_model "it\'s-mine" holds a quote or backslash',),
+    ),
+    "registered model name that is a path": Case(
+        lambda i: ["promote", "--registered_model", ".."],
+        ("--registered_model '..' is not a valid registered model name", "must not resolve to other names"),
+    ),
+    "umap_max_points below what UMAP needs": Case(
+        on_small("extract", "--umap_max_points", "1"), ("--umap_max_points must be at least 4; got 1",)
+    ),
+    "negative seed": Case(on_small("extract", "--seed", "-1"), ("--seed must be at least 0; got -1",)),
+    "seed beyond 32 bits": Case(
+        on_small("extract", "--seed", str(2**32)), ("--seed must be at most 4294967295; got 4294967296",)
+    ),
+    "resume of a path": Case(on_small("finetune", "--resume", "../x"), ("--resume '../x' is not an MLflow run id",)),
+    "features_run_id of a path": Case(
+        on_small("probe", "--features_run_id", "a/b"), ("--features_run_id 'a/b' is not an MLflow run id",)
+    ),
     "unknown promote metric": Case(
         lambda i: ["promote", "--metric", "loss"], ("--metric must be one of val_f1_weighted", "got 'loss'")
     ),
@@ -322,6 +386,43 @@ CASES = {
     "predict with a missing text column": Case(
         lambda i: ["predict", "--input", i.file("sentences.csv", "sentence\nhello\n")],
         ("has no column 'text'", "columns found: sentence", "--text_column"),
+    ),
+    "predict csv with an unquoted comma": Case(
+        lambda i: ["predict", "--input", i.file("c.csv", "text\nwell, i am happy today\nhonestly, this is scary\n")],
+        ("2 row(s) have 2 fields where the header (text) has 1 (lines 2, 3)",),
+    ),
+    "predict with empty texts": Case(
+        lambda i: ["predict", "--input", i.file("gaps.csv", 'text\nfine\n""\n  \n')],
+        ("2 empty or whitespace-only text(s) (lines 3, 4)", "--skip_empty"),
+    ),
+    "predict with null texts, even with skip_empty": Case(
+        lambda i: ["predict", "--input", i.file("nulls.jsonl", '{"text": "ok"}\n{"text": null}\n'), "--skip_empty"],
+        ("1 null or non-text value(s) (line 2)",),
+    ),
+    "predict output that is a hard link to the input": Case(
+        lambda i: ["predict", "--input", i.texts(), "--output", hard_link(i), "--overwrite"],
+        ("is the input file", "never overwrites its input"),
+    ),
+    "predict output that is a symbolic link": Case(
+        lambda i: ["predict", "--input", i.texts(), "--output", symbolic_link(i)],
+        ("is a symbolic link; predict does not write through links",),
+    ),
+    "predict output that exists": Case(
+        lambda i: ["predict", "--input", i.texts(), "--output", i.file("old.csv", "kept")],
+        ("already exists; pass --overwrite to replace it",),
+    ),
+    "predict output that is a folder": Case(
+        lambda i: ["predict", "--input", i.texts(), "--output", str(Path(i.file("out.csv/x", "")).parent)],
+        ("is a folder; pass a file name",),
+    ),
+    "predict input that is a folder": Case(
+        lambda i: ["predict", "--input", str(Path(i.file("in.csv/x", "")).parent)],
+        ("is a folder; pass one file of texts",),
+    ),
+    "predict with another project's model": Case(
+        lambda i: ["predict", "--input", i.texts(), "--model_uri", i.prepared[0]],
+        ("is not an emotion-exp text classifier", "its signature outputs"),
+        prepare=lambda i: [sklearn_model()],
     ),
     "predict output equal to input": Case(
         lambda i: ["predict", "--input", i.texts(), "--output", i.texts()],

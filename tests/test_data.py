@@ -145,6 +145,67 @@ def test_integer_labels(tmp_path, ids, expected_names, suffix):
             assert splits.label_names[label] == name_of[int(text.rsplit(" ", 1)[1])]
 
 
+@pytest.mark.parametrize(
+    ("ids", "expected_names"),
+    [((1.0, 2.0, 3.0), ("1", "2", "3")), ((0.0, 1.0, 2.0, 3.0, 4.0, 5.0), STUDY_LABELS)],
+)
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_float_labels_are_ids_in_every_format(tmp_path, ids, expected_names, suffix):
+    column = [ids[i % len(ids)] for i in range(10 * len(ids))]
+    frame = pd.DataFrame({"text": [f"text {i}" for i in range(len(column))], "label": column})
+    assert load(write(frame, tmp_path / f"d{suffix}")).label_names == expected_names
+
+
+def test_label_names_names_integer_ids_of_any_data(tmp_path):
+    column = [i % 6 for i in range(60)]
+    frame = pd.DataFrame({"text": [f"text {i} id {label}" for i, label in enumerate(column)], "label": column})
+    path = write(frame, tmp_path / "d.csv")
+    splits = load(path, label_names="a, b,c,d,e,f")
+    assert splits.label_names == ("a", "b", "c", "d", "e", "f")
+    assert {splits.label_names[label] for label in splits.train["label"]} == set("abcdef")
+    assert all(text.endswith(f"id {label}") for text, label in zip(splits.train["text"], splits.train["label"]))
+    assert load(path, label_names="0,1,2,3,4,5").label_names == ("0", "1", "2", "3", "4", "5")
+
+
+def test_label_names_orders_named_labels(tmp_path):
+    path = write(labelled(THREE), tmp_path / "d.csv")
+    assert load(path, label_names="happy,calm,angry").label_names == ("happy", "calm", "angry")
+
+
+@pytest.mark.parametrize(
+    ("labels", "options", "match"),
+    [
+        (
+            ["0", "joy"] * 10,
+            {},
+            (
+                r"The labels mix integer ids and names, such as 0 \(train split, line 2\) and 'joy' "
+                r"\(train split, line 3\); use one kind"
+            ),
+        ),
+        ([0, 1, 2] * 10, {"label_names": "a,b"}, r"label id\(s\) 2 outside 0..1, the ids of --label_names \(a, b\)"),
+        (["x", "y"] * 10, {"label_names": "x,z"}, r"--label_names lists x, z but the train split's labels are x, y"),
+        ([0, 1] * 10, {"label_names": "a,,b"}, r"--label_names has an empty name"),
+        ([0, 1] * 10, {"label_names": "a,a"}, r"--label_names has 'a' more than once"),
+        ([0.5, 1] * 10, {}, r"10 empty or invalid label\(s\)"),
+    ],
+)
+def test_label_rule_errors(tmp_path, labels, options, match):
+    frame = pd.DataFrame({"text": [f"text {i}" for i in range(len(labels))], "label": labels})
+    with pytest.raises(UserError, match=match):
+        load(write(frame, tmp_path / "d.csv"), **options)
+
+
+def test_the_label_rule_is_in_the_help():
+    from click.testing import CliRunner
+
+    from emotion_exp.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["dummy", "--help"]).output.split())
+    assert "a mix of the two is an error" in text
+    assert "--label_names" in text and "ids 0-5 are the study's sadness, joy, love, anger, fear, surprise" in text
+
+
 def test_custom_text_and_label_columns(tmp_path):
     frame = labelled(THREE, text_column="sentence", label_column="emotion").assign(extra=1)
     splits = load(write(frame, tmp_path / "d.csv"), text_column="sentence", label_column="emotion")
@@ -236,8 +297,37 @@ def test_read_texts_txt_one_text_a_line(tmp_path):
     [
         ("in.csv", "sentence\nhi\n", {}, r"has no column 'text' \(columns found: sentence\); .*--text_column"),
         ("in.txt", "\n \n", {}, r"in.txt' is empty"),
-        ("in.csv", 'id,text\n1,ok\n2, \n\n3,fine\n4,""\n', {}, r"2 empty or non-text value\(s\) .*lines 3, 6"),
+        (
+            "in.csv",
+            'id,text\n1,ok\n2, \n\n3,fine\n4,""\n',
+            {},
+            r"2 empty or whitespace-only text\(s\) \(lines 3, 6\) in column .text.*--skip_empty",
+        ),
         ("in.xlsx", "x", {}, r"unsupported extension '.xlsx'; supported: .csv, .tsv, .jsonl"),
+        # an unquoted comma in every text: pandas read the first part as the row index and cut the texts
+        (
+            "in.csv",
+            "text\nwell, i am happy today\nhonestly, this is scary\n",
+            {},
+            r"2 row\(s\) have 2 fields where the header \(text\) has 1 \(lines 2, 3\); put texts that hold a comma in",
+        ),
+        ("in.tsv", "text\tid\na\tb\tc\nfine\t1\n", {}, r"1 row\(s\) have 3 fields .* has 2 \(line 2\); .* hold a tab"),
+        ("in.csv", 'text\n"never closed\nabc\n', {}, r"the row starting on line 2 is malformed .*fix its quotes"),
+        ("in.csv", "text,text\na,b\n", {}, r"the header names column\(s\) 'text' more than once"),
+        # line numbers count the lines of a quoted multi-line text
+        ("in.csv", 'id,text\n1,"two\nlines"\n2,\n', {}, r"1 empty or whitespace-only text\(s\) \(line 4\)"),
+        (
+            "in.jsonl",
+            '{"text": "ok"}\n{"text": "\\ud800"}\n',
+            {},
+            r"1 text\(s\) that are not valid Unicode.* \(line 2\)",
+        ),
+        (
+            "in.jsonl",
+            '{"text": null}\n{"text": ["a"]}\n{"text": " "}\n',
+            {},
+            r"2 null or non-text value\(s\) \(lines 1, 2\); 1 empty",
+        ),
     ],
 )
 def test_read_texts_errors(tmp_path, name, content, options, match):
@@ -245,6 +335,23 @@ def test_read_texts_errors(tmp_path, name, content, options, match):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match=match):
         read_texts(path, **options)
+
+
+def test_read_texts_quoted_multiline_texts_and_long_fields(tmp_path):
+    path = tmp_path / "in.csv"
+    long_text = "x" * 200_000  # beyond the csv module's default 128 KiB field limit
+    path.write_text(f'text,id\n"one, with\na line break",1\n{long_text},2\n"say ""hi""",3\n', encoding="utf-8")
+    frame = read_texts(path)
+    assert frame.to_dict("list") == {"text": ["one, with\na line break", long_text, 'say "hi"'], "id": ["1", "2", "3"]}
+
+
+def test_read_texts_skip_empty_keeps_empty_rows_but_not_nulls(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "  "}\n', encoding="utf-8")
+    assert read_texts(path, skip_empty=True)["text"].tolist() == ["ok", "  "]
+    path.write_text('{"text": "ok"}\n{"text": null}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"1 null or non-text value\(s\) \(line 2\)"):
+        read_texts(path, skip_empty=True)
 
 
 def test_read_texts_missing_file(tmp_path):
@@ -330,13 +437,13 @@ CSV_SIX = "text,label\n" + "".join(f"t{i},{STUDY_LABELS[i % 6]}\n" for i in rang
             {"d.csv": CSV_SIX + ",joy\n  ,joy\n"},
             "d.csv",
             {},
-            r"d.csv has 2 empty or non-text value\(s\) in column 'text' \(lines 62, 63\)",
+            r"d.csv has 2 empty or whitespace-only text\(s\) \(lines 62, 63\) in column 'text'",
         ),
         (
             {"d.jsonl": '{"text": "a", "label": 1}\n\n{"text": 5, "label": 1}\n{"label": 2}\n'},
             "d.jsonl",
             {},
-            r"2 empty or non-text .*lines 3, 4\)",
+            r"2 null or non-text value\(s\) \(lines 3, 4\)",
         ),
         (
             {"d.csv": "text,label\n" + "\n".join([",joy"] * 7) + "\n"},
@@ -473,3 +580,23 @@ def test_bundled_sample_is_a_faithful_learnable_miniature():
     accuracy = (model.predict(vectorizer.transform(splits.validation["text"])) == splits.validation["label"]).mean()
     majority = (splits.validation["label"] == splits.train["label"].mode()[0]).mean()
     assert accuracy >= majority + 0.15
+
+
+def test_an_unreadable_file_is_one_sentence(tmp_path, monkeypatch):
+    path = tmp_path / "in.csv"
+    path.write_text("text\nhello\n")
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads any file: make the OS answer as it does for another user
+
+        def denied(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(self))
+
+        monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(UserError, match=r"Cannot read '.*in.csv': permission denied for this user; grant read access"):
+        read_texts(path)
+
+
+def test_a_folder_as_input_is_one_sentence(tmp_path):
+    (tmp_path / "in.csv").mkdir()
+    with pytest.raises(UserError, match=r"Input '.*in.csv' is a folder; pass one file of texts"):
+        read_texts(tmp_path / "in.csv")

@@ -224,6 +224,7 @@ def test_ctrl_c_then_sigkill_then_resume_ends_like_an_uninterrupted_run(
     resumed = runs.pop(run_id)
     [uninterrupted] = runs.values()
     assert resumed.info.status == uninterrupted.info.status == "FINISHED"
+    assert "error" not in resumed.data.tags  # what interrupted it no longer describes the finished run
     assert resumed.data.tags["resumed_from"].endswith(f"checkpoint-{2 * STEPS_PER_EPOCH}")
     epochs = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
     assert history_steps(run_id, "eval_loss") == history_steps(uninterrupted.info.run_id, "eval_loss") == epochs

@@ -173,3 +173,145 @@ def test_mlflow_run_predict_writes_labels_next_to_the_input(
     [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.entryPoint"] == "predict"
+
+
+def test_an_output_that_is_the_input_under_another_name_is_refused(tmp_path, champion_uri) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\nhappy\n")
+    hard_link = tmp_path / "h.csv"
+    hard_link.hardlink_to(source)
+
+    result = invoke("--input", str(source), "--output", str(hard_link), "--model_uri", champion_uri, "--overwrite")
+
+    assert result.exit_code == 1
+    assert "is the input file; predict never overwrites its input" in result.output
+    assert source.read_text() == "text\nhappy\n"
+
+
+def test_a_symbolic_link_at_output_is_never_followed(tmp_path, champion_uri) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\nhappy\n")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    link = tmp_path / "out.csv"
+    link.symlink_to(precious)
+
+    result = invoke("--input", str(source), "--output", str(link), "--model_uri", champion_uri, "--overwrite")
+
+    assert result.exit_code == 1
+    assert "is a symbolic link; predict does not write through links" in result.output
+    assert precious.read_text() == "keep me"
+    assert link.is_symlink()
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, champion_uri) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\nso happy\n")
+    target = tmp_path / "out.csv"
+    target.write_text("earlier results")
+
+    refused = invoke("--input", str(source), "--output", str(target), "--model_uri", champion_uri)
+    assert refused.exit_code == 1
+    assert "already exists; pass --overwrite to replace it" in refused.output
+    assert target.read_text() == "earlier results"
+
+    replaced = invoke("--input", str(source), "--output", str(target), "--model_uri", champion_uri, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert pd.read_csv(target)["label"].tolist() == ["joy"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_write_that_fails_midway_leaves_the_existing_output_whole(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "out.csv"
+    target.write_text("earlier results")
+
+    def half_then_fail(self, stream, **kwargs):
+        stream.write(b"label\n")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        predict.write_atomically(pd.DataFrame({"label": ["joy"]}), target)
+
+    assert target.read_text() == "earlier results"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_a_folder_as_output_is_refused(tmp_path, champion_uri) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\nhappy\n")
+    (tmp_path / "out.csv").mkdir()
+    with pytest.raises(UserError, match=r"--output '.*out\.csv' is a folder; pass a file name"):
+        predict.run(PredictConfig(input=str(source), output=str(tmp_path / "out.csv"), model_uri=champion_uri))
+
+
+def test_empty_texts_are_refused_by_default_and_skipped_with_skip_empty(tmp_path, champion_uri) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text('id,text\n1,so happy\n2,"  "\n3,\n4,anxious\n')
+
+    refused = invoke("--input", str(source), "--model_uri", champion_uri)
+    assert refused.exit_code == 1
+    assert "2 empty or whitespace-only text(s) (lines 3, 4)" in refused.output
+    assert "--skip_empty" in refused.output
+
+    skipped = invoke("--input", str(source), "--model_uri", champion_uri, "--skip_empty")
+    assert skipped.exit_code == 0, skipped.output
+    out = pd.read_csv(tmp_path / "in.predictions.csv", keep_default_na=False)
+    assert out["label"].tolist() == ["joy", "", "", "fear"]
+    assert out.loc[[1, 2], PROBABILITIES].eq("").all().all()
+    assert out.loc[[0, 3], PROBABILITIES].astype(float).sum(axis=1).round(6).tolist() == [1.0, 1.0]
+
+
+def test_every_text_empty_with_skip_empty(tmp_path, champion_uri) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\n   \n")
+    predict.run(PredictConfig(input=str(source), model_uri=champion_uri, skip_empty=True))
+    out = pd.read_csv(tmp_path / "in.predictions.csv", keep_default_na=False)
+    assert list(out.columns) == ["text", "label", *PROBABILITIES]
+    assert out["label"].tolist() == [""]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_file_that_already_has_prediction_columns_keeps_them_under_new_names(tmp_path, champion_uri, suffix) -> None:
+    source = tmp_path / f"in{suffix}"
+    frame = pd.DataFrame({"text": ["so happy"], "label": ["x"], "label_input": ["y"], "prob_joy": [0.5]})
+    frame.to_csv(source, index=False) if suffix == ".csv" else frame.to_parquet(source, index=False)
+    target = tmp_path / f"out{suffix}"
+
+    predict.run(PredictConfig(input=str(source), output=str(target), model_uri=champion_uri))
+
+    out = pd.read_csv(target) if suffix == ".csv" else pd.read_parquet(target)
+    assert list(out.columns) == ["text", "label_input_2", "label_input", "prob_joy_input", "label", *PROBABILITIES]
+    assert out[["label_input_2", "label_input", "label"]].iloc[0].tolist() == ["x", "y", "joy"]
+
+
+def test_a_predict_run_records_the_version_the_alias_pointed_to(
+    tmp_path, registered, champion_uri, isolated_mlflow
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text\nso happy\n")
+    version = MlflowClient().get_model_version_by_alias(registered, "champion")
+
+    run_id = predict.run(PredictConfig(input=str(source), model_uri=champion_uri))
+
+    tags = mlflow.get_run(run_id).data.tags
+    assert (tags["model_name"], tags["model_version"], tags["model_run_id"]) == (
+        registered,
+        str(version.version),
+        version.run_id,
+    )
+
+
+def test_a_model_of_another_project_is_one_sentence(tmp_path) -> None:
+    from sklearn.dummy import DummyClassifier
+
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), name="model")
+    source = tmp_path / "in.csv"
+    source.write_text("text\nso happy\n")
+
+    result = invoke("--input", str(source), "--model_uri", info.model_uri)
+
+    assert result.exit_code == 1, result.output
+    assert f"{info.model_uri} is not an emotion-exp text classifier" in result.output
+    assert "Traceback" not in result.output

@@ -87,3 +87,25 @@ def test_a_malformed_request_gets_a_4xx_with_a_message_and_the_server_keeps_serv
 
     assert requests.get(f"{server}/ping", timeout=10).status_code == 200
     check_predictions(invocations(server, {"inputs": TEXTS[:1]}), rows=1)
+
+
+@pytest.mark.slow
+def test_nulls_non_text_and_empty_texts_get_a_400_naming_the_rows_in_every_format(server: str) -> None:
+    for payload in (
+        {"inputs": [None]},
+        {"inputs": ["ok", 5]},
+        {"instances": ["ok", None]},
+        {"dataframe_records": [{"text": None}]},
+        {"dataframe_split": {"columns": ["text"], "data": [["ok"], [None]]}},
+        {"inputs": ["ok", "  "]},
+    ):
+        answer = invocations(server, payload)
+        assert answer.status_code == 400, (payload, answer.text)
+        assert "Expected every text to be a non-empty string" in answer.json()["message"], payload
+        assert "(row" in answer.json()["message"]
+
+    skipped = invocations(server, {"inputs": ["", TEXTS[0]], "params": {"skip_empty": True}})
+    assert skipped.status_code == 200, skipped.text
+    empty, labelled = skipped.json()["predictions"]
+    assert empty == {"label": "", **{column: None for column in PROBABILITIES}}
+    assert labelled["label"] in LABELS

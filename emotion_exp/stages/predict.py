@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from emotion_exp import data, registry, tracking
+from emotion_exp import data, pyfunc, registry, tracking
 from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
 
@@ -18,15 +21,27 @@ OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
 def output_path(config: PredictConfig) -> Path:
-    """Where predictions go: ``--output``, or the input's name with ``.predictions.csv``; never the input."""
+    """Where predictions go: ``--output``, or the input's name with ``.predictions.csv``.
+
+    Refused before any work: another format, a folder, a symbolic link (never followed), the input
+    itself under any name (a hard link: same device and inode), and an existing file unless
+    ``--overwrite``.
+    """
     source = Path(config.input).expanduser()
     target = Path(config.output).expanduser() if config.output else source.with_name(f"{source.stem}.predictions.csv")
+    shown = config.output or str(target)
     if target.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"--output must end in .csv or .parquet; got {config.output!r}.")
-    if target.resolve() == source.resolve():
+    if target.is_symlink():
         raise UserError(
-            f"--output {config.output!r} is the input file; predict never overwrites its input: pick another name."
+            f"--output {shown!r} is a symbolic link; predict does not write through links: pass the real path."
         )
+    if target.is_dir():
+        raise UserError(f"--output {shown!r} is a folder; pass a file name ending in .csv or .parquet.")
+    if target.exists() and source.exists() and os.path.samefile(target, source):
+        raise UserError(f"--output {shown!r} is the input file; predict never overwrites its input: pick another name.")
+    if target.exists() and not config.overwrite:
+        raise UserError(f"--output {shown!r} already exists; pass --overwrite to replace it, or pick another name.")
     return target
 
 
@@ -34,24 +49,61 @@ def run(config: PredictConfig) -> str:
     """Predict every text of ``config.input`` in batches, write input columns + label + probabilities.
 
     The run logs the params, the rows and throughput, and the predictions file as an artifact.
+    Empty texts are refused unless ``config.skip_empty``, which gives them an empty label and
+    empty probabilities.
     """
     target = output_path(config)
-    texts = data.read_texts(config.input, config.text_column)
-    model = registry.load_model(config.model_uri)
+    texts = data.read_texts(config.input, config.text_column, skip_empty=config.skip_empty)
+    loaded = registry.load_model(config.model_uri)
     with tracking.stage_run("predict", config) as predict_run:
+        mlflow.set_tags(loaded.source)  # the version an alias pointed to when this ran
         start = time.perf_counter()
-        predictions = predict_batches(model, texts[_text_column(config)].tolist(), config.batch_size)
+        values = texts[_text_column(config)]
+        keep = values.str.strip().ne("").to_numpy()
+        predictions = predict_batches(loaded.model, values[keep].tolist(), config.batch_size)
         seconds = time.perf_counter() - start
-        frame = _joined(texts, predictions)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.suffix.lower() == ".parquet":
-            frame.to_parquet(target, index=False)
-        else:
-            frame.to_csv(target, index=False)
-        mlflow.log_metrics({"rows": len(frame), "texts_per_second": len(frame) / max(seconds, 1e-9)})
+        frame = _joined(texts, pyfunc.with_skipped_rows(predictions, keep))
+        write_atomically(frame, target)
+        mlflow.log_metrics(
+            {
+                "rows": len(frame),
+                "skipped_empty": int((~keep).sum()),
+                "texts_per_second": keep.sum() / max(seconds, 1e-9),
+            }
+        )
         mlflow.log_artifact(str(target), "predictions")
         print(f"predict: wrote {len(frame)} predictions to {target}.")
         return predict_run.info.run_id
+
+
+def write_atomically(frame: pd.DataFrame, target: Path) -> None:
+    """Write ``frame`` (CSV or Parquet by suffix) to a temporary file beside ``target``, then rename it into place.
+
+    A kill while writing leaves any existing file whole and at most a stray ``.<name>.*.tmp``.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as error:
+        raise UserError(
+            f"Cannot write predictions into '{target.parent}' ({error.strerror}); pick another --output."
+        ) from error
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            if target.suffix.lower() == ".parquet":
+                frame.to_parquet(stream, index=False)
+            else:
+                frame.to_csv(stream, index=False)
+            stream.flush()
+            os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def _text_column(config: PredictConfig) -> str:
@@ -62,6 +114,8 @@ def predict_batches(model: Any, texts: list[str], batch_size: int) -> pd.DataFra
     """The pyfunc model's predictions for ``texts``, ``batch_size`` at a time, with a progress bar."""
     from tqdm.auto import tqdm
 
+    if not texts:  # every text was empty and skipped: the model still gives the columns
+        return model.predict(pd.DataFrame({"text": pd.Series([], dtype=object)}))
     parts = []
     with tqdm(total=len(texts), desc="predict", unit="text", file=sys.stderr) as bar:
         for start in range(0, len(texts), batch_size):
@@ -72,6 +126,17 @@ def predict_batches(model: Any, texts: list[str], batch_size: int) -> pd.DataFra
 
 
 def _joined(texts: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Input columns then predictions; an input column named like an output keeps its data as ``<name>_input``."""
-    clashes = {c: f"{c}_input" for c in texts.columns if c in predictions.columns}
-    return pd.concat([texts.rename(columns=clashes).reset_index(drop=True), predictions], axis=1)
+    """Input columns then predictions; an input column named like an output keeps its data as ``<name>_input``.
+
+    (``<name>_input_2`` and so on where that name is taken too), so no two columns share a name.
+    """
+    taken = set(texts.columns) | set(predictions.columns)
+    renames = {}
+    for column in [c for c in texts.columns if c in predictions.columns]:
+        new, number = f"{column}_input", 1
+        while new in taken:
+            number += 1
+            new = f"{column}_input_{number}"
+        renames[column] = new
+        taken.add(new)
+    return pd.concat([texts.rename(columns=renames).reset_index(drop=True), predictions], axis=1)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from emotion_exp.metrics import Evaluation
     from emotion_exp.models import ResolvedModel
 
-SPLITS = ("train", "validation", "test")
+SPLITS = data.SPLITS
 SPLIT_PREFIX = {"train": "train", "validation": "val", "test": "test"}
 """Metric-name prefix of each split (``val_accuracy``)."""
 

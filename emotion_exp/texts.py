@@ -1,0 +1,73 @@
+"""The one rule for what counts as a text, shared by every input path.
+
+Files read by ``data`` (training and ``predict``), ``mlflow.pyfunc`` and ``mlflow models serve``
+(``pyfunc.texts_from_input``) all sort their values with ``problems``: a value that is not a
+string (null, NaN, a number, a list...) or not valid Unicode is always refused; an empty or
+whitespace-only string is refused unless the caller skips such rows (``predict --skip_empty``,
+the pyfunc param ``skip_empty``), which then get an empty label and empty probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SHOWN = 5
+
+
+@dataclass(frozen=True)
+class TextProblems:
+    """Positions (row numbers, line numbers...) of the values that are no usable text."""
+
+    not_text: list[Any]
+    """Not a string: null, NaN, a number, a list."""
+    invalid_unicode: list[Any]
+    """A string holding a lone surrogate (JSON's ``"\\ud800"``), which no file or tokenizer can take."""
+    empty: list[Any]
+    """The empty string or only whitespace."""
+
+    def refused(self, skip_empty: bool) -> bool:
+        return bool(self.not_text or self.invalid_unicode or (self.empty and not skip_empty))
+
+    def describe(self, unit: str, skip_empty: bool) -> str:
+        """``2 null or non-text value(s) (rows 0, 3)`` and so on for each kind refused, joined by '; '."""
+        parts = []
+        if self.not_text:
+            parts.append(f"{len(self.not_text)} null or non-text value(s) ({where(self.not_text, unit)})")
+        if self.invalid_unicode:
+            parts.append(
+                f"{len(self.invalid_unicode)} text(s) that are not valid Unicode, such as a lone surrogate "
+                f"'\\ud800' ({where(self.invalid_unicode, unit)})"
+            )
+        if self.empty and not skip_empty:
+            parts.append(f"{len(self.empty)} empty or whitespace-only text(s) ({where(self.empty, unit)})")
+        return "; ".join(parts)
+
+
+def problems(values: Iterable[Any], positions: Sequence[Any] | None = None) -> TextProblems:
+    """Sort ``values`` by what is wrong with them; ``positions`` name them (default 0, 1, 2...)."""
+    not_text, invalid_unicode, empty = [], [], []
+    for index, value in enumerate(values):
+        position = positions[index] if positions is not None else index
+        if not isinstance(value, str):
+            not_text.append(position)
+        elif not value.strip():
+            empty.append(position)
+        elif not _encodable(value):
+            invalid_unicode.append(position)
+    return TextProblems(not_text, invalid_unicode, empty)
+
+
+def where(positions: Sequence[Any], unit: str) -> str:
+    """``rows 0, 3, 7, ...``: the first few positions with their unit."""
+    shown = ", ".join(str(position) for position in positions[:SHOWN]) + (", ..." if len(positions) > SHOWN else "")
+    return f"{unit}{'s' if len(positions) > 1 else ''} {shown}"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

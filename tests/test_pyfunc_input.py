@@ -1,0 +1,176 @@
+"""One rule for what a model accepts, on every path into it: mlflow.pyfunc and the scoring server's formats.
+
+The model is a real pyfunc model logged to the session's store with the project's signature;
+the server cases go through MLflow's own request handler (``scoring_server.invocations``), which
+``mlflow models serve`` runs for every request (tests/test_serve.py covers the real server).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
+
+from emotion_exp import pyfunc
+from tests.pyfunc_models import LABELS, KeywordModel, log_keyword_model
+
+PROBABILITIES = [f"prob_{label}" for label in LABELS]
+
+
+@pytest.fixture(scope="module")
+def model_uri(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    mlflow.set_tracking_uri(tracking_uri)
+    artifacts = tmp_path_factory.mktemp("pyfunc-input").as_uri()
+    experiment_id = mlflow.create_experiment(f"pyfunc-input-{uuid.uuid4().hex[:8]}", artifact_location=artifacts)
+    with mlflow.start_run(experiment_id=experiment_id):
+        return log_keyword_model(input_example=False)
+
+
+@pytest.fixture(scope="module")
+def model(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def serve(model: mlflow.pyfunc.PyFuncModel, body: str, content_type: str = "application/json") -> tuple[int, str]:
+    """What the scoring server answers: its status and body (an MlflowException becomes its HTTP status)."""
+    try:
+        answer = scoring_server.invocations(body, content_type, model, model.metadata.get_input_schema())
+    except MlflowException as error:
+        return error.get_http_status_code(), error.message
+    return answer.status, answer.response
+
+
+@pytest.mark.parametrize(
+    ("model_input", "found"),
+    [
+        ([None], "1 null or non-text value(s) (row 0)"),
+        ([5], "1 null or non-text value(s) (row 0)"),
+        (["ok", 5, None], "2 null or non-text value(s) (rows 1, 2)"),
+        (pd.DataFrame({"text": ["ok", None, float("nan")]}), "2 null or non-text value(s) (rows 1, 2)"),
+        ([""], "1 empty or whitespace-only text(s) (row 0)"),
+        (["ok", " \n\t"], "1 empty or whitespace-only text(s) (row 1)"),
+    ],
+)
+def test_pyfunc_refuses_nulls_non_text_and_empty_texts_naming_the_rows(model, model_input, found) -> None:
+    with pytest.raises(MlflowException, match="Expected every text to be a non-empty string") as raised:
+        model.predict(model_input)
+    assert found in raised.value.message
+
+
+def test_a_lone_surrogate_is_named_too() -> None:
+    # (through pyfunc, MLflow's own schema check refuses it first, also with a 400)
+    with pytest.raises(MlflowException, match=r"1 text\(s\) that are not valid Unicode.*\(row 1\)"):
+        pyfunc.texts_from_input(["ok", "\ud800"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": [None]},
+        {"inputs": [5]},
+        {"inputs": ["ok", 5]},
+        {"inputs": [True]},
+        {"instances": ["ok", None]},
+        {"instances": [{"text": None}]},
+        {"dataframe_records": [{"text": None}]},
+        {"dataframe_records": [{"text": 5}]},
+        {"dataframe_split": {"columns": ["text"], "data": [["ok"], [None]]}},
+        {"inputs": [""]},
+        {"dataframe_records": [{"text": "  "}]},
+    ],
+    ids=json.dumps,
+)
+def test_the_server_answers_nulls_non_text_and_empty_texts_with_a_400(model, body) -> None:
+    status, message = serve(model, json.dumps(body))
+    assert status == 400, message
+    assert "Expected every text to be a non-empty string" in message
+    assert "(row" in message
+
+
+def test_the_server_refuses_csv_bodies_with_a_400_not_a_label(model) -> None:
+    # MLflow reads a CSV body by the signature's pandas types, which an input typed Any has not:
+    # every CSV request is refused (JSON and Parquet are the formats to use, as the README says).
+    status, message = serve(model, "text\nso happy\n", "text/csv")
+    assert status == 400
+    assert "Failed to parse input as a Pandas DataFrame" in message
+
+
+def test_the_server_refuses_nulls_in_parquet_too(model) -> None:
+    import io
+
+    body = io.BytesIO()
+    pd.DataFrame({"text": ["ok", None]}).to_parquet(body)
+    status, message = serve(model, body.getvalue(), "application/vnd.apache.parquet")
+    assert status == 400
+    assert "1 null or non-text value(s) (row 1)" in message
+
+
+def test_skip_empty_keeps_empty_rows_with_an_empty_label_and_empty_probabilities(model) -> None:
+    frame = model.predict(["so happy", "", "  ", "anxious"], params={pyfunc.SKIP_EMPTY: True})
+    assert frame["label"].tolist() == ["joy", "", "", "fear"]
+    assert frame.loc[[1, 2], PROBABILITIES].isna().all().all()
+    assert frame.loc[[0, 3], PROBABILITIES].sum(axis=1).round(6).tolist() == [1.0, 1.0]
+
+    status, body = serve(model, json.dumps({"inputs": ["", "so happy"], "params": {pyfunc.SKIP_EMPTY: True}}))
+    assert status == 200, body
+    first, second = json.loads(body)["predictions"]
+    assert first == {"label": "", **{column: None for column in PROBABILITIES}}
+    assert second["label"] == "joy"
+
+
+def test_skip_empty_still_refuses_nulls(model) -> None:
+    with pytest.raises(MlflowException, match=r"1 null or non-text value\(s\) \(row 1\)"):
+        model.predict(["ok", None, ""], params={pyfunc.SKIP_EMPTY: True})
+
+
+def test_every_text_skipped_still_gives_the_columns(model) -> None:
+    frame = model.predict([""], params={pyfunc.SKIP_EMPTY: True})
+    assert list(frame.columns) == ["label", *PROBABILITIES]
+    assert frame["label"].tolist() == [""]
+
+
+def test_texts_per_call_are_capped_by_the_model_config(model_uri) -> None:
+    capped = mlflow.pyfunc.load_model(model_uri, model_config={pyfunc.MAX_TEXTS: 3})
+    assert len(capped.predict(["a", "b", "c"])) == 3
+    with pytest.raises(MlflowException, match="Expected at most 3 texts in one call; got 4") as raised:
+        capped.predict(["a", "b", "c", "d"])
+    assert raised.value.get_http_status_code() == 400
+    status, message = serve(capped, json.dumps({"inputs": ["a"] * 4}))
+    assert (status, "Expected at most 3 texts" in message) == (400, True)
+
+
+def test_the_default_cap_is_logged_with_the_model(model) -> None:
+    too_many = [f"text {i}" for i in range(pyfunc.DEFAULT_MAX_TEXTS + 1)]
+    with pytest.raises(MlflowException, match=f"Expected at most {pyfunc.DEFAULT_MAX_TEXTS} texts"):
+        model.predict(too_many)
+
+
+class _CountingModel(KeywordModel):
+    """The keyword model, counting the texts it was asked to predict."""
+
+    seen = 0
+
+    @pyfunc.text_input
+    def predict(self, context, model_input, params=None):
+        type(self).seen += len(model_input)
+        return KeywordModel.predict.__wrapped__(self, context, model_input, params)
+
+
+def test_a_served_request_past_its_timeout_stops_between_parts(monkeypatch) -> None:
+    texts = ["so happy"] * (2 * pyfunc.SERVED_PART + 1)
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "0")
+
+    with pytest.raises(MlflowException, match=f"Stopped after {pyfunc.SERVED_PART} of {len(texts)} texts") as raised:
+        _CountingModel().predict(None, texts)
+
+    assert raised.value.get_http_status_code() == 504
+    assert _CountingModel.seen == pyfunc.SERVED_PART
+
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60")
+    assert _CountingModel().predict(None, texts)["label"].eq("joy").all()
