@@ -23,10 +23,8 @@ def artifacts(run_id: str, path: str = "") -> set[str]:
     return found
 
 
-def mlflow_run(
-    entry_point: str, experiment: str, tracking_uri: str, *params: str, timeout: int = 300
-) -> subprocess.CompletedProcess:
-    """Run an entry point with `mlflow run . --env-manager local` in a subprocess."""
+def mlflow_run_command(entry_point: str, experiment: str, tracking_uri: str, *params: str) -> tuple[list[str], dict]:
+    """The command line and environment of `mlflow run . -e <entry_point> --env-manager local`."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     # The launcher takes the experiment from its flag; the test's own env would contradict it.
     env.pop("MLFLOW_EXPERIMENT_ID", None)
@@ -47,6 +45,14 @@ def mlflow_run(
     ]
     for param in params:
         command += ["-P", param]
+    return command, env
+
+
+def mlflow_run(
+    entry_point: str, experiment: str, tracking_uri: str, *params: str, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run an entry point with `mlflow run . --env-manager local` in a subprocess."""
+    command, env = mlflow_run_command(entry_point, experiment, tracking_uri, *params)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 

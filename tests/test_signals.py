@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import mlflow_run_command
 from tests.test_interrupt import WAIT_S, emotion_exp, finish, run_of_pid, wait_for
 
 
@@ -46,25 +45,8 @@ def test_sigterm_ends_a_stage_run_killed(tmp_path: Path, tiny_model_dir: Path) -
 def test_ctrl_c_under_mlflow_run_records_the_interruption(
     tmp_path: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str
 ) -> None:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    env.pop("MLFLOW_EXPERIMENT_ID", None)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "run",
-        str(REPO_ROOT),
-        "-e",
-        "extract",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        isolated_mlflow,
-        "-P",
-        f"model={tiny_model_dir}",
-    ]
+    command, env = mlflow_run_command("extract", isolated_mlflow, tracking_uri, f"model={tiny_model_dir}")
+    env["OMP_NUM_THREADS"] = "1"
     log = tmp_path / "mlflow-run.log"
     with log.open("w") as out:
         # Its own process group, as a terminal's foreground job: Ctrl-C reaches the launcher and the stage.
