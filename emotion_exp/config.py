@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from emotion_exp import threads
 from emotion_exp.errors import UserError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -123,7 +124,16 @@ class EncoderConfig(DataConfig):
         "Numeric precision: auto (bf16 only where the hardware runs it natively, else fp32), fp32 or bf16.",
         choices=PRECISIONS,
     )
+    threads: str = option(
+        "auto",
+        "Intra-op CPU threads: auto (measured: the fastest count from 1 to the available cores, "
+        "measured again now and then) or a whole number.",
+    )
     umap_max_points: int = option(20_000, "At most this many points in the UMAP plots.", minimum=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        threads.parse(self.threads)
 
 
 @dataclass(frozen=True)
@@ -190,9 +200,15 @@ class PredictConfig:
     text_column: str = option("text", "Column holding the texts (ignored for plain text files).")
     model_uri: str = option(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", "MLflow model URI to predict with.")
     batch_size: int = option(64, "Texts per batch.", minimum=1)
+    threads: str = option(
+        "auto",
+        "Intra-op CPU threads: auto (measured: the fastest count from 1 to the available cores, "
+        "measured again now and then) or a whole number.",
+    )
 
     def __post_init__(self) -> None:
         _check(self)
+        threads.parse(self.threads)
 
 
 @dataclass(frozen=True)

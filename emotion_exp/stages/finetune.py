@@ -66,6 +66,7 @@ def log_result(
     """Scores, plots, throughput, the pyfunc model with its card, and its registered version."""
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
+    mlflow.set_tags({"threads_chosen": ",".join(map(str, result.threads))})
     evaluations = stage.score(result.probabilities.__getitem__)
     mlflow.log_metrics(
         {
