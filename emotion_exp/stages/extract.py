@@ -65,7 +65,7 @@ def log_extractions(extractions: dict[str, features.Extraction]) -> None:
         }
     )
     chosen = list(extractions.values())[-1].threads
-    tracking.set_tags({"threads_chosen": ",".join(map(str, chosen))})
+    mlflow.set_tags({"threads_chosen": ",".join(map(str, chosen))})
 
 
 def log_plots(train_features: np.ndarray, splits: DatasetSplits, *, seed: int, max_points: int) -> None:
