@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks import harness
+from benchmarks import harness, peak
 from emotion_exp import baselines, data, features, models
 from emotion_exp.config import DEFAULT_MODEL, DataConfig
 
@@ -106,25 +106,35 @@ def main() -> None:
         help="sample: the bundled sample resampled (longest 63 tokens); emotion: texts cut or joined to the "
         "emotion data's length spread (longest about 90 tokens; benchmarks.finetune's generator).",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default, one per core).")
+    parser.add_argument(
+        "--threads", default="auto", help="Our intra-op threads: auto (measured, as the stage does) or a number."
+    )
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     count = 1000 if args.quick else args.texts
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from emotion_exp import threads
+
+    cores = threads.available_cores()
+    machine_peak = peak.matmul_peak(cores)
     resolved = models.resolve(args.model)
     tokenizer, model = models.load_tokenizer(resolved), models.load_encoder(resolved)
     auto = models.resolve_precision("auto")
     encoders = {
-        "fp32": features.encoder_from(tokenizer, model, "fp32"),
-        "auto": features.encoder_from(tokenizer, model, "auto"),
-        "int8": features.Encoder(tokenizer, quantize_int8(models.load_encoder(resolved)), "fp32", torch.device("cpu")),
+        "fp32": features.encoder_from(tokenizer, model, "fp32", args.threads),
+        "auto": features.encoder_from(tokenizer, model, "auto", args.threads),
+        "int8": features.Encoder(
+            tokenizer,
+            quantize_int8(models.load_encoder(resolved)),
+            "fp32",
+            torch.device("cpu"),
+            threads.ThreadTuner(args.threads),
+        ),
     }
     if args.lengths == "emotion":
-        from finetune import emotion_like_texts
+        from benchmarks.finetune import emotion_like_texts
 
         texts = emotion_like_texts(count, args.seed)
     else:
@@ -156,7 +166,20 @@ def main() -> None:
                 results[name].texts_per_second, results[name].features = speed, values
 
     reference = results["study fp32"]
-    print(f"\n{'method':<20}{'texts/s':>10}{'ratio':>8}{'max |diff|':>12}{'min cosine':>12}")
+    truncated = np.minimum(lengths, 128)
+    flops = {  # the study pads every text to the longest of the split and runs batches of 1,000
+        name: peak.encoder_flops(model.config, [truncated.max()] * count, STUDY_BATCH)
+        if name.startswith("study")
+        else peak.encoder_flops(model.config, truncated, args.batch_size)
+        for name in results
+    }
+    print(
+        f"matmul peak GFLOP/s: {peak.describe(machine_peak)}; our threads chosen: "
+        f"fp32 {encoders['fp32'].tuner.chosen}, auto {encoders['auto'].tuner.chosen}"
+    )
+    print(
+        f"\n{'method':<20}{'texts/s':>10}{'ratio':>8}{'max |diff|':>12}{'min cosine':>12}{'GFLOP/s':>9}{'of peak':>9}"
+    )
     for result in results.values():
         diff = np.abs(result.features - reference.features).max()
         cosine = (
@@ -165,7 +188,16 @@ def main() -> None:
             / np.linalg.norm(reference.features, axis=1)
         ).min()
         ratio = result.texts_per_second / reference.texts_per_second
-        print(f"{result.name:<20}{result.texts_per_second:>10.1f}{ratio:>7.1f}x{diff:>12.2e}{cosine:>12.5f}")
+        gflops = flops[result.name] * result.texts_per_second / count / 1e9
+        precision = auto if "auto" in result.name else "fp32"
+        used = max(encoders["auto" if "auto" in result.name else "fp32"].tuner.chosen or [torch.get_num_threads()])
+        if result.name.startswith("study"):
+            used = torch.get_num_threads()
+        of_peak = "       -" if "int8" in result.name else f"{peak.share(gflops, machine_peak, precision, used):>8.0%}"
+        print(
+            f"{result.name:<20}{result.texts_per_second:>10.1f}{ratio:>7.1f}x"
+            f"{diff:>12.2e}{cosine:>12.5f}{gflops:>9.1f} {of_peak}"
+        )
 
     accuracy = {}
     if args.accuracy:
@@ -194,7 +226,7 @@ def main() -> None:
                     "lengths": args.lengths,
                     "batch_size": args.batch_size,
                     "repeats": args.repeats,
-                    "threads": torch.get_num_threads(),
+                    "threads": args.threads,
                     "auto_precision": auto,
                     "cpu": models.cpu_description(),
                 },

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import harness
+from benchmarks import harness, peak
 from emotion_exp.config import DEFAULT_MODEL, FinetuneConfig
 
 # Words per text in the emotion train split (16,000 texts): mean, standard deviation, extremes.
@@ -90,20 +90,25 @@ def samples_per_second(
         ) / len(lengths)
     set_seed(config.seed)
     model = finetune.load_classifier(resolved, [str(i) for i in range(6)])
-    args = finetune.training_arguments(
-        config,
-        workdir / setup.name,
-        setup.precision,
-        steps_per_epoch=math.ceil(len(rows) / config.batch_size),
-        evaluate=False,
-        group_by_length=setup.group_by_length,
+    # The stage's arguments, timing one epoch of training alone: no evaluation, checkpoint or logging.
+    args = dataclasses.replace(
+        finetune.training_arguments(
+            config, workdir / setup.name, setup.precision, steps_per_epoch=math.ceil(len(rows) / config.batch_size)
+        ),
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        metric_for_best_model=None,
+        train_sampling_strategy="group_by_length" if setup.group_by_length else "random",
+        logging_strategy="no",
+        logging_first_step=False,
+        disable_tqdm=True,
     )
-    args = dataclasses.replace(args, logging_strategy="no", logging_first_step=False, disable_tqdm=True)
     stopwatch = finetune.Stopwatch(clock)
     trainer = finetune.make_trainer(model, tokenizer, args, rows, callbacks=[stopwatch])
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return stopwatch.epochs * len(rows) / stopwatch.seconds, padded
+    return stopwatch.rate(len(rows)), padded
 
 
 def main() -> None:
@@ -149,13 +154,27 @@ def main() -> None:
                 best[setup.name] = max(best.get(setup.name, 0.0), rate)
                 print(f"round {round_ + 1}/{rounds} {setup.name:>10}: {rate:7.1f} {unit}", file=sys.stderr, flush=True)
 
+    from transformers import AutoConfig
+
     study = best["study"]
-    print(f"cpu: {models.cpu_description()}; torch threads: {torch.get_num_threads()}")
+    used = torch.get_num_threads()
+    machine_peak = peak.matmul_peak(used)
+    encoder = AutoConfig.from_pretrained(models.resolve(args.model).location)
+
+    def gflops(name: str) -> float:
+        """Training FLOP/s: three forward passes' multiply-adds over the padded tokens of each text."""
+        length = padded[name]
+        h, i, layers = encoder.hidden_size, encoder.intermediate_size, encoder.num_hidden_layers
+        per_text = 6 * layers * ((4 * h * h + 2 * h * i) * length + 2 * h * length * length)
+        return per_text * best[name] / 1e9
+
+    print(f"cpu: {models.cpu_description()}; torch threads: {used}")
+    print(f"matmul peak GFLOP/s: {peak.describe(machine_peak)}")
     print(
         f"model: {args.model}; {count} emotion-like texts, batch size {config.batch_size}, one epoch, "
         f"best of {rounds} ({unit})"
     )
-    print(f"{'set-up':<46} {'tokens/text':>11} {unit:>11} {'vs study':>8}")
+    print(f"{'set-up':<46} {'tokens/text':>11} {unit:>11} {'vs study':>8} {'GFLOP/s':>8} {'of peak':>8}")
     descriptions = {
         "study": "study: pad to longest of split, fp32, random",
         "ours_fp32": "ours: dynamic padding + length grouping, fp32",
@@ -163,7 +182,11 @@ def main() -> None:
     }
     for setup in setups:
         rate = best[setup.name]
-        print(f"{descriptions[setup.name]:<46} {padded[setup.name]:>11.1f} {rate:>11.1f} {rate / study:>7.2f}x")
+        share = peak.share(gflops(setup.name), machine_peak, setup.precision, used)
+        print(
+            f"{descriptions[setup.name]:<46} {padded[setup.name]:>11.1f} {rate:>11.1f} {rate / study:>7.2f}x"
+            f" {gflops(setup.name):>8.1f} {share:>8.0%}"
+        )
 
     if args.track:
         with harness.store(track=True):

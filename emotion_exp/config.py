@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from emotion_exp import threads
 from emotion_exp.errors import UserError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -63,6 +64,16 @@ def run_id(flag: str, value: str) -> None:
         from emotion_exp.tracking import check_run_id
 
         check_run_id(flag, value)
+
+
+def threads_option() -> Any:
+    """The ``--threads`` field of every stage that runs the encoder."""
+    return option(
+        threads.AUTO,
+        "Intra-op CPU threads: auto (measured: the fastest count from 1 to the available cores, "
+        "measured again now and then) or a whole number.",
+        check=lambda flag, value: threads.parse(value),
+    )
 
 
 def _check(config: Any) -> None:
@@ -163,6 +174,7 @@ class EncoderConfig(DataConfig):
         "Numeric precision: auto (bf16 only where the hardware runs it natively, else fp32), fp32 or bf16.",
         choices=PRECISIONS,
     )
+    threads: str = threads_option()
     umap_max_points: int = option(20_000, "At most this many points in the UMAP plots (UMAP needs 4).", minimum=4)
 
 
@@ -250,6 +262,7 @@ class PredictConfig:
         "Label empty or whitespace-only texts with an empty label and empty probabilities instead of refusing "
         "the file.",
     )
+    threads: str = threads_option()
 
     def __post_init__(self) -> None:
         _check(self)

@@ -1,14 +1,13 @@
 """Pooled last hidden states of an encoder, fast on a CPU and exact.
 
-Texts are sorted by token length and padded per batch (``batching``), so little compute goes
-to padding; padding is masked, so a text's features do not depend on its batch companions.
-The features come back as float32 in input order. This module never imports mlflow.
+The forward passes are ``inference.run``'s (length-sorted batches, padding masked, so a text's
+features do not depend on its batch companions). The features come back as float32 in input
+order. This module never imports mlflow.
 """
 
 from __future__ import annotations
 
-import sys
-import time
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emotion_exp import batching, models
+from emotion_exp import batching, inference, models, threads
 from emotion_exp.data import SPLITS
 
 if TYPE_CHECKING:
@@ -36,6 +35,8 @@ class Encoder:
     model: PreTrainedModel
     precision: str  # resolved: fp32 or bf16
     device: torch.device
+    tuner: threads.ThreadTuner = dataclasses.field(default_factory=threads.ThreadTuner, compare=False)
+    """Picks the intra-op thread count batch by batch; kept across calls, so measurements carry over."""
 
     @property
     def hidden_size(self) -> int:
@@ -52,21 +53,26 @@ class Extraction:
     features: np.ndarray
     truncated: int
     seconds: float
+    threads: list[int] = dataclasses.field(default_factory=list)
+    """The thread counts the tuner settled on while extracting (``ThreadTuner.chosen``)."""
 
     @property
     def texts_per_second(self) -> float:
         return len(self.features) / self.seconds if self.seconds > 0 else 0.0
 
 
-def load_encoder(resolved: models.ResolvedModel, precision: str) -> Encoder:
-    """Load tokenizer and encoder for ``precision`` (``auto`` resolved for this hardware)."""
-    return encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision)
+def load_encoder(resolved: models.ResolvedModel, precision: str, threads: str | int = "auto") -> Encoder:
+    """Load tokenizer and encoder for ``precision`` (``auto`` resolved for this hardware) and ``threads``."""
+    return encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision, threads)
 
 
-def encoder_from(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, precision: str) -> Encoder:
+def encoder_from(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, precision: str, threads_spec: str | int = "auto"
+) -> Encoder:
     """Wrap an already loaded tokenizer and model (the pyfunc model loads them from its artifacts)."""
     device = batching.best_device()
-    return Encoder(tokenizer, model.to(device).eval(), models.resolve_precision(precision), device)
+    tuner = threads.ThreadTuner(threads_spec)
+    return Encoder(tokenizer, model.to(device).eval(), models.resolve_precision(precision), device, tuner)
 
 
 def feature_key(resolved: models.ResolvedModel, pooling: str, max_length: int, precision: str) -> dict[str, str]:
@@ -83,17 +89,6 @@ def feature_key(resolved: models.ResolvedModel, pooling: str, max_length: int, p
     }
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """``cls``: the first token's state (the study's choice); ``mean``: the mean over real tokens."""
-    if pooling == "cls":
-        return hidden[:, 0].float()
-    if pooling == "mean":
-        hidden = hidden.float()
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
-
-
 def extract(
     texts: Sequence[str],
     encoder: Encoder,
@@ -105,25 +100,19 @@ def extract(
     progress: bool = True,
 ) -> Extraction:
     """Pooled last hidden states of ``texts`` as float32, in input order."""
-    import torch
-    from tqdm.auto import tqdm
-
-    features = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
-    if not texts:  # the tokenizer rejects an empty batch
-        return Extraction(features, 0, 0.0)
-    start = time.perf_counter()
-    tokenized = batching.tokenize(texts, encoder.tokenizer, max_length)
-    with (
-        torch.inference_mode(),
-        batching.autocast(encoder.precision, encoder.device),
-        tqdm(total=len(texts), desc=description, unit="text", file=sys.stderr, disable=not progress) as bar,
-    ):
-        for positions, batch in batching.sorted_batches(tokenized, encoder.tokenizer, batch_size):
-            batch = batch.to(encoder.device)
-            hidden = encoder.model(**batch).last_hidden_state
-            features[positions] = pool(hidden, batch["attention_mask"], pooling).cpu().numpy()
-            bar.update(len(positions))
-    return Extraction(features, tokenized.truncated, time.perf_counter() - start)
+    outputs = inference.run(
+        encoder.model,
+        encoder.tokenizer,
+        texts,
+        max_length=max_length,
+        batch_size=batch_size,
+        precision=encoder.precision,
+        pooling=pooling,
+        tuner=encoder.tuner,
+        description=description,
+        progress=progress,
+    )
+    return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, list(encoder.tuner.chosen))
 
 
 def extract_splits(

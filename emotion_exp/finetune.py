@@ -34,7 +34,7 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from emotion_exp import batching, metrics, models
+from emotion_exp import batching, inference, metrics, models, threads
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ class FinetuneResult:
     global_step: int
     truncated: dict[str, int]
     """Texts per split that ``max_length`` cut."""
+    threads: list[int]
+    """The intra-op thread counts chosen while training and predicting (``ThreadTuner.chosen``), in order."""
 
 
 def last_checkpoint(folder: str | Path) -> str | None:
@@ -123,11 +125,9 @@ def training_arguments(
     precision: str,
     *,
     steps_per_epoch: int,
-    evaluate: bool = True,
-    group_by_length: bool = True,
 ) -> TrainingArguments:
     """Our set-up: linear warm-up then decay, length-grouped batches, eval and a checkpoint each epoch."""
-    early_stopping = evaluate and config.early_stopping_patience > 0
+    early_stopping = config.early_stopping_patience > 0
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
@@ -140,9 +140,9 @@ def training_arguments(
         seed=config.seed,
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
-        eval_strategy="epoch" if evaluate else "no",
-        save_strategy="epoch" if evaluate else "no",
+        train_sampling_strategy="group_by_length",
+        eval_strategy="epoch",
+        save_strategy="epoch",
         save_total_limit=1,
         load_best_model_at_end=early_stopping,
         metric_for_best_model=BEST_METRIC if early_stopping else None,
@@ -184,6 +184,10 @@ class Stopwatch(TrainerCallback):
     def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self.seconds += self.clock() - self._started
         self.epochs += (state.epoch or 0.0) - self._epoch
+
+    def rate(self, texts_per_epoch: int) -> float:
+        """Training texts per clock second over the epochs measured (0 before any)."""
+        return self.epochs * texts_per_epoch / self.seconds if self.seconds else 0.0
 
 
 class _StopOnRequest(TrainerCallback):
@@ -266,6 +270,17 @@ class _Trainer(Trainer):
         return sampler
 
 
+def _counting(collator: DataCollatorWithPadding, tokens: threads.TokenCounts) -> Callable[[list], Any]:
+    """The collator, recording each batch's padded token count."""
+
+    def collate(rows: list) -> Any:
+        batch = collator(rows)
+        tokens.add(batch["input_ids"].numel())
+        return batch
+
+    return collate
+
+
 def make_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -275,18 +290,120 @@ def make_trainer(
     eval_rows: list[dict[str, Any]] | None = None,
     label_names: Sequence[str] = (),
     callbacks: Sequence[TrainerCallback] = (),
+    tuner: threads.ThreadTuner | None = None,
 ) -> Trainer:
-    """A Trainer that pads each batch to its longest text and scores accuracy and weighted F1."""
+    """A Trainer that pads each batch to its longest text and scores accuracy and weighted F1.
+
+    With a ``tuner``, every optimizer step runs with the thread count it picks (re-measured at
+    step boundaries, each step weighted by its padded tokens).
+    """
+    collator = DataCollatorWithPadding(tokenizer)
+    if tuner is not None:
+        tokens = threads.TokenCounts()
+        callbacks = [*callbacks, threads.trainer_callback(tuner, tokens)]
+        collator = _counting(collator, tokens)
     return _Trainer(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=_compute_metrics(label_names) if eval_rows is not None else None,
         callbacks=list(callbacks),
     )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The tokenizer, the classifier with its fresh head, and the tokenized train and validation rows."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    truncated_train: int
+
+
+def resume_point(checkpoint_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to continue from (None for a new run); a clear error when there is none to resume."""
+    if not resume:
+        return None
+    found = last_checkpoint(checkpoint_dir)
+    if found is None:
+        raise UserError(
+            f"No checkpoint to resume from in {checkpoint_dir}: expected a checkpoint-<step> folder there. "
+            "Check --output_dir, or start a new run without --resume."
+        )
+    return found
+
+
+def prepare(splits: DatasetSplits, resolved: models.ResolvedModel, config: FinetuneConfig) -> Prepared:
+    """Load the tokenizer and the classifier (head seeded by ``config.seed``), tokenize train and validation."""
+    tokenizer = models.load_tokenizer(resolved)
+    set_seed(config.seed)  # the new classification head's initial weights
+    model = load_classifier(resolved, splits.label_names)
+    train_rows, train_cut = examples(splits.train["text"], splits.train["label"], tokenizer, config.max_length)
+    eval_rows, _ = examples(splits.validation["text"], splits.validation["label"], tokenizer, config.max_length)
+    # Evaluation order does not change the scores; sorted by length it pads least.
+    eval_rows.sort(key=lambda row: len(row["input_ids"]))
+    return Prepared(tokenizer, model, train_rows, eval_rows, train_cut)
+
+
+def fit(trainer: Trainer, stopper: _StopOnRequest, resume_from: str | None) -> float:
+    """Run the Trainer with Ctrl-C and SIGTERM turned into a checkpointed stop; return its wall seconds.
+
+    Raises ``TrainingInterrupted`` after that checkpoint when the user stopped training.
+    """
+    started = time.perf_counter()
+    with _stop_requests(stopper):
+        trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    if stopper.requested:
+        raise TrainingInterrupted(last_checkpoint(trainer.args.output_dir))
+    return seconds
+
+
+def save_and_release(trainer: Trainer, model_dir: Path) -> tuple[PreTrainedModel, int]:
+    """Save the model and tokenizer to ``model_dir``, then free the optimizer state (twice the weights)
+    before predicting; return the model in eval mode and the optimizer steps taken."""
+    trainer.save_model(str(model_dir))
+    model, global_step = trainer.model.eval(), trainer.state.global_step
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.accelerator.free_memory()  # drops its own references to the optimizer, then collects
+    gc.collect()
+    return model, global_step
+
+
+def predict_splits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: DatasetSplits,
+    config: FinetuneConfig,
+    precision: str,
+    tuner: threads.ThreadTuner | None = None,
+    names: Sequence[str] = ("validation", "test"),
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+    """Class probabilities of the ``names`` splits, the validation [CLS] states, and texts cut per split."""
+    probabilities: dict[str, np.ndarray] = {}
+    truncated: dict[str, int] = {}
+    embeddings = np.empty((0, 0), dtype=np.float32)
+    for split in names:
+        outputs = inference.run(
+            model,
+            tokenizer,
+            splits.split(split)["text"].tolist(),
+            max_length=config.max_length,
+            batch_size=config.batch_size,
+            precision=precision,
+            probabilities=True,
+            pooling="cls" if split == "validation" else None,
+            tuner=tuner,
+        )
+        probabilities[split], truncated[split] = outputs.probabilities, outputs.truncated
+        if split == "validation":
+            embeddings = outputs.pooled
+    return probabilities, embeddings, truncated
 
 
 def train(
@@ -297,95 +414,45 @@ def train(
     callbacks: Sequence[TrainerCallback] = (),
     checkpoint_dir: str | Path,
     resume: bool = False,
-    predict_splits: Sequence[str] = ("validation", "test"),
+    scored_splits: Sequence[str] = ("validation", "test"),
 ) -> FinetuneResult:
-    """Fine-tune on train, evaluate on validation each epoch, then predict ``predict_splits``.
+    """Fine-tune on train, evaluate on validation each epoch, then predict ``scored_splits``.
 
     ``resume`` continues from the newest checkpoint in ``checkpoint_dir``. Raises
     ``TrainingInterrupted`` after saving a checkpoint when the user stops training.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    resume_from = last_checkpoint(checkpoint_dir) if resume else None
-    if resume and resume_from is None:
-        raise UserError(
-            f"No checkpoint to resume from in {checkpoint_dir}: expected a checkpoint-<step> folder there. "
-            "Check --output_dir, or start a new run without --resume."
-        )
+    resume_from = resume_point(checkpoint_dir, resume)
     precision = models.resolve_precision(config.precision)
-    tokenizer = models.load_tokenizer(resolved)
-    set_seed(config.seed)  # the new classification head's initial weights
-    model = load_classifier(resolved, splits.label_names)
-
-    train_rows, train_cut = examples(splits.train["text"], splits.train["label"], tokenizer, config.max_length)
-    eval_rows, _ = examples(splits.validation["text"], splits.validation["label"], tokenizer, config.max_length)
-    # Evaluation order does not change the scores; sorted by length it pads least.
-    eval_rows.sort(key=lambda row: len(row["input_ids"]))
-    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    prepared = prepare(splits, resolved, config)
+    steps_per_epoch = math.ceil(len(prepared.train_rows) / config.batch_size)
     args = training_arguments(config, checkpoint_dir, precision, steps_per_epoch=steps_per_epoch)
-
-    stopwatch, stopper = Stopwatch(), _StopOnRequest()
+    stopwatch, stopper, tuner = Stopwatch(), _StopOnRequest(), threads.ThreadTuner(config.threads)
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = make_trainer(
-        model,
-        tokenizer,
+        prepared.model,
+        prepared.tokenizer,
         args,
-        train_rows,
-        eval_rows=eval_rows,
+        prepared.train_rows,
+        eval_rows=prepared.eval_rows,
         label_names=splits.label_names,
         callbacks=[*callbacks, *extra, stopwatch, stopper],
+        tuner=tuner,
     )
-    started = time.perf_counter()
-    with _stop_requests(stopper):
-        trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.perf_counter() - started
-    if stopper.requested:
-        raise TrainingInterrupted(last_checkpoint(checkpoint_dir))
-
+    train_seconds = fit(trainer, stopper, resume_from)
     model_dir = checkpoint_dir / MODEL_FOLDER
-    trainer.save_model(str(model_dir))
-    model = trainer.model.eval()
-    global_step = trainer.state.global_step
-    del trainer  # the optimizer state is twice the weights; free it before predicting
-    gc.collect()
-
-    device = next(model.parameters()).device
-    truncated = {"train": train_cut}
-    probabilities: dict[str, np.ndarray] = {}
-    embeddings = np.empty((0, 0), dtype=np.float32)
-    for split in predict_splits:
-        frame = splits.split(split)
-        tokenized = batching.tokenize(frame["text"], tokenizer, config.max_length)
-        truncated[split] = tokenized.truncated
-        probabilities[split], cls = predict(model, tokenizer, tokenized, config.batch_size, precision, device)
-        if split == "validation":
-            embeddings = cls
+    model, global_step = save_and_release(trainer, model_dir)
+    probabilities, embeddings, truncated = predict_splits(
+        model, prepared.tokenizer, splits, config, precision, tuner, scored_splits
+    )
     return FinetuneResult(
         model_dir=model_dir,
         probabilities=probabilities,
         validation_embeddings=embeddings,
         precision=precision,
         train_seconds=train_seconds,
-        train_samples_per_second=stopwatch.epochs * len(train_rows) / stopwatch.seconds if stopwatch.seconds else 0.0,
+        train_samples_per_second=stopwatch.rate(len(prepared.train_rows)),
         global_step=global_step,
-        truncated=truncated,
+        truncated={"train": prepared.truncated_train, **truncated},
+        threads=list(tuner.chosen),
     )
-
-
-def predict(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    tokenized: batching.TokenizedTexts,
-    batch_size: int,
-    precision: str,
-    device: torch.device,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and the [CLS] last hidden state of every text, in input order."""
-    count = len(tokenized.input_ids)
-    probabilities = np.empty((count, model.config.num_labels), dtype=np.float32)
-    cls = np.empty((count, model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode(), batching.autocast(precision, device):
-        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size):
-            output = model(**batch.to(device), output_hidden_states=True)
-            probabilities[positions] = torch.softmax(output.logits.float(), dim=-1).cpu().numpy()
-            cls[positions] = output.hidden_states[-1][:, 0].float().cpu().numpy()
-    return probabilities, cls

@@ -180,15 +180,19 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
     Its one artifact (``classifier``) is the folder ``save_pretrained`` wrote, so loading needs
     no hub; the label names come from the model's ``id2label``. Texts are predicted in
     length-sorted batches under ``torch.inference_mode``, in bf16 where the hardware runs it
-    natively (``precision="auto"``), with probabilities computed in fp32.
+    natively (``precision="auto"``), with probabilities computed in fp32, on the intra-op thread
+    count that ``threads`` asks for (``auto``: measured, and measured again now and then).
     """
 
     ARTIFACT = "classifier"
 
-    def __init__(self, max_length: int = 128, batch_size: int = 64, precision: str = "auto") -> None:
+    def __init__(
+        self, max_length: int = 128, batch_size: int = 64, precision: str = "auto", threads: str = "auto"
+    ) -> None:
         self.max_length = max_length
         self.batch_size = batch_size
         self.precision = precision
+        self.threads = threads
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -201,23 +205,33 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
         config = self._model.config
         self._label_names = [config.id2label[i] for i in range(config.num_labels)]
         self._precision = models.resolve_precision(self.precision)
+        self.set_threads(getattr(self, "threads", "auto"))  # models logged before the option had none
+
+    def set_threads(self, threads: str | int) -> None:
+        """Use ``threads`` intra-op threads from now on (``auto``: measured); ``chosen_threads`` says which."""
+        from emotion_exp.threads import ThreadTuner
+
+        self._tuner = ThreadTuner(threads)
+
+    @property
+    def chosen_threads(self) -> list[int]:
+        return list(self._tuner.chosen)
 
     @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        import torch
+        from emotion_exp import inference
 
-        from emotion_exp import batching
-
-        texts = texts_from_input(model_input)
-        probabilities = np.zeros((len(texts), len(self._label_names)), dtype=np.float32)
-        if texts:
-            tokenized = batching.tokenize(texts, self._tokenizer, self.max_length)
-            device = next(self._model.parameters()).device
-            with torch.inference_mode(), batching.autocast(self._precision, device):
-                for positions, batch in batching.sorted_batches(tokenized, self._tokenizer, self.batch_size):
-                    logits = self._model(**batch.to(device)).logits
-                    probabilities[positions] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        return predictions_frame(probabilities, self._label_names)
+        outputs = inference.run(
+            self._model,
+            self._tokenizer,
+            texts_from_input(model_input),
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            precision=self._precision,
+            probabilities=True,
+            tuner=self._tuner,
+        )
+        return predictions_frame(outputs.probabilities, self._label_names)
 
 
 class ProbeClassifier(mlflow.pyfunc.PythonModel):
@@ -240,6 +254,7 @@ class ProbeClassifier(mlflow.pyfunc.PythonModel):
         max_length: int,
         batch_size: int = 64,
         precision: str = "auto",
+        threads: str = "auto",
     ) -> None:
         self.pipeline = pipeline
         self.label_names = tuple(label_names)
@@ -247,6 +262,7 @@ class ProbeClassifier(mlflow.pyfunc.PythonModel):
         self.max_length = max_length
         self.batch_size = batch_size
         self.precision = precision
+        self.threads = threads
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -255,8 +271,23 @@ class ProbeClassifier(mlflow.pyfunc.PythonModel):
 
         folder = context.artifacts[self.ARTIFACT]
         self._encoder = features.encoder_from(
-            AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder), self.precision
+            AutoTokenizer.from_pretrained(folder),
+            AutoModel.from_pretrained(folder),
+            self.precision,
+            getattr(self, "threads", "auto"),  # models logged before the option had none
         )
+
+    def set_threads(self, threads: str | int) -> None:
+        """Use ``threads`` intra-op threads from now on (``auto``: measured); ``chosen_threads`` says which."""
+        import dataclasses
+
+        from emotion_exp.threads import ThreadTuner
+
+        self._encoder = dataclasses.replace(self._encoder, tuner=ThreadTuner(threads))
+
+    @property
+    def chosen_threads(self) -> list[int]:
+        return list(self._encoder.tuner.chosen)
 
     @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -293,6 +324,14 @@ class TextPipelineClassifier(mlflow.pyfunc.PythonModel):
             return predictions_frame(np.zeros((0, len(self.label_names))), self.label_names)
         probabilities = baselines.predict_proba(self.pipeline, texts, len(self.label_names))
         return predictions_frame(probabilities, self.label_names)
+
+
+def python_model_of(model: mlflow.pyfunc.PyFuncModel) -> mlflow.pyfunc.PythonModel | None:
+    """The ``PythonModel`` inside a loaded pyfunc model (to set its threads); None for another flavor."""
+    try:
+        return model.unwrap_python_model()
+    except mlflow.exceptions.MlflowException:  # not a PythonModel: it predicts as it was logged
+        return None
 
 
 def requirements(*packages: str) -> list[str]:

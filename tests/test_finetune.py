@@ -3,6 +3,7 @@ predicts, Ctrl-C then resume into the same run, and clear refusals of resumes th
 
 from __future__ import annotations
 
+import os
 import signal
 import uuid
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predict
     assert {m: run.data.metrics[m] for m in expected} == pytest.approx(expected)
     assert run.data.metrics["train_samples_per_second"] > 0
     assert run.data.metrics["train_seconds"] > 0
+    assert all(1 <= int(n) <= len(os.sched_getaffinity(0)) for n in run.data.tags["threads_chosen"].split(","))
     steps_per_epoch = -(-TRAIN_ROWS // config.batch_size)
     assert steps(run_id, "train_loss")[0] == 1 and steps(run_id, "train_loss")[-1] == steps_per_epoch
     for metric in ("eval_loss", "eval_accuracy", "eval_f1_weighted"):
@@ -188,6 +190,37 @@ def test_training_arguments_are_our_set_up(tmp_path: Path) -> None:
     stopping = training_arguments(FinetuneConfig(early_stopping_patience=2), tmp_path, "fp32", steps_per_epoch=3)
     assert stopping.load_best_model_at_end and stopping.metric_for_best_model == "eval_f1_weighted"
     assert not stopping.bf16 and stopping.logging_steps == 1
+
+
+def test_the_phases_prepare_sorted_rows_resume_only_from_a_complete_checkpoint_and_free_the_optimizer(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    from emotion_exp import data, finetune, models
+    from emotion_exp.config import DataConfig
+
+    config = make_config(tiny_model_dir, small_dataset, tmp_path)
+    splits = data.load_splits(DataConfig(dataset=str(small_dataset)))
+    prepared = finetune.prepare(splits, models.resolve(str(tiny_model_dir)), config)
+    assert len(prepared.train_rows) == TRAIN_ROWS and prepared.truncated_train == 0
+    assert [len(r["input_ids"]) for r in prepared.eval_rows] == sorted(len(r["input_ids"]) for r in prepared.eval_rows)
+    assert prepared.model.config.id2label == dict(enumerate(LABELS))
+
+    assert finetune.resume_point(tmp_path, resume=False) is None
+    (tmp_path / "checkpoint-7").mkdir()  # cut short: no trainer_state.json
+    with pytest.raises(UserError, match="No checkpoint to resume from in .*start a new run without --resume"):
+        finetune.resume_point(tmp_path, resume=True)
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    assert finetune.resume_point(tmp_path, resume=True) == str(tmp_path / "checkpoint-3")
+
+    args = finetune.training_arguments(config, tmp_path / "out", "fp32", steps_per_epoch=8)
+    trainer = finetune.make_trainer(
+        prepared.model, prepared.tokenizer, args, prepared.train_rows[:16], eval_rows=prepared.eval_rows
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    model, steps = finetune.save_and_release(trainer, tmp_path / "model")
+    assert (tmp_path / "model" / "config.json").is_file() and steps == 0 and not model.training
+    assert trainer.optimizer is None and trainer.accelerator._optimizers == []
 
 
 @pytest.mark.parametrize("warmup", [1.0, 2.5])

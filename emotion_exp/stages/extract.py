@@ -35,7 +35,7 @@ def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
             mlflow.set_tag("reused_features", "true")
             return found
 
-        encoder = features.load_encoder(resolved, config.precision)
+        encoder = features.load_encoder(resolved, config.precision, config.threads)
         extractions = features.extract_splits(
             splits, encoder, pooling=config.pooling, max_length=config.max_length, batch_size=config.batch_size
         )
@@ -51,7 +51,8 @@ def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
 
 
 def log_extractions(extractions: dict[str, features.Extraction]) -> None:
-    """Throughput over all splits (tokenization and forward passes only), seconds and truncations per split."""
+    """Throughput over all splits (tokenization and forward passes only), seconds and truncations per split,
+    and the thread counts chosen (tag ``threads_chosen``, in order)."""
     texts = sum(len(e.features) for e in extractions.values())
     seconds = sum(e.seconds for e in extractions.values())
     mlflow.log_metrics(
@@ -63,6 +64,8 @@ def log_extractions(extractions: dict[str, features.Extraction]) -> None:
             **{f"truncated_{SPLIT_PREFIX[name]}": e.truncated for name, e in extractions.items()},
         }
     )
+    chosen = list(extractions.values())[-1].threads
+    mlflow.set_tags({"threads_chosen": ",".join(map(str, chosen))})
 
 
 def log_plots(train_features: np.ndarray, splits: DatasetSplits, *, seed: int, max_points: int) -> None:

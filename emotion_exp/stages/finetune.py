@@ -57,7 +57,7 @@ def run(
                 callbacks=[MlflowMetricsCallback(stage.run_id), *callbacks],
                 checkpoint_dir=checkpoint_dir,
                 resume=bool(config.resume),
-                predict_splits=("validation", "test") if score_test else ("validation",),
+                scored_splits=("validation", "test") if score_test else ("validation",),
             )
         except KeyboardInterrupt:
             print(_resume_hint(stage.run_id, checkpoint_dir), file=sys.stderr, flush=True)
@@ -74,6 +74,7 @@ def log_result(
     """Scores, plots, throughput, the pyfunc model with its card, and its registered version."""
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
+    mlflow.set_tags({"threads_chosen": ",".join(map(str, result.threads))})
     evaluations = stage.score(result.probabilities.__getitem__, score_test="test" in result.probabilities)
     mlflow.log_metrics(
         {

@@ -532,7 +532,7 @@ def score_best(best: optuna.trial.FrozenTrial, splits: DatasetSplits, registered
             f"{mlflow.get_tracking_uri()}; was the run deleted? Start a new study (--study_name)."
         )
     test = splits.test
-    predicted = registry.load_model(model_uri).predict(pd.DataFrame({"text": test["text"]}))["label"]
+    predicted = registry.load_model(model_uri).model.predict(pd.DataFrame({"text": test["text"]}))["label"]
     index = {name: i for i, name in enumerate(splits.label_names)}
     evaluation = metrics.evaluate(test["label"], predicted.map(index).to_numpy(), splits.label_names)
     mlflow.log_metrics(evaluation.metrics("best_test"))

@@ -1,0 +1,73 @@
+"""The one batched forward loop: the same outputs as a plain forward pass, in input order, whatever the batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emotion_exp import inference
+
+TEXTS = [
+    "i feel so happy today",
+    "i am scared of what comes next in my life and i cannot sleep at night because of it",
+    "ok",
+    "my heart is full of love for my family",
+]
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_dir: Path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=3).eval()
+    return AutoTokenizer.from_pretrained(tiny_model_dir), model
+
+
+def test_probabilities_and_cls_states_match_one_text_at_a_time_forward_passes(classifier) -> None:
+    import torch
+
+    tokenizer, model = classifier
+    outputs = inference.run(
+        model, tokenizer, TEXTS, max_length=128, batch_size=3, precision="fp32", probabilities=True, pooling="cls"
+    )
+    assert outputs.probabilities.shape == (4, 3) and outputs.pooled.shape == (4, 32)
+    assert outputs.truncated == 0 and outputs.seconds > 0
+    for row, text in enumerate(TEXTS):
+        with torch.inference_mode():
+            alone = model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True)
+        np.testing.assert_allclose(outputs.probabilities[row], torch.softmax(alone.logits, -1)[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(outputs.pooled[row], alone.hidden_states[-1][0, 0].numpy(), atol=1e-5)
+
+
+def test_only_what_is_asked_for_is_computed_and_no_texts_give_empty_arrays(classifier) -> None:
+    tokenizer, model = classifier
+    only_probabilities = inference.run(
+        model, tokenizer, TEXTS, max_length=4, batch_size=8, precision="fp32", probabilities=True
+    )
+    assert only_probabilities.pooled is None and only_probabilities.truncated == 3
+    np.testing.assert_allclose(only_probabilities.probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    empty = inference.run(
+        model, tokenizer, [], max_length=8, batch_size=8, precision="fp32", probabilities=True, pooling="mean"
+    )
+    assert empty.probabilities.shape == (0, 3) and empty.pooled.shape == (0, 32) and empty.seconds == 0.0
+
+
+def test_an_unknown_pooling_is_refused(classifier) -> None:
+    tokenizer, model = classifier
+    with pytest.raises(ValueError, match="pooling must be one of cls, mean"):
+        inference.run(model, tokenizer, TEXTS, max_length=8, batch_size=8, precision="fp32", pooling="max")
+
+
+def test_batches_run_longest_first_then_from_the_shortest_up(classifier) -> None:
+    from emotion_exp import batching
+
+    tokenizer, _ = classifier
+    texts = ["a " * n for n in (5, 1, 9, 3, 7, 2, 8)]
+    tokenized = batching.tokenize(texts, tokenizer, 128)
+    batches = [positions.tolist() for positions, _ in batching.sorted_batches(tokenized, tokenizer, 2)]
+    # By length, longest first: 9 8 | 7 5 | 3 2 | 1; run as 9 8, then 1, 3 2, 7 5.
+    assert batches == [[2, 6], [1], [3, 5], [4, 0]]
