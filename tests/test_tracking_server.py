@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import http.client
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import mlflow

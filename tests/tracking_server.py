@@ -15,9 +15,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -67,7 +67,7 @@ def run_script(*args: str, env: dict[str, str] | None = None, timeout: int = 300
         environment.pop(client_setting, None)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], env={**environment, **(env or {})},
+        [sys.executable, str(SCRIPT), *args], check=False, env={**environment, **(env or {})},
         capture_output=True, text=True, timeout=timeout,
     )
 
