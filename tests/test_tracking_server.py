@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import REPO_ROOT
 from tests.pyfunc_models import log_keyword_model
 from tests.tracking_server import ADMIN, TrackingServer, pids_of, run_script
 
@@ -174,6 +179,35 @@ def test_an_editor_logs_a_run_registers_a_version_and_moves_the_alias(guarded: G
     assert client.get_run(run.info.run_id).info.artifact_uri.startswith("mlflow-artifacts:/")
     assert client.get_model_version_by_alias(guarded.model, "champion").run_id == run.info.run_id
     assert mlflow.pyfunc.load_model(f"models:/{guarded.model}@champion").predict(["scared"])["label"][0] == "fear"
+
+
+def readme_add_user_command() -> str:
+    """The README's `python -c '...'` that adds a user (Team set-up section)."""
+    team = (REPO_ROOT / "README.md").read_text().split("## Team set-up", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"python -c '(.+?)'\n", team, re.DOTALL)
+    assert match, "README's Team set-up has no `python -c '...'` adding a user"
+    return match.group(1)
+
+
+def test_the_readme_command_adds_a_read_only_user(guarded: Guarded, monkeypatch: pytest.MonkeyPatch) -> None:
+    username = f"bob-{uuid.uuid4().hex[:8]}"
+    code = (
+        readme_add_user_command()
+        .replace("http://127.0.0.1:5000", guarded.server.url)
+        .replace('"bob"', repr(username))
+        .replace('"experiment", "1"', f'"experiment", {guarded.experiment_id!r}')
+        .replace('"emotion-classifier"', repr(guarded.model))
+    )
+
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **guarded.server.credentials()},
+                            capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    login(monkeypatch, guarded.server, username, "a-long-password")
+    client = MlflowClient()
+    assert guarded.run_id in [r.info.run_id for r in client.search_runs([guarded.experiment_id])]
+    assert client.get_registered_model(guarded.model).aliases["champion"]
+    refused(lambda: client.create_run(guarded.experiment_id), 403)
 
 
 def raw_get(url: str, path: str, username: str, password: str) -> tuple[int, bytes]:
