@@ -59,6 +59,18 @@ def test_up_with_auth_but_no_admin_credentials_refuses_before_starting_anything(
     assert not (folder / "postgres").exists() and pids_of(folder) == []
 
 
+def test_another_host_without_auth_gets_the_trust_warning(tmp_path: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the server cannot bind it, so nothing listens anywhere.
+    backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_script("up", "--dir", str(tmp_path / "server"), "--host", "192.0.2.1", "--backend-store-uri", backend,
+                        "--port", "5999", "--workers", "1", "--timeout", "60")
+
+    assert "WARNING: the tracking server listens on 192.0.2.1 without --auth" in result.stderr
+    assert "README's Trust section" in result.stderr
+    assert result.returncode == 1 and "mlflow server exited" in result.stderr
+    assert pids_of(tmp_path / "server") == []
+
+
 def test_status_of_an_empty_folder_says_nothing_runs(tmp_path: Path) -> None:
     result = run_script("status", "--dir", str(tmp_path))
     assert result.returncode == 3 and "no tracking server" in result.stdout
