@@ -84,4 +84,4 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # The session's team tracking server (PostgreSQL + mlflow server with logins), for the tests that need one.
-from tests.tracking_server import on_server, tracking_server  # noqa: E402, F401
+from tests.tracking_server import on_server, tracking_server  # noqa: F401

@@ -62,8 +62,21 @@ def test_up_with_auth_but_no_admin_credentials_refuses_before_starting_anything(
 def test_another_host_without_auth_gets_the_trust_warning(tmp_path: Path) -> None:
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: the server cannot bind it, so nothing listens anywhere.
     backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_script("up", "--dir", str(tmp_path / "server"), "--host", "192.0.2.1", "--backend-store-uri", backend,
-                        "--port", "5999", "--workers", "1", "--timeout", "60")
+    result = run_script(
+        "up",
+        "--dir",
+        str(tmp_path / "server"),
+        "--host",
+        "192.0.2.1",
+        "--backend-store-uri",
+        backend,
+        "--port",
+        "5999",
+        "--workers",
+        "1",
+        "--timeout",
+        "60",
+    )
 
     assert "WARNING: the tracking server listens on 192.0.2.1 without --auth" in result.stderr
     assert "README's Trust section" in result.stderr
@@ -149,8 +162,9 @@ def test_without_credentials_every_call_gets_401_and_nothing_is_written(guarded:
 def test_a_wrong_password_is_refused(guarded: Guarded, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = f"{guarded.server.url}{API}/experiments/get"
     for username, password in ((ADMIN, "not-the-password"), (guarded.reader[0], guarded.editor[1])):
-        response = requests.get(endpoint, params={"experiment_id": guarded.experiment_id},
-                                auth=(username, password), timeout=30)
+        response = requests.get(
+            endpoint, params={"experiment_id": guarded.experiment_id}, auth=(username, password), timeout=30
+        )
         assert response.status_code == 401, response.text
     login(monkeypatch, guarded.server, ADMIN, "not-the-password")
     refused(lambda: MlflowClient().get_experiment(guarded.experiment_id), 401)
@@ -211,8 +225,14 @@ def test_the_readme_command_adds_a_read_only_user(guarded: Guarded, monkeypatch:
         .replace('"emotion-classifier"', repr(guarded.model))
     )
 
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **guarded.server.credentials()},
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **guarded.server.credentials()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
     assert result.returncode == 0, result.stderr[-2000:]
     login(monkeypatch, guarded.server, username, "a-long-password")

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from emotion_exp import data, tracking
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig
+from tests.helpers import mlflow_run
 from tests.model_server import serving
 from tests.pyfunc_models import LABELS, log_keyword_model
 from tests.test_interrupt import (
@@ -39,7 +40,6 @@ from tests.test_interrupt import (
     run_of_pid,
     wait_for,
 )
-from tests.test_mlflow_run import mlflow_run
 from tests.test_study import STAGES, study_params
 from tests.tracking_server import ADMIN, TrackingServer
 
@@ -70,9 +70,12 @@ def studies(tracking_server: TrackingServer, small_dataset: Path, tiny_model_dir
         # `mlflow run` creates a missing experiment without retrying a race: that is MLflow's launcher, not ours.
         experiment_id = MlflowClient(tracking_server.url).create_experiment(experiment)
         with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(
-                lambda _: mlflow_run("main", experiment, tracking_server.url, *params, timeout=STUDY_TIMEOUT_S), (1, 2)
-            ))
+            results = list(
+                pool.map(
+                    lambda _: mlflow_run("main", experiment, tracking_server.url, *params, timeout=STUDY_TIMEOUT_S),
+                    (1, 2),
+                )
+            )
     for result in results:
         assert result.returncode == 0, result.stderr[-3000:]
     digest = data.load_splits(DataConfig(dataset=str(small_dataset))).digest
@@ -96,7 +99,9 @@ def test_two_studies_at_once_both_finish_every_stage_with_artifacts_behind_the_p
         assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGES)
         assert {r.info.status for r in children} == {"FINISHED"}
         assert {r.data.tags["dataset_digest"] for r in [parent, *children]} == {studies.digest}
-        table = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/comparison/comparison.csv"))
+        table = pd.read_csv(
+            mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/comparison/comparison.csv")
+        )
         assert {"dummy", "probe", "tfidf", "finetune"} <= set(table["stage"])
         [probe] = [r for r in children if r.data.tags["stage"] == "probe"]
         assert probe.data.tags["features_run_id"]  # its features came back through the proxy
@@ -137,8 +142,9 @@ def test_predict_and_serve_load_the_champion_through_the_server(studies, admin, 
     pd.DataFrame({"text": ["i feel so happy today", "this waiting makes me anxious"]}).to_csv(texts, index=False)
     output = tmp_path / "predictions.csv"
 
-    result = mlflow_run("predict", studies.experiment, studies.server.url,
-                        f"input={texts}", f"output={output}", f"model_uri={uri}")
+    result = mlflow_run(
+        "predict", studies.experiment, studies.server.url, f"input={texts}", f"output={output}", f"model_uri={uri}"
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert set(pd.read_csv(output)["label"]) <= set(LABELS)
@@ -157,9 +163,23 @@ def test_finetune_interrupted_and_resumed_over_http_ends_one_finished_run(
 ) -> None:
     checkpoints = tmp_path / "checkpoints"
     options = [
-        "finetune", "--dataset", str(small_dataset), "--model", str(tiny_model_dir), "--epochs", "2",
-        "--batch_size", str(BATCH_SIZE), "--max_length", "16", "--umap_max_points", "50", "--registered_model", "",
-        "--output_dir", str(checkpoints),
+        "finetune",
+        "--dataset",
+        str(small_dataset),
+        "--model",
+        str(tiny_model_dir),
+        "--epochs",
+        "2",
+        "--batch_size",
+        str(BATCH_SIZE),
+        "--max_length",
+        "16",
+        "--umap_max_points",
+        "50",
+        "--registered_model",
+        "",
+        "--output_dir",
+        str(checkpoints),
     ]
     log = tmp_path / "interrupted.log"
     process = emotion_exp(*options, log=log)

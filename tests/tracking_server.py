@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from emotion_exp.serving import free_port
 from tests.conftest import REPO_ROOT
-from tests.model_server import free_port
 
 SCRIPT = REPO_ROOT / "deploy" / "tracking-server"
 ADMIN = "admin"
@@ -67,8 +67,12 @@ def run_script(*args: str, env: dict[str, str] | None = None, timeout: int = 300
         environment.pop(client_setting, None)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], check=False, env={**environment, **(env or {})},
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, str(SCRIPT), *args],
+        check=False,
+        env={**environment, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -92,8 +96,9 @@ def tracking_server() -> Iterator[TrackingServer]:
     # Not under pytest's 0700 base folder: the postgres user must be able to reach its data folder.
     base = Path(tempfile.mkdtemp(prefix="emotion-exp-server-"))
     base.chmod(0o711)
-    server = TrackingServer(url=f"http://127.0.0.1:{free_port()}", folder=base / "server",
-                            admin_password=secrets.token_urlsafe(16))
+    server = TrackingServer(
+        url=f"http://127.0.0.1:{free_port()}", folder=base / "server", admin_password=secrets.token_urlsafe(16)
+    )
     port = server.url.rsplit(":", 1)[1]
     try:
         started = server.script("up", "--port", port, "--pg-port", str(free_port()), "--auth", "--workers", "2")
