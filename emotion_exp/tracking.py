@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -147,19 +148,33 @@ def retry_on_conflict(call: Callable[[], T], attempts: int = 3) -> T:
     MLflow's SQL store writes several things as a look-up followed by an insert (an experiment,
     a dataset input, a model alias): two processes doing the same at once both miss the row and the
     second insert fails. Its transaction is rolled back, and the retry finds the row the other
-    process wrote and updates or links to it.
+    process wrote and updates or links to it. Through a tracking server the same conflict arrives as
+    a BAD_REQUEST whose message is the database's unique-key error; any other error is raised at once.
     """
     from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import IntegrityError
 
     for _ in range(attempts - 1):
         try:
             return call()
         except MlflowException as error:
-            conflict = error.error_code == "RESOURCE_ALREADY_EXISTS" or isinstance(error.__cause__, IntegrityError)
-            if not conflict:
+            if not is_conflict(error):
                 raise
     return call()
+
+
+# The server passes a SQL store's IntegrityError on as BAD_REQUEST with SQLAlchemy's text:
+# "(psycopg.errors.UniqueViolation) duplicate key ...", "(sqlite3.IntegrityError) UNIQUE constraint failed ...".
+_UNIQUE_KEY_ERROR = re.compile(r"^(BAD_REQUEST: )?\([\w.]*(IntegrityError|UniqueViolation)\)")
+
+
+def is_conflict(error: Exception) -> bool:
+    """Whether an MLflow error is a concurrent writer's broken unique key (locally or through a server)."""
+    from sqlalchemy.exc import IntegrityError
+
+    code = getattr(error, "error_code", None)
+    if code == "RESOURCE_ALREADY_EXISTS" or isinstance(error.__cause__, IntegrityError):
+        return True
+    return code == "BAD_REQUEST" and bool(_UNIQUE_KEY_ERROR.match(getattr(error, "message", "")))
 
 
 def current_experiment_id() -> str:

@@ -81,3 +81,7 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         part.sample(frac=1, random_state=0).to_csv(folder / f"{split}.csv", index=False)
     return folder
+
+
+# The session's team tracking server (PostgreSQL + mlflow server with logins), for the tests that need one.
+from tests.tracking_server import on_server, tracking_server  # noqa: F401

@@ -1,0 +1,126 @@
+"""A real team tracking server for the session: PostgreSQL and `mlflow server --app-name basic-auth`.
+
+`deploy/tracking-server up` starts both on free loopback ports in a fresh temporary folder (never
+one left over from an earlier run); `down` stops them at the end of the session, also when tests
+failed, and the fixture checks that no process of theirs is left. Tests reach it with the
+``on_server`` fixture, which points MLflow at it with the admin's credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from emotion_exp.serving import free_port
+from tests.conftest import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "deploy" / "tracking-server"
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class TrackingServer:
+    url: str
+    folder: Path
+    admin_password: str
+
+    def script(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `deploy/tracking-server` (``--dir`` added) with the admin's credentials in its environment."""
+        return run_script(*args, "--dir", str(self.folder), env={**self.credentials(), **(env or {})})
+
+    def credentials(self, username: str = ADMIN, password: str | None = None) -> dict[str, str]:
+        return {
+            "MLFLOW_TRACKING_USERNAME": username,
+            "MLFLOW_TRACKING_PASSWORD": self.admin_password if password is None else password,
+        }
+
+    def add_user(self, permission: str, *, experiment_id: str, registered_model: str) -> tuple[str, str]:
+        """A new user with ``permission`` (READ, EDIT, ...) on the experiment and the registered model,
+        made the way the README says; returns its name and password."""
+        from mlflow.server import get_app_client
+
+        username, password = f"user-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(16)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in self.credentials().items():
+                patch.setenv(key, value)
+            client = get_app_client("basic-auth", tracking_uri=self.url)
+            client.create_user(username, password)
+            client.grant_user_permission(username, "experiment", experiment_id, permission)
+            client.grant_user_permission(username, "registered_model", registered_model, permission)
+        return username, password
+
+
+def run_script(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    # Not in pytest's name: MLflow's store runs extra checks when it sees PYTEST_CURRENT_TEST.
+    environment = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    for client_setting in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        environment.pop(client_setting, None)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        check=False,
+        env={**environment, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def pids_of(folder: Path) -> list[int]:
+    """Every process whose command line names the folder (the postmaster and `mlflow server`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(folder).encode() in command:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session")
+def tracking_server() -> Iterator[TrackingServer]:
+    """PostgreSQL and the MLflow server with logins, up for the session, in a temporary folder."""
+    # Not under pytest's 0700 base folder: the postgres user must be able to reach its data folder.
+    base = Path(tempfile.mkdtemp(prefix="emotion-exp-server-"))
+    base.chmod(0o711)
+    server = TrackingServer(
+        url=f"http://127.0.0.1:{free_port()}", folder=base / "server", admin_password=secrets.token_urlsafe(16)
+    )
+    port = server.url.rsplit(":", 1)[1]
+    try:
+        started = server.script("up", "--port", port, "--pg-port", str(free_port()), "--auth", "--workers", "2")
+        assert started.returncode == 0, f"deploy/tracking-server up failed:\n{started.stdout}\n{started.stderr}"
+        yield server
+    finally:
+        stopped = run_script("down", "--dir", str(server.folder))
+        left = pids_of(server.folder)
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr
+    assert left == [], f"deploy/tracking-server down left processes {left}"
+
+
+@pytest.fixture
+def on_server(tracking_server: TrackingServer, isolated_mlflow: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test logs to the session's tracking server as admin, in its own experiment; returns its name."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+    for key, value in tracking_server.credentials().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(tracking_server.url)
+    mlflow.set_experiment(isolated_mlflow)
+    return isolated_mlflow
