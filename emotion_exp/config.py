@@ -20,6 +20,12 @@ from emotion_exp.errors import UserError
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_SAMPLE = "sample"
 REGISTERED_MODEL = "emotion-classifier"
+# The registered-model default: a name that follows the data (registry.registered_name).
+FOLLOW_THE_DATA = "auto"
+_REGISTER_HELP = (
+    "Register the model under this name: 'auto' follows the data (emotion-classifier for the six emotion "
+    "labels, else <dataset name>-classifier); '' = do not register."
+)
 CHAMPION_ALIAS = "champion"
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -142,9 +148,7 @@ class TfidfConfig(DataConfig):
 
     C: float = option(1.0, "Inverse regularisation strength of the linear SVM.", minimum=0, exclusive_minimum=True)
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
-    registered_model: str = option(
-        "", "Register the model under this name ('' = do not register).", check=registered_model_name
-    )
+    registered_model: str = option("", _REGISTER_HELP, check=registered_model_name)
 
 
 @dataclass(frozen=True)
@@ -187,9 +191,7 @@ class ProbeConfig(ExtractConfig):
     )
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
     max_iter: int = option(3000, "Iterations allowed for the solver to converge.", minimum=1)
-    registered_model: str = option(
-        "", "Register the model under this name ('' = do not register).", check=registered_model_name
-    )
+    registered_model: str = option("", _REGISTER_HELP, check=registered_model_name)
 
 
 @dataclass(frozen=True)
@@ -216,9 +218,7 @@ class FinetuneConfig(TrainingConfig):
     """Full fine-tuning with the transformers Trainer."""
 
     resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).", check=run_id)
-    registered_model: str = option(
-        REGISTERED_MODEL, "Register the model under this name ('' = do not register).", check=registered_model_name
-    )
+    registered_model: str = option(FOLLOW_THE_DATA, _REGISTER_HELP, check=registered_model_name)
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,10 @@ class PromoteConfig(DataConfig):
         choices=("val_f1_weighted", "val_accuracy", "val_f1_macro"),
     )
     registered_model: str = option(
-        REGISTERED_MODEL, "Registered model whose champion alias moves.", check=registered_model_name
+        FOLLOW_THE_DATA,
+        "Registered model whose champion alias moves: 'auto' follows the data (emotion-classifier for the "
+        "six emotion labels, else <dataset name>-classifier).",
+        check=registered_model_name,
     )
 
 

@@ -7,7 +7,6 @@ The features come back as float32 in input order. This module never imports mlfl
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,7 +105,8 @@ def extract(
 ) -> Extraction:
     """Pooled last hidden states of ``texts`` as float32, in input order."""
     import torch
-    from tqdm.auto import tqdm
+
+    from emotion_exp import console
 
     features = np.empty((len(texts), encoder.hidden_size), dtype=np.float32)
     if not texts:  # the tokenizer rejects an empty batch
@@ -116,7 +116,7 @@ def extract(
     with (
         torch.inference_mode(),
         batching.autocast(encoder.precision, encoder.device),
-        tqdm(total=len(texts), desc=description, unit="text", file=sys.stderr, disable=not progress) as bar,
+        console.progress(len(texts), description, enabled=progress) as bar,
     ):
         for positions, batch in batching.sorted_batches(tokenized, encoder.tokenizer, batch_size):
             batch = batch.to(encoder.device)

@@ -32,9 +32,10 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from emotion_exp import batching, metrics, models
+from emotion_exp import batching, console, metrics, models
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -93,7 +94,14 @@ def last_checkpoint(folder: str | Path) -> str | None:
 
 
 def load_classifier(resolved: models.ResolvedModel, label_names: Sequence[str]) -> PreTrainedModel:
-    """The encoder with a fresh classification head whose labels are ``label_names``."""
+    """The encoder with a fresh classification head whose labels are ``label_names``.
+
+    Says so once in plain words; transformers' own report lists the head's weights as MISSING.
+    """
+    console.say(
+        f"finetune: starting from {resolved.spec} with a new, randomly initialised classification head for "
+        f"{len(label_names)} labels (fine-tuning trains it)."
+    )
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             resolved.location,
@@ -276,8 +284,11 @@ def make_trainer(
     label_names: Sequence[str] = (),
     callbacks: Sequence[TrainerCallback] = (),
 ) -> Trainer:
-    """A Trainer that pads each batch to its longest text and scores accuracy and weighted F1."""
-    return _Trainer(
+    """A Trainer that pads each batch to its longest text and scores accuracy and weighted F1.
+
+    Its progress bar is ours (``console.trainer_progress``): a line per evaluation, not raw log dictionaries.
+    """
+    trainer = _Trainer(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -287,6 +298,9 @@ def make_trainer(
         compute_metrics=_compute_metrics(label_names) if eval_rows is not None else None,
         callbacks=list(callbacks),
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(console.trainer_progress())
+    return trainer
 
 
 def train(
