@@ -80,7 +80,8 @@ def _from_hub(spec: str) -> ResolvedModel:
 
 def _hub_error(spec: str, reason: str) -> UserError:
     return UserError(
-        f"Model {spec!r} is not a local folder and could not be loaded from the Hugging Face Hub ({reason}). "
+        f"Model {spec!r} could not be loaded: it is not a local folder, and the Hugging Face Hub could not "
+        f"provide it ({reason}). "
         f"Download it once where the hub can be reached (`hf download {spec}`, then copy the cache here, or "
         "save it with save_pretrained and pass that folder as --model), or use the default offline encoder "
         f"{DEFAULT_MODEL}."

@@ -33,7 +33,7 @@ def test_an_unknown_model_offline_fails_at_once_and_names_the_download_command()
         models.resolve("nobody/no-such-model")
     assert time.monotonic() - started < 3
     message = str(error.value)
-    assert message.startswith("Model 'nobody/no-such-model' is not a local folder")
+    assert message.startswith("Model 'nobody/no-such-model' could not be loaded: it is not a local folder")
     assert "HF_HUB_OFFLINE is set" in message and "`hf download nobody/no-such-model`" in message
     assert "--model" in message and "huggingface-cli" not in message
 
