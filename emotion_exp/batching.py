@@ -33,8 +33,13 @@ class TokenizedTexts:
 
 
 def tokenize(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> TokenizedTexts:
-    """Tokenize without padding; count the texts that ``max_length`` truncates."""
-    encoded = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+    """Tokenize without padding; count the texts that ``max_length`` truncates.
+
+    The tokenizer cuts at ``max_length + 1`` tokens, so a text longer than ``max_length`` comes back
+    one token too long and is counted and cut here; texts far longer than the model's limit are
+    never tokenized in full (which also made transformers warn of indexing errors we never run into).
+    """
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length + 1, add_special_tokens=True)["input_ids"]
     truncated = sum(len(ids) > max_length for ids in encoded)
     if truncated:
         encoded = [ids if len(ids) <= max_length else _truncate(ids, max_length, tokenizer) for ids in encoded]

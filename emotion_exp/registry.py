@@ -7,7 +7,10 @@ one registered version per registered model, however often it is registered or p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,14 +20,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import tracking
-from emotion_exp.config import CHAMPION_ALIAS
+from emotion_exp.config import CHAMPION_ALIAS, FOLLOW_THE_DATA, REGISTERED_MODEL
 from emotion_exp.errors import UserError
-from emotion_exp.pyfunc import MODEL_NAME
+from emotion_exp.pyfunc import MODEL_NAME, label_names_of
 
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
 
-PROMOTION_MARK = "<!-- promotion -->"
+# The promotion note's heading: where a version's description (its model card) ends and the note begins.
+PROMOTION_HEADING = "## Promotion"
+# The version tag naming the promote run that wrote the note (machine state lives in tags, not in text).
+PROMOTION_RUN_TAG = "promote_run_id"
 REGISTERED_MODEL_DESCRIPTION = (
     "Emotion text classifier (pyfunc). Input: a DataFrame with a `text` column or a list of strings. "
     "Output: `label` and one `prob_<label>` column per label. The `champion` alias marks the best "
@@ -96,18 +102,64 @@ def version_of_run(name: str, run_id: str) -> str | None:
     return str(min(int(v.version) for v in versions)) if versions else None
 
 
-def register(model_uri: str, name: str) -> str:
+def registered_name(requested: str, dataset_name: str, label_names: Sequence[str]) -> str:
+    """The registered model a stage uses: ``requested``, or for ``auto`` a name that follows the data.
+
+    Models of the six emotion labels (the bundled sample, the emotion hub dataset, its original
+    release) go to ``emotion-classifier``; other data to ``<dataset name>-classifier`` (``reviews.csv``
+    gives ``reviews-classifier``, a folder its name), so unrelated models never share a name.
+    """
+    from emotion_exp.data import STUDY_LABELS
+
+    if requested != FOLLOW_THE_DATA:
+        return requested
+    if set(label_names) == set(STUDY_LABELS):
+        return REGISTERED_MODEL
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name.rsplit("/", 1)[-1]).strip("-.")
+    return f"{slug or 'data'}-classifier"
+
+
+def check_labels(name: str, label_names: Sequence[str]) -> None:
+    """Refuse to add a model to ``name`` when its newest version predicts other labels.
+
+    A registered model's versions stand in for each other (``@champion`` moves between them), so
+    they must answer with the same labels; the labels are read from the versions' signatures.
+    """
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as error:
+        if _not_found(error):
+            return
+        raise
+    if not versions:
+        return
+    newest = max(versions, key=lambda v: int(v.version))
+    signature = mlflow.models.get_model_info(f"models:/{name}/{newest.version}").signature
+    theirs = label_names_of(signature) if signature and signature.outputs else None
+    if theirs is not None and set(theirs) != set(label_names):
+        raise UserError(
+            f"Registered model {name!r} holds models for the labels {', '.join(theirs)} (version "
+            f"{newest.version}); this model's labels are {', '.join(label_names)}. Models with other labels "
+            f"cannot share a registered model: pass --registered_model with another name (or 'auto', which "
+            "names it after the data), or '' not to register."
+        )
+
+
+def register(model_uri: str, name: str, label_names: Sequence[str]) -> str:
     """Register a logged model as a version of ``name`` once; return its version.
 
     Registering the same run's model again returns the version it already has, so stages and
     ``promote`` can both register without making duplicates. Two processes registering the same
     run at once both find no version and make one each: the oldest stays, and the process that
-    made a later one deletes it.
+    made a later one deletes it. A model whose labels differ from the registered model's is
+    refused (``check_labels``).
     """
     client = MlflowClient()
     run_id = _run_of(model_uri)
     if run_id and (existing := version_of_run(name, run_id)):
         return existing
+    check_labels(name, label_names)
     try:
         client.get_registered_model(name)
     except MlflowException as error:
@@ -118,7 +170,10 @@ def register(model_uri: str, name: str) -> str:
         except MlflowException as race:  # another process created it since the look-up
             if race.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-    version = str(mlflow.register_model(model_uri, name).version)
+    # register_model prints "already exists. Creating a new version" even for the model made just above;
+    # the stage's closing line says which version it became.
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = str(mlflow.register_model(model_uri, name).version)
     if run_id and (oldest := version_of_run(name, run_id)) != version:
         client.delete_model_version(name, version)
         return oldest
@@ -215,18 +270,20 @@ def describe_version(name: str, version: str, note: str, tags: dict[str, str], *
 
 
 def note_promotion(name: str, version: str, note: str, tags: dict[str, str], *, replace: bool) -> None:
-    """Tag a version and put ``note`` in the promotion section of its description, after its model card.
+    """Tag a version and put ``note`` (starting with ``PROMOTION_HEADING``) after its model card.
 
-    An existing promotion section is replaced only when ``replace`` is set, so re-running a
-    promote that changes nothing leaves the note of the decision that did.
+    An existing note (the version has the ``promote_run_id`` tag) is replaced only when ``replace``
+    is set, so re-running a promote that changes nothing leaves the note of the decision that did.
     """
     client = MlflowClient()
+    noted = PROMOTION_RUN_TAG in client.get_model_version(name, version).tags
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    card, marked, _ = (client.get_model_version(name, version).description or "").partition(PROMOTION_MARK)
-    if marked and not replace:
+    if noted and not replace:
         return
-    client.update_model_version(name, version, description=f"{card.rstrip()}\n\n{PROMOTION_MARK}\n{note}".lstrip())
+    description = client.get_model_version(name, version).description or ""
+    card = description.partition(PROMOTION_HEADING)[0] if noted else description
+    client.update_model_version(name, version, description=f"{card.rstrip()}\n\n{note}".lstrip())
 
 
 @dataclass(frozen=True)

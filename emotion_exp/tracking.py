@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import __version__
+from emotion_exp import __version__, console
 from emotion_exp.errors import EndedEarly
 
 T = TypeVar("T")
@@ -104,6 +104,9 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
         if run_id and "error" in MlflowClient().get_run(run_id).data.tags:
             MlflowClient().delete_tag(run_id, "error")  # a resumed run that finished no longer failed
         mlflow.end_run("FINISHED")
+        if stage != "main":  # the study ends with its summary instead
+            finished = MlflowClient().get_run(run.info.run_id)
+            console.say(console.closing_line(stage, run.info.run_id, finished.data.metrics, finished.data.tags))
 
 
 def _end(run: mlflow.ActiveRun, status: str, reason: str) -> None:
@@ -115,11 +118,17 @@ def _end(run: mlflow.ActiveRun, status: str, reason: str) -> None:
         client.set_terminated(run.info.run_id, status)
 
 
-def fail_run(run_id: str, reason: str) -> None:
-    """Mark a run that is still RUNNING as FAILED with ``reason`` (errors before a stage began)."""
+def fail_run(run_id: str, reason: str, *, stage: str | None = None) -> None:
+    """Mark a run that is still RUNNING as FAILED with ``reason`` (errors before a stage began).
+
+    ``stage`` names a run that no stage opened yet (``mlflow run``'s), as a stage run is named and tagged.
+    """
     client = MlflowClient()
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_tag(run_id, "error", reason[:MAX_TAG_LENGTH])
+        if stage:
+            client.set_tag(run_id, "stage", stage)
+            client.set_tag(run_id, "mlflow.runName", stage)
         client.set_terminated(run_id, "FAILED")
 
 
@@ -192,6 +201,26 @@ class RunRecord:
     status: str
     tags: dict[str, str]
     params: dict[str, str]
+
+
+def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """The runs nested in a parent, oldest first: ``stage``, ``run_id``, ``seconds``, ``tags`` and their metrics."""
+    client = MlflowClient()
+    runs = client.search_runs(
+        [client.get_run(parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return [
+        {
+            "stage": run.data.tags.get("stage", ""),
+            "run_id": run.info.run_id,
+            "seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+            "tags": dict(run.data.tags),
+            **run.data.metrics,
+        }
+        for run in runs
+    ]
 
 
 def launcher_run_id() -> str | None:

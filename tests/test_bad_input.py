@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 
 from emotion_exp import registry
 from emotion_exp.cli import cli
-from tests.pyfunc_models import log_keyword_model
+from tests.pyfunc_models import LABELS, log_keyword_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:An input example was not provided")
 
@@ -117,7 +117,7 @@ def a_dummy_run(inputs: Inputs) -> list[str]:
 def registered_without_alias(inputs: Inputs) -> list[str]:
     name = f"bad-input-{uuid.uuid4().hex[:8]}"
     with mlflow.start_run():
-        registry.register(log_keyword_model(input_example=False), name)
+        registry.register(log_keyword_model(input_example=False), name, LABELS)
     return [name]
 
 

@@ -32,3 +32,34 @@ def test_mlflow_run_with_a_bad_parameter_fails_the_run_with_the_reason(tracking_
     [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
     assert run.info.status == "FAILED"
     assert "--strategy must be one of" in run.data.tags["error"]
+    assert run.data.tags["stage"] == "dummy"
+    assert run.info.run_name == "dummy"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["finetune", "--epochs", "0"], "--epochs must be greater than 0"),
+        (["dummy", "--strategyy", "prior"], "No such option '--strategyy'"),
+        (["probe", "--max_iter", "many"], "expected a whole number"),
+    ],
+)
+def test_a_failed_parameter_check_tags_the_launchers_run(arguments, reason, isolated_mlflow, monkeypatch) -> None:
+    """`mlflow run` creates the run before the entry point parses its options; that run is tagged like any failure."""
+    from click.testing import CliRunner
+
+    from emotion_exp.cli import cli
+
+    experiment = mlflow.get_experiment_by_name(isolated_mlflow)
+    launcher = mlflow.MlflowClient().create_run(experiment.experiment_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+
+    result = CliRunner().invoke(cli, arguments)
+
+    assert result.exit_code != 0
+    assert reason in result.output
+    run = mlflow.get_run(launcher.info.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["stage"] == arguments[0]
+    assert run.info.run_name == arguments[0]
+    assert reason in run.data.tags["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,34 @@ def test_a_local_folder_loads_as_it_is(tiny_model_dir: Path) -> None:
     assert models.load_tokenizer(resolved)("i feel fine")["input_ids"][0] == 101
 
 
-def test_an_unknown_model_offline_names_the_model_and_how_to_get_it() -> None:
-    resolved = models.resolve("nobody/no-such-model")
-    assert resolved.source == "hub"
-    with pytest.raises(UserError, match=r"Model 'nobody/no-such-model' could not be loaded.*--model"):
-        models.load_tokenizer(resolved)
+def test_an_unknown_model_offline_fails_at_once_and_names_the_download_command() -> None:
+    started = time.monotonic()
+    with pytest.raises(UserError) as error:
+        models.resolve("nobody/no-such-model")
+    assert time.monotonic() - started < 3
+    message = str(error.value)
+    assert message.startswith("Model 'nobody/no-such-model' could not be loaded: it is not a local folder")
+    assert "HF_HUB_OFFLINE is set" in message and "`hf download nobody/no-such-model`" in message
+    assert "--model" in message and "huggingface-cli" not in message
+
+
+def test_an_unreachable_hub_fails_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"asking the hub failed: \w+, and it is not in the Hugging Face cache"):
+        models.resolve("distilbert-base-uncased-not-cached")
+    assert time.monotonic() - started < models.HUB_TIMEOUT_S + 2
+
+
+def test_the_download_command_named_in_messages_is_the_one_huggingface_hub_installs() -> None:
+    from importlib.metadata import entry_points
+
+    commands = {script.name: script.value for script in entry_points(group="console_scripts")}
+    assert commands["hf"].startswith("huggingface_hub.")
+    assert "huggingface-cli" not in commands
 
 
 def test_a_folder_without_weights_says_what_a_model_folder_needs(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def registered(tracking_uri: str) -> str:
     experiment = mlflow.set_experiment(f"{name}-setup")
     with mlflow.start_run(experiment_id=experiment.experiment_id):
         uri = log_keyword_model()
-    registry.set_champion(name, registry.register(uri, name))
+    registry.set_champion(name, registry.register(uri, name, LABELS))
     return name
 
 

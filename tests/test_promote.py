@@ -16,7 +16,7 @@ from emotion_exp.errors import UserError
 from emotion_exp.registry import Candidate, Champion
 from emotion_exp.stages import promote
 from tests.helpers import mlflow_run
-from tests.pyfunc_models import log_keyword_model
+from tests.pyfunc_models import LABELS, log_keyword_model
 
 NAME = "emotion-classifier"
 pytestmark = pytest.mark.filterwarnings("ignore:An input example was not provided")
@@ -103,7 +103,9 @@ def test_first_promotion_registers_the_best_run_and_records_why(config, digest, 
     assert "no @champion yet" in decision.data.tags["promote_reason"]
     assert decision.data.tags["dataset_digest"] == digest
     version = MlflowClient().get_model_version(NAME, "1")
-    assert version.description.startswith("<!-- promotion -->\n## Promotion\n\n**Champion**")
+    assert version.description.startswith("## Promotion\n\n**Champion**")
+    assert "<!--" not in version.description
+    assert version.tags["promote_run_id"] == decision.info.run_id
     assert "val_f1_weighted: 0.7000" in version.description
     assert version.tags["dataset_digest"] == digest
 
@@ -153,12 +155,12 @@ def test_running_again_never_registers_twice_and_keeps_card_and_note(config, dig
     # finetune registers its model right away; promote must reuse that version.
     experiment_id = mlflow.get_experiment_by_name(isolated_mlflow).experiment_id
     uri = registry.candidates(experiment_id, digest, "val_f1_weighted")[0].model_uri
-    assert registry.register(uri, NAME) == "1"
-    assert registry.register(uri, NAME) == "1"
+    assert registry.register(uri, NAME, LABELS) == "1"
+    assert registry.register(uri, NAME, LABELS) == "1"
     registry.describe_version(NAME, "1", "# Model card", {"stage": "finetune"}, overwrite=True)
     promote.run(config)
     note = MlflowClient().get_model_version(NAME, "1").description
-    assert note.startswith("# Model card\n\n<!-- promotion -->\n## Promotion\n\n**Champion**")
+    assert note.startswith("# Model card\n\n## Promotion\n\n**Champion**")
     promote.run(config)
 
     assert versions() == [run_id]
@@ -171,7 +173,7 @@ def test_a_champion_of_another_dataset_is_never_compared(config, digest, isolate
     other = make_run("0" * 64, 0.30)
     experiment_id = mlflow.get_experiment_by_name(isolated_mlflow).experiment_id
     [old] = registry.candidates(experiment_id, "0" * 64, "val_f1_weighted")
-    registry.set_champion(NAME, registry.register(old.model_uri, NAME))
+    registry.set_champion(NAME, registry.register(old.model_uri, NAME, LABELS))
     better_here = make_run(digest, 0.90)
 
     promote.run(config)

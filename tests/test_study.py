@@ -74,7 +74,10 @@ def test_main_runs_every_stage_as_children_and_compares_them(small_dataset, tiny
     result = CliRunner().invoke(cli, arguments)
 
     assert result.exit_code == 0, result.output
-    check_study(isolated_mlflow, name)
+    parent = check_study(isolated_mlflow, name)
+    summary = result.output[result.output.index("Study finished in ") :]
+    assert f"run {parent.info.run_id} in experiment {isolated_mlflow!r}" in summary
+    assert f"(models:/{name}@champion)" in summary and "Open it: mlflow ui --backend-store-uri sqlite:///" in summary
 
 
 @pytest.mark.slow

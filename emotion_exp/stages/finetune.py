@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 from transformers import TrainerCallback
 
-from emotion_exp import data, finetune, model_card, models, plots, pyfunc, tracking
+from emotion_exp import data, finetune, model_card, models, plots, pyfunc, registry, tracking
 from emotion_exp.config import DataConfig, FinetuneConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages.skeleton import SPLIT_PREFIX, LoggedModel, Stage, log_figure, log_model_source, open_stage
@@ -47,6 +47,9 @@ def run(
         checkpoint_dir = Path(config.output_dir) / stage.run_id
         if config.resume:
             mlflow.set_tag("resumed_from", finetune.last_checkpoint(checkpoint_dir))
+        registered = stage.registered_name(config.registered_model)
+        if registered:  # refuse a registered model of other labels before training, not after
+            registry.check_labels(registered, stage.splits.label_names)
         resolved = models.resolve(config.model)
         log_model_source(resolved)
         try:
@@ -62,7 +65,7 @@ def run(
         except KeyboardInterrupt:
             print(_resume_hint(stage.run_id, checkpoint_dir), file=sys.stderr, flush=True)
             raise
-        log_result(stage, config, resolved, result)
+        log_result(stage, dataclasses.replace(config, registered_model=registered), resolved, result)
         # A finished run cannot be resumed, and MLflow now holds its model: the folder is dead weight.
         shutil.rmtree(checkpoint_dir)
         return stage.run_id
@@ -71,7 +74,10 @@ def run(
 def log_result(
     stage: Stage, config: FinetuneConfig, resolved: models.ResolvedModel, result: finetune.FinetuneResult
 ) -> None:
-    """Scores, plots, throughput, the pyfunc model with its card, and its registered version."""
+    """Scores, plots, throughput, the pyfunc model with its card, and its registered version.
+
+    ``config.registered_model`` is the resolved name ('' = do not register), not ``auto``.
+    """
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
     mlflow.set_tags({"threads_chosen": ",".join(map(str, result.threads))})

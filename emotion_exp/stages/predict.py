@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from emotion_exp import data, pyfunc, registry, tracking
+from emotion_exp import console, data, pyfunc, registry, tracking
 from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
 
@@ -122,12 +121,10 @@ def _text_column(config: PredictConfig) -> str:
 
 def predict_batches(model: Any, texts: list[str], batch_size: int) -> pd.DataFrame:
     """The pyfunc model's predictions for ``texts``, ``batch_size`` at a time, with a progress bar."""
-    from tqdm.auto import tqdm
-
     if not texts:  # every text was empty and skipped: the model still gives the columns
         return model.predict(pd.DataFrame({"text": pd.Series([], dtype=object)}))
     parts = []
-    with tqdm(total=len(texts), desc="predict", unit="text", file=sys.stderr) as bar:
+    with console.progress(len(texts), "predict") as bar:
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
             parts.append(model.predict(pd.DataFrame({"text": batch})))

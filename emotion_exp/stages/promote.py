@@ -18,6 +18,7 @@ decision.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -82,24 +83,26 @@ def run(config: PromoteConfig, *, splits: DatasetSplits | None = None) -> str:
     if not config.registered_model:
         raise UserError(
             "--registered_model is empty; promote needs the registered model whose @champion alias it "
-            "moves (default emotion-classifier)."
+            "moves ('auto' names it after the data)."
         )
     experiment_id = tracking.current_experiment_id()
     with tracking.stage_run("promote", config) as promote_run:
         if splits is None:
             splits = data.load_splits(subset(config, DataConfig))
         mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
+        name = registry.registered_name(config.registered_model, splits.name, splits.label_names)
+        config = dataclasses.replace(config, registered_model=name)
+        mlflow.set_tag("registered_model", name)
         found = registry.candidates(experiment_id, splits.digest, config.metric)
         if not found:
             raise _no_candidates(experiment_id, splits.digest, splits.name, config.metric)
         candidate = best(found)
-        version = registry.register(candidate.model_uri, config.registered_model)
-        champion = registry.champion(config.registered_model, config.metric)
+        version = registry.register(candidate.model_uri, name, splits.label_names)
+        champion = registry.champion(name, config.metric)
         decision = decide(candidate, version, champion, metric=config.metric, digest=splits.digest)
         if decision.promoted:
-            registry.set_champion(config.registered_model, version)
+            registry.set_champion(name, version)
         _record(config, promote_run.info.run_id, candidate, version, champion, decision, splits.digest)
-        print(f"promote: {'promoted' if decision.promoted else 'kept the alias'}: {decision.reason}.")
         return promote_run.info.run_id
 
 
@@ -143,14 +146,18 @@ def _record(
         }
     )
     mlflow.set_tags(
-        {"promote_decision": "promoted" if decision.promoted else "kept", "promote_reason": decision.reason}
+        {
+            "promote_decision": "promoted" if decision.promoted else "kept",
+            "promote_reason": decision.reason,
+            "promote_candidate_stage": candidate.stage,
+        }
     )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     previous = "none"
     if champion:
         previous = f"version {champion.version} ({'n/a' if champion.value is None else f'{champion.value:.4f}'})"
     note = (
-        "## Promotion\n\n"
+        f"{registry.PROMOTION_HEADING}\n\n"
         f"**{'Champion' if decision.promoted else 'Not promoted'}** ({when}, promote run `{run_id}`)\n\n"
         f"- {config.metric}: {candidate.value:.4f} (stage `{candidate.stage}`, run `{candidate.run_id}`)\n"
         f"- previous champion: {previous}\n"
@@ -161,6 +168,11 @@ def _record(
         config.registered_model,
         version,
         note,
-        {"dataset_digest": digest, "stage": candidate.stage, config.metric: f"{candidate.value:.6f}"},
+        {
+            "dataset_digest": digest,
+            "stage": candidate.stage,
+            config.metric: f"{candidate.value:.6f}",
+            registry.PROMOTION_RUN_TAG: run_id,
+        },
         replace=decision.promoted,
     )

@@ -66,10 +66,12 @@ def log_dataset(splits: DatasetSplits) -> None:
     every text, label and label name; runs are reused and compared by it.
     """
     for split in SPLITS:
-        frame = splits.split(split).assign(label_name=lambda df: df["label"].map(dict(enumerate(splits.label_names))))
+        # Labels as their names, as the user knows them (integer ids would also make MLflow hint, when it
+        # infers the schema, that integers cannot hold missing values).
+        names = splits.split(split)["label"].map(dict(enumerate(splits.label_names)))
+        frame = splits.split(split)[["text"]].assign(label=names)
         with warnings.catch_warnings():
-            # MLflow warns that a local path matches two source types and that integer labels
-            # cannot hold missing values; neither applies to a finished, validated split.
+            # MLflow warns that a local path matches two source types; a local file is a local file.
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(
                 frame, source=splits.source, targets="label", name=f"{splits.name}-{split}", digest=splits.digest[:16]
@@ -121,6 +123,10 @@ class Stage:
         evaluated = ("validation", "test") if score_test else ("validation",)
         return {split: log_split(split, self.splits, probabilities(split)) for split in evaluated}
 
+    def registered_name(self, requested: str) -> str:
+        """The registered model a ``--registered_model`` value means for this data ('' = do not register)."""
+        return requested and registry.registered_name(requested, self.splits.name, self.splits.label_names)
+
     def log_model(
         self,
         model: LoggedModel,
@@ -135,8 +141,9 @@ class Stage:
         model_uri = pyfunc.log_model(
             model.python_model, self.splits.label_names, artifacts=model.artifacts or None, packages=model.packages
         )
+        registered_model = self.registered_name(registered_model)
         if registered_model:
-            version = registry.register(model_uri, registered_model)
+            version = registry.register(model_uri, registered_model, self.splits.label_names)
             version_tags = {"stage": self.name, "dataset_digest": self.splits.digest}
             registry.describe_version(registered_model, version, description, version_tags, overwrite=True)
             mlflow.set_tags({"registered_model": registered_model, "registered_version": version})
@@ -153,6 +160,7 @@ class Stage:
         """Score the evaluated splits, then log (and register) ``model`` with a card of those scores."""
         evaluations = self.score(probabilities, score_test=score_test)
         if model is not None:
+            registered_model = self.registered_name(registered_model)
             card = model_card.summary(self.name, self.splits, evaluations, registered_model)
             self.log_model(model, registered_model=registered_model, description=card)
         return evaluations

@@ -8,13 +8,14 @@ be set from ``main`` (``config.py`` says how the names are composed).
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import plots
-from emotion_exp.config import MainConfig
+from emotion_exp import console, plots, tracking
+from emotion_exp.config import CHAMPION_ALIAS, MainConfig
 from emotion_exp.stages import dummy, extract, finetune, probe, promote, tfidf
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
@@ -23,6 +24,7 @@ COMPARED_METRICS = ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_acc
 
 def run(config: MainConfig) -> str:
     """Run every stage as a child of one parent run; log the comparison table and chart."""
+    started = time.perf_counter()
     with open_stage("main", config) as parent:
         splits = parent.splits
         # Extract first (reusing a finished extract run with the same key); the probe reads its features.
@@ -38,7 +40,30 @@ def run(config: MainConfig) -> str:
         log_comparison(children)
         if config.registered_model:
             promote.run(config.stage_config("promote"), splits=splits)
-        return parent.run_id
+    console.say(summary(parent.run_id, time.perf_counter() - started))
+    return parent.run_id
+
+
+def summary(parent_run_id: str, seconds: float) -> str:
+    """The console summary of a finished study: its stages' scores and seconds, the champion, the store."""
+    children = tracking.child_runs(parent_run_id)
+    decisions = [child for child in children if child["stage"] == "promote"]
+    decision = name = None
+    if decisions:
+        tags = decisions[-1]["tags"]
+        verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
+        decision = f"{verdict} ({tags.get('promote_candidate_stage')} was the best run): {tags.get('promote_reason')}"
+        name = tags.get("registered_model")
+    experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+    return console.summary(
+        [child for child in children if child["stage"] != "promote"],
+        run_id=parent_run_id,
+        seconds=seconds,
+        experiment=MlflowClient().get_experiment(experiment_id).name,
+        decision=decision,
+        champion_uri=f"models:/{name}@{CHAMPION_ALIAS}" if name else None,
+        tracking_uri=mlflow.get_tracking_uri(),
+    )
 
 
 def comparison_table(children: dict[str, str]) -> pd.DataFrame:

@@ -541,8 +541,9 @@ def score_best(best: optuna.trial.FrozenTrial, splits: DatasetSplits, registered
         f"sweep: best trial {best.number} (run {run_id}): {OBJECTIVE} {best.value:.4f}, "
         f"test accuracy {evaluation.accuracy:.4f}; params {json.dumps(best.params)}"
     )
+    registered_model = registered_model and registry.registered_name(registered_model, splits.name, splits.label_names)
     if registered_model:
-        version = registry.register(model_uri, registered_model)
+        version = registry.register(model_uri, registered_model, splits.label_names)
         registry.describe_version(
             registered_model,
             version,

@@ -1,0 +1,251 @@
+"""What a run prints: libraries kept quiet, progress that suits the output, closing lines and the summary.
+
+By default the console shows what a user acts on: progress, one closing line per stage, the
+study's summary, warnings of our own. ``--verbose`` (or ``EMOTION_EXP_VERBOSE=1``) lets MLflow,
+transformers and the Trainer print everything they have to say. Progress is a bar on a terminal;
+written to a file or a pipe (``mlflow run`` in CI, ``> log.txt``) it is one line every
+``PROGRESS_STEP_PERCENT`` percent instead of hundreds of carriage-return frames.
+
+This module never imports mlflow: callers hand it plain values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+VERBOSE_ENV = "EMOTION_EXP_VERBOSE"
+PROGRESS_STEP_PERCENT = 10
+
+
+def verbose() -> bool:
+    """Whether the user asked to see everything the libraries print."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+def say(message: str) -> None:
+    """One line for the user on stdout, flushed so it keeps its place among progress lines."""
+    print(message, flush=True)
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' routine chatter off the console unless ``--verbose`` was asked for.
+
+    What stays: errors and warnings of MLflow, errors of transformers (its weight-loading report
+    is replaced by our one line in ``finetune.load_classifier``). MLflow's CloudPickle notice is
+    dropped: pickling the fitted pipeline into the model is the design, and the model is ours.
+    """
+    if verbose():
+        return
+    # Read when the libraries are imported; importing transformers here would slow every command down.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (a notebook, a test): set it directly
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pyfunc").addFilter(_DropMessages("Passing a Python object as `python_model`"))
+
+
+class LineProgress:
+    """Progress for a file or pipe: a line at every ``PROGRESS_STEP_PERCENT`` percent (and at the end)."""
+
+    def __init__(self, total: int, description: str, unit: str, stream: IO[str]) -> None:
+        self.total = total
+        self.description = description
+        self.unit = unit
+        self.stream = stream
+        self.done = 0
+        self._printed_step = 0
+        self._started = time.perf_counter()
+
+    def update(self, count: int = 1) -> None:
+        self.done += count
+        step = math.floor(100 * self.done / self.total / PROGRESS_STEP_PERCENT) if self.total else 0
+        if step > self._printed_step:
+            self._printed_step = step
+            seconds = time.perf_counter() - self._started
+            self.stream.write(
+                f"{self.description}: {100 * self.done / self.total:3.0f}% ({self.done:,}/{self.total:,} {self.unit}s, "
+                f"{seconds:.0f} s)\n"
+            )
+            self.stream.flush()
+
+    def write(self, line: str, file: IO[str] | None = None) -> None:
+        """A line of its own (tqdm's ``write``, so callers treat both reporters alike)."""
+        print(line, file=file or self.stream, flush=True)
+
+    def close(self) -> None:
+        """Nothing to clear: every line is already complete."""
+
+    def __enter__(self) -> LineProgress:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress(total: int, description: str, *, unit: str = "text", enabled: bool = True, stream: IO[str] | None = None):
+    """A progress reporter with ``update(n)``: a tqdm bar on a terminal, ``LineProgress`` elsewhere."""
+    from tqdm.auto import tqdm
+
+    stream = stream or sys.stderr
+    if enabled and not stream.isatty():
+        return LineProgress(total, description, unit, stream)
+    return tqdm(total=total, desc=description, unit=unit, file=stream, disable=not enabled)
+
+
+def trainer_progress() -> Any:
+    """A Trainer callback that reports training steps as ``progress`` does and each evaluation in one line.
+
+    It takes the place of the Trainer's own bar, which prints every raw log dictionary
+    (``{'loss': '1.803', ...}``); with ``--verbose`` those dictionaries are printed too.
+    """
+    from transformers import TrainerCallback
+
+    class TrainerProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar: Any = None
+            self.steps = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                self.bar = progress(state.max_steps, "finetune", unit="step")
+                self.steps = 0
+                self.on_step_end(args, state, control)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None and state.global_step > self.steps:
+                self.bar.update(state.global_step - self.steps)
+                self.steps = state.global_step
+
+        def on_evaluate(
+            self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
+            if self.bar is not None and metrics:
+                self.bar.write(evaluation_line(state.epoch or 0.0, args.num_train_epochs, metrics), file=sys.stderr)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
+            if self.bar is not None and logs and verbose():
+                self.bar.write(str(logs), file=sys.stderr)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TrainerProgress()
+
+
+def evaluation_line(epoch: float, epochs: float, metrics: Mapping[str, float]) -> str:
+    """``epoch 1/3: validation loss 1.234, accuracy 0.612, weighted F1 0.598`` from the Trainer's eval metrics."""
+    parts = [
+        f"{label} {metrics[key]:.3f}"
+        for key, label in (
+            ("eval_loss", "validation loss"),
+            ("eval_accuracy", "accuracy"),
+            ("eval_f1_weighted", "weighted F1"),
+        )
+        if key in metrics
+    ]
+    return f"epoch {epoch:g}/{epochs:g}: {', '.join(parts)}"
+
+
+# The scores a stage's closing line shows, in order, with their labels.
+CLOSING_SCORES = (("val_accuracy", "val accuracy"), ("val_f1_weighted", "val F1"), ("test_accuracy", "test accuracy"))
+
+
+def closing_line(stage: str, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    """The one line a finished stage ends with: its key scores and its run id."""
+    if stage == "extract":
+        if tags.get("reused_features") == "true":
+            what = f"reused the features of run {tags.get('features_run_id', '?')}"
+        else:
+            rows = sum(metrics.get(f"{split}_rows", 0) for split in ("train", "val", "test"))
+            what = f"{rows:,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
+    elif stage == "predict":
+        what = f"{metrics.get('rows', 0):,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
+    elif stage == "promote":
+        verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
+        what = f"{verdict}: {tags.get('promote_reason', '')}"
+    else:
+        scores = [f"{label} {metrics[key]:.4f}" for key, label in CLOSING_SCORES if key in metrics]
+        what = ", ".join(scores) or "finished"
+        if tags.get("registered_version"):
+            what += f"; registered as version {tags['registered_version']} of {tags.get('registered_model', '?')!r}"
+    return f"{stage}: {what} (run {run_id})"
+
+
+def summary(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    run_id: str,
+    seconds: float,
+    experiment: str,
+    decision: str | None,
+    champion_uri: str | None,
+    tracking_uri: str,
+) -> str:
+    """The study's closing summary: the comparison, the champion decision, the store and how to look at it.
+
+    ``rows`` hold ``stage``, ``seconds`` and the scores in ``CLOSING_SCORES`` (missing ones print as ``-``).
+    """
+    header = ["stage", *(label for _, label in CLOSING_SCORES), "seconds"]
+    table = [header] + [
+        [
+            str(row["stage"]),
+            *(_score(row.get(key)) for key, _ in CLOSING_SCORES),
+            f"{row['seconds']:.0f}" if row.get("seconds") is not None else "-",
+        ]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in table
+    ]
+    text = [f"Study finished in {seconds:.0f} s: run {run_id} in experiment {experiment!r}.", "", *lines, ""]
+    if decision is not None:
+        text.append(f"Champion: {decision}" + (f" ({champion_uri})" if champion_uri else ""))
+    store, command = ui_command(tracking_uri)
+    text += [f"Store: {store}", f"Open it: {command}"]
+    return "\n".join(text)
+
+
+def _score(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def ui_command(tracking_uri: str) -> tuple[str, str]:
+    """Where the store is, and the one command that shows it in the MLflow UI (from any folder)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri, f"open {tracking_uri} in a browser (the tracking server serves the UI)"
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+        uri = f"sqlite:///{path}"
+        return uri, f"mlflow ui --backend-store-uri {uri}"
+    path = Path(tracking_uri.removeprefix("file://")).expanduser().resolve()
+    return str(path), f"mlflow ui --backend-store-uri {path}"

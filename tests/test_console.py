@@ -1,0 +1,162 @@
+"""What a run prints: progress that suits the output, closing lines, the study's summary, no library noise."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from emotion_exp import console
+from emotion_exp.cli import cli
+from tests.conftest import REPO_ROOT
+
+# What the libraries printed before the console was quieted (issue 14), none of which a user can act on.
+NOISE = (
+    "Inferred schema contains integer column",
+    "CloudPickle",
+    "LOAD REPORT",
+    "MISSING",
+    "n_jobs value",
+    "indexing errors",
+    "{'loss'",
+    "{'eval_loss'",
+    "{'train_runtime'",
+    "already exists. Creating a new version",
+    "Created version",
+    "Warning",
+    "Traceback",
+)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_file_or_pipe_gets_a_line_every_ten_percent_and_no_carriage_returns() -> None:
+    stream = io.StringIO()
+    with console.progress(1000, "extract train", stream=stream) as bar:
+        for _ in range(100):
+            bar.update(10)
+
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert len(lines) == 10
+    assert lines[0].startswith("extract train:  10% (100/1,000 texts, ")
+    assert lines[-1].startswith("extract train: 100% (1,000/1,000 texts, ")
+
+
+def test_a_terminal_gets_a_bar() -> None:
+    stream = _Terminal()
+    with console.progress(100, "predict", stream=stream) as bar:
+        bar.update(100)
+    assert "\r" in stream.getvalue() and "100/100" in stream.getvalue()
+
+
+def test_closing_lines_name_the_key_scores_and_the_run() -> None:
+    scores = {"val_accuracy": 0.61234, "val_f1_weighted": 0.6, "test_accuracy": 0.59, "train_rows": 3}
+    line = console.closing_line("probe", "abc", scores, {"registered_model": "m", "registered_version": "2"})
+    assert (
+        line
+        == "probe: val accuracy 0.6123, val F1 0.6000, test accuracy 0.5900; registered as version 2 of 'm' (run abc)"
+    )
+    reused = console.closing_line("extract", "def", {}, {"reused_features": "true", "features_run_id": "old"})
+    assert reused == "extract: reused the features of run old (run def)"
+    predicted = console.closing_line("predict", "ghi", {"rows": 1200, "texts_per_second": 85.2}, {})
+    assert predicted == "predict: 1,200 texts at 85 texts/s (run ghi)"
+
+
+def test_the_ui_command_works_from_any_folder(tmp_path: Path) -> None:
+    assert console.ui_command("sqlite:///mlflow.db") == (
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    assert console.ui_command("http://127.0.0.1:5000")[1].startswith("open http://127.0.0.1:5000")
+
+
+def test_a_stage_run_alone_ends_with_its_scores_and_run_id(small_dataset: Path) -> None:
+    import mlflow
+
+    result = CliRunner().invoke(cli, ["dummy", "--dataset", str(small_dataset)])
+
+    assert result.exit_code == 0, result.output
+    [run] = mlflow.search_runs(output_format="list")
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("dummy: val accuracy 0.")
+    assert last.endswith(f"(run {run.info.run_id})")
+
+
+def run_cli(*arguments: str, cwd: Path, tracking_uri: str, timeout: int = 600) -> str:
+    """The package's CLI in a subprocess with output to a pipe (as under `mlflow run` or in CI); its output."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO_ROOT)}
+    for name in ("EMOTION_EXP_VERBOSE", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)  # its own store, its Default experiment
+    result = subprocess.run(  # noqa: PLW1510 - the return code is asserted with the output
+        [sys.executable, "-m", "emotion_exp", *arguments],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_the_study_prints_progress_lines_closing_lines_and_the_summary_and_no_noise(
+    small_dataset: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    output = run_cli(
+        "main",
+        "--dataset",
+        str(small_dataset),
+        "--model",
+        str(tiny_model_dir),
+        "--epochs",
+        "2",
+        "--max_length",
+        "32",
+        "--batch_size",
+        "16",
+        "--umap_max_points",
+        "200",
+        cwd=tmp_path,
+        tracking_uri=store,
+    )
+
+    for noise in NOISE:
+        assert noise not in output, f"{noise!r} printed:\n{output}"
+    assert "\r" not in output
+    assert "extract train: 100% (120/120 texts, " in output
+    assert "finetune: 100% (16/16 steps, " in output
+    assert "a new, randomly initialised classification head for 6 labels" in output
+    assert "epoch 1/2: validation loss " in output and "epoch 2/2: validation loss " in output
+    for stage in ("extract", "dummy", "probe", "tfidf", "finetune", "promote"):
+        assert f"\n{stage}: " in output
+    summary = output[output.index("Study finished in ") :].splitlines()
+    assert summary[2].split() == ["stage", "val", "accuracy", "val", "F1", "test", "accuracy", "seconds"]
+    assert [line.split()[0] for line in summary[3:8]] == ["extract", "dummy", "probe", "tfidf", "finetune"]
+    assert summary[9].startswith("Champion: promoted (")
+    assert summary[9].endswith("(models:/emotion-classifier@champion)")
+    assert summary[10] == f"Store: {store}"
+    assert summary[11] == f"Open it: mlflow ui --backend-store-uri {store}"
+
+
+@pytest.mark.slow
+def test_verbose_shows_what_the_libraries_say(small_dataset: Path, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    arguments = ("tfidf", "--dataset", str(small_dataset))
+
+    quiet = run_cli(*arguments, cwd=tmp_path, tracking_uri=store)
+    verbose = run_cli("--verbose", *arguments, cwd=tmp_path, tracking_uri=store)
+
+    assert quiet.strip().count("\n") == 0 and quiet.startswith("tfidf: val accuracy ")
+    assert "CloudPickle" in verbose and "INFO mlflow" in verbose

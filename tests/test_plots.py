@@ -1,0 +1,52 @@
+"""The figures: a scatter for small UMAPs and the study's hexbins for large ones, titles, a legend off the bars."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection, PolyCollection
+
+from emotion_exp import plots
+
+NAMES = ("sadness", "joy", "love", "anger", "fear", "surprise")
+
+
+def _embedding(points: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = np.arange(points) % len(NAMES)
+    return rng.normal(size=(points, 2)) + labels[:, None], labels
+
+
+@pytest.mark.parametrize(("points", "kind"), [(1665, PathCollection), (plots.SCATTER_MAX_POINTS, PolyCollection)])
+def test_small_umaps_are_scatters_and_large_ones_the_studys_hexbins(points: int, kind: type) -> None:
+    embedding, labels = _embedding(points)
+    for figure in (plots.umap_overlay(embedding, labels, NAMES), plots.umap_per_label(embedding, labels, NAMES)):
+        drawn = [c for ax in figure.axes for c in ax.collections]
+        assert len(drawn) == len(NAMES) and all(type(c) is kind for c in drawn)
+        plt.close(figure)
+
+
+def test_the_label_distribution_names_its_split() -> None:
+    figure = plots.label_distribution(np.array([0, 1, 1]), NAMES, split="validation")
+    assert figure.axes[0].get_title() == "Distribution of Labels (validation, 3 texts)"
+    plt.close(figure)
+
+
+def test_the_comparison_legend_covers_no_bar() -> None:
+    table = pd.DataFrame(
+        {
+            "stage": ["dummy", "probe", "tfidf", "finetune"],
+            "val_accuracy": [0.35, 0.62, 0.78, 0.99],
+            "val_f1_weighted": [0.18, 0.6, 0.77, 0.99],
+        }
+    )
+    figure = plots.comparison(table)
+    figure.canvas.draw()
+    [ax] = figure.axes
+    legend = ax.get_legend().get_window_extent()
+    bars = [patch.get_window_extent() for patch in ax.patches]
+    assert len(bars) == 8
+    assert not any(legend.overlaps(bar) for bar in bars)
+    plt.close(figure)
