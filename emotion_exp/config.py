@@ -231,6 +231,11 @@ class FinetuneConfig(TrainingConfig):
 
     resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).", check=run_id)
     registered_model: str = option(FOLLOW_THE_DATA, _REGISTER_HELP, check=registered_model_name)
+    calibrate: bool = option(
+        True,
+        "Fit a temperature on the validation split so that the model's probabilities match its accuracy "
+        "(labels unchanged); false keeps the raw softmax.",
+    )
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,8 @@ class FinetuneResult:
 
     model_dir: Path
     """The fine-tuned model and its tokenizer, written by ``save_pretrained``."""
-    probabilities: dict[str, np.ndarray]
-    """Class probabilities per predicted split (``validation``, ``test``), rows in the split's order."""
+    logits: dict[str, np.ndarray]
+    """Class logits per split (``validation``, ``test``), rows in the split's order (the stage calibrates on them)."""
     validation_embeddings: np.ndarray
     """The fine-tuned encoder's [CLS] last hidden state of every validation text."""
     precision: str
@@ -396,8 +396,8 @@ def predict_splits(
     tuner: threads.ThreadTuner | None = None,
     names: Sequence[str] = ("validation", "test"),
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
-    """Class probabilities of the ``names`` splits, the validation [CLS] states, and texts cut per split."""
-    probabilities: dict[str, np.ndarray] = {}
+    """Class logits of the ``names`` splits, the validation [CLS] states, and texts cut per split."""
+    logits: dict[str, np.ndarray] = {}
     truncated: dict[str, int] = {}
     embeddings = np.empty((0, 0), dtype=np.float32)
     for split in names:
@@ -408,14 +408,14 @@ def predict_splits(
             max_length=config.max_length,
             batch_size=config.batch_size,
             precision=precision,
-            probabilities=True,
+            logits=True,
             pooling="cls" if split == "validation" else None,
             tuner=tuner,
         )
-        probabilities[split], truncated[split] = outputs.probabilities, outputs.truncated
+        logits[split], truncated[split] = outputs.logits, outputs.truncated
         if split == "validation":
             embeddings = outputs.pooled
-    return probabilities, embeddings, truncated
+    return logits, embeddings, truncated
 
 
 def train(
@@ -454,12 +454,12 @@ def train(
     train_seconds = fit(trainer, stopper, resume_from)
     model_dir = checkpoint_dir / MODEL_FOLDER
     model, global_step = save_and_release(trainer, model_dir)
-    probabilities, embeddings, truncated = predict_splits(
+    logits, embeddings, truncated = predict_splits(
         model, prepared.tokenizer, splits, config, precision, tuner, scored_splits
     )
     return FinetuneResult(
         model_dir=model_dir,
-        probabilities=probabilities,
+        logits=logits,
         validation_embeddings=embeddings,
         precision=precision,
         train_seconds=train_seconds,

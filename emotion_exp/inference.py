@@ -2,7 +2,8 @@
 
 Texts are tokenized once, sorted by length and padded per batch (``batching``), run under
 ``torch.inference_mode`` in the requested precision, and come back in input order as float32:
-class probabilities (softmax of the logits, computed in fp32) and/or the pooled last hidden state.
+class logits, class probabilities (softmax of the logits divided by a temperature, computed in fp32)
+and/or the pooled last hidden state.
 Padding is masked, so a text's outputs do not depend on its batch companions. This module never
 imports mlflow.
 """
@@ -35,8 +36,10 @@ class Outputs:
     ``seconds`` covers tokenization and the forward passes (no loading).
     """
 
+    logits: np.ndarray | None
+    """The classifier's logits in fp32, ``(texts, labels)``; None unless asked for."""
     probabilities: np.ndarray | None
-    """Softmax of the logits, ``(texts, labels)``; None unless asked for."""
+    """Softmax of the logits divided by the temperature, ``(texts, labels)``; None unless asked for."""
     pooled: np.ndarray | None
     """Pooled last hidden state, ``(texts, hidden size)``; None unless a pooling was asked for."""
     truncated: int
@@ -63,7 +66,9 @@ def run(
     max_length: int,
     batch_size: int,
     precision: str,
+    logits: bool = False,
     probabilities: bool = False,
+    temperature: float = 1.0,
     pooling: str | None = None,
     tuner: ThreadTuner | None = None,
     description: str = "",
@@ -71,7 +76,8 @@ def run(
 ) -> Outputs:
     """Run ``model`` over ``texts`` in length-sorted batches; return the outputs asked for.
 
-    ``probabilities`` needs a sequence classifier (``logits``); ``pooling`` (``cls`` or ``mean``)
+    ``logits`` and ``probabilities`` need a sequence classifier; the probabilities are the softmax of
+    the logits divided by ``temperature`` (1 = the raw softmax; calibration fits it). ``pooling`` (``cls`` or ``mean``)
     pools the last hidden state of a bare encoder or of a classifier's encoder. ``tuner`` sets
     the intra-op thread count batch by batch (``threads.ThreadTuner``, each batch weighted by
     its padded tokens); without one, torch's current setting holds.
@@ -83,13 +89,14 @@ def run(
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
     count = len(texts)
+    raw = np.empty((count, model.config.num_labels), dtype=np.float32) if logits else None
     probs = np.empty((count, model.config.num_labels), dtype=np.float32) if probabilities else None
     pooled = np.empty((count, model.config.hidden_size), dtype=np.float32) if pooling else None
     if not count:  # the tokenizer rejects an empty batch
-        return Outputs(probs, pooled, 0, 0.0)
+        return Outputs(raw, probs, pooled, 0, 0.0)
     device = next(model.parameters()).device
     # A classifier's last hidden state comes only with all of them; a bare encoder returns it as such.
-    all_hidden = bool(probabilities and pooling)
+    all_hidden = bool((logits or probabilities) and pooling)
     start = time.perf_counter()
     tokenized = batching.tokenize(texts, tokenizer, max_length)
     with (
@@ -101,10 +108,12 @@ def run(
             batch = batch.to(device)
             with tuner.measure(batch["input_ids"].numel()) if tuner else contextlib.nullcontext():
                 output = model(**batch, output_hidden_states=True) if all_hidden else model(**batch)
+                if raw is not None:
+                    raw[positions] = output.logits.float().cpu().numpy()
                 if probs is not None:
-                    probs[positions] = torch.softmax(output.logits.float(), dim=-1).cpu().numpy()
+                    probs[positions] = torch.softmax(output.logits.float() / temperature, dim=-1).cpu().numpy()
                 if pooled is not None:
                     hidden = output.hidden_states[-1] if all_hidden else output.last_hidden_state
                     pooled[positions] = pool(hidden, batch["attention_mask"], pooling).cpu().numpy()
             bar.update(len(positions))
-    return Outputs(probs, pooled, tokenized.truncated, time.perf_counter() - start)
+    return Outputs(raw, probs, pooled, tokenized.truncated, time.perf_counter() - start)

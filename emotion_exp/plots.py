@@ -192,3 +192,41 @@ def learning_curve(table: pd.DataFrame, floor: float | None = None, metric: str 
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def reliability(bins: pd.DataFrame, ece: float, title: str = "Reliability diagram") -> Figure:
+    """Accuracy against confidence per equal-width bin, the diagonal of perfect calibration, and bin counts.
+
+    ``bins`` is ``analysis.reliability``'s table. Bars below the diagonal are over-confident
+    bins; the lower panel shows how many texts each bin holds, so a far-off bar of few texts
+    is read as noise.
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    width = (bins["upper"] - bins["lower"]).to_numpy()
+    centres = ((bins["lower"] + bins["upper"]) / 2).to_numpy()
+    filled = bins["count"].to_numpy() > 0
+    top.bar(centres[filled], bins["accuracy"].to_numpy()[filled], width[filled], edgecolor="k", label="accuracy")
+    top.bar(
+        centres[filled],
+        (bins["confidence"] - bins["accuracy"]).to_numpy()[filled],
+        width[filled],
+        bottom=bins["accuracy"].to_numpy()[filled],
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        label="gap to confidence",
+    )
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(f"{title} (ECE {ece:.3f})")
+    top.legend(loc="upper left")
+    counts = bins["count"].to_numpy()
+    bars = bottom.bar(centres, counts, width, color="grey", edgecolor="k")
+    bottom.bar_label(bars, labels=[str(c) if c else "" for c in counts], fontsize=7)
+    bottom.set_ylim(0, max(1, counts.max()) * 1.25)
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("confidence (probability of the predicted label)")
+    bottom.set_ylabel("texts")
+    fig.tight_layout()
+    return fig

@@ -187,19 +187,28 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
     Its one artifact (``classifier``) is the folder ``save_pretrained`` wrote, so loading needs
     no hub; the label names come from the model's ``id2label``. Texts are predicted in
     length-sorted batches under ``torch.inference_mode``, in bf16 where the hardware runs it
-    natively (``precision="auto"``), with probabilities computed in fp32, on the intra-op thread
-    count that ``threads`` asks for (``auto``: measured, and measured again now and then).
+    natively (``precision="auto"``), with probabilities computed in fp32 from the logits divided
+    by ``temperature`` (fitted on validation by the finetune stage; 1 = the raw softmax), on the
+    intra-op thread count that ``threads`` asks for (``auto``: measured, and measured again now and then).
     """
 
     ARTIFACT = "classifier"
+    # Models logged before temperature scaling unpickle without the attribute: they keep the raw softmax.
+    temperature: float = 1.0
 
     def __init__(
-        self, max_length: int = 128, batch_size: int = 64, precision: str = "auto", threads: str = "auto"
+        self,
+        max_length: int = 128,
+        batch_size: int = 64,
+        precision: str = "auto",
+        threads: str = "auto",
+        temperature: float = 1.0,
     ) -> None:
         self.max_length = max_length
         self.batch_size = batch_size
         self.precision = precision
         self.threads = threads
+        self.temperature = temperature
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -236,6 +245,7 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
             batch_size=self.batch_size,
             precision=self._precision,
             probabilities=True,
+            temperature=self.temperature,
             tuner=self._tuner,
         )
         return predictions_frame(outputs.probabilities, self._label_names)

@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 from transformers import TrainerCallback
 
-from emotion_exp import data, finetune, model_card, models, plots, pyfunc, registry, tracking
+from emotion_exp import analysis, data, finetune, model_card, models, plots, pyfunc, registry, tracking
 from emotion_exp.config import DataConfig, FinetuneConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages.skeleton import SPLIT_PREFIX, LoggedModel, Stage, log_figure, log_model_source, open_stage
@@ -81,7 +81,11 @@ def log_result(
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
     mlflow.set_tags({"threads_chosen": ",".join(map(str, result.threads))})
-    evaluations = stage.score(result.probabilities.__getitem__, score_test="test" in result.probabilities)
+    temperature = calibrate(result.logits, splits) if config.calibrate else 1.0
+    evaluations = stage.score(
+        lambda split: analysis.scaled_probabilities(result.logits[split], temperature),
+        score_test="test" in result.logits,
+    )
     mlflow.log_metrics(
         {
             "train_seconds": result.train_seconds,
@@ -105,11 +109,31 @@ def log_result(
     (result.model_dir / "README.md").write_text(card)
     mlflow.log_text(card, "model_card.md")
     model = LoggedModel(
-        pyfunc.TransformerClassifier(max_length=config.max_length, batch_size=config.batch_size),
+        pyfunc.TransformerClassifier(
+            max_length=config.max_length, batch_size=config.batch_size, temperature=temperature
+        ),
         artifacts={pyfunc.TransformerClassifier.ARTIFACT: str(result.model_dir)},
         packages=("torch", "transformers"),
     )
     stage.log_model(model, registered_model=config.registered_model, description=card)
+
+
+def calibrate(logits: dict[str, np.ndarray], splits: DatasetSplits) -> float:
+    """Fit the temperature on validation; log it and the ECE the model had without it; return it.
+
+    The validation scores logged afterwards are of the calibrated model, and fitted on that
+    split, so they flatter it a little; ``test_ece`` against ``test_ece_uncalibrated`` is the
+    honest check.
+    """
+    fit = analysis.fit_temperature(logits["validation"], splits.validation["label"].to_numpy())
+    uncalibrated = {
+        f"{SPLIT_PREFIX[split]}_ece_uncalibrated": analysis.expected_calibration_error(
+            splits.split(split)["label"].to_numpy(), analysis.scaled_probabilities(logits[split])
+        )
+        for split in logits
+    }
+    mlflow.log_metrics({"temperature": fit.temperature, **uncalibrated})
+    return fit.temperature
 
 
 def _check_resume(config: FinetuneConfig) -> DatasetSplits:

@@ -21,16 +21,19 @@ classification report per split, then logs the pyfunc model, registers it when a
 writes the version's description (a model card) and tags. A stage that needs the scores before
 it logs its model (finetune writes them into its card) calls ``score`` and ``log_model`` itself.
 
-Everything logged about one split goes through ``log_split``: per-split analysis (error
-analysis, calibration) is added there once and every model stage gets it.
+Everything logged about one split goes through ``log_predictions`` (``log_split`` for a
+training stage's splits, ``evaluate`` for its data): scores, error analysis and calibration
+are added there once and every model stage gets them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
@@ -38,7 +41,7 @@ import mlflow
 import mlflow.data
 import numpy as np
 
-from emotion_exp import data, metrics, model_card, plots, pyfunc, registry, tracking
+from emotion_exp import analysis, data, metrics, model_card, plots, pyfunc, registry, tracking
 from emotion_exp.config import DataConfig, subset
 
 if TYPE_CHECKING:
@@ -167,19 +170,55 @@ class Stage:
 
 
 def log_split(split: str, splits: DatasetSplits, probabilities: np.ndarray) -> Evaluation:
-    """Everything logged about one evaluated split: scores, row-normalised confusion matrix, report.
+    """Everything logged about one evaluated split of a training stage (``log_predictions``)."""
+    frame = splits.split(split)
+    return log_predictions(split, frame["text"].tolist(), frame["label"].to_numpy(), probabilities, splits.label_names)
 
-    The one place for per-split analysis: what is added here, every model stage logs.
+
+def log_predictions(
+    split: str,
+    texts: Sequence[str],
+    gold: np.ndarray,
+    probabilities: np.ndarray,
+    label_names: Sequence[str],
+    *,
+    error_analysis: bool | None = None,
+) -> Evaluation:
+    """Log everything a split's predicted probabilities tell (the one place for it); return its scores.
+
+    Always: accuracy and F1, the row-normalised confusion matrix, the classification report,
+    and ``<prefix>_loss``, ``_ece``, ``_brier``. With ``error_analysis`` (by default for the
+    validation split only, so that no one tunes on test errors; ``evaluate`` asks for its data):
+    ``analysis/<split>_predictions.parquet`` (every text), ``analysis/hardest_<split>.md``,
+    ``analysis/confusions.md`` and ``plots/reliability_<split>.png``. One split per run gets it.
     """
-    evaluation = metrics.evaluate(splits.split(split)["label"], probabilities.argmax(axis=1), splits.label_names)
-    mlflow.log_metrics(evaluation.metrics(SPLIT_PREFIX[split]))
+    prefix = SPLIT_PREFIX[split]
+    evaluation = metrics.evaluate(gold, probabilities.argmax(axis=1), label_names)
+    mlflow.log_metrics(evaluation.metrics(prefix))
     log_figure(
-        plots.confusion_matrix(
-            evaluation.confusion, splits.label_names, title=f"Normalized Confusion Matrix ({split})"
-        ),
+        plots.confusion_matrix(evaluation.confusion, label_names, title=f"Normalized Confusion Matrix ({split})"),
         f"plots/confusion_matrix_{split}.png",
     )
     mlflow.log_dict(evaluation.report, f"reports/classification_report_{split}.json")
+    calibration = analysis.calibration_metrics(gold, probabilities, prefix)
+    mlflow.log_metrics(calibration)
+    if not (split == "validation" if error_analysis is None else error_analysis):
+        return evaluation
+    table = analysis.per_text(texts, gold, probabilities, label_names)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{split}_predictions.parquet"
+        table.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), "analysis")
+    mlflow.log_text(analysis.hardest_markdown(table, split=split), f"analysis/hardest_{split}.md")
+    mlflow.log_text(analysis.confusions_markdown(table, split=split), "analysis/confusions.md")
+    log_figure(
+        plots.reliability(
+            analysis.reliability(gold, probabilities),
+            calibration[f"{prefix}_ece"],
+            title=f"Reliability diagram ({split})",
+        ),
+        f"plots/reliability_{split}.png",
+    )
     return evaluation
 
 
