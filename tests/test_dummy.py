@@ -10,6 +10,7 @@ from emotion_exp import baselines, data
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig
 from tests.helpers import artifacts
+from tests.test_analysis import assert_analysis_logged
 
 EXPECTED_ARTIFACTS = {
     "plots/label_distribution.png",
@@ -34,6 +35,7 @@ def test_dummy_logs_scores_plots_report_and_dataset(isolated_mlflow: str) -> Non
     for name in ("val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted"):
         assert 0 < run.data.metrics[name] < 1
     assert EXPECTED_ARTIFACTS <= artifacts(run.info.run_id)
+    assert_analysis_logged(run.info.run_id)
 
     report = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/reports/classification_report_validation.json")
     assert set(report) >= {"sadness", "joy", "love", "anger", "fear", "surprise", "accuracy"}

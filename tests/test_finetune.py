@@ -20,6 +20,7 @@ from emotion_exp.errors import UserError
 from emotion_exp.finetune import TrainingInterrupted
 from emotion_exp.stages import finetune as stage
 from tests.helpers import artifacts, mlflow_run, scores_of_the_model
+from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 PROBABILITIES = [f"prob_{label}" for label in LABELS]
@@ -91,6 +92,8 @@ def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predict
         "model_card.md",
     } <= artifacts(run_id)
     assert len(run.inputs.dataset_inputs) == 3
+    assert_analysis_logged(run_id)
+    assert run.data.metrics["temperature"] > 0 and 0 <= run.data.metrics["val_ece_uncalibrated"] <= 1
     # A finished run cannot be resumed and MLflow holds its model: its checkpoint folder is gone.
     assert not (Path(config.output_dir) / run_id).exists()
 
@@ -105,6 +108,7 @@ def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predict
     assert predictions[PROBABILITIES].sum(axis=1).round(5).tolist() == [1.0, 1.0, 1.0]
     assert model.metadata.signature.outputs.input_names() == ["label", *PROBABILITIES]
     assert model.predict(["i am glad", "so lonely tonight"])["label"].isin(LABELS).all()
+    assert model.unwrap_python_model().temperature == pytest.approx(run.data.metrics["temperature"])
 
     with pytest.raises(UserError, match="already FINISHED"):
         stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, resume=run_id))

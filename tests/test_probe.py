@@ -15,6 +15,7 @@ from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import extract, probe
 from tests.helpers import mlflow_run, scores_of_the_model
+from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
@@ -53,6 +54,7 @@ def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text
         "plots/confusion_matrix_test.png",
         "plots/label_distribution.png",
     } <= artifacts
+    assert_analysis_logged(first_id)
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     texts = ["i feel so happy today", "im scared of what comes next", "ok"]

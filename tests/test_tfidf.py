@@ -15,6 +15,7 @@ from emotion_exp.config import DataConfig, TfidfConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import tfidf
 from tests.helpers import mlflow_run, scores_of_the_model
+from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
@@ -49,6 +50,7 @@ def test_the_tfidf_stage_logs_scores_and_a_text_model_that_loads(small_dataset: 
         "plots/label_distribution.png",
     } <= artifacts
     assert len(run.inputs.dataset_inputs) == 3
+    assert_analysis_logged(run_id)
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     texts = ["i feel so happy today", "im scared of what comes next"]
