@@ -202,6 +202,12 @@ _stage_command(
     "Label the texts of a file with a registered model (default: the champion).",
 )
 _stage_command(
+    "evaluate",
+    "evaluate",
+    "Score a logged or registered model (default: the champion) on labelled data: metrics, error analysis "
+    "and calibration in a run tagged stage=evaluate, and the scores as tags on the model version.",
+)
+_stage_command(
     "clean-stale",
     "clean_stale",
     "Mark RUNNING runs whose process is gone (killed, crashed) as FAILED.",

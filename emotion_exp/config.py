@@ -361,6 +361,45 @@ class LearningCurveConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """Any logged or registered model on any labelled data."""
+
+    model_uri: str = option(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", "MLflow model URI to evaluate.")
+    dataset: str = option(
+        BUNDLED_SAMPLE,
+        "Labelled data: a CSV/TSV/JSONL/Parquet/.txt file (scored whole), or a folder, 'sample' or a hub id "
+        "(scored on --split).",
+    )
+    split: str = option(
+        "test",
+        "Split of a folder or hub dataset to score; also names the metrics (test_accuracy, ...).",
+        choices=("train", "validation", "test"),
+    )
+    text_column: str = option("text", "Column holding the texts.")
+    label_column: str = option("label", "Column holding the labels (the model's label names, or ids in its order).")
+    label_map: str = option(
+        "", "Rename the data's labels to the model's: old=new,old2=new2 ('' = the data uses the model's names)."
+    )
+    batch_size: int = option(64, "Texts per batch.", minimum=1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        self.label_mapping()
+
+    def label_mapping(self) -> dict[str, str]:
+        """``--label_map`` as a dict; a malformed one is a ``UserError``."""
+        mapping = {}
+        for item in filter(None, (part.strip() for part in self.label_map.split(","))):
+            old, separator, new = item.partition("=")
+            if not separator or not old.strip() or not new.strip():
+                raise UserError(
+                    f"--label_map must be old=new pairs separated by commas; got {item!r} in {self.label_map!r}."
+                )
+            mapping[old.strip()] = new.strip()
+        return mapping
+
+
+@dataclass(frozen=True)
 class CleanStaleConfig:
     """Mark RUNNING runs whose process is gone as FAILED."""
 
@@ -443,6 +482,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "main": MainConfig,
     **STUDY_STAGES,
     "predict": PredictConfig,
+    "evaluate": EvaluateConfig,
     "clean-stale": CleanStaleConfig,
     "sweep": SweepConfig,
     "learning-curve": LearningCurveConfig,

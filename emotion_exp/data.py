@@ -100,6 +100,57 @@ def load_splits(config: DataConfig) -> DatasetSplits:
     return _assemble(frames, label_names, config, source=spec, name=spec)
 
 
+@dataclass(frozen=True, eq=False)
+class LabelledData:
+    """One labelled split to evaluate a model on; ``label`` holds the data's own labels (names or ids)."""
+
+    frame: pd.DataFrame
+    split: str
+    source: str
+    name: str
+    whole_file: bool
+    """A single file, scored whole rather than split."""
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of the texts and labels, so that evaluations of the same data carry the same key."""
+        payload = [self.frame["text"].tolist(), [str(label) for label in self.frame["label"]]]
+        return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+
+    @classmethod
+    def from_splits(cls, splits: DatasetSplits, split: str) -> LabelledData:
+        """One split of already loaded data, labels as names (``main`` evaluates its test split so)."""
+        frame = splits.split(split)
+        names = frame["label"].map(dict(enumerate(splits.label_names)))
+        return cls(pd.DataFrame({"text": frame["text"], "label": names}), split, splits.source, splits.name, False)
+
+
+def load_labelled(dataset: str, split: str, text_column: str = "text", label_column: str = "label") -> LabelledData:
+    """Labelled texts to evaluate on: a file whole, or ``split`` of a folder, the sample or a hub dataset.
+
+    Labels stay as the data has them (names, or integer ids); a hub dataset's ids become its
+    label names. Nothing is capped or split: the evaluation sees every row.
+    """
+    config = DataConfig(dataset=dataset, text_column=text_column, label_column=label_column)
+    path = Path(dataset).expanduser()
+    if dataset == BUNDLED_SAMPLE or (dataset.strip() and path.is_dir()):
+        folder = _SAMPLE_DIR if dataset == BUNDLED_SAMPLE else path
+        frame = _read_labelled(_split_files(folder)[split], config)
+        name = SAMPLE_NAME if dataset == BUNDLED_SAMPLE else path.resolve().name
+        return LabelledData(frame.reset_index(drop=True), split, str(folder.resolve()), name, False)
+    if path.is_file():
+        frame = _read_labelled(path, config)
+        return LabelledData(frame.reset_index(drop=True), split, str(path.resolve()), path.stem, True)
+    if not dataset.strip() or path.suffix.lower() in SUFFIXES or not _HUB_ID.fullmatch(dataset):
+        raise UserError(f"Dataset path {dataset!r} does not exist; {_DATASET_FORMS}.")
+    frames, known_names = _read_hub(config)
+    frame = frames[split].reset_index(drop=True)
+    if known_names is not None:
+        named = dict(enumerate(known_names))
+        frame["label"] = frame["label"].map(lambda value: named.get(value, value) if isinstance(value, int) else value)
+    return LabelledData(frame, split, dataset, dataset, False)
+
+
 def read_texts(path: str | Path, text_column: str = "text", skip_empty: bool = False) -> pd.DataFrame:
     """Read a file of texts to label, keeping every column so outputs can carry them along.
 

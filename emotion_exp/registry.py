@@ -263,8 +263,7 @@ def set_champion(name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
 def describe_version(name: str, version: str, note: str, tags: dict[str, str], *, overwrite: bool) -> None:
     """Tag a version, and write ``note`` (markdown) as its description when asked or when it has none."""
     client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    set_version_tags(name, version, tags)
     if overwrite or not client.get_model_version(name, version).description:
         client.update_model_version(name, version, description=note)
 
@@ -277,13 +276,37 @@ def note_promotion(name: str, version: str, note: str, tags: dict[str, str], *, 
     """
     client = MlflowClient()
     noted = PROMOTION_RUN_TAG in client.get_model_version(name, version).tags
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    set_version_tags(name, version, tags)
     if noted and not replace:
         return
     description = client.get_model_version(name, version).description or ""
     card = description.partition(PROMOTION_HEADING)[0] if noted else description
     client.update_model_version(name, version, description=f"{card.rstrip()}\n\n{note}".lstrip())
+
+
+def resolve_version(model_uri: str) -> tuple[str, str] | None:
+    """The registered (name, version) a model URI stands for: its alias or number, else its run's oldest version.
+
+    None when the model was never registered.
+    """
+    client = MlflowClient()
+    if match := re.fullmatch(r"models:/([^/@]+)@(.+)", model_uri):
+        return match.group(1), str(client.get_model_version_by_alias(match.group(1), match.group(2)).version)
+    if match := re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri):
+        return match.group(1), match.group(2)
+    run_id = _run_of(model_uri)
+    if run_id is None:
+        return None
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    oldest = min(versions, key=lambda v: int(v.version), default=None)
+    return (oldest.name, str(oldest.version)) if oldest else None
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    """Tag a registered version (the registry page lists them)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from emotion_exp.cli import cli
 from tests.helpers import mlflow_run
 
-STAGES = {"extract", "dummy", "probe", "tfidf", "finetune", "promote"}
+STAGES = {"extract", "dummy", "probe", "tfidf", "finetune", "promote", "evaluate"}
 COMPARED = ["extract", "dummy", "probe", "tfidf", "finetune"]
 
 
@@ -40,7 +40,8 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
     assert {r.data.tags["stage"] for r in children} == STAGES
     assert all(r.info.status == "FINISHED" for r in children)
     assert len(parent.data.tags["dataset_digest"]) == 64
-    assert {r.data.tags.get("dataset_digest") for r in children} == {parent.data.tags["dataset_digest"]}
+    trained = [r for r in children if r.data.tags["stage"] != "evaluate"]
+    assert {r.data.tags.get("dataset_digest") for r in trained} == {parent.data.tags["dataset_digest"]}
 
     client = MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
@@ -58,6 +59,15 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
         assert 0 <= parent.data.metrics[f"{stage}_val_f1_weighted"] <= 1
 
     champion = client.get_model_version_by_alias(registered_model, "champion")
+    # main ends with an evaluate of the new champion on the study's test split, reported on the parent.
+    [evaluated] = [r for r in children if r.data.tags["stage"] == "evaluate"]
+    assert evaluated.data.tags["registered_version"] == champion.version
+    assert evaluated.data.metrics["test_rows"] == len(pd.read_csv(Path(parent.data.params["dataset"]) / "test.csv"))
+    assert parent.data.tags["champion_evaluation"] == evaluated.info.run_id
+    for metric in ("test_accuracy", "test_f1_weighted", "test_loss", "test_ece", "test_brier"):
+        assert parent.data.metrics[f"champion_{metric}"] == evaluated.data.metrics[metric]
+    [trained_champion] = [r for r in children if r.info.run_id == champion.run_id]
+    assert evaluated.data.metrics["test_accuracy"] == pytest.approx(trained_champion.data.metrics["test_accuracy"])
     candidates = {r.info.run_id for r in children if r.data.tags["stage"] in ("probe", "tfidf", "finetune")}
     assert champion.run_id in candidates
     [promote_run] = [r for r in children if r.data.tags["stage"] == "promote"]

@@ -47,7 +47,7 @@ from emotion_exp.config import DataConfig, subset
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from emotion_exp.data import DatasetSplits
+    from emotion_exp.data import DatasetSplits, LabelledData
     from emotion_exp.metrics import Evaluation
     from emotion_exp.models import ResolvedModel
 
@@ -83,6 +83,23 @@ def log_dataset(splits: DatasetSplits) -> None:
     mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
     tracking.log_params({"dataset_source": splits.source, "label_names": ",".join(splits.label_names)})
     mlflow.log_metrics({f"{SPLIT_PREFIX[s]}_rows": len(splits.split(s)) for s in SPLITS})
+
+
+def log_labelled_input(labelled: LabelledData) -> None:
+    """Record evaluation data: one dataset input (context = its split) and the ``dataset_digest`` tag."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # as in log_dataset
+        dataset = mlflow.data.from_pandas(
+            labelled.frame,
+            source=labelled.source,
+            targets="label",
+            name=labelled.name if labelled.whole_file else f"{labelled.name}-{labelled.split}",
+            digest=labelled.digest[:16],
+        )
+    tracking.retry_on_conflict(lambda: mlflow.log_input(dataset, context=labelled.split))
+    mlflow.set_tags({"dataset_digest": labelled.digest, "dataset_name": labelled.name})
+    tracking.log_params({"dataset_source": labelled.source})
+    mlflow.log_metric(f"{SPLIT_PREFIX[labelled.split]}_rows", len(labelled.frame))
 
 
 def log_model_source(resolved: ResolvedModel, precision: str | None = None) -> None:

@@ -14,12 +14,23 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import console, plots, tracking
-from emotion_exp.config import CHAMPION_ALIAS, MainConfig
-from emotion_exp.stages import dummy, extract, finetune, probe, promote, tfidf
+from emotion_exp import console, plots, registry, tracking
+from emotion_exp.config import CHAMPION_ALIAS, EvaluateConfig, MainConfig
+from emotion_exp.data import DatasetSplits, LabelledData
+from emotion_exp.errors import UserError
+from emotion_exp.stages import dummy, evaluate, extract, finetune, probe, promote, tfidf
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
-COMPARED_METRICS = ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted")
+CHAMPION_METRICS = ("test_accuracy", "test_f1_weighted", "test_f1_macro", "test_loss", "test_ece", "test_brier")
+COMPARED_METRICS = (
+    "val_accuracy",
+    "val_f1_weighted",
+    "val_f1_macro",
+    "val_loss",
+    "val_ece",
+    "test_accuracy",
+    "test_f1_weighted",
+)
 
 
 def run(config: MainConfig) -> str:
@@ -40,6 +51,7 @@ def run(config: MainConfig) -> str:
         log_comparison(children)
         if config.registered_model:
             promote.run(config.stage_config("promote"), splits=splits)
+            evaluate_champion(config, splits)
     console.say(summary(parent.run_id, time.perf_counter() - started))
     return parent.run_id
 
@@ -64,6 +76,31 @@ def summary(parent_run_id: str, seconds: float) -> str:
         champion_uri=f"models:/{name}@{CHAMPION_ALIAS}" if name else None,
         tracking_uri=mlflow.get_tracking_uri(),
     )
+
+
+def evaluate_champion(config: MainConfig, splits: DatasetSplits) -> None:
+    """Evaluate the champion on this study's test split; its scores go on the parent as ``champion_test_*``.
+
+    The champion may be an older version trained on other data (promote never compares across
+    datasets); one that does not know these labels cannot be scored here, and the parent says why.
+    """
+    evaluate_config = EvaluateConfig(
+        model_uri=f"models:/{registry.registered_name(config.registered_model, splits.name, splits.label_names)}"
+        f"@{CHAMPION_ALIAS}",
+        dataset=config.dataset,
+        split="test",
+        text_column=config.text_column,
+        label_column=config.label_column,
+    )
+    try:
+        run_id = evaluate.run(evaluate_config, labelled=LabelledData.from_splits(splits, "test"))
+    except UserError as error:
+        mlflow.set_tag("champion_evaluation", f"not evaluated: {error}"[:5000])
+        console.say(f"main: the champion was not evaluated on the test split: {error}")
+        return
+    scores = MlflowClient().get_run(run_id).data.metrics
+    mlflow.set_tag("champion_evaluation", run_id)
+    mlflow.log_metrics({f"champion_{name}": scores[name] for name in CHAMPION_METRICS})
 
 
 def comparison_table(children: dict[str, str]) -> pd.DataFrame:

@@ -1,0 +1,138 @@
+"""The evaluate stage: any logged or registered model on any labelled data, logged like a training stage.
+
+The model is loaded through ``mlflow.pyfunc`` (so it is exactly what ``predict`` and
+``mlflow models serve`` run), scores the texts in batches, and the run gets the same metrics,
+confusion matrix, classification report, error analysis and calibration as the training
+stages: through ``skeleton.log_predictions``, the one per-split function every model stage's
+``finish`` uses. It does not use ``skeleton.open_stage``, which loads the three splits of a
+training dataset; evaluate has one labelled set (``skeleton.log_labelled_input`` records it).
+The run also gets the model URI and the registered version it resolved to, and the version is
+tagged ``evaluated_on_<digest prefix>_accuracy`` and ``_f1_weighted``.
+
+Why not ``mlflow.models.evaluate`` (checked against the installed MLflow 3.17): its classifier
+evaluator takes probabilities only from a flavor's raw ``predict_proba`` (scikit-learn,
+XGBoost). Our models are pyfunc models whose probabilities are the ``prob_<label>`` columns of
+``predict``, so it would get none: no log loss, calibration or reliability diagram, nothing of
+the error analysis. Its metrics are named ``accuracy_score``, ``f1_score`` rather than the
+``test_accuracy`` every stage logs (promote and the comparison go by those), and it predicts
+the whole dataset in one call. The part it does cover (accuracy, F1, a confusion matrix) is
+``metrics.evaluate``, shared with the training stages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from emotion_exp import console, data, pyfunc, registry, tracking
+from emotion_exp.config import EvaluateConfig
+from emotion_exp.data import LabelledData
+from emotion_exp.errors import UserError
+from emotion_exp.stages.predict import predict_batches
+from emotion_exp.stages.skeleton import log_labelled_input, log_predictions
+
+
+def model_labels(model: Any, model_uri: str) -> tuple[str, ...]:
+    """The model's label names, from the ``prob_<label>`` columns of its output signature."""
+    schema = model.metadata.get_output_schema()
+    prefix = pyfunc.probability_column("")
+    names = tuple(
+        name.removeprefix(prefix) for name in (schema.input_names() if schema else []) if name.startswith(prefix)
+    )
+    if not names:
+        raise UserError(
+            f"Model {model_uri} declares no {pyfunc.probability_column('<label>')} output columns, so its "
+            "probabilities cannot be scored; evaluate takes the text classifiers emotion-exp logs "
+            "(finetune, probe, tfidf)."
+        )
+    return names
+
+
+def match_labels(
+    labels: pd.Series, label_names: Sequence[str], mapping: Mapping[str, str], model_uri: str
+) -> tuple[np.ndarray, list[str]]:
+    """The data's labels as ids of the model's labels, and the model's labels the data lacks.
+
+    A label is first renamed by ``mapping`` (``--label_map``), then matched by name; an integer
+    that is no label name is read as an id in the model's label order. Labels the model does
+    not know are a ``UserError`` naming them.
+    """
+    index = {name: i for i, name in enumerate(label_names)}
+
+    def label_id(value: Any) -> int | None:
+        value = mapping.get(str(value), value)
+        if str(value) in index:
+            return index[str(value)]
+        if isinstance(value, (int, np.integer)) and 0 <= value < len(label_names):
+            return int(value)
+        return None
+
+    ids = labels.map(label_id)
+    unknown = labels[ids.isna()].map(lambda value: mapping.get(str(value), value))
+    if len(unknown):
+        counts = unknown.astype(str).value_counts()
+        found = ", ".join(f"{label!r} ({count} rows)" for label, count in counts.head(10).items())
+        raise UserError(
+            f"The data has label(s) that model {model_uri} does not know: {found}"
+            f"{', ...' if len(counts) > 10 else ''}. Its labels are {', '.join(label_names)} (or ids 0.."
+            f"{len(label_names) - 1} in that order); rename them with --label_map old=new,... or remove those rows."
+        )
+    ids = ids.to_numpy(dtype=np.int64)
+    missing = [name for i, name in enumerate(label_names) if i not in set(ids)]
+    return ids, missing
+
+
+def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
+    """Score ``config.model_uri`` on the labelled data and log everything; return the run id.
+
+    ``labelled`` is data a caller has loaded already (``main`` passes its test split);
+    otherwise ``config.dataset`` is read: a file whole, a folder or hub dataset by ``--split``.
+    """
+    if labelled is None:
+        labelled = data.load_labelled(config.dataset, config.split, config.text_column, config.label_column)
+    model = registry.load_model(config.model_uri).model
+    label_names = model_labels(model, config.model_uri)
+    gold, missing = match_labels(labelled.frame["label"], label_names, config.label_mapping(), config.model_uri)
+    version = registry.resolve_version(config.model_uri)
+    texts = labelled.frame["text"].tolist()
+    with tracking.stage_run("evaluate", config) as evaluate_run:
+        log_labelled_input(labelled)
+        tags = {"model_uri": config.model_uri, "evaluated_split": labelled.split, "whole_file": labelled.whole_file}
+        if version:
+            tags |= {"registered_model": version[0], "registered_version": version[1]}
+        if missing:
+            note = (
+                f"The data holds {len(label_names) - len(missing)} of the model's {len(label_names)} labels "
+                f"(none of: {', '.join(missing)}); the scores cover the labels present, and the model may still "
+                "predict the others."
+            )
+            tags |= {"labels_missing": ",".join(missing), "note": note}
+            console.say(f"evaluate: {note}")
+        mlflow.set_tags({key: str(value) for key, value in tags.items()})
+        started = time.perf_counter()
+        predictions = predict_batches(model, texts, config.batch_size)
+        seconds = time.perf_counter() - started
+        probabilities = predictions[[pyfunc.probability_column(name) for name in label_names]].to_numpy()
+        evaluation = log_predictions(labelled.split, texts, gold, probabilities, label_names, error_analysis=True)
+        mlflow.log_metric("texts_per_second", len(texts) / max(seconds, 1e-9))
+        if version:
+            key = f"evaluated_on_{labelled.digest[:12]}"
+            registry.set_version_tags(
+                *version,
+                {
+                    f"{key}_accuracy": f"{evaluation.accuracy:.4f}",
+                    f"{key}_f1_weighted": f"{evaluation.f1_weighted:.4f}",
+                },
+            )
+        resolved = f" (version {version[1]} of {version[0]})" if version else ""
+        console.say(
+            f"evaluate: {config.model_uri}{resolved} on {len(texts)} texts of {labelled.name} "
+            f"({'whole file' if labelled.whole_file else labelled.split}): accuracy {evaluation.accuracy:.4f}, "
+            f"weighted F1 {evaluation.f1_weighted:.4f}."
+        )
+        return evaluate_run.info.run_id

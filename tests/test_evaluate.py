@@ -1,0 +1,178 @@
+"""evaluate: a registered model scored on a folder's split, a whole file, other label names and a subset of labels."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from emotion_exp import data
+from emotion_exp.cli import cli
+from emotion_exp.config import EvaluateConfig, TfidfConfig
+from emotion_exp.errors import UserError
+from emotion_exp.stages import evaluate, tfidf
+from tests.helpers import mlflow_run
+from tests.test_analysis import assert_analysis_logged
+
+LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+
+
+@pytest.fixture
+def registered(small_dataset: Path, isolated_mlflow: str) -> tuple[str, str]:
+    """A TF-IDF model of the small data registered as version 1 of a fresh name; (name, its run id)."""
+    name = f"evaluate-{uuid.uuid4().hex[:8]}"
+    return name, tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
+
+
+def evaluate_runs(experiment: str) -> list[mlflow.entities.Run]:
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return [r for r in runs if r.data.tags.get("stage") == "evaluate"]
+
+
+def test_a_registered_model_on_a_folder_split_logs_what_training_logged(
+    registered: tuple[str, str], small_dataset: Path, isolated_mlflow: str
+) -> None:
+    name, trained_id = registered
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--model_uri", f"models:/{name}/1", "--dataset", str(small_dataset), "--split", "test"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"(version 1 of {name})" in result.output
+
+    [run] = evaluate_runs(isolated_mlflow)
+    trained = mlflow.get_run(trained_id).data.metrics
+    # The same model on the same test split through mlflow.pyfunc: the training run's test scores.
+    for metric in ("test_accuracy", "test_f1_weighted", "test_f1_macro", "test_loss", "test_ece", "test_brier"):
+        assert run.data.metrics[metric] == pytest.approx(trained[metric], abs=1e-9)
+    assert run.data.metrics["test_rows"] == 40
+    assert run.data.tags["model_uri"] == f"models:/{name}/1"
+    assert (run.data.tags["registered_model"], run.data.tags["registered_version"]) == (name, "1")
+    assert_analysis_logged(run.info.run_id, split="test", prefixes=("test",))
+    found = {a.path for folder in ("plots", "reports") for a in MlflowClient().list_artifacts(run.info.run_id, folder)}
+    assert {"plots/confusion_matrix_test.png", "reports/classification_report_test.json"} <= found
+    [dataset_input] = run.inputs.dataset_inputs
+    assert dataset_input.tags[0].value == "test"
+
+    labelled = data.load_labelled(str(small_dataset), "test")
+    version = MlflowClient().get_model_version(name, "1")
+    key = f"evaluated_on_{labelled.digest[:12]}"
+    assert run.data.tags["dataset_digest"] == labelled.digest
+    assert float(version.tags[f"{key}_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-4)
+    assert float(version.tags[f"{key}_f1_weighted"]) == pytest.approx(run.data.metrics["test_f1_weighted"], abs=1e-4)
+
+
+def test_a_single_file_is_scored_whole_and_a_run_uri_resolves_to_its_version(
+    registered: tuple[str, str], small_dataset: Path, tmp_path: Path, isolated_mlflow: str
+) -> None:
+    name, trained_id = registered
+    frame = pd.concat([pd.read_csv(small_dataset / f"{s}.csv") for s in ("validation", "test")])
+    frame.rename(columns={"text": "sentence", "label": "emotion"}).to_csv(tmp_path / "new.csv", index=False)
+
+    evaluate.run(
+        EvaluateConfig(
+            model_uri=f"runs:/{trained_id}/model",
+            dataset=str(tmp_path / "new.csv"),
+            text_column="sentence",
+            label_column="emotion",
+        )
+    )
+
+    [run] = evaluate_runs(isolated_mlflow)
+    assert run.data.metrics["test_rows"] == len(frame) == 80
+    assert run.data.tags["whole_file"] == "True"
+    assert (run.data.tags["registered_model"], run.data.tags["registered_version"]) == (name, "1")
+
+
+def test_unknown_labels_are_named_and_a_label_map_fixes_them(
+    registered: tuple[str, str], small_dataset: Path, tmp_path: Path, isolated_mlflow: str
+) -> None:
+    name, _ = registered
+    frame = pd.read_csv(small_dataset / "test.csv")
+    frame["label"] = frame["label"].replace({"joy": "happiness", "anger": "rage"})
+    frame.to_csv(tmp_path / "renamed.csv", index=False)
+
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--model_uri", f"models:/{name}/1", "--dataset", str(tmp_path / "renamed.csv")]
+    )
+    assert result.exit_code != 0
+    assert (
+        "does not know: 'happiness'" in result.output and "'rage'" in result.output and "--label_map" in result.output
+    )
+    assert evaluate_runs(isolated_mlflow) == []  # refused before any run
+
+    mapped = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model_uri",
+            f"models:/{name}/1",
+            "--dataset",
+            str(tmp_path / "renamed.csv"),
+            "--label_map",
+            "happiness=joy, rage=anger",
+        ],
+    )
+    assert mapped.exit_code == 0, mapped.output
+    [run] = evaluate_runs(isolated_mlflow)
+    original = evaluate.run(EvaluateConfig(model_uri=f"models:/{name}/1", dataset=str(small_dataset / "test.csv")))
+    assert run.data.metrics["test_accuracy"] == mlflow.get_run(original).data.metrics["test_accuracy"]
+
+
+def test_a_subset_of_the_labels_works_and_says_so(
+    registered: tuple[str, str], small_dataset: Path, tmp_path: Path, isolated_mlflow: str, capsys
+) -> None:
+    name, _ = registered
+    frame = pd.read_csv(small_dataset / "test.csv")
+    frame[frame["label"].isin(["joy", "sadness"])].to_csv(tmp_path / "two.csv", index=False)
+
+    evaluate.run(EvaluateConfig(model_uri=f"models:/{name}/1", dataset=str(tmp_path / "two.csv")))
+
+    assert "holds 2 of the model's 6 labels (none of: love, anger, fear, surprise)" in capsys.readouterr().out
+    [run] = evaluate_runs(isolated_mlflow)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["labels_missing"] == "love,anger,fear,surprise"
+
+
+def test_labels_match_by_name_by_id_and_through_the_map() -> None:
+    labels = pd.Series(["joy", 0, "happy", 5])
+    ids, missing = evaluate.match_labels(labels, LABELS, {"happy": "joy"}, "m")
+    assert ids.tolist() == [1, 0, 1, 5]
+    assert missing == ["love", "anger", "fear"]
+    with pytest.raises(UserError, match=r"does not know: '6' \(1 rows\), 'glee' \(1 rows\)"):
+        evaluate.match_labels(pd.Series([6, "glee", "joy"]), LABELS, {}, "m")
+
+
+@pytest.mark.parametrize("label_map", ["joy", "=joy", "happy=", "a=b,c"])
+def test_a_malformed_label_map_is_refused(label_map: str) -> None:
+    with pytest.raises(UserError, match="old=new pairs"):
+        EvaluateConfig(label_map=label_map)
+
+
+def test_a_model_uri_that_does_not_exist_is_a_clear_error(isolated_mlflow: str) -> None:
+    result = CliRunner().invoke(cli, ["evaluate", "--model_uri", "models:/no-such-model@champion"])
+    assert result.exit_code != 0
+    assert "no registered model named 'no-such-model'" in result.output
+
+
+@pytest.mark.slow
+def test_mlflow_run_evaluate(
+    registered: tuple[str, str], small_dataset: Path, tracking_uri: str, isolated_mlflow: str
+) -> None:
+    name, _ = registered
+    result = mlflow_run(
+        "evaluate",
+        isolated_mlflow,
+        tracking_uri,
+        f"model_uri=models:/{name}/1",
+        f"dataset={small_dataset / 'test.csv'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = evaluate_runs(isolated_mlflow)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "evaluate"
+    assert_analysis_logged(run.info.run_id, split="test", prefixes=("test",))
