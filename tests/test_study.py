@@ -61,7 +61,7 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
     champion = client.get_model_version_by_alias(registered_model, "champion")
     # main ends with an evaluate of the new champion on the study's test split, reported on the parent.
     [evaluated] = [r for r in children if r.data.tags["stage"] == "evaluate"]
-    assert evaluated.data.tags["registered_version"] == champion.version
+    assert evaluated.data.tags["registered_version"] == str(champion.version)
     assert evaluated.data.metrics["test_rows"] == len(pd.read_csv(Path(parent.data.params["dataset"]) / "test.csv"))
     assert parent.data.tags["champion_evaluation"] == evaluated.info.run_id
     for metric in ("test_accuracy", "test_f1_weighted", "test_loss", "test_ece", "test_brier"):
