@@ -211,10 +211,10 @@ def reliability(bins: pd.DataFrame, ece: float, title: str = "Reliability diagra
         (bins["confidence"] - bins["accuracy"]).to_numpy()[filled],
         width[filled],
         bottom=bins["accuracy"].to_numpy()[filled],
-        color="tab:red",
-        alpha=0.3,
+        fill=False,
+        hatch="//",
         edgecolor="tab:red",
-        label="gap to confidence",
+        label="gap to mean confidence",
     )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_ylim(0, 1)
