@@ -129,3 +129,26 @@ def test_served_probabilities_equal_the_in_process_calibrated_ones(
     np.testing.assert_allclose(served[PROBABILITIES].to_numpy(), in_process[PROBABILITIES].to_numpy(), atol=1e-6)
     raw = analysis.scaled_probabilities(calibrated["logits"]["test"][:10])
     assert served[PROBABILITIES].max(axis=1).mean() < raw.max(axis=1).mean() - 0.2  # calibrated, not the raw softmax
+
+
+def test_no_calibrate_keeps_the_raw_softmax(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:
+    from emotion_exp.config import FinetuneConfig
+    from emotion_exp.stages import finetune
+
+    config = FinetuneConfig(
+        dataset=str(small_dataset),
+        model=str(tiny_model_dir),
+        epochs=1,
+        batch_size=16,
+        max_length=32,
+        umap_max_points=100,
+        output_dir=str(tmp_path / "checkpoints"),
+        registered_model="",
+        calibrate=False,
+    )
+    run = mlflow.get_run(finetune.run(config))
+    assert run.data.params["calibrate"] == "False"
+    assert "temperature" not in run.data.metrics and "val_ece_uncalibrated" not in run.data.metrics
+    assert run.data.metrics["val_ece"] >= 0
+    [model] = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    assert mlflow.pyfunc.load_model(model.model_uri).unwrap_python_model().temperature == 1.0

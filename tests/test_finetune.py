@@ -148,7 +148,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_same_run_as_if_never
     assert steps(run_id, "train_loss") == list(range(1, 2 * steps_per_epoch + 1))
     assert steps(run_id, "eval_accuracy") == [steps_per_epoch, 2 * steps_per_epoch]
     # Optimizer, schedule, RNG and data order all continue: the result is the uninterrupted run's.
-    for metric in ("eval_loss", "val_accuracy", "val_f1_weighted", "test_accuracy"):
+    for metric in ("eval_loss", "val_accuracy", "val_f1_weighted", "test_accuracy", "temperature", "val_ece"):
         assert resumed.data.metrics[metric] == pytest.approx(reference.data.metrics[metric], abs=1e-5)
 
 
