@@ -219,7 +219,9 @@ def log_predictions(
     mlflow.log_dict(evaluation.report, f"reports/classification_report_{split}.json")
     calibration = analysis.calibration_metrics(gold, probabilities, prefix)
     mlflow.log_metrics(calibration)
-    if not (split == "validation" if error_analysis is None else error_analysis):
+    if error_analysis is None:
+        error_analysis = split == "validation"
+    if not error_analysis:
         return evaluation
     table = analysis.per_text(texts, gold, probabilities, label_names)
     with tempfile.TemporaryDirectory() as folder:
