@@ -12,8 +12,7 @@ import pytest
 import requests
 import torch
 
-from emotion_exp import analysis, batching, pyfunc
-from emotion_exp.finetune import predict
+from emotion_exp import analysis, inference, pyfunc
 from tests.model_server import serving
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
@@ -61,9 +60,7 @@ def logits_of(folder: Path, texts: list[str]) -> np.ndarray:
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    tokenized = batching.tokenize(texts, tokenizer, 64)
-    logits, _ = predict(model, tokenizer, tokenized, 16, "fp32", torch.device("cpu"))
-    return logits
+    return inference.run(model, tokenizer, texts, max_length=64, batch_size=16, precision="fp32", logits=True).logits
 
 
 @pytest.fixture(scope="module")

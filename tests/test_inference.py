@@ -71,3 +71,22 @@ def test_batches_run_longest_first_then_from_the_shortest_up(classifier) -> None
     batches = [positions.tolist() for positions, _ in batching.sorted_batches(tokenized, tokenizer, 2)]
     # By length, longest first: 9 8 | 7 5 | 3 2 | 1; run as 9 8, then 1, 3 2, 7 5.
     assert batches == [[2, 6], [1], [3, 5], [4, 0]]
+
+
+def test_logits_come_raw_and_probabilities_are_their_softmax_over_the_temperature(classifier) -> None:
+    import torch
+
+    tokenizer, model = classifier
+    common = {"max_length": 128, "batch_size": 3, "precision": "fp32"}
+    outputs = inference.run(model, tokenizer, TEXTS, **common, logits=True, probabilities=True, temperature=2.5)
+    with torch.inference_mode():
+        forward = model(**tokenizer(TEXTS[:1], return_tensors="pt")).logits[0]
+    np.testing.assert_allclose(outputs.logits[0], forward.numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        outputs.probabilities, torch.softmax(torch.from_numpy(outputs.logits) / 2.5, -1), atol=1e-6
+    )
+    raw = inference.run(model, tokenizer, TEXTS, **common, probabilities=True)
+    assert raw.logits is None
+    # A temperature above 1 flattens every row; the predicted label never changes.
+    assert (outputs.probabilities.max(axis=1) < raw.probabilities.max(axis=1)).all()
+    np.testing.assert_array_equal(outputs.probabilities.argmax(axis=1), raw.probabilities.argmax(axis=1))
