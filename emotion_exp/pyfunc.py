@@ -181,7 +181,17 @@ INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared 
 MODEL_NAME = "model"
 
 
-class TransformerClassifier(mlflow.pyfunc.PythonModel):
+class _EncoderModel(mlflow.pyfunc.PythonModel):
+    """What the encoder-backed models share: how long and how many texts a batch holds, the precision, the threads."""
+
+    def __init__(self, max_length: int, batch_size: int, precision: str, threads: str) -> None:
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.precision = precision
+        self.threads = threads
+
+
+class TransformerClassifier(_EncoderModel):
     """A fine-tuned transformers sequence classifier with its tokenizer: texts in, label and probabilities out.
 
     Its one artifact (``classifier``) is the folder ``save_pretrained`` wrote, so loading needs
@@ -204,10 +214,7 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
         threads: str = "auto",
         temperature: float = 1.0,
     ) -> None:
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.precision = precision
-        self.threads = threads
+        super().__init__(max_length, batch_size, precision, threads)
         self.temperature = temperature
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
@@ -240,7 +247,7 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
         outputs = inference.run(
             self._model,
             self._tokenizer,
-            texts_from_input(model_input),
+            model_input,  # text_input hands over the checked, non-empty texts as a list
             max_length=self.max_length,
             batch_size=self.batch_size,
             precision=self._precision,
@@ -251,7 +258,7 @@ class TransformerClassifier(mlflow.pyfunc.PythonModel):
         return predictions_frame(outputs.probabilities, self._label_names)
 
 
-class ProbeClassifier(mlflow.pyfunc.PythonModel):
+class ProbeClassifier(_EncoderModel):
     """The probe from raw text: the encoder's pooled features, then the fitted scikit-learn pipeline.
 
     Its one artifact (``encoder``) is the encoder and tokenizer folder ``save_pretrained``
@@ -273,13 +280,10 @@ class ProbeClassifier(mlflow.pyfunc.PythonModel):
         precision: str = "auto",
         threads: str = "auto",
     ) -> None:
+        super().__init__(max_length, batch_size, precision, threads)
         self.pipeline = pipeline
         self.label_names = tuple(label_names)
         self.pooling = pooling
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.precision = precision
-        self.threads = threads
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -310,7 +314,7 @@ class ProbeClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from emotion_exp import baselines, features
 
-        texts = texts_from_input(model_input)
+        texts = model_input  # text_input hands over the checked, non-empty texts as a list
         if not texts:
             return predictions_frame(np.zeros((0, len(self.label_names))), self.label_names)
         extraction = features.extract(
@@ -336,7 +340,7 @@ class TextPipelineClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from emotion_exp import baselines
 
-        texts = texts_from_input(model_input)
+        texts = model_input  # text_input hands over the checked, non-empty texts as a list
         if not texts:
             return predictions_frame(np.zeros((0, len(self.label_names))), self.label_names)
         probabilities = baselines.predict_proba(self.pipeline, texts, len(self.label_names))
