@@ -78,7 +78,11 @@ def _tail(log_path: Path) -> str:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the whole group has exited already (a server that failed to start)
+        process.wait()
+        return
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:

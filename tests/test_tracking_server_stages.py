@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from emotion_exp import data, tracking
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig
+from tests.conftest import REPO_ROOT
 from tests.helpers import mlflow_run
 from tests.model_server import serving
 from tests.pyfunc_models import LABELS, log_keyword_model
@@ -136,8 +137,10 @@ def test_promote_moves_the_alias_to_a_strictly_better_run(studies, admin, small_
     assert after.run_id == better.info.run_id and int(after.version) > int(before.version)
 
 
-def test_predict_and_serve_load_the_champion_through_the_server(studies, admin, tmp_path: Path) -> None:
+def test_predict_and_serve_load_the_champion_through_the_server(studies, admin, tmp_path: Path, monkeypatch) -> None:
     uri = f"models:/{studies.registered_model}@champion"
+    # The promote test may have made a model defined in tests/ the champion: let the server import it.
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"text": ["i feel so happy today", "this waiting makes me anxious"]}).to_csv(texts, index=False)
     output = tmp_path / "predictions.csv"
