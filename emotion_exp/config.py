@@ -271,6 +271,13 @@ class PredictConfig:
         "the file.",
     )
     threads: str = threads_option()
+    engine: str = option(
+        "local",
+        "local: this process; spark: read, score and write with Apache Spark (a Parquet folder at OUTPUT, "
+        "default INPUT's name with .predictions.parquet; needs the [spark] extra).",
+        choices=("local", "spark"),
+    )
+    spark_master: str = option("local[*]", "Spark master URL for --engine spark (local[N] or a cluster).")
 
     def __post_init__(self) -> None:
         _check(self)
