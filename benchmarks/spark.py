@@ -76,15 +76,21 @@ def main() -> None:
     steady = count / min(seconds[1:])
     print(f"model {uri} ({'tf-idf' if args.tfidf else args.model}); {count:,} texts; Spark {args.master}")
     print(f"local in-process: model load {local_load:.1f} s, {local_rate:,.0f} texts/s")
-    print(f"spark: session start {session_seconds:.1f} s, first pass {seconds[0]:.1f} s "
-          f"({count / seconds[0]:,.0f} texts/s), later passes {steady:,.0f} texts/s")
+    print(
+        f"spark: session start {session_seconds:.1f} s, first pass {seconds[0]:.1f} s "
+        f"({count / seconds[0]:,.0f} texts/s), later passes {steady:,.0f} texts/s"
+    )
     print(f"spark steady / local: {steady / local_rate:.2f}x")
     if args.track:
         _model.log(
             "spark",
             {"texts": count, "master": args.master, "model_uri": uri},
-            {"local_texts_per_second": local_rate, "spark_texts_per_second": steady,
-             "spark_session_seconds": session_seconds, "spark_first_pass_seconds": seconds[0]},
+            {
+                "local_texts_per_second": local_rate,
+                "spark_texts_per_second": steady,
+                "spark_session_seconds": session_seconds,
+                "spark_first_pass_seconds": seconds[0],
+            },
         )
 
 

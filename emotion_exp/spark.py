@@ -120,7 +120,9 @@ def _read(spark: SparkSession, path: Path, suffix: str) -> DataFrame:
             frame = frame.drop("_corrupt_record")
         # Spark sorts the keys it infers; the local engine keeps the file's order (here: the first object's).
         first = _first_object_keys(path)
-        return frame.select(*[f"`{c}`" for c in first if c in frame.columns], *[f"`{c}`" for c in frame.columns if c not in first])
+        return frame.select(
+            *[f"`{c}`" for c in first if c in frame.columns], *[f"`{c}`" for c in frame.columns if c not in first]
+        )
     lines = spark.read.text(location)
     return lines.filter(~F.col("value").rlike(_BLANK)).withColumnRenamed("value", "text")
 
@@ -205,9 +207,7 @@ def score(df: DataFrame, model_uri: str, text_column: str = "text") -> DataFrame
         data._check_columns(pd.DataFrame(columns=df.columns), "The DataFrame", {text_column: "text_column"})
     predict = mlflow.pyfunc.spark_udf(df.sparkSession, model_uri, result_type=result_type, env_manager="local")
     predicted = set(result_type.fieldNames())
-    renamed = [
-        F.col(f"`{name}`").alias(f"{name}_input" if name in predicted else name) for name in df.columns
-    ]
+    renamed = [F.col(f"`{name}`").alias(f"{name}_input" if name in predicted else name) for name in df.columns]
     scored = df.withColumn(_PREDICTION, predict(F.struct(F.col(f"`{text_column}`").alias("text"))))
     return scored.select(*renamed, *(F.col(f"{_PREDICTION}.`{name}`").alias(name) for name in result_type.fieldNames()))
 

@@ -90,7 +90,10 @@ def models(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path, tmp_pat
 
     torch.manual_seed(0)
     classifier = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model_dir, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}
+        tiny_model_dir,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
     )
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     # A few hundred steps of plain training: random weights give every text almost the same
@@ -99,7 +102,13 @@ def models(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path, tmp_pat
     labels = torch.tensor(sample["label"].map({n: i for i, n in enumerate(LABELS)}).to_numpy())
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=3e-3)
     for start in range(0, len(sample), 32):
-        batch = tokenizer(sample["text"].iloc[start : start + 32].tolist(), padding=True, truncation=True, max_length=32, return_tensors="pt")
+        batch = tokenizer(
+            sample["text"].iloc[start : start + 32].tolist(),
+            padding=True,
+            truncation=True,
+            max_length=32,
+            return_tensors="pt",
+        )
         classifier(**batch, labels=labels[start : start + 32]).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -120,7 +129,9 @@ def models(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path, tmp_pat
 
 def both_engines(source: Path, tmp_path: Path, model_uri: str, **options: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The local engine's Parquet file and the Spark engine's Parquet folder, read back by pandas."""
-    predict.run(PredictConfig(input=str(source), output=str(tmp_path / "local.parquet"), model_uri=model_uri, **options))
+    predict.run(
+        PredictConfig(input=str(source), output=str(tmp_path / "local.parquet"), model_uri=model_uri, **options)
+    )
     predict.run(
         PredictConfig(input=str(source), output=str(tmp_path / "spark"), model_uri=model_uri, engine="spark", **options)
     )
@@ -131,7 +142,9 @@ def assert_same_predictions(local: pd.DataFrame, distributed: pd.DataFrame) -> N
     assert list(distributed.columns) == list(local.columns)
     assert distributed["text"].tolist() == local["text"].tolist()  # same rows, same order
     assert distributed["label"].tolist() == local["label"].tolist()
-    np.testing.assert_allclose(distributed[PROBABILITIES].to_numpy(), local[PROBABILITIES].to_numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        distributed[PROBABILITIES].to_numpy(), local[PROBABILITIES].to_numpy(), rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -182,7 +195,18 @@ def test_a_folder_of_parquet_parts_and_the_library_function(spark, models, texts
     target = tmp_path / "scored"
 
     result = CliRunner().invoke(
-        cli, ["predict", "--input", str(folder), "--output", str(target), "--engine", "spark", "--model_uri", models["keyword"]]
+        cli,
+        [
+            "predict",
+            "--input",
+            str(folder),
+            "--output",
+            str(target),
+            "--engine",
+            "spark",
+            "--model_uri",
+            models["keyword"],
+        ],
     )
 
     assert result.exit_code == 0, result.output
@@ -209,7 +233,11 @@ def test_bad_input_fails_with_the_local_engines_message_and_writes_nothing(spark
     errors = []
     for engine, output in (("local", "local.parquet"), ("spark", "out")):
         with pytest.raises(UserError) as raised:
-            predict.run(PredictConfig(input=str(source), output=str(tmp_path / output), model_uri=models["keyword"], engine=engine))
+            predict.run(
+                PredictConfig(
+                    input=str(source), output=str(tmp_path / output), model_uri=models["keyword"], engine=engine
+                )
+            )
         errors.append(str(raised.value))
 
     assert errors[1] == errors[0]
@@ -222,8 +250,18 @@ def test_a_job_that_fails_half_way_leaves_nothing_at_output(spark, models, texts
     texts.head(400).assign(text=lambda df: df["text"].where(df.index != 350, "boom")).to_parquet(source)
 
     result = CliRunner().invoke(
-        cli, ["predict", "--input", str(source), "--output", str(tmp_path / "out"), "--engine", "spark",
-              "--model_uri", models["failing"]]
+        cli,
+        [
+            "predict",
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "out"),
+            "--engine",
+            "spark",
+            "--model_uri",
+            models["failing"],
+        ],
     )
 
     assert result.exit_code != 0
@@ -238,4 +276,6 @@ def test_an_existing_output_is_refused_before_spark_starts(tmp_path) -> None:
     (tmp_path / "out").mkdir()
 
     with pytest.raises(UserError, match="already exists"):
-        predict.run(PredictConfig(input=str(source), output=str(tmp_path / "out"), model_uri="runs:/none/model", engine="spark"))
+        predict.run(
+            PredictConfig(input=str(source), output=str(tmp_path / "out"), model_uri="runs:/none/model", engine="spark")
+        )
