@@ -110,12 +110,15 @@ def _read(spark: SparkSession, path: Path, suffix: str) -> DataFrame:
     if suffix in (".jsonl", ".json"):
         frame = spark.read.json(location, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt_record")
         if "_corrupt_record" in frame.columns:
-            bad = frame.filter(F.col("_corrupt_record").isNotNull())
-            count = bad.count()
-            if count:
+            parsed = [c for c in frame.columns if c != "_corrupt_record"]
+            # Spark refuses a query of the corrupt-record column alone: count a parsed column beside it.
+            malformed = (
+                frame.agg(F.count("_corrupt_record"), F.count(F.col(f"`{parsed[0]}`"))).first()[0] if parsed else -1
+            )
+            if malformed:
+                what = "no line is" if malformed < 0 else f"{malformed} line(s) are not"
                 raise UserError(
-                    f"Could not parse '{path}': {count} line(s) are not a JSON object; expected JSON Lines, "
-                    "one object per line."
+                    f"Could not parse '{path}': {what} a JSON object; expected JSON Lines, one object per line."
                 )
             frame = frame.drop("_corrupt_record")
         # Spark sorts the keys it infers; the local engine keeps the file's order (here: the first object's).

@@ -279,3 +279,17 @@ def test_an_existing_output_is_refused_before_spark_starts(tmp_path) -> None:
         predict.run(
             PredictConfig(input=str(source), output=str(tmp_path / "out"), model_uri="runs:/none/model", engine="spark")
         )
+
+
+@pytest.mark.slow
+def test_lines_that_are_not_json_objects_are_refused_by_both_engines(spark, models, tmp_path) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"text": "so happy"}\nnot json\n{"text": "fine"}\n')
+    for engine, output in (("local", "local.parquet"), ("spark", "out")):
+        config = PredictConfig(
+            input=str(source), output=str(tmp_path / output), model_uri=models["keyword"], engine=engine
+        )
+        with pytest.raises(UserError, match=f"Could not parse '{source}'.*expected JSON Lines, one object per line"):
+            predict.run(config)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
