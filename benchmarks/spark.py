@@ -6,7 +6,7 @@ Spark's fixed costs are reported apart: the session start, and the first pass (P
 start and load the model); later passes show the steady rate. Spark writes to its ``noop``
 sink, so no output file is timed.
 
-    python benchmarks/spark.py [--quick] [--track] [--tfidf | --model-uri URI | --model SPEC] [--master local[2]]
+    python -m benchmarks.spark [--quick] [--track] [--tfidf | --model-uri URI | --model SPEC] [--master local[2]]
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _model  # noqa: E402
+from benchmarks import harness
 
 
 def tfidf_model_uri() -> str:
@@ -32,21 +29,21 @@ def tfidf_model_uri() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model.add_arguments(parser)
+    harness.add_arguments(parser)
     parser.add_argument("--tfidf", action="store_true", help="Measure a TF-IDF model instead of a fine-tuned encoder.")
     parser.add_argument("--master", default="local[2]", help="Spark master (default local[2]).")
     args = parser.parse_args()
     count, passes = (2000, 2) if args.quick else (20_000, 3)
 
-    with _model.store(args.track, model_uri=args.model_uri) as workdir:
+    with harness.store(args.track, model_uri=args.model_uri) as workdir:
         import mlflow
         import pandas as pd
 
         from emotion_exp import spark
         from emotion_exp.stages.predict import predict_batches
 
-        uri = tfidf_model_uri() if args.tfidf and not args.model_uri else _model.model_uri(args, workdir)
-        texts = _model.texts(count)
+        uri = tfidf_model_uri() if args.tfidf and not args.model_uri else harness.model_uri(args, workdir)
+        texts = harness.sample(count)["text"].tolist()
         source = workdir / "texts.parquet"
         pd.DataFrame({"text": texts}).to_parquet(source)
 
@@ -82,7 +79,7 @@ def main() -> None:
     )
     print(f"spark steady / local: {steady / local_rate:.2f}x")
     if args.track:
-        _model.log(
+        harness.log(
             "spark",
             {"texts": count, "master": args.master, "model_uri": uri},
             {

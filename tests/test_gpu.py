@@ -47,8 +47,14 @@ def test_finetune_and_the_logged_model_run_on_the_gpu(small_dataset: Path, tiny_
     name = f"gpu-{uuid.uuid4().hex[:8]}"
     run_id = finetune.run(
         FinetuneConfig(
-            dataset=str(small_dataset), model=str(tiny_model_dir), epochs=1, max_length=32, batch_size=16,
-            umap_max_points=100, registered_model=name, output_dir=str(tmp_path / "checkpoints"),
+            dataset=str(small_dataset),
+            model=str(tiny_model_dir),
+            epochs=1,
+            max_length=32,
+            batch_size=16,
+            umap_max_points=100,
+            registered_model=name,
+            output_dir=str(tmp_path / "checkpoints"),
         )
     )
 
