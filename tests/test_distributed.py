@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from emotion_exp import distributed, finetune
 from emotion_exp.config import FinetuneConfig
 from emotion_exp.errors import UserError
+from tests import test_interrupt as interrupt
 from tests.test_interrupt import complete_checkpoints, emotion_exp, finish, history_steps, wait_for
 
 EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 8, 120
@@ -40,8 +41,10 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, mon
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
-    tmp_path: Path, small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
+    tmp_path: Path, small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # torchrun, two workers and the reference run share two cores: a wider bound on each wait.
+    monkeypatch.setattr(interrupt, "WAIT_S", 600)
     name = f"ddp-{uuid.uuid4().hex[:8]}"
     options = [
         "finetune",

@@ -63,6 +63,7 @@ def _lead(
     *,
     score_test: bool,
 ) -> str:
+    """Rank 0 (or the only process): open the run, announce its id, train, log and register."""
     if config.resume:
         splits = _check_resume(config)
     with open_stage("finetune", config, splits=splits, run_id=config.resume or None) as stage:

@@ -128,8 +128,8 @@ def _run_on_spark(config: PredictConfig) -> str:
             start = time.perf_counter()
             rows = spark.write_parquet(spark.score(texts, config.model_uri, _text_column(config)), target)
             seconds = time.perf_counter() - start
-            tracking.log_metrics({"rows": rows, "texts_per_second": rows / max(seconds, 1e-9)})
-            tracking.set_tags({"predictions_path": str(target.resolve())})
+            mlflow.log_metrics({"rows": rows, "texts_per_second": rows / max(seconds, 1e-9)})
+            mlflow.set_tag("predictions_path", str(target.resolve()))
             print(f"predict: wrote {rows} predictions to {target}.")
             return predict_run.info.run_id
 
