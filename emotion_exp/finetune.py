@@ -441,6 +441,17 @@ def predict_splits(
     return logits, embeddings, truncated
 
 
+def _thread_setting(config: FinetuneConfig) -> str | int:
+    """``--threads``, except that under torchrun ``auto`` keeps each process's own count.
+
+    That count is torchrun's ``OMP_NUM_THREADS`` (1 unless set): DDP makes every step wait for
+    the slowest process, so one process timing its thread counts would measure the others' waits.
+    """
+    if distributed.world_size() > 1 and threads.parse(config.threads) is None:
+        return torch.get_num_threads()
+    return config.threads
+
+
 def train(
     splits: DatasetSplits,
     resolved: models.ResolvedModel,
@@ -462,7 +473,7 @@ def train(
     prepared = prepare(splits, resolved, config)
     steps_per_epoch = math.ceil(len(prepared.train_rows) / config.batch_size)
     args = training_arguments(config, checkpoint_dir, precision, steps_per_epoch=steps_per_epoch)
-    stopwatch, stopper, tuner = Stopwatch(), _StopOnRequest(), threads.ThreadTuner(config.threads)
+    stopwatch, stopper, tuner = Stopwatch(), _StopOnRequest(), threads.ThreadTuner(_thread_setting(config))
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = make_trainer(
         prepared.model,

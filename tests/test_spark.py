@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -293,3 +294,81 @@ def test_lines_that_are_not_json_objects_are_refused_by_both_engines(spark, mode
             predict.run(config)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+BAD_TEXT_FILES = {
+    "csv-empty-and-blank": ("bad.csv", 'id,text\n1,so happy\n2,""\n\n3,"two\nlines"\n4,"   "\n'),
+    "jsonl-null-and-lone-surrogate": (
+        "bad.jsonl",
+        '{"text": "fine"}\n{"text": null}\n\n{"text": "\\ud800"}\n{"text": ""}\n',
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip_empty", [False, True])
+@pytest.mark.parametrize("case", BAD_TEXT_FILES)
+def test_bad_texts_in_a_file_get_the_local_engines_message_with_its_line_numbers(
+    spark, models, case, skip_empty, tmp_path
+) -> None:
+    name, content = BAD_TEXT_FILES[case]
+    source = tmp_path / name
+    source.write_text(content)
+    errors = []
+    for engine, output in (("local", "local.parquet"), ("spark", "out")):
+        config = PredictConfig(
+            input=str(source),
+            output=str(tmp_path / output),
+            model_uri=models["keyword"],
+            engine=engine,
+            skip_empty=skip_empty,
+        )
+        if skip_empty and case.startswith("csv"):  # only empty texts: both engines label them
+            predict.run(config)
+            continue
+        with pytest.raises(UserError) as raised:
+            predict.run(config)
+        errors.append(str(raised.value))
+
+    if errors:
+        assert errors[1] == errors[0]
+        assert "line" in errors[0]
+    else:
+        local, distributed = pd.read_parquet(tmp_path / "local.parquet"), pd.read_parquet(tmp_path / "out")
+        assert distributed["label"].tolist() == local["label"].tolist()
+        assert [label == "" for label in local["label"]] == [False, True, False, True]
+        assert distributed[PROBABILITIES].isna().to_numpy().tolist() == local[PROBABILITIES].isna().to_numpy().tolist()
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_a_spark_output_folder_and_only_that(spark, models, texts, tmp_path) -> None:
+    source = tmp_path / "texts.parquet"
+    texts.head(40).to_parquet(source)
+    config = PredictConfig(input=str(source), output=str(tmp_path / "out"), model_uri=models["keyword"], engine="spark")
+    predict.run(config)
+    texts.head(10).to_parquet(source)
+
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        predict.run(config)
+    predict.run(dataclasses.replace(config, overwrite=True))
+
+    assert len(pd.read_parquet(tmp_path / "out")) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "texts.parquet"]
+
+
+def test_overwrite_never_replaces_a_folder_spark_did_not_write(tmp_path) -> None:
+    source = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["so happy"]}).to_csv(source, index=False)
+    (tmp_path / "photos").mkdir()
+
+    with pytest.raises(UserError, match="not a Parquet folder written by Spark"):
+        predict.run(
+            PredictConfig(
+                input=str(source),
+                output=str(tmp_path / "photos"),
+                model_uri="runs:/none/model",
+                engine="spark",
+                overwrite=True,
+            )
+        )
+    assert (tmp_path / "photos").is_dir()

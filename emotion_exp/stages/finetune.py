@@ -140,6 +140,7 @@ def _follow(config: FinetuneConfig, callbacks: Sequence[Any]) -> str:
         callbacks=callbacks,
         checkpoint_dir=Path(config.output_dir) / run_id,
         resume=bool(config.resume),
+        scored_splits=(),  # rank 0 scores the splits and logs them; the same model here would repeat it
     )
     return run_id
 
