@@ -117,8 +117,10 @@ def _fail_launcher_run(stage: str | None, reason: str) -> None:
 
     The run gets the ``stage`` tag and name and the ``error`` tag, like a run that failed later.
     """
+    from emotion_exp import distributed
+
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
+    if run_id and distributed.is_main():  # under torchrun only rank 0 touches the store
         from emotion_exp import tracking
 
         tracking.fail_run(run_id, reason, stage=stage)

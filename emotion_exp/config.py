@@ -236,6 +236,9 @@ class FinetuneConfig(TrainingConfig):
         "Fit a temperature on the validation split so that the model's probabilities match its accuracy "
         "(labels unchanged); false keeps the raw softmax.",
     )
+    nproc_per_node: int = option(
+        1, "Train with this many processes (DDP under torchrun; --batch_size is split over them).", minimum=1
+    )
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,13 @@ class PredictConfig:
         "the file.",
     )
     threads: str = threads_option()
+    engine: str = option(
+        "local",
+        "local: this process; spark: read, score and write with Apache Spark (a Parquet folder at OUTPUT, "
+        "default INPUT's name with .predictions.parquet; needs the [spark] extra).",
+        choices=("local", "spark"),
+    )
+    spark_master: str = option("local[*]", "Spark master URL for --engine spark (local[N] or a cluster).")
 
     def __post_init__(self) -> None:
         _check(self)
@@ -416,11 +426,12 @@ STUDY_STAGES: dict[str, type] = {
     "promote": PromoteConfig,
 }
 # What the study decides for its children: the probe reads the study's extract run, and only
-# promote registers (whichever run is best), so the model stages register nothing.
+# promote registers (whichever run is best), so the model stages register nothing; finetune
+# trains in the study's own process (torchrun runs `finetune` on its own).
 SET_BY_THE_STUDY: dict[str, dict[str, Any]] = {
     "probe": {"features_run_id": "", "registered_model": ""},
     "tfidf": {"registered_model": ""},
-    "finetune": {"registered_model": ""},
+    "finetune": {"registered_model": "", "nproc_per_node": 1},
 }
 
 

@@ -30,8 +30,11 @@ def verbose() -> bool:
 
 
 def say(message: str) -> None:
-    """One line for the user on stdout, flushed so it keeps its place among progress lines."""
-    print(message, flush=True)
+    """One line for the user on stdout, flushed so it keeps its place among progress lines (rank 0 only)."""
+    from emotion_exp import distributed
+
+    if distributed.is_main():
+        print(message, flush=True)
 
 
 class _DropMessages(logging.Filter):

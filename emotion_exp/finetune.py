@@ -35,7 +35,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from emotion_exp import batching, console, inference, metrics, models, threads
+from emotion_exp import batching, console, distributed, inference, metrics, models, threads
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -134,13 +134,28 @@ def training_arguments(
     *,
     steps_per_epoch: int,
 ) -> TrainingArguments:
-    """Our set-up: linear warm-up then decay, length-grouped batches, eval and a checkpoint each epoch."""
+    """Our set-up: linear warm-up then decay, length-grouped batches, eval and a checkpoint each epoch.
+
+    Under torchrun ``batch_size`` stays the batch of one optimizer step, split over the
+    processes, so N processes take the same steps as one. DDP settings are set only then.
+    """
     early_stopping = config.early_stopping_patience > 0
+    processes = distributed.world_size()
+    if config.batch_size % processes:
+        raise UserError(
+            f"--batch_size {config.batch_size} is the batch of one step, split over the {processes} processes "
+            f"torchrun started; pass a multiple of {processes}."
+        )
+    ddp = {"ddp_backend": distributed.backend(), "ddp_find_unused_parameters": False} if processes > 1 else {}
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=config.batch_size // processes,
         per_device_eval_batch_size=config.batch_size,
+        # The default averages the token count over processes, which doubles the logged loss and
+        # gradient norm of sequence classification under DDP.
+        average_tokens_across_devices=False,
+        **ddp,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         warmup_steps=float(config.warmup),
@@ -209,6 +224,11 @@ class _StopOnRequest(TrainerCallback):
         self.requested = False
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if distributed.world_size() > 1:
+            # Every process stops after the same step, or the others would wait forever in DDP.
+            flag = torch.tensor([int(self.requested)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            self.requested = bool(flag.item())
         if self.requested:
             control.should_save = True
             control.should_training_stop = True
@@ -226,18 +246,21 @@ def _stop_requests(stopper: _StopOnRequest) -> Iterator[None]:
     """Turn Ctrl-C and SIGTERM into a checkpointed stop; a second Ctrl-C stops at once.
 
     SIGTERM never aborts at once: ``mlflow run`` answers Ctrl-C by sending it to the entry point
-    and waits for it to exit.
+    and waits for it to exit. Under torchrun a Ctrl-C reaches each process twice (from the
+    terminal and from torchrun), so there only torchrun's own timeout stops at once.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    single = distributed.world_size() == 1
 
     def request(signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and stopper.requested:
+        if signum == signal.SIGINT and stopper.requested and single:
             raise KeyboardInterrupt
         if not stopper.requested:
             print(
-                "\nStopping: saving a checkpoint after this step (Ctrl-C again to stop at once).",
+                "\nStopping: saving a checkpoint after this step"
+                + (" (Ctrl-C again to stop at once)." if single else "."),
                 file=sys.stderr,
                 flush=True,
             )
@@ -418,6 +441,17 @@ def predict_splits(
     return logits, embeddings, truncated
 
 
+def _thread_setting(config: FinetuneConfig) -> str | int:
+    """``--threads``, except that under torchrun ``auto`` keeps each process's own count.
+
+    That count is torchrun's ``OMP_NUM_THREADS`` (1 unless set): DDP makes every step wait for
+    the slowest process, so one process timing its thread counts would measure the others' waits.
+    """
+    if distributed.world_size() > 1 and threads.parse(config.threads) is None:
+        return torch.get_num_threads()
+    return config.threads
+
+
 def train(
     splits: DatasetSplits,
     resolved: models.ResolvedModel,
@@ -439,7 +473,7 @@ def train(
     prepared = prepare(splits, resolved, config)
     steps_per_epoch = math.ceil(len(prepared.train_rows) / config.batch_size)
     args = training_arguments(config, checkpoint_dir, precision, steps_per_epoch=steps_per_epoch)
-    stopwatch, stopper, tuner = Stopwatch(), _StopOnRequest(), threads.ThreadTuner(config.threads)
+    stopwatch, stopper, tuner = Stopwatch(), _StopOnRequest(), threads.ThreadTuner(_thread_setting(config))
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = make_trainer(
         prepared.model,

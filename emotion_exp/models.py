@@ -127,7 +127,7 @@ def native_bf16() -> bool:
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import mlflow
 from mlflow.entities import LoggedModelStatus
@@ -25,12 +25,14 @@ from emotion_exp.errors import UserError
 from emotion_exp.pyfunc import MODEL_NAME, label_names_of
 
 if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
     from mlflow.pyfunc import PyFuncModel
 
 # The promotion note's heading: where a version's description (its model card) ends and the note begins.
 PROMOTION_HEADING = "## Promotion"
 # The version tag naming the promote run that wrote the note (machine state lives in tags, not in text).
 PROMOTION_RUN_TAG = "promote_run_id"
+T = TypeVar("T")
 REGISTERED_MODEL_DESCRIPTION = (
     "Emotion text classifier (pyfunc). Input: a DataFrame with a `text` column or a list of strings. "
     "Output: `label` and one `prob_<label>` column per label. The `champion` alias marks the best "
@@ -325,6 +327,19 @@ def load_model(model_uri: str) -> LoadedModel:
     what is recorded is what predicted even if the alias moves meanwhile. The message of an error
     says what the registry does hold and how to create the missing piece.
     """
+    uri, source = resolve(model_uri)
+    model = _existing(model_uri, uri, mlflow.pyfunc.load_model)
+    _check_text_classifier(model_uri, model)
+    return LoadedModel(model, source)
+
+
+def model_info(model_uri: str) -> ModelInfo:
+    """A model's metadata (flavors, signature) without loading it; a missing model is a ``UserError`` as above."""
+    return _existing(model_uri, resolve(model_uri)[0], mlflow.models.get_model_info)
+
+
+def resolve(model_uri: str) -> tuple[str, dict[str, str]]:
+    """The URI to load (an alias resolved to its version) and the source tags of ``LoadedModel``."""
     source: dict[str, str] = {}
     uri = model_uri
     if match := re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", model_uri):
@@ -336,8 +351,13 @@ def load_model(model_uri: str) -> LoadedModel:
         uri = f"models:/{name}/{found.version}"
     elif match := re.fullmatch(r"runs:/([^/]+)/.+", model_uri):
         source = {"model_run_id": match.group(1)}
+    return uri, source
+
+
+def _existing(model_uri: str, uri: str, read: Callable[[str], T]) -> T:
+    """``read(uri)``; a model the store does not hold is a ``UserError`` naming ``model_uri``."""
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        return read(uri)
     except MlflowException as error:
         if _not_found(error):
             raise UserError(
@@ -346,8 +366,6 @@ def load_model(model_uri: str) -> LoadedModel:
                 "models:/<name>/<version> or runs:/<run id>/model)."
             ) from error
         raise
-    _check_text_classifier(model_uri, model)
-    return LoadedModel(model, source)
 
 
 def _check_text_classifier(model_uri: str, model: PyFuncModel) -> None:

@@ -23,14 +23,23 @@ class KeywordModel(mlflow.pyfunc.PythonModel):
         return predictions_frame(probabilities, LABELS)
 
 
-def log_keyword_model(*, input_example: bool = True) -> str:
+class FailingModel(KeywordModel):
+    """KeywordModel that fails on a text containing 'boom': a job that breaks half-way."""
+
+    def predict(self, context, model_input, params=None):
+        if any("boom" in text for text in texts_from_input(model_input)):
+            raise RuntimeError("boom")
+        return super().predict(context, model_input, params)
+
+
+def log_keyword_model(*, input_example: bool = True, failing: bool = False) -> str:
     """Log ``KeywordModel`` as ``model`` in the active run with the project's signature; return its URI.
 
     Without the input example (which MLflow runs through the model) logging takes half the time.
     """
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=KeywordModel(),
+        python_model=FailingModel() if failing else KeywordModel(),
         signature=signature(LABELS),
         input_example=INPUT_EXAMPLE if input_example else None,
         model_config=MODEL_CONFIG,

@@ -7,9 +7,13 @@ checkpoint into the same run, with the same parameters and data.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +21,7 @@ import mlflow
 import numpy as np
 from transformers import TrainerCallback
 
-from emotion_exp import analysis, data, finetune, model_card, models, plots, pyfunc, registry, tracking
+from emotion_exp import analysis, data, distributed, finetune, model_card, models, plots, pyfunc, registry, tracking
 from emotion_exp.config import DataConfig, FinetuneConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages.skeleton import SPLIT_PREFIX, LoggedModel, Stage, log_figure, log_model_source, open_stage
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
     from emotion_exp.data import DatasetSplits
 
 # Parameters that may differ on resume: they do not change what is trained.
-FREE_ON_RESUME = ("resume", "output_dir", "umap_max_points", "registered_model")
+FREE_ON_RESUME = ("resume", "output_dir", "umap_max_points", "registered_model", "nproc_per_node")
 
 
 def run(
@@ -39,11 +43,32 @@ def run(
     """Fine-tune, evaluate, log and register; return the run id.
 
     ``callbacks`` are extra transformers ``TrainerCallback`` objects (a sweep's pruning, tests);
-    ``score_test=False`` neither predicts nor scores the test split (a sweep's trial).
+    ``score_test=False`` neither predicts nor scores the test split (a sweep's trial). Under
+    torchrun only rank 0 opens the run and logs; the other ranks train beside it (``_follow``).
     """
+    if config.nproc_per_node > 1 and distributed.world_size() == 1:
+        return _launch(config)
+    distributed.init()
+    if not distributed.is_main():
+        return _follow(config, callbacks)
+    with distributed.announcing() as announce:
+        return _lead(config, splits, callbacks, announce, score_test=score_test)
+
+
+def _lead(
+    config: FinetuneConfig,
+    splits: DatasetSplits | None,
+    callbacks: Sequence[Any],
+    announce: Callable[[str], None],
+    *,
+    score_test: bool,
+) -> str:
+    """Rank 0 (or the only process): open the run, announce its id, train, log and register."""
     if config.resume:
         splits = _check_resume(config)
     with open_stage("finetune", config, splits=splits, run_id=config.resume or None) as stage:
+        announce(stage.run_id)
+        tracking.log_params({"world_size": distributed.world_size()})
         checkpoint_dir = Path(config.output_dir) / stage.run_id
         if config.resume:
             mlflow.set_tag("resumed_from", finetune.last_checkpoint(checkpoint_dir))
@@ -69,6 +94,55 @@ def run(
         # A finished run cannot be resumed, and MLflow now holds its model: the folder is dead weight.
         shutil.rmtree(checkpoint_dir)
         return stage.run_id
+
+
+def _launch(config: FinetuneConfig) -> str:
+    """``--nproc_per_node N`` in one process: run this stage under torchrun with the same parameters.
+
+    Rank 0 writes its run id to a file this process reads back. Ctrl-C reaches torchrun and its
+    workers too (they checkpoint and stop); SIGTERM (``mlflow run`` stopping) is passed on to torchrun.
+    """
+    if mlflow.active_run() is not None:
+        raise UserError(
+            f"--nproc_per_node {config.nproc_per_node} starts finetune under torchrun as a run of its own; inside "
+            "another run (a study, sweep or learning curve) finetune trains in one process: pass --nproc_per_node 1."
+        )
+    options = [f"--{name}={value}" for name, value in dataclasses.asdict(config).items()]
+    with tempfile.TemporaryDirectory(prefix="emotion-exp-torchrun-") as folder:
+        run_id_file = Path(folder) / "run_id"
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={config.nproc_per_node}", "-m", "emotion_exp", "finetune", *options,
+        ]  # fmt: skip
+        with subprocess.Popen(command, env={**os.environ, distributed.RUN_ID_FILE: str(run_id_file)}) as process:
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
+            try:
+                while True:
+                    try:
+                        returncode = process.wait()
+                        break
+                    except KeyboardInterrupt:
+                        continue  # torchrun and its workers got the same Ctrl-C: wait for their checkpoint
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+        if returncode:
+            raise SystemExit(returncode)
+        return run_id_file.read_text()
+
+
+def _follow(config: FinetuneConfig, callbacks: Sequence[Any]) -> str:
+    """A rank other than 0: train into rank 0's checkpoint folder; touch no MLflow store, write nothing else."""
+    run_id = distributed.announced_run_id()
+    finetune.train(
+        data.load_splits(subset(config, DataConfig)),
+        models.resolve(config.model),
+        config,
+        callbacks=callbacks,
+        checkpoint_dir=Path(config.output_dir) / run_id,
+        resume=bool(config.resume),
+        scored_splits=(),  # rank 0 scores the splits and logs them; the same model here would repeat it
+    )
+    return run_id
 
 
 def log_result(

@@ -1,0 +1,300 @@
+"""Batch scoring on Apache Spark: the registered pyfunc model through ``mlflow.pyfunc.spark_udf``.
+
+``score`` is the library function for anyone who holds a SparkSession (a cluster, ``spark-submit``,
+a notebook); ``predict --engine spark`` reads a file with Spark, checks it as the local engine
+does, scores it with ``score`` and writes a Parquet folder. The model runs in Spark's Python
+workers in the driver's environment (``env_manager="local"``), so those workers must be able to
+import emotion-exp's requirements; ``PYSPARK_PYTHON`` is set to this interpreter for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+import pandas as pd
+
+from emotion_exp import data, pyfunc, registry, texts
+from emotion_exp.errors import UserError
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+INSTALL_HINT = (
+    "--engine spark needs pyspark and a Java 17 runtime: pip install 'emotion-exp[spark]' "
+    "(or pip install pyspark), and apt-get install openjdk-17-jre-headless where `java` is missing."
+)
+# Holds the model's output struct while its fields become columns; no input column is called this.
+_PREDICTION = "__emotion_exp_prediction"
+# Python's `not text.strip()`: Java's \s with (?U) matches Unicode white space too.
+_BLANK = r"(?U)^\s*$"
+# Spark reads an empty CSV field as null unless told another text means null (and a last empty
+# field as null all the same: filled in after reading); the local engine (Python's csv module)
+# reads it as an empty text, which --skip_empty may skip.
+_NO_NULL = "\x00emotion-exp: no text is read as null\x00"
+# A surrogate code unit outside a pair (JSON's "\ud800"): Java matches a valid pair as one code point.
+_LONE_SURROGATE = r"\p{Cs}"
+
+
+@contextlib.contextmanager
+def session(master: str = "local[*]") -> Iterator[SparkSession]:
+    """The active SparkSession, or a new one on ``master`` that is stopped on exit.
+
+    Python workers run this interpreter (``PYSPARK_PYTHON``), so they import the packages this
+    process sees; a local master binds to 127.0.0.1 (``SPARK_LOCAL_IP``) instead of the
+    machine's external address.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as error:
+        raise UserError(INSTALL_HINT) from error
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        yield active
+        return
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise UserError(f"No Java runtime found (no `java` on PATH, no JAVA_HOME). {INSTALL_HINT}")
+    spark = SparkSession.builder.master(master).appName("emotion-exp predict").getOrCreate()
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def read_texts(spark: SparkSession, path: str | Path, text_column: str = "text", skip_empty: bool = False) -> DataFrame:
+    """Read a file of texts with Spark and check it as ``data.read_texts`` does, with the same messages.
+
+    Parquet (a file or a folder of part files), CSV, TSV, JSON Lines or plain text (one text a
+    line, blank lines skipped, column ``text``). Texts follow ``emotion_exp.texts``: empty ones are
+    refused unless ``skip_empty``; a refused file gets the local engine's message, naming its lines.
+    The frame is spread over at least ``defaultParallelism`` partitions in file order, so that
+    a file smaller than a Spark split still keeps every core busy.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"Input '{path}' does not exist; expected a Parquet file or folder of Parquet files, or a CSV, TSV, "
+            "JSON Lines or .txt (one text a line) file."
+        )
+    suffix = "" if path.is_dir() else path.suffix.lower()
+    if suffix and suffix not in data.SUFFIXES:
+        raise UserError(
+            f"'{path}' has the unsupported extension {suffix!r}; supported: {', '.join(data.SUFFIXES)}, "
+            "or a folder of Parquet files."
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise data._empty(path)
+    frame = _read(spark, path, suffix)
+    column = "text" if suffix == ".txt" else text_column
+    data._check_columns(pd.DataFrame(columns=frame.columns), str(path), {column: "--text_column"})
+    _check_texts(frame, column, path, skip_empty)
+    return _spread(frame, spark.sparkContext.defaultParallelism)
+
+
+def _read(spark: SparkSession, path: Path, suffix: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    location = str(path)
+    if suffix in ("", ".parquet"):
+        return spark.read.parquet(location)
+    if suffix == ".csv":
+        # Every column as text, as the local engine reads it (no type inference).
+        # multiLine: a quoted text may hold line breaks, as Python's csv module reads it.
+        frame = spark.read.csv(
+            location, header=True, encoding="UTF-8", multiLine=True, nullValue=_NO_NULL, emptyValue=""
+        )
+        return frame.na.fill("")
+    if suffix == ".tsv":
+        # The local engine reads TSV without quote processing; an empty quote character turns it off.
+        frame = spark.read.csv(
+            location, header=True, sep="\t", quote="", encoding="UTF-8", nullValue=_NO_NULL, emptyValue=""
+        )
+        return frame.na.fill("")
+    if suffix in (".jsonl", ".json"):
+        frame = spark.read.json(location, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt_record")
+        if "_corrupt_record" in frame.columns:
+            parsed = [c for c in frame.columns if c != "_corrupt_record"]
+            # Spark refuses a query of the corrupt-record column alone: count a parsed column beside it.
+            malformed = (
+                frame.agg(F.count("_corrupt_record"), F.count(F.col(f"`{parsed[0]}`"))).first()[0] if parsed else -1
+            )
+            if malformed:
+                what = "no line is" if malformed < 0 else f"{malformed} line(s) are not"
+                raise UserError(
+                    f"Could not parse '{path}': {what} a JSON object; expected JSON Lines, one object per line."
+                )
+            frame = frame.drop("_corrupt_record")
+        # Spark sorts the keys it infers; the local engine keeps the file's order (here: the first object's).
+        first = _first_object_keys(path)
+        return frame.select(
+            *[f"`{c}`" for c in first if c in frame.columns], *[f"`{c}`" for c in frame.columns if c not in first]
+        )
+    lines = spark.read.text(location)
+    return lines.filter(~F.col("value").rlike(_BLANK)).withColumnRenamed("value", "text")
+
+
+def _first_object_keys(path: Path) -> list[str]:
+    """The keys of the first JSON object in a JSON Lines file, in their order."""
+    with path.open(encoding="utf-8-sig") as lines:
+        for line in lines:
+            if line.strip():
+                record = json.loads(line)
+                return list(record) if isinstance(record, dict) else []
+    return []
+
+
+def _refused_text(frame: DataFrame, column: str, skip_empty: bool) -> Column:
+    """True where ``emotion_exp.texts`` refuses a text: null or not a string, a lone surrogate, empty unless skipped."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    value = F.col(f"`{column}`")
+    if not isinstance(frame.schema[column].dataType, StringType):
+        return F.lit(True)
+    refused = value.isNull() | value.rlike(_LONE_SURROGATE)
+    return refused if skip_empty else refused | value.rlike(_BLANK)
+
+
+def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) -> None:
+    """One Spark pass counting the rows and the refused texts; only on failure, the local engine's message.
+
+    A file is then read by ``data.read_texts``, so the error names the same lines as
+    ``--engine local``; a folder of Parquet files names its rows, counted in file order.
+    """
+    from pyspark.sql import functions as F
+
+    rows, refused = frame.agg(F.count(F.lit(1)), F.sum(_refused_text(frame, column, skip_empty).cast("long"))).first()
+    if rows == 0:
+        raise data._empty(path)
+    if not refused:
+        return
+    if path.is_file():
+        data.read_texts(path, column, skip_empty=skip_empty)  # raises the local engine's error
+    bad = (
+        frame.select(f"`{column}`")
+        .rdd.zipWithIndex()
+        .filter(lambda pair: texts.problems([pair[0][0]]).refused(skip_empty))
+        .map(lambda pair: (pair[1] + 1, pair[0][0]))
+        .collect()
+    )
+    numbers = [number for number, _ in bad]
+    data._check_texts(pd.Series([value for _, value in bad], index=numbers, name=column), str(path), "row", skip_empty)
+
+
+def _spread(frame: DataFrame, partitions: int) -> DataFrame:
+    """``frame`` over at least ``partitions`` partitions, rows still in file order."""
+    from pyspark.sql import functions as F
+
+    if frame.rdd.getNumPartitions() >= partitions:
+        return frame
+    order = "__emotion_exp_row"
+    return (
+        frame.withColumn(order, F.monotonically_increasing_id())
+        .repartitionByRange(partitions, order)
+        .sortWithinPartitions(order)
+        .drop(order)
+    )
+
+
+def score(df: DataFrame, model_uri: str, text_column: str = "text", skip_empty: bool = False) -> DataFrame:
+    """``df``'s columns plus ``label`` and one ``prob_<label>`` column per label, from ``model_uri``.
+
+    The columns are those of ``predict --engine local``: an input column named like an output
+    keeps its data as ``<name>_input``. The model's output signature gives the UDF's result
+    type, so the probabilities come back as double columns. Bad texts are the caller's to
+    check (``read_texts`` does); the model refuses a null text when Spark runs it. With
+    ``skip_empty`` the model gives empty texts an empty label and null probabilities (its
+    ``skip_empty`` param), as ``predict --skip_empty`` does.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructField, StructType
+
+    outputs = registry.model_info(model_uri).signature
+    if outputs is None or outputs.outputs is None:
+        raise UserError(
+            f"Model {model_uri} has no output signature; --engine spark needs one to know the prediction "
+            "columns. Log the model with emotion-exp (every stage logs a signature)."
+        )
+    # Arrow hands the columns back as nullable, and Spark refuses a mismatch with a non-null struct.
+    result_type = StructType(
+        [StructField(field.name, field.dataType, nullable=True) for field in outputs.outputs.as_spark_schema()]
+    )
+    if text_column not in df.columns:
+        data._check_columns(pd.DataFrame(columns=df.columns), "The DataFrame", {text_column: "text_column"})
+    predict = mlflow.pyfunc.spark_udf(
+        df.sparkSession,
+        model_uri,
+        result_type=result_type,
+        env_manager="local",
+        params={pyfunc.SKIP_EMPTY: True} if skip_empty else None,
+    )
+    predicted = set(result_type.fieldNames())
+    renamed = [F.col(f"`{name}`").alias(f"{name}_input" if name in predicted else name) for name in df.columns]
+    scored = df.withColumn(_PREDICTION, predict(F.struct(F.col(f"`{text_column}`").alias("text"))))
+    return scored.select(*renamed, *(F.col(f"{_PREDICTION}.`{name}`").alias(name) for name in result_type.fieldNames()))
+
+
+def output_folder(source: str, output: str, overwrite: bool = False) -> Path:
+    """Where ``--engine spark`` writes: ``--output``, or beside the input as ``<name>.predictions.parquet``.
+
+    Refused as the local engine refuses them: a symbolic link, the input itself, and an existing
+    path unless ``overwrite``; even then only a Parquet folder Spark completed (it holds
+    ``_SUCCESS``) or a file is replaced, never another folder.
+    """
+    source_path = Path(source).expanduser()
+    stem = source_path.name if source_path.is_dir() else source_path.stem
+    target = Path(output).expanduser() if output else source_path.with_name(f"{stem}.predictions.parquet")
+    shown = output or str(target)
+    if target.is_symlink():
+        raise UserError(
+            f"--output {shown!r} is a symbolic link; predict does not write through links: pass the real path."
+        )
+    if target.exists() and source_path.exists() and os.path.samefile(target, source_path):
+        raise UserError(f"--output {shown!r} is the input; predict never overwrites its input: pick another name.")
+    if target.exists() and not overwrite:
+        raise UserError(f"--output {shown!r} already exists; pass --overwrite to replace it, or pick another name.")
+    if target.is_dir() and not (target / "_SUCCESS").exists():
+        raise UserError(
+            f"--output {shown!r} is a folder that is not a Parquet folder written by Spark (no _SUCCESS file); "
+            "--overwrite replaces only those: remove it yourself or pick another name."
+        )
+    return target
+
+
+def write_parquet(frame: DataFrame, target: Path) -> int:
+    """Write ``frame`` as a Parquet folder at ``target`` and return its rows.
+
+    Spark writes into a hidden folder beside ``target`` that is renamed into place once every
+    part file is there, so a failed job leaves nothing at ``target`` (and an existing ``target``,
+    which ``output_folder`` allowed to be replaced, as it was).
+    """
+    import pyarrow.parquet as pq
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    replaced = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.replaced")
+    try:
+        frame.write.parquet(str(staging))
+        rows = sum(pq.ParquetFile(part).metadata.num_rows for part in staging.glob("*.parquet"))
+        if target.exists():
+            target.rename(replaced)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    if replaced.is_dir():
+        shutil.rmtree(replaced)
+    elif replaced.exists():
+        replaced.unlink()
+    return rows

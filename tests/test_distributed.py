@@ -1,0 +1,111 @@
+"""finetune under torchrun: DDP over 2 gloo processes into exactly one MLflow run, stopped and resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from emotion_exp import distributed, finetune
+from emotion_exp.config import FinetuneConfig
+from emotion_exp.errors import UserError
+from tests import test_interrupt as interrupt
+from tests.test_interrupt import complete_checkpoints, emotion_exp, finish, history_steps, wait_for
+
+EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 8, 120
+STEPS_PER_EPOCH = TRAIN_ROWS // BATCH_SIZE
+
+
+def test_a_single_process_sets_nothing_distributed(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv(distributed.RUN_ID_FILE, str(tmp_path / "run_id"))
+    args = finetune.training_arguments(FinetuneConfig(batch_size=16), tmp_path, "fp32", steps_per_epoch=4)
+
+    assert distributed.world_size() == 1 and distributed.backend() is None
+    assert args.per_device_train_batch_size == 16 and args.ddp_backend is None
+    assert args.average_tokens_across_devices is False
+    with distributed.announcing() as announce:
+        announce("abc123")
+    assert (tmp_path / "run_id").read_text() == "abc123"
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="--batch_size 15 is the batch of one step, split over the 2 processes"):
+        finetune.training_arguments(FinetuneConfig(batch_size=15), tmp_path, "fp32", steps_per_epoch=4)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
+    tmp_path: Path, small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torchrun, two workers and the reference run share two cores: a wider bound on each wait.
+    monkeypatch.setattr(interrupt, "WAIT_S", 600)
+    name = f"ddp-{uuid.uuid4().hex[:8]}"
+    options = [
+        "finetune",
+        "--dataset",
+        str(small_dataset),
+        "--model",
+        str(tiny_model_dir),
+        "--epochs",
+        str(EPOCHS),
+        "--batch_size",
+        str(BATCH_SIZE),
+        "--max_length",
+        "16",
+        "--learning_rate",
+        "0.001",
+        "--umap_max_points",
+        "50",
+    ]
+    # The single-process reference run goes on alongside, on the same data and seed.
+    reference = emotion_exp(
+        *options, "--registered_model", "", "--output_dir", str(tmp_path / "reference"), log=tmp_path / "reference.log"
+    )
+    checkpoints = tmp_path / "checkpoints"
+    ddp = [*options, "--registered_model", name, "--output_dir", str(checkpoints), "--nproc_per_node", "2"]
+
+    # SIGTERM (what `mlflow run` sends on Ctrl-C) after the first epoch: both ranks stop after one step.
+    log = tmp_path / "interrupted.log"
+    process = emotion_exp(*ddp, log=log)
+    wait_for(lambda: complete_checkpoints(checkpoints) != [], process, log, "a first checkpoint")
+    process.send_signal(signal.SIGTERM)
+    assert finish(process, log) != 0
+    [run_folder] = checkpoints.iterdir()
+    run_id = run_folder.name
+    assert mlflow.get_run(run_id).info.status == "KILLED", log.read_text()[-3000:]
+    assert complete_checkpoints(checkpoints)
+
+    log = tmp_path / "resumed.log"
+    process = emotion_exp(*ddp, "--resume", run_id, log=log)
+    assert finish(process, log) == 0, log.read_text()[-3000:]
+    assert finish(reference, tmp_path / "reference.log") == 0, (tmp_path / "reference.log").read_text()[-3000:]
+
+    runs = {
+        run.info.run_id: run for run in mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
+    }
+    resumed = runs.pop(run_id)
+    [single] = runs.values()  # the other ranks opened no run
+    assert resumed.info.status == single.info.status == "FINISHED"
+    assert resumed.data.params["world_size"] == "2" and single.data.params["world_size"] == "1"
+    # --threads auto under torchrun keeps each process's OMP_NUM_THREADS (torchrun's 1 unless set), unmeasured.
+    assert resumed.data.tags["threads_chosen"] == os.environ.get("OMP_NUM_THREADS", "1")
+    epochs = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
+    assert history_steps(run_id, "eval_accuracy") == history_steps(single.info.run_id, "eval_accuracy") == epochs
+    assert len(MlflowClient().get_metric_history(run_id, "eval_accuracy")) == EPOCHS  # logged once per epoch
+    # Not doubled by averaging the token count over the processes.
+    assert resumed.data.metrics["eval_loss"] == pytest.approx(single.data.metrics["eval_loss"], abs=0.1)
+    [version] = MlflowClient().search_model_versions(f"name = '{name}'")
+    assert version.run_id == run_id
+    print(
+        {m: (resumed.data.metrics[m], single.data.metrics[m]) for m in ("eval_loss", "val_accuracy", "test_accuracy")}
+    )
+    assert resumed.data.metrics["val_accuracy"] == pytest.approx(single.data.metrics["val_accuracy"], abs=0.05)
+    # Rank 0 removed the checkpoint folder; nothing else was written next to it.
+    assert list(checkpoints.iterdir()) == []
