@@ -157,7 +157,8 @@ def expected_calibration_error(gold: Sequence[int], probabilities: np.ndarray, b
 
 def brier_score(gold: Sequence[int], probabilities: np.ndarray) -> float:
     """Multiclass Brier score: mean over texts of the squared distance to the one-hot gold (0 best, 2 worst)."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    # In its own dtype: sklearn checks that rows sum to one within that dtype's precision.
+    probabilities = np.asarray(probabilities)
     labels = np.arange(probabilities.shape[1])
     return float(brier_score_loss(np.asarray(gold), probabilities, labels=labels, scale_by_half=False))
 

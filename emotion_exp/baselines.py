@@ -81,7 +81,12 @@ def fit_tfidf(
 
 
 def predict_proba(model: Any, inputs: Any, n_labels: int) -> np.ndarray:
-    """Probabilities with one column per label id, also for labels the model never saw in training."""
-    probabilities = np.zeros((len(inputs), n_labels))
-    probabilities[:, np.asarray(model.classes_, dtype=int)] = model.predict_proba(inputs)
+    """Probabilities with one column per label id, also for labels the model never saw in training.
+
+    They keep the model's dtype: float32 probabilities (a probe on float32 features) widened to
+    float64 would sum to one only to float32 precision, which float64 checks take as not summing to one.
+    """
+    known = model.predict_proba(inputs)
+    probabilities = np.zeros((len(inputs), n_labels), dtype=known.dtype)
+    probabilities[:, np.asarray(model.classes_, dtype=int)] = known
     return probabilities

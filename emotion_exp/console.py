@@ -48,6 +48,15 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
+# Environment variables that keep the libraries quiet; set in this process (and so inherited by its children).
+QUIET_ENVIRONMENT = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+
 def quiet_libraries() -> None:
     """Keep the libraries' routine chatter off the console unless ``--verbose`` was asked for.
 
@@ -58,10 +67,8 @@ def quiet_libraries() -> None:
     if verbose():
         return
     # Read when the libraries are imported; importing transformers here would slow every command down.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     if "transformers" in sys.modules:  # already imported (a notebook, a test): set it directly
         import transformers
 

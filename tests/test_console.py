@@ -96,6 +96,8 @@ def run_cli(*arguments: str, cwd: Path, tracking_uri: str, timeout: int = 600) -
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO_ROOT)}
     for name in ("EMOTION_EXP_VERBOSE", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(name, None)  # its own store, its Default experiment
+    for name in console.QUIET_ENVIRONMENT:  # set by the in-process CLI tests; a user's shell starts without them
+        env.pop(name, None)
     result = subprocess.run(  # noqa: PLW1510 - the return code is asserted with the output
         [sys.executable, "-m", "emotion_exp", *arguments],
         cwd=cwd,
@@ -143,11 +145,12 @@ def test_the_study_prints_progress_lines_closing_lines_and_the_summary_and_no_no
         assert f"\n{stage}: " in output
     summary = output[output.index("Study finished in ") :].splitlines()
     assert summary[2].split() == ["stage", "val", "accuracy", "val", "F1", "test", "accuracy", "seconds"]
-    assert [line.split()[0] for line in summary[3:8]] == ["extract", "dummy", "probe", "tfidf", "finetune"]
-    assert summary[9].startswith("Champion: promoted (")
-    assert summary[9].endswith("(models:/emotion-classifier@champion)")
-    assert summary[10] == f"Store: {store}"
-    assert summary[11] == f"Open it: mlflow ui --backend-store-uri {store}"
+    stages = ["extract", "dummy", "probe", "tfidf", "finetune", "evaluate"]  # evaluate: the new champion on test
+    assert [line.split()[0] for line in summary[3:9]] == stages
+    assert summary[10].startswith("Champion: promoted (")
+    assert summary[10].endswith("(models:/emotion-classifier@champion)")
+    assert summary[11] == f"Store: {store}"
+    assert summary[12] == f"Open it: mlflow ui --backend-store-uri {store}"
 
 
 @pytest.mark.slow

@@ -127,6 +127,22 @@ def test_fit_probe_converges_and_gives_a_probability_per_label() -> None:
     assert probabilities.shape == (2, 5) and np.allclose(probabilities[:, 3:], 0)
 
 
+def test_probabilities_of_a_probe_on_float32_features_pass_the_brier_score_as_probabilities() -> None:
+    """Widened to float64, float32 probabilities sum to one only to float32 precision: sklearn warned on each split."""
+    import warnings
+
+    from emotion_exp import analysis
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 30)
+    points = (rng.normal(size=(180, 32)) + labels[:, None]).astype(np.float32)
+    probabilities = baselines.predict_proba(baselines.fit_probe(points, labels, max_iter=50), points, n_labels=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        score = analysis.brier_score(labels, probabilities)
+    assert score == pytest.approx(((probabilities - np.eye(6)[labels]) ** 2).sum(axis=1).mean(), rel=1e-5)
+
+
 @pytest.mark.slow
 def test_the_probe_on_the_packaged_encoder_clearly_beats_the_dummy() -> None:
     """The real encoder on the bundled sample: validation accuracy far above the majority class."""
