@@ -8,6 +8,7 @@ one registered version per registered model, however often it is registered or p
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 from collections.abc import Callable, Sequence
@@ -308,7 +309,8 @@ def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
     """Tag a registered version (the registry page lists them)."""
     client = MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        # Two promotes noting the same version at once both insert the tag; the retry updates it.
+        tracking.retry_on_conflict(functools.partial(client.set_model_version_tag, name, version, key, value))
 
 
 @dataclass(frozen=True)
