@@ -47,23 +47,7 @@ def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
     # torchrun, two workers and the reference run share two cores: a wider bound on each wait.
     monkeypatch.setattr(interrupt, "WAIT_S", 600)
     name = f"ddp-{uuid.uuid4().hex[:8]}"
-    options = [
-        "finetune",
-        "--dataset",
-        str(small_dataset),
-        "--model",
-        str(tiny_model_dir),
-        "--epochs",
-        str(EPOCHS),
-        "--batch_size",
-        str(BATCH_SIZE),
-        "--max_length",
-        "16",
-        "--learning_rate",
-        "0.001",
-        "--umap_max_points",
-        "50",
-    ]
+    options = [*interrupt.tiny_finetune(small_dataset, tiny_model_dir, EPOCHS, BATCH_SIZE), "--learning_rate", "0.001"]
     # The single-process reference run goes on alongside, on the same data and seed.
     reference = emotion_exp(
         *options, "--registered_model", "", "--output_dir", str(tmp_path / "reference"), log=tmp_path / "reference.log"

@@ -138,6 +138,25 @@ def run_of_pid(pid: int) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def tiny_finetune(dataset: Path, model: Path, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE) -> list[str]:
+    """The finetune command line of the tiny model on small data that the interrupt tests start."""
+    return [
+        "finetune",
+        "--dataset",
+        str(dataset),
+        "--model",
+        str(model),
+        "--epochs",
+        str(epochs),
+        "--batch_size",
+        str(batch_size),
+        "--max_length",
+        "16",
+        "--umap_max_points",
+        "50",
+    ]
+
+
 def history_steps(run_id: str, metric: str) -> list[int]:
     return sorted({m.step for m in MlflowClient().get_metric_history(run_id, metric)})
 
@@ -146,23 +165,7 @@ def history_steps(run_id: str, metric: str) -> list[int]:
 def test_ctrl_c_then_sigkill_then_resume_ends_like_an_uninterrupted_run(
     tmp_path: Path, small_dataset: Path, tiny_model_dir: Path
 ) -> None:
-    options = [
-        "finetune",
-        "--dataset",
-        str(small_dataset),
-        "--model",
-        str(tiny_model_dir),
-        "--epochs",
-        str(EPOCHS),
-        "--batch_size",
-        str(BATCH_SIZE),
-        "--max_length",
-        "16",
-        "--umap_max_points",
-        "50",
-        "--registered_model",
-        "",
-    ]
+    options = [*tiny_finetune(small_dataset, tiny_model_dir), "--registered_model", ""]
     # The uninterrupted reference run goes on alongside (two cores: the waits are bounded, not timed).
     reference = emotion_exp(*options, "--output_dir", str(tmp_path / "reference"), log=tmp_path / "reference.log")
     checkpoints = tmp_path / "checkpoints"

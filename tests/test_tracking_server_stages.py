@@ -32,13 +32,13 @@ from tests.helpers import mlflow_run
 from tests.model_server import serving
 from tests.pyfunc_models import LABELS, log_keyword_model
 from tests.test_interrupt import (
-    BATCH_SIZE,
     complete_checkpoints,
     dead_pid,
     emotion_exp,
     finish,
     make_run,
     run_of_pid,
+    tiny_finetune,
     wait_for,
 )
 from tests.test_study import STAGES, study_params
@@ -168,19 +168,7 @@ def test_finetune_interrupted_and_resumed_over_http_ends_one_finished_run(
 ) -> None:
     checkpoints = tmp_path / "checkpoints"
     options = [
-        "finetune",
-        "--dataset",
-        str(small_dataset),
-        "--model",
-        str(tiny_model_dir),
-        "--epochs",
-        "2",
-        "--batch_size",
-        str(BATCH_SIZE),
-        "--max_length",
-        "16",
-        "--umap_max_points",
-        "50",
+        *tiny_finetune(small_dataset, tiny_model_dir, 2),
         "--registered_model",
         "",
         "--output_dir",
