@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import signal
 import sys
 import traceback
 import typing
@@ -20,8 +19,8 @@ from typing import Any
 import click
 
 from emotion_exp import config as cfg
-from emotion_exp import console
-from emotion_exp.errors import Terminated, UserError
+from emotion_exp import console, interrupts
+from emotion_exp.errors import UserError
 
 
 class _WholeNumber(click.ParamType):
@@ -79,9 +78,9 @@ class _Group(click.Group):
     """Turns user errors into one clear line and a non-zero exit; ``--debug`` adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return super().invoke(ctx)
+            with interrupts.stop_on_signals():
+                return super().invoke(ctx)
         except UserError as error:
             if _debug_enabled():
                 traceback.print_exc()
@@ -93,23 +92,6 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-
-def _stop(signum: int, frame: Any) -> None:
-    """Ctrl-C or SIGTERM stops the stage and its run ends KILLED (SIGTERM used to kill it with its run RUNNING).
-
-    Further signals are ignored while the run ends: on Ctrl-C, `mlflow run` also sends SIGTERM,
-    which would otherwise cut the ending short and leave the launcher to mark the run FAILED.
-    (Fine-tuning installs its own handlers while it trains: it saves a checkpoint first.)
-    """
-    for other in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(other, signal.SIG_IGN)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(f"stopped by signal {signal.Signals(signum).name} (kill, or `mlflow run` cancelling the run)")
 
 
 def _fail_launcher_run(stage: str | None, reason: str) -> None:

@@ -35,7 +35,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from emotion_exp import batching, console, distributed, inference, metrics, models, threads
+from emotion_exp import batching, console, distributed, inference, interrupts, metrics, models, threads
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -256,7 +256,8 @@ def _stop_requests(stopper: _StopOnRequest) -> Iterator[None]:
 
     def request(signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and stopper.requested and single:
-            raise KeyboardInterrupt
+            interrupts.raise_when_safe(KeyboardInterrupt(), frame)
+            return
         if not stopper.requested:
             print(
                 "\nStopping: saving a checkpoint after this step"

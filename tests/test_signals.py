@@ -1,20 +1,26 @@
 """SIGTERM ends any stage's run KILLED with the reason; under `mlflow run`, Ctrl-C records why the run stopped.
 
 Real processes on the tiny model and the bundled sample (its UMAP keeps the extract stage busy
-for seconds after its run opens); every wait is bounded.
+for seconds after its run opens); every wait is bounded. A signal that lands inside a write to
+the store waits for the write to return, or the write's sqlite lock outlives it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
+from emotion_exp import interrupts
+from emotion_exp.errors import Terminated
 from tests.helpers import mlflow_run_command
 from tests.test_interrupt import WAIT_S, emotion_exp, finish, run_of_pid, wait_for
 
@@ -24,6 +30,47 @@ def running_stage_run(experiment: str, stage: str) -> str | None:
         experiment_names=[experiment], filter_string=f"tags.stage = '{stage}'", output_format="list"
     )
     return runs[0].info.run_id if runs and runs[0].info.status == "RUNNING" else None
+
+
+@pytest.mark.parametrize(
+    ("signum", "error"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_signal_inside_a_store_write_is_raised_once_the_write_returned(
+    tracking_uri: str, signum: int, error: type[BaseException]
+) -> None:
+    sent: list[str] = []
+    returned: list[bool] = []
+
+    def signal_during_first_write(connection, cursor, statement, parameters, context, executemany) -> None:
+        if not sent and statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            sent.append(statement)
+            os.kill(os.getpid(), signum)  # its handler runs at the next bytecode: inside SQLAlchemy
+
+    run = mlflow.start_run()
+    event.listen(Engine, "before_cursor_execute", signal_during_first_write)
+    try:
+        with interrupts.stop_on_signals(), pytest.raises(error):
+            mlflow.set_tag("written", "yes")
+            returned.append(True)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        event.remove(Engine, "before_cursor_execute", signal_during_first_write)
+
+    assert sent and returned
+    database = sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=1)
+    database.execute("BEGIN IMMEDIATE")  # raises "database is locked" while the interrupted write holds it
+    database.rollback()
+    database.close()
+    mlflow.end_run("KILLED")
+    assert mlflow.get_run(run.info.run_id).data.tags["written"] == "yes"
+
+
+def test_signals_outside_store_calls_are_raised_at_once() -> None:
+    with interrupts.stop_on_signals(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # interrupted well before
 
 
 @pytest.mark.slow

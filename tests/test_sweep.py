@@ -246,11 +246,6 @@ def trial_runs_of_study(study_name: str) -> list[mlflow.entities.Run]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known bug, open: a Ctrl-C that lands inside an MLflow sqlite write can leave that write's lock held, "
-    "and ending the runs then fails with 'database is locked' (seen once in CI on a loaded machine)",
-    strict=False,
-)
 def test_ctrl_c_ends_the_current_trial_cleanly_and_the_hint_resumes_the_study(
     small_dataset: Path, tmp_path: Path, isolated_mlflow: str
 ) -> None:

@@ -10,16 +10,13 @@ revision in alembic's ``alembic_version`` table), so ``--study_name`` resumes it
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import shutil
-import signal
 import sys
-import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +34,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from emotion_exp import data, metrics, plots, registry, tracking
+from emotion_exp import data, interrupts, metrics, plots, registry, tracking
 from emotion_exp.config import (
     DataConfig,
     ExtractConfig,
@@ -312,7 +309,7 @@ def run(config: SweepConfig) -> str:
         missing = config.n_trials - finished_trials(study)
         print(f"sweep: study {study_name!r} in {shown_storage(storage)}: {max(missing, 0)} trial(s) to run.")
         try:
-            with _sigterm_as_interrupt():
+            with interrupts.stop_on_signals():
                 if missing > 0:
                     study.optimize(objective, n_trials=missing, timeout=config.timeout or None)
         except KeyboardInterrupt:
@@ -417,23 +414,6 @@ def _pruning_callback_class() -> type:
                 )
 
     return OptunaPruning
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (what ``mlflow run`` sends on Ctrl-C) ends the sweep like Ctrl-C, between or inside trials."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_hint(config: SweepConfig, study_name: str, study: optuna.Study) -> str:

@@ -1,0 +1,81 @@
+"""Ctrl-C and SIGTERM stop a stage, but never in the middle of a tracking-store write.
+
+Python raises a signal handler's exception at whatever bytecode runs next. When that is inside
+SQLAlchemy (MLflow's and Optuna's SQL stores), the interrupted session keeps its SQLite
+connection, and its lock, alive in the traceback; the run then cannot be ended ("database is
+locked" after MLflow's 20 s busy timeout) and is left RUNNING. So a signal that lands inside a
+store call is raised as soon as that call returns, checked every ``RETRY_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+from emotion_exp.errors import Terminated
+
+RETRY_S = 0.02
+"""How often a deferred interrupt checks whether the store call it waits for has returned."""
+
+_STORE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg", "mlflow.store.", "optuna.storages.")
+
+
+def inside_store_call(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or one of its callers runs code of a database driver or a tracking store."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_STORE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def raise_when_safe(error: BaseException, frame: FrameType | None) -> None:
+    """From a signal handler: raise ``error`` now, or once the store call ``frame`` is inside returns.
+
+    The retry rides on SIGALRM (a one-shot timer), the only way back into the main thread
+    without polling from the code that was interrupted; the previous SIGALRM handler comes back
+    before ``error`` is raised.
+    """
+    if not inside_store_call(frame):
+        raise error
+    previous_alarm = signal.getsignal(signal.SIGALRM)
+
+    def retry(signum: int, alarm_frame: FrameType | None) -> None:
+        signal.signal(signal.SIGALRM, previous_alarm)
+        raise_when_safe(error, alarm_frame)
+
+    signal.signal(signal.SIGALRM, retry)
+    signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # Further signals are ignored while the run ends: on Ctrl-C, `mlflow run` also sends SIGTERM,
+    # which would otherwise cut the ending short and leave the launcher to mark the run FAILED.
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise_when_safe(KeyboardInterrupt(), frame)
+    reason = f"stopped by signal {signal.Signals(signum).name} (kill, or `mlflow run` cancelling the run)"
+    raise_when_safe(Terminated(reason), frame)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ``Terminated``, outside store calls.
+
+    Every stage then ends its run KILLED with the reason (SIGTERM used to kill a stage with its
+    run left RUNNING). Fine-tuning installs its own handlers while it trains: it saves a
+    checkpoint first. Only the main thread can take signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
