@@ -156,8 +156,16 @@ def with_skipped_rows(predictions: pd.DataFrame, keep: np.ndarray) -> pd.DataFra
 
 
 def predictions_frame(probabilities: np.ndarray, label_names: Sequence[str]) -> pd.DataFrame:
-    """``label`` (the most probable name) plus one probability column per label."""
-    frame = pd.DataFrame(probabilities.astype(np.float64), columns=[probability_column(n) for n in label_names])
+    """``label`` (the most probable name) plus one probability column per label.
+
+    The probabilities are widened to the signature's double and renormalised there: rows of
+    float32 probabilities sum to one only within float32 precision, and consumers that check
+    (sklearn's Brier score in ``evaluate``) warn that they are not probabilities.
+    """
+    widened = probabilities.astype(np.float64)
+    if len(widened):
+        widened /= widened.sum(axis=1, keepdims=True)
+    frame = pd.DataFrame(widened, columns=[probability_column(n) for n in label_names])
     frame.insert(0, "label", np.asarray(label_names, dtype=object)[probabilities.argmax(axis=1)])
     return frame
 

@@ -149,3 +149,17 @@ def test_no_calibrate_keeps_the_raw_softmax(tiny_model_dir: Path, small_dataset:
     assert run.data.metrics["val_ece"] >= 0
     [model] = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
     assert mlflow.pyfunc.load_model(model.model_uri).unwrap_python_model().temperature == 1.0
+
+
+def test_float32_probabilities_come_out_as_doubles_that_sum_to_one_without_a_sklearn_warning(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    logits = torch.from_numpy(np.random.default_rng(0).normal(scale=4, size=(500, len(LABELS))).astype(np.float32))
+    probabilities = torch.softmax(logits, dim=-1).numpy()
+
+    frame = pyfunc.predictions_frame(probabilities, LABELS)
+    analysis.brier_score(np.zeros(len(frame), dtype=int), frame[PROBABILITIES].to_numpy())
+
+    np.testing.assert_allclose(frame[PROBABILITIES].sum(axis=1), 1.0, rtol=np.sqrt(np.finfo(np.float64).eps))
+    np.testing.assert_allclose(frame[PROBABILITIES].to_numpy(), probabilities, rtol=1e-6)
+    assert not [w for w in recwarn if "sum to one" in str(w.message)]
