@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 from benchmarks import harness
-from emotion_exp.serving import local_server
+from emotion_exp.serving import local_server, model_server_command
 
 BATCH_SIZE = 64
 
@@ -46,22 +46,7 @@ def main() -> None:
         texts = harness.sample(max(singles, batches * BATCH_SIZE))["text"].tolist()
         model = mlflow.pyfunc.load_model(uri)
 
-        def command(port: int) -> list[str]:
-            return [
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                uri,
-                "--env-manager",
-                "local",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ]
-
-        with local_server(command, "/ping", workdir / "server.log") as url:
+        with local_server(model_server_command(uri), "/ping", workdir / "server.log") as url:
             session = requests.Session()
 
             def served(batch: list[str]) -> float:

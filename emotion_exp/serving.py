@@ -30,6 +30,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def model_server_command(model_uri: str) -> Callable[[int], list[str]]:
+    """``mlflow models serve`` of ``model_uri`` in this environment on 127.0.0.1, for ``local_server``."""
+
+    def command(port: int) -> list[str]:
+        serve = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        return [*serve, "-h", "127.0.0.1", "-p", str(port)]
+
+    return command
+
+
 @contextlib.contextmanager
 def local_server(
     command: Callable[[int], list[str]],

@@ -7,28 +7,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from emotion_exp.serving import local_server
+from emotion_exp.serving import local_server, model_server_command
 
 
 @contextlib.contextmanager
 def serving(model_uri: str, tracking_uri: str, workdir: Path) -> Iterator[str]:
     """Serve ``model_uri`` on 127.0.0.1 until the block ends; yield the base URL once /ping answers."""
 
-    def command(port: int) -> list[str]:
-        return [
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            model_uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ]
-
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    with local_server(command, "/ping", workdir / "server.log", env=env, cwd=workdir) as url:
+    with local_server(model_server_command(model_uri), "/ping", workdir / "server.log", env=env, cwd=workdir) as url:
         yield url
