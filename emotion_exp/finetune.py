@@ -173,7 +173,9 @@ def training_arguments(
         logging_steps=max(1, round(steps_per_epoch / LOSS_POINTS_PER_EPOCH)),
         logging_first_step=True,
         report_to="none",
-        log_level="warning",
+        # "passive" keeps the verbosity the console chose: any other level is set on transformers'
+        # logger for the whole process, and the next model loaded printed its weight report.
+        log_level="passive",
         disable_tqdm=False,
     )
 

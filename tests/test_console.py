@@ -154,6 +154,26 @@ def test_the_study_prints_progress_lines_closing_lines_and_the_summary_and_no_no
 
 
 @pytest.mark.slow
+def test_every_fine_tune_in_one_process_stays_quiet(small_dataset: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Each learning-curve point fine-tunes anew in one process: the Trainer must not reset the verbosity.
+    options = ("--stages", "finetune", "--fractions", "0.5,1.0", "--epochs", "2", "--max_length", "32")
+    output = run_cli(
+        "learning-curve",
+        "--dataset",
+        str(small_dataset),
+        "--model",
+        str(tiny_model_dir),
+        *options,
+        cwd=tmp_path,
+        tracking_uri=f"sqlite:///{tmp_path / 'store.db'}",
+    )
+
+    for noise in (*NOISE, "mtime may not be reliable"):
+        assert noise not in output, f"{noise!r} printed:\n{output}"
+    assert output.count("a new, randomly initialised classification head") == 2
+
+
+@pytest.mark.slow
 def test_verbose_shows_what_the_libraries_say(small_dataset: Path, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'store.db'}"
     arguments = ("tfidf", "--dataset", str(small_dataset))
