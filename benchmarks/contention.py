@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from emotion_exp.config import DEFAULT_MODEL, FinetuneConfig
+from emotion_exp.threads import prefer_passive_openmp
 
 
 def _spin(stop: multiprocessing.synchronize.Event) -> None:
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 texts, 160 training texts, 2 rounds.")
     parser.add_argument("--work", choices=("both", "extraction", "fine-tune"), default="both")
     args = parser.parse_args()
+    prefer_passive_openmp()  # as the CLI does, before torch loads
     count, train_count, rounds = (300, 160, 2) if args.quick else (args.texts, args.train_texts, args.rounds)
 
     from benchmarks.finetune import emotion_like_texts

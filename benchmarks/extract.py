@@ -26,6 +26,7 @@ import numpy as np
 from benchmarks import harness, peak
 from emotion_exp import baselines, data, features, models
 from emotion_exp.config import DEFAULT_MODEL, DataConfig
+from emotion_exp.threads import prefer_passive_openmp
 
 STUDY_BATCH = 1000
 
@@ -111,6 +112,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
+    prefer_passive_openmp()  # as the CLI does, before torch loads
     count = 1000 if args.quick else args.texts
 
     import torch

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks import harness, peak
 from emotion_exp.config import DEFAULT_MODEL, FinetuneConfig
+from emotion_exp.threads import prefer_passive_openmp
 
 # Words per text in the emotion train split (16,000 texts): mean, standard deviation, extremes.
 MEAN_WORDS, SD_WORDS, MIN_WORDS, MAX_WORDS = 19.2, 10.9, 2, 66
@@ -125,6 +126,7 @@ def main() -> None:
     )
     parser.add_argument("--track", action="store_true", help="Log the results to the current MLflow store.")
     args = parser.parse_args()
+    prefer_passive_openmp()  # as the CLI does, before torch loads
     count, rounds, batch_size = (64, 2, 16) if args.quick else (args.texts, args.rounds, args.batch_size)
 
     import torch

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from emotion_exp import config as cfg
-from emotion_exp import console, interrupts
+from emotion_exp import console, interrupts, threads
 from emotion_exp.errors import UserError
 
 
@@ -130,6 +130,7 @@ def cli(verbose: bool, debug: bool) -> None:
     if verbose or _debug_enabled():
         os.environ[console.VERBOSE_ENV] = "1"
     console.quiet_libraries()
+    threads.prefer_passive_openmp()  # before any stage imports torch
 
 
 def _stage_command(name: str, module: str, help_text: str) -> None:

@@ -226,6 +226,9 @@ class TransformerClassifier(_EncoderModel):
         self.temperature = temperature
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from emotion_exp.threads import prefer_passive_openmp
+
+        prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from emotion_exp import batching, models
@@ -294,6 +297,9 @@ class ProbeClassifier(_EncoderModel):
         self.pooling = pooling
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from emotion_exp.threads import prefer_passive_openmp
+
+        prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
         from transformers import AutoModel, AutoTokenizer
 
         from emotion_exp import features

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +27,24 @@ if TYPE_CHECKING:
     from transformers import TrainerCallback
 
 AUTO = "auto"
+WAIT_POLICY = "OMP_WAIT_POLICY"
 # Above this many cores only powers of two (and the core count) are tried: each try costs batches.
 ALL_COUNTS_UP_TO = 8
+
+
+def prefer_passive_openmp() -> bool:
+    """Let OpenMP's idle threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy.
+
+    OpenMP's default spins a while before sleeping: when other processes want the cores, two
+    threads then ran 10-20x slower than one, and even ``auto``'s trial of them cost whole seconds.
+    Passive, two threads beat one on a busy machine and cost 0-25% on a quiet one
+    (``python -m benchmarks.openmp``). OpenMP reads the policy once, when torch loads it: returns
+    whether it was set in time (not when torch is already imported or the variable is set).
+    """
+    if WAIT_POLICY in os.environ or "torch" in sys.modules:
+        return False
+    os.environ[WAIT_POLICY] = "PASSIVE"
+    return True
 
 
 def parse(threads: str | int) -> int | None:

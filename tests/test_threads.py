@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 from emotion_exp import features, finetune, models, threads
 from emotion_exp.config import EncoderConfig, FinetuneConfig, PredictConfig
 from emotion_exp.errors import UserError
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +121,42 @@ def test_a_fixed_count_is_respected_and_never_measured() -> None:
     tuner = threads.ThreadTuner("3", every_batches=1, every_seconds=0.0, clock=clock)
     assert [clock.work(tuner, units=1) for _ in range(5)] == [3] * 5
     assert tuner.chosen == [3] and tuner.measurements == 0
+
+
+def test_openmp_is_left_alone_once_torch_is_loaded_or_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(threads.WAIT_POLICY, raising=False)
+    assert not threads.prefer_passive_openmp()  # torch is imported here: too late to matter
+    assert threads.WAIT_POLICY not in os.environ
+
+    monkeypatch.setenv(threads.WAIT_POLICY, "ACTIVE")
+    monkeypatch.delitem(sys.modules, "torch")
+    assert not threads.prefer_passive_openmp()
+    assert os.environ[threads.WAIT_POLICY] == "ACTIVE"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_stage_processes_let_idle_openmp_threads_sleep_unless_the_user_chose(
+    small_dataset: Path, tmp_path: Path, chosen: str | None, expected: str
+) -> None:
+    import mlflow
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop(threads.WAIT_POLICY, None)
+    if chosen:
+        env[threads.WAIT_POLICY] = chosen
+    done = subprocess.run(
+        [sys.executable, "-m", "emotion_exp", "dummy", "--dataset", str(small_dataset)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = mlflow.search_runs(output_format="list")
+    assert run.data.tags["omp_wait_policy"] == expected
 
 
 def test_extraction_reports_the_counts_its_tuner_chose(tiny_model_dir: Path) -> None:
