@@ -99,7 +99,7 @@ def main() -> None:
 
         def run_stage(batch: list[str]) -> object:
             pd.DataFrame({"text": batch}).to_csv(source, index=False)
-            return predict.run(PredictConfig(input=str(source), model_uri=uri, batch_size=batch_size))
+            return predict.run(PredictConfig(input=str(source), model_uri=uri, batch_size=batch_size, overwrite=True))
 
         rates = texts_per_second(
             {
