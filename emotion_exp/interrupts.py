@@ -56,10 +56,13 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     # which would otherwise cut the ending short and leave the launcher to mark the run FAILED.
     for other in (signal.SIGINT, signal.SIGTERM):
         signal.signal(other, signal.SIG_IGN)
-    if signum == signal.SIGINT:
-        raise_when_safe(KeyboardInterrupt(), frame)
-    reason = f"stopped by signal {signal.Signals(signum).name} (kill, or `mlflow run` cancelling the run)"
-    raise_when_safe(Terminated(reason), frame)
+    name = signal.Signals(signum).name
+    error = (
+        KeyboardInterrupt()
+        if signum == signal.SIGINT
+        else Terminated(f"stopped by signal {name} (kill, or `mlflow run` cancelling the run)")
+    )
+    raise_when_safe(error, frame)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ def test_a_signal_inside_a_store_write_is_raised_once_the_write_returned(
     run = mlflow.start_run()
     event.listen(Engine, "before_cursor_execute", signal_during_first_write)
     try:
-        with interrupts.stop_on_signals(), pytest.raises(error):
+        with interrupts.stop_on_signals(), pytest.raises(error) as raised:
             mlflow.set_tag("written", "yes")
             returned.append(True)
             deadline = time.monotonic() + 5
@@ -59,6 +59,7 @@ def test_a_signal_inside_a_store_write_is_raised_once_the_write_returned(
         event.remove(Engine, "before_cursor_execute", signal_during_first_write)
 
     assert sent and returned
+    assert raised.type is error  # Ctrl-C is not reported as a SIGTERM (Terminated is a KeyboardInterrupt)
     database = sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=1)
     database.execute("BEGIN IMMEDIATE")  # raises "database is locked" while the interrupted write holds it
     database.rollback()
