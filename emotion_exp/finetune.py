@@ -13,7 +13,6 @@ import gc
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -251,9 +250,6 @@ def _stop_requests(stopper: _StopOnRequest) -> Iterator[None]:
     and waits for it to exit. Under torchrun a Ctrl-C reaches each process twice (from the
     terminal and from torchrun), so there only torchrun's own timeout stops at once.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     single = distributed.world_size() == 1
 
     def request(signum: int, frame: Any) -> None:
@@ -269,12 +265,8 @@ def _stop_requests(stopper: _StopOnRequest) -> Iterator[None]:
             )
         stopper.requested = True
 
-    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with interrupts.handling(request):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):

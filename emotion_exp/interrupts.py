@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from emotion_exp.errors import Terminated
@@ -66,19 +66,27 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ``Terminated``, outside store calls.
+def handling(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """``handler`` takes Ctrl-C and SIGTERM for the duration of the block; the previous ones come back.
 
-    Every stage then ends its run KILLED with the reason (SIGTERM used to kill a stage with its
-    run left RUNNING). Fine-tuning installs its own handlers while it trains: it saves a
-    checkpoint first. Only the main thread can take signals; elsewhere this does nothing.
+    Only the main thread can take signals; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
+
+
+def stop_on_signals() -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM ``Terminated``, outside store calls.
+
+    Every stage then ends its run KILLED with the reason (SIGTERM used to kill a stage with its
+    run left RUNNING). Fine-tuning installs its own handler while it trains: it saves a
+    checkpoint first.
+    """
+    return handling(_stop)
