@@ -21,6 +21,30 @@ EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 8, 120
 STEPS_PER_EPOCH = TRAIN_ROWS // BATCH_SIZE
 
 
+def ranks(pid: int) -> list[int]:
+    """The worker processes below ``pid`` (``emotion-exp`` -> torchrun -> ranks): those without children, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # the process ended while it was read
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    below, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            below.append(child)
+            todo.append(child)
+    return [child for child in below if child not in children]
+
+
+def has_pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` waits to be delivered to ``pid`` (a stopped process keeps it pending)."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+    return bool(pending & (1 << (signum - 1)))
+
+
 def test_a_single_process_sets_nothing_distributed(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv(distributed.RUN_ID_FILE, str(tmp_path / "run_id"))
@@ -59,7 +83,16 @@ def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
     log = tmp_path / "interrupted.log"
     process = emotion_exp(*ddp, log=log)
     wait_for(lambda: complete_checkpoints(checkpoints) != [], process, log, "a first checkpoint")
+    # On a quiet machine the ranks finish the remaining epochs in about a second, faster than the
+    # SIGTERM travels through torchrun: they are held until it reaches both, so the stop is certain.
+    workers = ranks(process.pid)
+    assert len(workers) == 2, workers
+    for worker in workers:
+        os.kill(worker, signal.SIGSTOP)
     process.send_signal(signal.SIGTERM)
+    wait_for(lambda: all(has_pending(w, signal.SIGTERM) for w in workers), process, log, "SIGTERM at both ranks")
+    for worker in workers:
+        os.kill(worker, signal.SIGCONT)
     assert finish(process, log) != 0
     [run_folder] = checkpoints.iterdir()
     run_id = run_folder.name
