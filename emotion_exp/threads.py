@@ -139,7 +139,10 @@ class ThreadTuner:
         return self._current
 
     def _start_measuring(self) -> None:
-        self._trials = [count for _ in range(self.rounds) for count in self.candidates]
+        # Each round in the reverse order of the one before (1, 2, 2, 1): units of work drift in size
+        # (batches sorted by length, training steps grouped by length), and a fixed order would give
+        # the first count the larger units, which look cheaper per token.
+        self._trials = [count for round_ in range(self.rounds) for count in self.candidates[:: -1 if round_ % 2 else 1]]
         self._costs = {count: [] for count in self.candidates}
         self._overhead = 0.0
         self.measurements += 1

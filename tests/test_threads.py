@@ -87,7 +87,7 @@ def test_auto_picks_the_fastest_candidate_drops_clear_losers_and_measures_again_
     assert used == [1] * 10 and tuner.measurements == 2  # the 10th settled batch starts a new measurement
     clock.seconds_per_unit = {1: 3.0, 2: 1.0, 3: 2.0}  # the machine became quiet
     used = [clock.work(tuner, units=4) for _ in range(5 + 2)]
-    assert used == [1, 2, 3, 1, 2, 2, 2] and tuner.chosen == [1, 2]
+    assert used == [1, 2, 3, 2, 1, 2, 2] and tuner.chosen == [1, 2]  # the second round in reverse order
 
 
 def test_costs_are_compared_per_unit_of_work_so_long_batches_do_not_lose() -> None:
@@ -97,6 +97,17 @@ def test_costs_are_compared_per_unit_of_work_so_long_batches_do_not_lose() -> No
         clock.now += 2.0
     with tuner.measure(10):  # 2 threads on a batch ten times longer: 10 s, yet faster per token
         clock.now += 10.0
+    assert tuner.chosen == [2]
+
+
+def test_rounds_alternate_their_order_so_shrinking_training_steps_do_not_favour_the_first_count() -> None:
+    clock = WorkClock({})
+    tuner = threads.ThreadTuner(cores=2, rounds=2, warmup=0, clock=clock)
+    # Length-grouped training steps shrink one after another; a step costs a fixed 60 ms (the
+    # optimizer's update) plus its tokens, and two threads are 10% faster at both.
+    for tokens in (448, 336, 240, 176):
+        with tuner.measure(tokens) as count:
+            clock.now += (0.06 + 0.0002 * tokens) * (0.9 if count == 2 else 1.0)
     assert tuner.chosen == [2]
 
 
