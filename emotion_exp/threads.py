@@ -93,9 +93,9 @@ class ThreadTuner:
 
     With ``threads="auto"`` it measures: after ``warmup`` unrecorded units on one thread,
     ``rounds`` interleaved passes over the candidate counts (each in the reverse order of the one
-    before), one unit each, dropping a candidate
-    as soon as it costs more than ``drop_above`` times the best so far (on a busy machine two
-    threads can be several times slower than one: one such unit is enough to know). It keeps
+    before), one unit each, dropping a candidate as soon as it costs more than ``drop_above``
+    times the best so far (on a busy machine two threads can be several times slower than one:
+    one such unit is enough to know). It keeps
     the count with the lowest median seconds per work unit (e.g. per token) until
     ``every_batches`` units or ``every_seconds`` seconds have passed, and then measures again,
     but never spends more than ``budget`` of the time measuring: what the last measurement cost
