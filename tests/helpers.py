@@ -1,4 +1,5 @@
-"""What several test modules share: a run's artifacts, `mlflow run` in a subprocess, a model's own scores."""
+"""What several test modules share: a run's artifacts, `mlflow run` in a subprocess, a model's own scores,
+the tiny fine-tune."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score
 
+from emotion_exp.config import FinetuneConfig
 from emotion_exp.data import DatasetSplits
 from tests.conftest import REPO_ROOT
 
@@ -68,3 +70,19 @@ def scores_of_the_model(model_uri: str, splits: DatasetSplits, split: str) -> di
         f"{prefix}_f1_weighted": f1_score(truth, predicted, labels=labels, average="weighted", zero_division=0),
         f"{prefix}_f1_macro": f1_score(truth, predicted, labels=labels, average="macro", zero_division=0),
     }
+
+
+def tiny_finetune_config(dataset: Path, model: Path, workdir: Path, **settings: object) -> FinetuneConfig:
+    """One quick epoch of the tiny model on small data, checkpoints under ``workdir``; ``settings`` override."""
+    return FinetuneConfig(
+        **{
+            "dataset": str(dataset),
+            "model": str(model),
+            "epochs": 1,
+            "max_length": 32,
+            "batch_size": 16,
+            "umap_max_points": 100,
+            "output_dir": str(workdir / "checkpoints"),
+            **settings,
+        }
+    )

@@ -13,6 +13,7 @@ import requests
 import torch
 
 from emotion_exp import analysis, inference, pyfunc
+from tests.helpers import tiny_finetune_config
 from tests.model_server import serving
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
@@ -129,20 +130,9 @@ def test_served_probabilities_equal_the_in_process_calibrated_ones(
 
 
 def test_no_calibrate_keeps_the_raw_softmax(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:
-    from emotion_exp.config import FinetuneConfig
     from emotion_exp.stages import finetune
 
-    config = FinetuneConfig(
-        dataset=str(small_dataset),
-        model=str(tiny_model_dir),
-        epochs=1,
-        batch_size=16,
-        max_length=32,
-        umap_max_points=100,
-        output_dir=str(tmp_path / "checkpoints"),
-        registered_model="",
-        calibrate=False,
-    )
+    config = tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path, registered_model="", calibrate=False)
     run = mlflow.get_run(finetune.run(config))
     assert run.data.params["calibrate"] == "False"
     assert "temperature" not in run.data.metrics and "val_ece_uncalibrated" not in run.data.metrics

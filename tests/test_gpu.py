@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from emotion_exp import features, models
-from emotion_exp.config import FinetuneConfig
 from emotion_exp.stages import finetune
+from tests.helpers import tiny_finetune_config
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device on this machine: the GPU path runs only where one is present"
@@ -45,18 +45,7 @@ def test_extraction_runs_on_the_gpu(tiny_model_dir: Path) -> None:
 
 def test_finetune_and_the_logged_model_run_on_the_gpu(small_dataset: Path, tiny_model_dir: Path, tmp_path) -> None:
     name = f"gpu-{uuid.uuid4().hex[:8]}"
-    run_id = finetune.run(
-        FinetuneConfig(
-            dataset=str(small_dataset),
-            model=str(tiny_model_dir),
-            epochs=1,
-            max_length=32,
-            batch_size=16,
-            umap_max_points=100,
-            registered_model=name,
-            output_dir=str(tmp_path / "checkpoints"),
-        )
-    )
+    run_id = finetune.run(tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path, registered_model=name))
 
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from emotion_exp.config import REGISTERED_MODEL, FinetuneConfig, PromoteConfig
+from emotion_exp.config import REGISTERED_MODEL, PromoteConfig
 from emotion_exp.stages import finetune, promote
 from tests.conftest import REPO_ROOT
+from tests.helpers import tiny_finetune_config
 
 
 def pyfunc_snippet(readme: Path) -> str:
@@ -35,17 +36,7 @@ def test_the_readme_pyfunc_snippet_predicts_with_the_champion(small_dataset, tin
     client = MlflowClient()
     for model in client.search_registered_models(f"name = '{REGISTERED_MODEL}'"):
         client.delete_registered_model(model.name)  # the session's store: start from no champion
-    finetune.run(
-        FinetuneConfig(
-            dataset=str(small_dataset),
-            model=str(tiny_model_dir),
-            epochs=1,
-            max_length=32,
-            batch_size=16,
-            umap_max_points=100,
-            output_dir=str(tmp_path / "checkpoints"),
-        )
-    )
+    finetune.run(tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path))
     promote.run(PromoteConfig(dataset=str(small_dataset)))
     capsys.readouterr()
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from emotion_exp.config import FinetuneConfig, PromoteConfig
+from emotion_exp.config import PromoteConfig
 from emotion_exp.stages import finetune, promote
+from tests.helpers import tiny_finetune_config
 from tests.model_server import serving
 
 LABELS = {"sadness", "joy", "love", "anger", "fear", "surprise"}
@@ -27,19 +28,8 @@ def server(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, tmp_pat
     workdir = tmp_path_factory.mktemp("serve")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(name)  # promote searches the active experiment
-    common = {"dataset": str(small_dataset), "registered_model": name}
-    finetune.run(
-        FinetuneConfig(
-            **common,
-            model=str(tiny_model_dir),
-            epochs=1,
-            max_length=32,
-            batch_size=16,
-            umap_max_points=100,
-            output_dir=str(workdir / "checkpoints"),
-        )
-    )
-    promote.run(PromoteConfig(**common))
+    finetune.run(tiny_finetune_config(small_dataset, tiny_model_dir, workdir, registered_model=name))
+    promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
 
     with serving(f"models:/{name}@champion", tracking_uri, workdir) as url:
         yield url
