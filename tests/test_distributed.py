@@ -38,6 +38,12 @@ def ranks(pid: int) -> list[int]:
     return [child for child in below if child not in children]
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has stopped (SIGSTOP takes effect thread by thread)."""
+    threads = Path(f"/proc/{pid}/task").glob("*/stat")
+    return all(stat.read_text().rsplit(")", 1)[1].split()[0] == "T" for stat in threads)
+
+
 def has_pending(pid: int, signum: int) -> bool:
     """Whether ``signum`` waits to be delivered to ``pid`` (a stopped process keeps it pending)."""
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -89,6 +95,9 @@ def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
     assert len(workers) == 2, workers
     for worker in workers:
         os.kill(worker, signal.SIGSTOP)
+    # Only once every thread has stopped can SIGTERM not be taken before SIGSTOP (the kernel hands
+    # out the lower number first); from then on it stays pending, where the test can see it.
+    wait_for(lambda: all(is_stopped(w) for w in workers), process, log, "both ranks stopped")
     process.send_signal(signal.SIGTERM)
     wait_for(lambda: all(has_pending(w, signal.SIGTERM) for w in workers), process, log, "SIGTERM at both ranks")
     for worker in workers:
