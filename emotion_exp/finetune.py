@@ -468,7 +468,8 @@ def train(
     prepared = prepare(splits, resolved, config)
     steps_per_epoch = math.ceil(len(prepared.train_rows) / config.batch_size)
     args = training_arguments(config, checkpoint_dir, precision, steps_per_epoch=steps_per_epoch)
-    stopwatch, stopper, tuner = Stopwatch(), _StopOnRequest(), threads.ThreadTuner(_thread_setting(config))
+    stopwatch, stopper = Stopwatch(), _StopOnRequest()
+    tuner = threads.ThreadTuner(_thread_setting(config), rounds=threads.TRAINING_ROUNDS)
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = make_trainer(
         prepared.model,

@@ -30,6 +30,10 @@ AUTO = "auto"
 WAIT_POLICY = "OMP_WAIT_POLICY"
 # Above this many cores only powers of two (and the core count) are tried: each try costs batches.
 ALL_COUNTS_UP_TO = 8
+# Training steps are fewer, longer and noisier trials than extraction batches (on a busy 2-core
+# machine other processes slowed single two-thread steps up to 5.8x): three rounds, so the median
+# outvotes one such step.
+TRAINING_ROUNDS = 3
 
 
 def prefer_passive_openmp() -> bool:
@@ -94,8 +98,9 @@ class ThreadTuner:
     With ``threads="auto"`` it measures: after ``warmup`` unrecorded units on one thread,
     ``rounds`` interleaved passes over the candidate counts (each in the reverse order of the one
     before), one unit each, dropping a candidate as soon as it costs more than ``drop_above``
-    times the best so far (on a busy machine two threads can be several times slower than one:
-    one such unit is enough to know). It keeps
+    times the best so far (under OpenMP's default wait policy two threads on a busy machine ran
+    10-17x slower than one: one such unit is enough to know; a unit merely slowed by other
+    processes stays below it). It keeps
     the count with the lowest median seconds per work unit (e.g. per token) until
     ``every_batches`` units or ``every_seconds`` seconds have passed, and then measures again,
     but never spends more than ``budget`` of the time measuring: what the last measurement cost
@@ -112,7 +117,7 @@ class ThreadTuner:
         warmup: int = 1,
         every_batches: int = 300,
         every_seconds: float = 30.0,
-        drop_above: float = 1.5,
+        drop_above: float = 8.0,
         budget: float = 0.05,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
