@@ -127,6 +127,7 @@ def main() -> None:
     prefer_passive_openmp()  # as the CLI does, before torch loads
     count, train_count, rounds = (300, 160, 2) if args.quick else (args.texts, args.train_texts, args.rounds)
 
+    from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models, threads
 
@@ -137,6 +138,17 @@ def main() -> None:
     encoder = features.load_encoder(models.resolve(args.model), "auto")
     config = FinetuneConfig(model=args.model, batch_size=16, epochs=1)
     features.extract(texts[:32], encoder, progress=False)  # warm-up: kernels, thread pool
+    machine_peak = peak.matmul_peak(cores)  # quiet, before any background load
+    model_config, training_precision = encoder.model.config, models.resolve_precision(config.precision)
+    work_flops = {  # per text, and the precision the work runs in
+        "extraction": (peak.flops_per_text(encoder.tokenizer, model_config, texts), encoder.precision),
+        "fine-tune": (
+            peak.flops_per_text(
+                encoder.tokenizer, model_config, train_texts, max_length=config.max_length, batch_size=16, training=True
+            ),
+            training_precision,
+        ),
+    }
 
     results: dict[str, dict[str, dict[str, tuple[float, list[int]]]]] = {}
     loads: dict[str, str] = {}
@@ -159,19 +171,22 @@ def main() -> None:
 
     print(f"cpu: {models.cpu_description()}; {cores} available cores; precision {encoder.precision}")
     print(f"{count} texts extracted, {train_count} trained (batch 16, one epoch) per pass; median of {rounds} rounds")
+    print(f"matmul peak GFLOP/s (quiet, before the load): {peak.describe(machine_peak)}")
     print(
         f"{'condition':<12}{'work':<12}"
         + "".join(f"{'threads=' + s:>14}" for s in settings)
-        + f"{'auto/best':>11}  auto chose   load (1/5/15 min)"
+        + f"{'auto/best':>11}  auto chose   {'auto: of the peak':<22}load (1/5/15 min)"
     )
     for condition, works in results.items():
         for work, by_setting in works.items():
             best_fixed = max(rate for s, (rate, _) in by_setting.items() if s != "auto")
             auto_rate, auto_chose = by_setting["auto"]
+            per_text, precision = work_flops[work]
+            of_peak = peak.achieved(auto_rate, per_text, machine_peak, precision, max(auto_chose))
             print(
                 f"{condition:<12}{work:<12}"
                 + "".join(f"{by_setting[s][0]:>14.1f}" for s in settings)
-                + f"{auto_rate / best_fixed:>10.2f}x  {auto_chose!s:<11} {loads[condition]}"
+                + f"{auto_rate / best_fixed:>10.2f}x  {auto_chose!s:<11} {of_peak:<22}{loads[condition]}"
             )
 
 

@@ -82,6 +82,7 @@ def main() -> None:
 
     import torch
 
+    from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models
     from emotion_exp.threads import ThreadTuner, available_cores
@@ -116,13 +117,20 @@ def main() -> None:
                 outputs[name] = run(texts)
                 best[name] = max(best.get(name, 0.0), len(texts) / (time.perf_counter() - start))
 
+    machine_peak = peak.matmul_peak(cores)
+    per_text = peak.flops_per_text(
+        ours.tokenizer, ours.model.config, texts, max_length=args.max_length, batch_size=args.batch_size
+    )
     print(f"cpu: {models.cpu_description()}; {cores} threads; load average {os.getloadavg()[0]:.1f}")
     print(f"{args.texts} texts (emotion lengths), batches of {args.batch_size}, best of {args.repeats}")
+    print(f"matmul peak GFLOP/s: {peak.describe(machine_peak)}")
     baseline = best[f"ours {ours.precision}"]
-    print(f"{'engine':<24}{'texts/s':>9}{'vs ours':>9}{'max |diff| vs ours fp32':>26}")
+    print(f"{'engine':<24}{'texts/s':>9}{'vs ours':>9}{'max |diff| vs ours fp32':>26}  of the peak")
     for name, rate in best.items():
         diff = float(np.abs(outputs[name] - outputs["ours fp32"]).max())
-        print(f"{name:<24}{rate:>9.1f}{rate / baseline:>8.2f}x{diff:>26.2e}")
+        precision = "fp32" if "fp32" in name else ours.precision
+        of_peak = peak.achieved(rate, per_text, machine_peak, precision, cores)
+        print(f"{name:<24}{rate:>9.1f}{rate / baseline:>8.2f}x{diff:>26.2e}  {of_peak}")
     name = f"torch.compile {ours.precision}"
     saved_per_text = 1 / baseline - 1 / best[name]
     first_pass_extra = compile_seconds - len(texts) / best[name]

@@ -82,6 +82,26 @@ def classifier_folder(uri: str) -> Path:
     return local / artifacts["classifier"]["path"]
 
 
+def share_of_peak(uri: str, texts: list[str], rates: dict[str, float], *, batch_size: int) -> str:
+    """One line: each of ``rates`` (texts/s of the encoder model at ``uri``) as GFLOP/s and share of
+    the all-core matmul peak in the precision ``auto`` picks here (the model picks its own threads)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from benchmarks import peak
+    from emotion_exp import models, threads
+
+    folder = classifier_folder(uri)
+    per_text = peak.flops_per_text(
+        AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder), texts, batch_size=batch_size
+    )
+    cores = threads.available_cores()
+    machine_peak, precision = peak.matmul_peak(cores), models.resolve_precision("auto")
+    cells = "; ".join(
+        f"{name} {peak.achieved(rate, per_text, machine_peak, precision, cores)}" for name, rate in rates.items()
+    )
+    return f"matmul peak GFLOP/s: {peak.describe(machine_peak)}; {precision}: {cells}"
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0-100), interpolated."""
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]

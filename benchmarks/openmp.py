@@ -37,11 +37,12 @@ POLICIES = {
 
 
 def child(model: str, texts: int, threads: int, interop: bool) -> None:
-    """One pass in this process: print {"rate": texts/s} of the extract stage's extraction."""
+    """One pass in this process: print {"rate": texts/s, "gflops": ...} of the extract stage's extraction."""
     import torch
 
     if interop:
         torch.set_num_interop_threads(1)
+    from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models
     from emotion_exp.threads import ThreadTuner
@@ -51,10 +52,12 @@ def child(model: str, texts: int, threads: int, interop: bool) -> None:
     sample = emotion_like_texts(texts, 42)
     features.extract(sample[:32], encoder, progress=False)  # warm-up: kernels, thread pool
     result = features.extract(sample, encoder, progress=False)
-    print(json.dumps({"rate": result.texts_per_second, "precision": encoder.precision}))
+    per_text = peak.flops_per_text(encoder.tokenizer, encoder.model.config, sample)
+    gflops = result.texts_per_second * per_text / 1e9
+    print(json.dumps({"rate": result.texts_per_second, "gflops": gflops, "precision": encoder.precision}))
 
 
-def one_pass(args: argparse.Namespace, policy: str, threads: int) -> tuple[float, str]:
+def one_pass(args: argparse.Namespace, policy: str, threads: int) -> tuple[float, float, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(POLICIES[policy])
     command = [sys.executable, "-m", "benchmarks.openmp", "--child", "--threads", str(threads)]
@@ -63,7 +66,7 @@ def one_pass(args: argparse.Namespace, policy: str, threads: int) -> tuple[float
     if done.returncode != 0:
         raise SystemExit(f"child pass failed ({policy}, {threads} threads):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["rate"], result["precision"]
+    return result["rate"], result["gflops"], result["precision"]
 
 
 def main() -> None:
@@ -80,26 +83,32 @@ def main() -> None:
         child(args.model, args.texts, args.threads, args.interop)
         return
 
+    from benchmarks import peak
     from emotion_exp import models, threads
 
     policies = args.policies.split(",")
     cores = threads.available_cores()
     counts = sorted({1, cores})
+    machine_peak = peak.matmul_peak(cores)  # in this process, before any pass or load
     print(f"cpu: {models.cpu_description()}; {cores} available cores; {args.texts} texts per pass", flush=True)
-    print(f"{'condition':<10}{'OpenMP setting':<17}" + "".join(f"{f'{n} thread(s)':>14}" for n in counts) + "  load")
+    print(f"matmul peak GFLOP/s: {peak.describe(machine_peak)}; each cell: median texts/s (its share of the peak)")
+    print(f"{'condition':<10}{'OpenMP setting':<17}" + "".join(f"{f'{n} thread(s)':>18}" for n in counts) + "  load")
     for condition in ("as is", f"+{cores} busy"):
-        rates: dict[tuple[str, int], list[float]] = {(p, n): [] for p in policies for n in counts}
+        rates: dict[tuple[str, int], list[tuple[float, float]]] = {(p, n): [] for p in policies for n in counts}
         with background_load(cores) if condition != "as is" else contextlib.nullcontext():
             time.sleep(1 if condition != "as is" else 0)
             for round_ in range(args.rounds):
                 for key, measured in rates.items():
-                    rate, precision = one_pass(args, *key)
-                    measured.append(rate)
+                    rate, gflops, precision = one_pass(args, *key)
+                    measured.append((rate, gflops))
                     print(f"  {condition} round {round_ + 1}: {key} {rate:.1f} texts/s ({precision})", file=sys.stderr)
             load = load_average()
         for policy in policies:
-            medians = "".join(f"{statistics.median(rates[policy, n]):>14.1f}" for n in counts)
-            print(f"{condition:<10}{policy:<17}{medians}  {load}", flush=True)
+            cells = ""
+            for n in counts:
+                rate, gflops = statistics.median_low(rates[policy, n])  # by rate: work per text is the same
+                cells += f"{rate:>11.1f} ({peak.share(gflops, machine_peak, precision, n):.0%})"
+            print(f"{condition:<10}{policy:<17}{cells}  {load}", flush=True)
 
 
 if __name__ == "__main__":

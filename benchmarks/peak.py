@@ -78,6 +78,27 @@ def share(gflops: float, peak: dict[tuple[str, int], float], precision: str, thr
     return gflops / peak[(precision, nearest)]
 
 
+def flops_per_text(
+    tokenizer: object,
+    model_config: object,
+    texts: Sequence[str],
+    *,
+    max_length: int = 128,
+    batch_size: int = 32,
+    training: bool = False,
+) -> float:
+    """FLOPs per text of encoding ``texts`` as the stages do: truncated at ``max_length``, in batches
+    of ``batch_size`` by length (training's length-grouped batches are close to sorted ones)."""
+    lengths = [min(len(ids), max_length) for ids in tokenizer(list(texts))["input_ids"]]
+    return encoder_flops(model_config, lengths, batch_size, training=training) / len(texts)
+
+
+def achieved(rate: float, per_text: float, peak: dict[tuple[str, int], float], precision: str, threads: int) -> str:
+    """``rate`` texts/s at ``per_text`` FLOPs each as GFLOP/s and as a share of the measured peak."""
+    gflops = rate * per_text / 1e9
+    return f"{gflops:.0f} GFLOP/s, {share(gflops, peak, precision, threads):.0%}"
+
+
 def main() -> None:
     from emotion_exp import models, threads
 

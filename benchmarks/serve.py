@@ -71,9 +71,12 @@ def main() -> None:
                 batched["served"].append(served(chunk))
                 batched["local"].append(local(chunk))
 
+        rate = {k: len(v) * BATCH_SIZE / sum(v) for k, v in batched.items()}
+        model_batch = model.unwrap_python_model().batch_size  # the model splits each request into these
+        of_peak = harness.share_of_peak(uri, texts[: batches * BATCH_SIZE], rate, batch_size=model_batch)
+
     p50 = {k: harness.percentile(v, 50) * 1000 for k, v in single.items()}
     p99 = {k: harness.percentile(v, 99) * 1000 for k, v in single.items()}
-    rate = {k: len(v) * BATCH_SIZE / sum(v) for k, v in batched.items()}
     print(f"cpu: {models.cpu_description()}")
     print(
         f"model: {uri}; {len(single['served'])} single-text requests, "
@@ -84,6 +87,7 @@ def main() -> None:
         f"in-process {p50['local']:7.1f} / {p99['local']:7.1f} ms"
     )
     print(f"batched ({BATCH_SIZE}): served {rate['served']:7.1f} texts/s, in-process {rate['local']:7.1f} texts/s")
+    print(of_peak)
     print(
         f"serving overhead: single-text p50 {p50['served'] / p50['local']:.2f}x the in-process latency "
         f"(+{p50['served'] - p50['local']:.1f} ms); "

@@ -69,8 +69,14 @@ def main() -> None:
             spark.score(frame, uri).write.format("noop").mode("overwrite").save()
             seconds.append(time.perf_counter() - start)
         session.stop()
+        steady = count / min(seconds[1:])
+        rates = {"local": local_rate, "spark": steady}
+        of_peak = (
+            ""
+            if args.tfidf
+            else harness.share_of_peak(uri, texts, rates, batch_size=model.unwrap_python_model().batch_size)
+        )
 
-    steady = count / min(seconds[1:])
     print(f"model {uri} ({'tf-idf' if args.tfidf else args.model}); {count:,} texts; Spark {args.master}")
     print(f"local in-process: model load {local_load:.1f} s, {local_rate:,.0f} texts/s")
     print(
@@ -78,6 +84,8 @@ def main() -> None:
         f"({count / seconds[0]:,.0f} texts/s), later passes {steady:,.0f} texts/s"
     )
     print(f"spark steady / local: {steady / local_rate:.2f}x")
+    if of_peak:
+        print(of_peak)
     if args.track:
         harness.log(
             "spark",
