@@ -120,8 +120,9 @@ def main() -> None:
 
         precision = models.resolve_precision(logged.precision)
         machine_peak = peak.matmul_peak(max(encoder.tuner.chosen or [1]))
-        lengths = [min(len(ids), max_length) for ids in encoder.tokenizer(texts)["input_ids"]]
-        flops_per_text = peak.encoder_flops(encoder.model.config, lengths, batch_size) / count
+        flops_per_text = peak.flops_per_text(
+            encoder.tokenizer, encoder.model.config, texts, max_length=max_length, batch_size=batch_size
+        )
         print(
             f"cpu: {models.cpu_description()}; threads chosen: extraction {encoder.tuner.chosen}, "
             f"pyfunc {logged.chosen_threads}"
