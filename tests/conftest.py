@@ -42,6 +42,15 @@ def isolated_mlflow(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.Monke
         mlflow.end_run()
 
 
+@pytest.fixture(autouse=True)
+def quiet_console_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--verbose`` and ``--debug`` set their variables for the whole process (torchrun's workers
+    inherit them): each test starts without them and a test's in-process CLI call leaves none behind."""
+    for name in ("EMOTION_EXP_VERBOSE", "EMOTION_EXP_DEBUG"):
+        monkeypatch.setenv(name, "")  # recorded as unset, so teardown removes whatever the test set
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT with random weights and the packaged MiniLM tokenizer, saved once."""
