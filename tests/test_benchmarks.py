@@ -1,0 +1,48 @@
+"""The throughput benchmarks run end to end at their smallest size on the tiny model and print their
+share of the machine's peak. Their figures are not checked here (timings belong in the benchmarks
+themselves); this catches a benchmark that no longer runs against the code it measures."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SMALLEST = {
+    "extract": ["--texts", "64"],
+    "finetune": ["--quick"],
+    "predict": ["--quick"],
+    "contention": ["--quick"],
+    "openmp": ["--texts", "32", "--rounds", "1", "--policies", "PASSIVE"],
+    "engines": ["--texts", "64", "--repeats", "1"],
+    "serve": ["--quick"],
+    "spark": ["--quick"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMALLEST))
+def test_the_benchmark_runs_and_prints_its_share_of_the_peak(name: str, tiny_model_dir: Path) -> None:
+    if name == "spark":
+        pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
+    # As a user runs it: no test store or experiment (the benchmark makes its own throw-away store).
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *SMALLEST[name], "--model", str(tiny_model_dir)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, peak_line, after = done.stdout.partition("matmul peak GFLOP/s")
+    assert peak_line and re.search(r"\d+%", after), done.stdout[-3000:]  # the peak, then shares of it
