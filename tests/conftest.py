@@ -43,10 +43,13 @@ def isolated_mlflow(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.Monke
 
 
 @pytest.fixture(autouse=True)
-def quiet_console_switches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--verbose`` and ``--debug`` set their variables for the whole process (torchrun's workers
-    inherit them): each test starts without them and a test's in-process CLI call leaves none behind."""
-    for name in ("EMOTION_EXP_VERBOSE", "EMOTION_EXP_DEBUG"):
+def cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sets variables for the whole process (``--verbose``, ``--debug``, the libraries' quiet
+    settings; subprocesses such as torchrun's workers inherit them): each test starts without them and
+    a test's in-process CLI call leaves none behind."""
+    from emotion_exp import console
+
+    for name in (console.VERBOSE_ENV, "EMOTION_EXP_DEBUG", *console.QUIET_ENVIRONMENT):
         monkeypatch.setenv(name, "")  # recorded as unset, so teardown removes whatever the test set
         monkeypatch.delenv(name)
 
