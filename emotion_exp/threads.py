@@ -40,7 +40,7 @@ def prefer_passive_openmp() -> bool:
     """Let OpenMP's idle threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy.
 
     OpenMP's default spins a while before sleeping: when other processes want the cores, two
-    threads then ran 10-20x slower than one, and even ``auto``'s trial of them cost whole seconds.
+    threads then ran 10-17x slower than one, and even ``auto``'s trial of them cost whole seconds.
     Passive, two threads beat one on a busy machine and cost 0-25% on a quiet one
     (``python -m benchmarks.openmp``). OpenMP reads the policy once, when torch loads it: returns
     whether it was set in time (not when torch is already imported or the variable is set).

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import __version__, console
+from emotion_exp import __version__, console, threads
 from emotion_exp.errors import EndedEarly
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
         started = None  # an outer run took them (probe nesting extract)
     # The run is created with its host and pid, so clean-stale never sees it RUNNING without them.
     tags = {"stage": stage, "host": socket.gethostname(), "pid": str(os.getpid()), "emotion_exp_version": __version__}
-    tags["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default")  # timings depend on it (threads.py)
+    tags["omp_wait_policy"] = os.environ.get(threads.WAIT_POLICY, "default")  # timings depend on it
     if started:
         tags.update(started.tags)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, nested=nested, tags=tags)
