@@ -40,8 +40,9 @@ import matplotlib.pyplot as plt
 import mlflow
 import mlflow.data
 import numpy as np
+import pandas as pd
 
-from emotion_exp import analysis, data, metrics, model_card, plots, pyfunc, registry, tracking
+from emotion_exp import analysis, data, metrics, model_card, plots, pyfunc, registry, significance, tracking
 from emotion_exp.config import DataConfig, subset
 
 if TYPE_CHECKING:
@@ -60,6 +61,15 @@ def log_figure(figure: Figure, artifact_file: str) -> None:
     """Log a figure as a PNG artifact and free it."""
     mlflow.log_figure(figure, artifact_file)
     plt.close(figure)
+
+
+def log_table(table: pd.DataFrame, artifact_file: str) -> None:
+    """Log a table as a Parquet artifact at ``artifact_file``."""
+    path = Path(artifact_file)
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / path.name
+        table.to_parquet(local, index=False)
+        mlflow.log_artifact(str(local), str(path.parent))
 
 
 def log_dataset(splits: DatasetSplits) -> None:
@@ -139,9 +149,21 @@ class Stage:
             log_figure(plots.label_distribution(labels, self.splits.label_names), "plots/label_distribution.png")
 
     def score(self, probabilities: Callable[[str], np.ndarray], *, score_test: bool = True) -> dict[str, Evaluation]:
-        """Score and log validation (and test) from ``probabilities(split)``, one row per text."""
+        """Score and log validation (and test) from ``probabilities(split)``, one row per text.
+
+        Every scored split's per-text predictions go into one artifact
+        (``significance.PREDICTIONS_ARTIFACT``), so that any two runs on the same data can be
+        compared text by text later (``compare``, ``promote``).
+        """
         evaluated = ("validation", "test") if score_test else ("validation",)
-        return {split: log_split(split, self.splits, probabilities(split)) for split in evaluated}
+        evaluations, tables = {}, []
+        for split in evaluated:
+            split_probabilities = probabilities(split)
+            evaluations[split] = log_split(split, self.splits, split_probabilities)
+            gold = self.splits.split(split)["label"].to_numpy()
+            tables.append(significance.predictions_table(split, gold, split_probabilities, self.splits.label_names))
+        log_table(pd.concat(tables, ignore_index=True), significance.PREDICTIONS_ARTIFACT)
+        return evaluations
 
     def registered_name(self, requested: str) -> str:
         """The registered model a ``--registered_model`` value means for this data ('' = do not register)."""
@@ -224,10 +246,7 @@ def log_predictions(
     if not error_analysis:
         return evaluation
     table = analysis.per_text(texts, gold, probabilities, label_names)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"{split}_predictions.parquet"
-        table.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), "analysis")
+    log_table(table, f"analysis/{split}_predictions.parquet")
     mlflow.log_text(analysis.hardest_markdown(table, split=split), f"analysis/hardest_{split}.md")
     mlflow.log_text(analysis.confusions_markdown(table, split=split), "analysis/confusions.md")
     log_figure(
