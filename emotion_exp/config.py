@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from emotion_exp import threads
+from emotion_exp import names, threads
 from emotion_exp.errors import UserError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -57,19 +57,15 @@ def option(
 
 
 def registered_model_name(flag: str, name: str) -> None:
-    """A registered model name by MLflow's rules (checked at the MLflow edge, ``registry``)."""
+    """A registered model name by MLflow's rules (``names``)."""
     if name:
-        from emotion_exp.registry import check_name
-
-        check_name(flag, name)
+        names.check_registered_model_name(flag, name)
 
 
 def run_id(flag: str, value: str) -> None:
-    """An MLflow run id by MLflow's rule (checked at the MLflow edge, ``tracking``), so '../x' fails at once."""
+    """An MLflow run id by MLflow's rule (``names``), so '../x' fails at once."""
     if value:
-        from emotion_exp.tracking import check_run_id
-
-        check_run_id(flag, value)
+        names.check_run_id(flag, value)
 
 
 def threads_option() -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emotion_exp import data, models, pyfunc
+from emotion_exp import contract, data, models
 
 if TYPE_CHECKING:
     from emotion_exp.config import FinetuneConfig
@@ -19,7 +19,7 @@ def _header(title: str, splits: DatasetSplits) -> str:
 
 Classifies an English text into one of {len(splits.label_names)} labels: {", ".join(splits.label_names)}.
 Input: a DataFrame with a `text` column, or a list of strings. Output: `label` and one
-`{pyfunc.probability_column("<label>")}` column per label.
+`{contract.probability_column("<label>")}` column per label.
 
 ## Data
 - Dataset: {splits.name} (source: {splits.source}); digest `{splits.digest}`

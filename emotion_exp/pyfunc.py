@@ -22,6 +22,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
 
 from emotion_exp import texts as text_rule
+from emotion_exp.contract import MODEL_NAME, probability_column
 
 TEXT_COLUMN = "text"
 SKIP_EMPTY = "skip_empty"
@@ -39,18 +40,6 @@ SERVED_PART = 512
 _SERVING_ENVIRONMENT = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 _REQUEST_TIMEOUT = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 _DEFAULT_REQUEST_TIMEOUT_S = 60
-
-
-def probability_column(label: str) -> str:
-    """Name of the output column holding a label's probability."""
-    return f"prob_{label}"
-
-
-def label_names_of(signature: ModelSignature) -> tuple[str, ...] | None:
-    """The label names a model's signature answers with (its probability columns); None for other models."""
-    prefix = probability_column("")
-    names = tuple(name[len(prefix) :] for name in signature.outputs.input_names() if str(name).startswith(prefix))
-    return names or None
 
 
 def texts_from_input(model_input: Any, skip_empty: bool = False) -> list[str]:
@@ -184,9 +173,6 @@ def signature(label_names: Sequence[str]) -> ModelSignature:
 
 
 INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared of what comes next"]})
-
-
-MODEL_NAME = "model"
 
 
 class _EncoderModel(mlflow.pyfunc.PythonModel):

@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from emotion_exp import tracking
 from emotion_exp.config import CHAMPION_ALIAS, FOLLOW_THE_DATA, REGISTERED_MODEL
+from emotion_exp.contract import MODEL_NAME, label_names_of
 from emotion_exp.errors import UserError
-from emotion_exp.pyfunc import MODEL_NAME, label_names_of
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -61,24 +61,6 @@ class Champion:
     run_id: str | None
     digest: str | None
     value: float | None
-
-
-def check_name(flag: str, name: str) -> None:
-    """Refuse a registered model name that MLflow would refuse (``_validate_model_name``) before any work.
-
-    Quotes and backslashes are refused too: versions are found by search filters, which they would break.
-    """
-    from mlflow.utils.validation import _validate_model_name
-
-    try:
-        _validate_model_name(name)
-    except MlflowException as error:
-        raise UserError(f"{flag} {name!r} is not a valid registered model name: {error.message}") from None
-    if any(character in name for character in "'\"`\\"):
-        raise UserError(
-            f"{flag} {name!r} holds a quote or backslash, which registered model names here may not; "
-            "use letters, digits, '-', '_' and '.'."
-        )
 
 
 def _not_found(error: MlflowException) -> bool:
@@ -139,7 +121,7 @@ def check_labels(name: str, label_names: Sequence[str]) -> None:
         return
     newest = max(versions, key=lambda v: int(v.version))
     signature = mlflow.models.get_model_info(f"models:/{name}/{newest.version}").signature
-    theirs = label_names_of(signature) if signature and signature.outputs else None
+    theirs = label_names_of(signature.outputs.input_names()) if signature and signature.outputs else None
     if theirs is not None and set(theirs) != set(label_names):
         raise UserError(
             f"Registered model {name!r} holds models for the labels {', '.join(theirs)} (version "

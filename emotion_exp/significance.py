@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from emotion_exp.contract import probability_column
+
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 METHOD = "BCa"
@@ -158,9 +160,7 @@ def score_intervals(
 ) -> dict[str, Interval]:
     """The interval of each of ``METRICS`` (accuracy, weighted and macro F1)."""
     return {
-        metric: score_interval(
-            gold, predicted, n_labels, metric, seed=seed, resamples=resamples, confidence=confidence
-        )
+        metric: score_interval(gold, predicted, n_labels, metric, seed=seed, resamples=resamples, confidence=confidence)
         for metric in METRICS
     }
 
@@ -197,9 +197,7 @@ def paired_difference(
     def difference(gold: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
         return score(gold, a, axis=axis) - score(gold, b, axis=axis)
 
-    return _bootstrap(
-        (gold_array, a_array, b_array), difference, seed=seed, resamples=resamples, confidence=confidence
-    )
+    return _bootstrap((gold_array, a_array, b_array), difference, seed=seed, resamples=resamples, confidence=confidence)
 
 
 def mcnemar(gold: Sequence[int], predicted_a: Sequence[int], predicted_b: Sequence[int]) -> McNemar:
@@ -231,7 +229,6 @@ def _labels(gold: Sequence[int], predicted: Sequence[int]) -> tuple[np.ndarray, 
 
 PREDICTIONS_ARTIFACT = "predictions/per_text.parquet"
 """Every evaluated split's predictions of a run, one row per text (``predictions_table``)."""
-PROBABILITY_PREFIX = "prob_"
 
 
 def predictions_table(
@@ -250,13 +247,14 @@ def predictions_table(
         }
     )
     for index, name in enumerate(label_names):
-        table[f"{PROBABILITY_PREFIX}{name}"] = probabilities[:, index]
+        table[probability_column(name)] = probabilities[:, index]
     return table
 
 
 def label_names_of(table: pd.DataFrame) -> list[str]:
     """The label names of a ``predictions_table``, in id order (from its probability columns)."""
-    return [str(c).removeprefix(PROBABILITY_PREFIX) for c in table.columns if str(c).startswith(PROBABILITY_PREFIX)]
+    prefix = probability_column("")
+    return [str(c).removeprefix(prefix) for c in table.columns if str(c).startswith(prefix)]
 
 
 def label_ids(table: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -229,19 +229,6 @@ def launcher_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
-def check_run_id(flag: str, value: str) -> None:
-    """Refuse what MLflow would not take as a run id (such as a path, '../x') before any work."""
-    from mlflow.utils.validation import _RUN_ID_REGEX
-
-    from emotion_exp.errors import UserError
-
-    if not _RUN_ID_REGEX.match(value):
-        raise UserError(
-            f"{flag} {value!r} is not an MLflow run id (letters, digits, '_' and '-', such as "
-            "0123456789abcdef0123456789abcdef); copy the id from the run's page or `mlflow runs list`."
-        )
-
-
 def find_run(run_id: str) -> RunRecord | None:
     """The run with this id in the current store, or None when there is none."""
     from mlflow.exceptions import MlflowException

@@ -12,12 +12,12 @@ import pytest
 import requests
 import torch
 
-from emotion_exp import analysis, inference, pyfunc
+from emotion_exp import analysis, contract, inference, pyfunc
 from tests.helpers import tiny_finetune_config
 from tests.model_server import serving
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
-PROBABILITIES = [pyfunc.probability_column(n) for n in LABELS]
+PROBABILITIES = [contract.probability_column(n) for n in LABELS]
 # The tiny model's head, scaled up this much, is sure of labels it barely knows.
 OVERCONFIDENCE = 3.0
 

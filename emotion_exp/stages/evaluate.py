@@ -29,7 +29,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from emotion_exp import console, data, pyfunc, registry, tracking
+from emotion_exp import console, contract, data, registry, tracking
 from emotion_exp.config import EvaluateConfig
 from emotion_exp.data import LabelledData
 from emotion_exp.errors import UserError
@@ -40,13 +40,13 @@ from emotion_exp.stages.skeleton import log_labelled_input, log_predictions
 def model_labels(model: Any, model_uri: str) -> tuple[str, ...]:
     """The model's label names, from the ``prob_<label>`` columns of its output signature."""
     schema = model.metadata.get_output_schema()
-    prefix = pyfunc.probability_column("")
+    prefix = contract.probability_column("")
     names = tuple(
         name.removeprefix(prefix) for name in (schema.input_names() if schema else []) if name.startswith(prefix)
     )
     if not names:
         raise UserError(
-            f"Model {model_uri} declares no {pyfunc.probability_column('<label>')} output columns, so its "
+            f"Model {model_uri} declares no {contract.probability_column('<label>')} output columns, so its "
             "probabilities cannot be scored; evaluate takes the text classifiers emotion-exp logs "
             "(finetune, probe, tfidf)."
         )
@@ -117,7 +117,7 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
         started = time.perf_counter()
         predictions = predict_batches(model, texts, config.batch_size)
         seconds = time.perf_counter() - started
-        probabilities = predictions[[pyfunc.probability_column(name) for name in label_names]].to_numpy()
+        probabilities = predictions[[contract.probability_column(name) for name in label_names]].to_numpy()
         evaluation = log_predictions(labelled.split, texts, gold, probabilities, label_names, error_analysis=True)
         mlflow.log_metric("texts_per_second", len(texts) / max(seconds, 1e-9))
         if version:
