@@ -26,8 +26,8 @@ from sklearn.model_selection import train_test_split
 
 from emotion_exp.config import BUNDLED_SAMPLE, DataConfig
 from emotion_exp.errors import UserError
+from emotion_exp.texts import DEFAULT_MAX_CHARS, where
 from emotion_exp.texts import problems as text_problems
-from emotion_exp.texts import where
 
 STUDY_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 SPLITS = ("train", "validation", "test")
@@ -155,7 +155,8 @@ def read_texts(path: str | Path, text_column: str = "text", skip_empty: bool = F
     """Read a file of texts to label, keeping every column so outputs can carry them along.
 
     A ``.txt`` file holds one text a line (blank lines ignored) and gives a ``text`` column.
-    Empty texts are refused unless ``skip_empty``; null and non-text values always are.
+    Empty texts are refused unless ``skip_empty``; null and non-text values always are, and so
+    are texts longer than ``texts.DEFAULT_MAX_CHARS`` characters (the bound every model logs).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -168,7 +169,7 @@ def read_texts(path: str | Path, text_column: str = "text", skip_empty: bool = F
     column = "text" if _suffix(path) == ".txt" else text_column
     frame = _read_table(path, txt_columns=(column,))
     _check_columns(frame, str(path), {column: "--text_column"})
-    _check_texts(frame[column], str(path), _unit(path), skip_empty)
+    _check_texts(frame[column], str(path), _unit(path), skip_empty, max_chars=DEFAULT_MAX_CHARS)
     return frame.reset_index(drop=True)
 
 
@@ -468,14 +469,19 @@ def _check_columns(frame: pd.DataFrame, origin: str, flags: dict[str, str]) -> N
         )
 
 
-def _check_texts(texts: pd.Series, origin: str, unit: str, skip_empty: bool | None = None) -> None:
+def _check_texts(
+    texts: pd.Series, origin: str, unit: str, skip_empty: bool | None = None, max_chars: int | None = None
+) -> None:
     """Refuse non-text values and empty texts, naming their lines (the rule of ``emotion_exp.texts``).
 
-    ``skip_empty`` is predict's option (None where there is none, as in training data).
+    ``skip_empty`` is predict's option (None where there is none, as in training data);
+    ``max_chars`` bounds texts to label (None: unbounded, as in training data).
     """
-    found = text_problems(texts, list(texts.index))
+    found = text_problems(texts, list(texts.index), max_chars=max_chars)
     if found.refused(bool(skip_empty)):
         fix = "fill in or remove those rows" + (" or pass --skip_empty" if skip_empty is False else "")
+        if found.too_long:
+            fix = f"split or shorten texts over {max_chars:,} characters; {fix}"
         raise UserError(
             f"{origin} has {found.describe(unit, bool(skip_empty))} in column {texts.name!r}; every row needs a "
             f"non-empty text: {fix}."

@@ -7,7 +7,9 @@ DataFrame with ``label`` and one probability column per label name (``prob_<labe
 from __future__ import annotations
 
 import functools
+import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,8 +30,9 @@ TEXT_COLUMN = "text"
 SKIP_EMPTY = "skip_empty"
 MAX_TEXTS = "max_texts"
 DEFAULT_MAX_TEXTS = 10_000
-MODEL_CONFIG = {MAX_TEXTS: DEFAULT_MAX_TEXTS}
-"""Logged with every model: texts one call may hold (a request to ``mlflow models serve``).
+MAX_CHARS = "max_chars"
+MODEL_CONFIG = {MAX_TEXTS: DEFAULT_MAX_TEXTS, MAX_CHARS: text_rule.DEFAULT_MAX_CHARS}
+"""Logged with every model: texts one call may hold (a request to ``mlflow models serve``), characters per text.
 
 MLflow lets a loader override only keys the logged config has (``load_model(uri, model_config=...)``,
 ``SERVING_MODEL_CONFIG`` or ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` as JSON for a served model).
@@ -42,13 +45,14 @@ _REQUEST_TIMEOUT = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 _DEFAULT_REQUEST_TIMEOUT_S = 60
 
 
-def texts_from_input(model_input: Any, skip_empty: bool = False) -> list[str]:
+def texts_from_input(model_input: Any, skip_empty: bool = False, max_chars: int | None = None) -> list[str]:
     """Accept a DataFrame with a ``text`` column, a Series or a list of strings; refuse anything else.
 
     MLflow hands a list of strings over as a DataFrame with the single unnamed column ``0``;
     any other DataFrame must name its ``text`` column. Nulls, numbers and other non-text values
     are refused with their row numbers, and so are empty or whitespace-only texts unless
-    ``skip_empty`` (the rule of ``emotion_exp.texts``, the same as for files).
+    ``skip_empty`` (the rule of ``emotion_exp.texts``, the same as for files); so are texts longer
+    than ``max_chars`` characters, before any tokenizer sees them.
     """
     if isinstance(model_input, pd.DataFrame):
         if TEXT_COLUMN in model_input.columns:
@@ -60,7 +64,12 @@ def texts_from_input(model_input: Any, skip_empty: bool = False) -> list[str]:
                 f"Expected a DataFrame with a '{TEXT_COLUMN}' column; found columns {list(model_input.columns)}."
             )
     elif isinstance(model_input, (pd.Series, list, tuple, np.ndarray)):
-        values = pd.Series(list(np.asarray(model_input, dtype=object).ravel()), dtype=object)
+        if isinstance(model_input, np.ndarray) and model_input.ndim > 1:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                _expected(f"an array of shape {model_input.shape}")
+            )
+        items = np.atleast_1d(model_input) if isinstance(model_input, np.ndarray) else model_input
+        values = pd.Series(list(items), dtype=object)
     elif isinstance(model_input, str):
         values = pd.Series([model_input], dtype=object)
     else:
@@ -69,9 +78,14 @@ def texts_from_input(model_input: Any, skip_empty: bool = False) -> list[str]:
             f"got {type(model_input).__name__}."
         )
     values = list(values)
-    found = text_rule.problems(values)
+    found = text_rule.problems(values, max_chars=max_chars)
     if found.refused(skip_empty):
         hint = "" if skip_empty else f', or pass the param {{"{SKIP_EMPTY}": true}} to give empty texts an empty label'
+        if found.too_long:
+            hint += (
+                f"; split or shorten texts over {max_chars:,} characters (the limit is the model_config "
+                f'"{MAX_CHARS}")'
+            )
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
             f"Expected every text to be a non-empty string; found {found.describe('row', skip_empty)} (rows count "
             f"from 0): send only strings{hint}."
@@ -79,12 +93,149 @@ def texts_from_input(model_input: Any, skip_empty: bool = False) -> list[str]:
     return values
 
 
+PAYLOAD_SHAPES = (
+    '{"inputs": ["text", ...]}, {"dataframe_records": [{"text": "..."}, ...]}, '
+    '{"dataframe_split": {"columns": ["text"], "data": [["..."], ...]}} or a Parquet table whose first column is text'
+)
+MESSAGE_CHARS = 2_000
+"""The most characters of an error message the server sends back: never the whole request."""
+_ECHOING_PREFIXES = ("Failed to predict data '", "Failed to enforce schema of data '")
+
+
+def payload_problem(body: bytes | str, content_type: str | None) -> str | None:
+    """Why a JSON request to the scoring server is no list of texts or table with a ``text`` column; None if it is.
+
+    Checked on the raw payload, before MLflow parses it: MLflow turns a list of lists into a
+    table and hands the model only its first column (``{"inputs": [["a", "b"], ["c", "d"]]}``
+    would be two texts, not four), and a table without column names the same way. Only the
+    shape is checked here; each text's value is checked by ``texts_from_input``. Bodies that
+    are not JSON, or not an object, are left to MLflow's own messages.
+    """
+    if (content_type or "").split(";")[0].strip() != "application/json":
+        return None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    for key in ("inputs", "instances"):
+        if key in payload:
+            return _list_problem(key, payload[key])
+    if isinstance(payload.get("dataframe_records"), list):
+        return _records_problem("dataframe_records", payload["dataframe_records"])
+    split = payload.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        return _split_problem(split)
+    return None
+
+
+FIRST_COLUMN_HINT = f" (MLflow hands the model a table's first column only: put '{TEXT_COLUMN}' first)"
+
+
+def _expected(found: str, hint: str = "") -> str:
+    return (
+        f"Expected a list of texts or a table with a '{TEXT_COLUMN}' column; found {found}{hint}: "
+        f"send {PAYLOAD_SHAPES}."
+    )
+
+
+def _list_problem(key: str, value: Any) -> str | None:
+    if isinstance(value, dict):
+        return _expected(f'"{key}" as an object with the keys {list(value)[:5]}')
+    if not isinstance(value, list):
+        return None  # one value: a text, or a non-text the text check names
+    nested = [row for row, item in enumerate(value) if isinstance(item, list)]
+    if nested:
+        return _expected(f'"{key}" as a list of lists (a list at {text_rule.where(nested, "row")})')
+    records = [item for item in value if isinstance(item, dict)]
+    if records and key == "instances":
+        return _records_problem(key, value)
+    if records:
+        return _expected(f'"{key}" as a list of objects (send objects as "dataframe_records")')
+    return None
+
+
+def _records_problem(key: str, records: list[Any]) -> str | None:
+    if not records:
+        return None
+    if not all(isinstance(record, dict) for record in records):
+        return _expected(f'"{key}" mixing objects with other values')
+    first_keys = list(records[0])
+    if not first_keys or first_keys[0] != TEXT_COLUMN:
+        found = f"records whose first key is {first_keys[0]!r}" if first_keys else "an empty first record"
+        return _expected(found, FIRST_COLUMN_HINT)
+    missing = [row for row, record in enumerate(records) if TEXT_COLUMN not in record]
+    if missing:
+        return _expected(f"records without a '{TEXT_COLUMN}' key ({text_rule.where(missing, 'row')})")
+    return None
+
+
+def _split_problem(split: dict[str, Any]) -> str | None:
+    columns = split.get("columns")
+    if columns is None:
+        wide = [row for row, item in enumerate(split["data"]) if isinstance(item, list) and len(item) != 1]
+        if wide:
+            return _expected(
+                f'"dataframe_split" rows of {len(split["data"][wide[0]])} values and no "columns" '
+                f"({text_rule.where(wide, 'row')})"
+            )
+        return None
+    if not isinstance(columns, list) or not columns or columns[0] != TEXT_COLUMN:
+        return _expected(f'"dataframe_split" with the columns {columns!r}', FIRST_COLUMN_HINT)
+    return None
+
+
+def without_echo(message: str) -> str:
+    """``message`` without MLflow's copy of the request (``Failed to predict data '<the whole input>'``), bounded.
+
+    MLflow's scoring server puts the parsed request in front of the model's message; a 2 MB
+    request got a 2 MB error. What is left is cut at ``MESSAGE_CHARS``.
+    """
+    if message.startswith(_ECHOING_PREFIXES) and "Error: " in message:
+        message = message.rpartition("Error: ")[2]
+    if len(message) > MESSAGE_CHARS:
+        message = f"{message[:MESSAGE_CHARS]}... ({len(message) - MESSAGE_CHARS} more characters not shown)"
+    return message
+
+
+def guard_scoring_server() -> None:
+    """Check every request to MLflow's scoring server for one of our text models by ``payload_problem`` first.
+
+    Called from the models' ``load_context``; it acts only where MLflow's scoring server module
+    is loaded (``mlflow models serve`` imports it before it loads the model, and its request
+    handler looks ``invocations`` up at each request). Requests to other models pass untouched;
+    the answers' messages never echo the request (``without_echo``).
+    """
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    if server is None or getattr(server.invocations, "checks_text_payloads", False):
+        return
+    invocations = server.invocations
+
+    @functools.wraps(invocations)
+    def checked(data: Any, content_type: str, model: Any, input_schema: Any) -> Any:
+        if not isinstance(python_model_of(model), TextModel):
+            return invocations(data, content_type, model, input_schema)
+        problem = payload_problem(data, content_type)
+        if problem:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(problem)
+        try:
+            return invocations(data, content_type, model, input_schema)
+        except mlflow.exceptions.MlflowException as error:
+            error.message = without_echo(error.message)
+            raise
+
+    checked.checks_text_payloads = True
+    server.invocations = checked
+
+
 def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
     """Wrap a model's ``predict``: check the input and the params, cap the texts, and skip empty texts if asked.
 
     The wrapped ``predict`` gets the non-empty texts as a list of strings; rows skipped by
     ``skip_empty`` come back with an empty label and empty probabilities. The cap,
-    ``max_texts`` (default ``DEFAULT_MAX_TEXTS``), comes from the model's ``model_config``:
+    ``max_texts`` (default ``DEFAULT_MAX_TEXTS``), and the characters per text, ``max_chars``
+    (default ``texts.DEFAULT_MAX_CHARS``), come from the model's ``model_config``:
     ``mlflow.pyfunc.load_model(uri, model_config={"max_texts": N})``, or for ``mlflow models
     serve`` the environment variable ``SERVING_MODEL_CONFIG='{"max_texts": N}'``.
     """
@@ -92,8 +243,9 @@ def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFra
     @functools.wraps(predict)
     def checked(self: Any, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
         skip_empty = bool((params or {}).get(SKIP_EMPTY, False))
-        texts = texts_from_input(model_input, skip_empty=skip_empty)
         model_config = getattr(context, "model_config", None) or {}
+        max_chars = int(model_config.get(MAX_CHARS, text_rule.DEFAULT_MAX_CHARS))
+        texts = texts_from_input(model_input, skip_empty=skip_empty, max_chars=max_chars)
         limit = int(model_config.get(MAX_TEXTS, DEFAULT_MAX_TEXTS))
         if len(texts) > limit:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
@@ -175,7 +327,14 @@ def signature(label_names: Sequence[str]) -> ModelSignature:
 INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared of what comes next"]})
 
 
-class _EncoderModel(mlflow.pyfunc.PythonModel):
+class TextModel(mlflow.pyfunc.PythonModel):
+    """What every text -> label model here shares: requests to a scoring server that loads it are checked whole."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        guard_scoring_server()
+
+
+class _EncoderModel(TextModel):
     """What the encoder-backed models share: how long and how many texts a batch holds, the precision, the threads."""
 
     def __init__(self, max_length: int, batch_size: int, precision: str, threads: str) -> None:
@@ -212,6 +371,7 @@ class TransformerClassifier(_EncoderModel):
         self.temperature = temperature
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        super().load_context(context)
         from emotion_exp.threads import prefer_passive_openmp
 
         prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
@@ -283,6 +443,7 @@ class ProbeClassifier(_EncoderModel):
         self.pooling = pooling
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        super().load_context(context)
         from emotion_exp.threads import prefer_passive_openmp
 
         prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
@@ -329,7 +490,7 @@ class ProbeClassifier(_EncoderModel):
         return predictions_frame(probabilities, self.label_names)
 
 
-class TextPipelineClassifier(mlflow.pyfunc.PythonModel):
+class TextPipelineClassifier(TextModel):
     """A scikit-learn pipeline that takes raw texts (the TF-IDF baseline), pickled inside the model."""
 
     def __init__(self, pipeline: Any, label_names: Sequence[str]) -> None:

@@ -155,14 +155,15 @@ def _first_object_keys(path: Path) -> list[str]:
 
 
 def _refused_text(frame: DataFrame, column: str, skip_empty: bool) -> Column:
-    """True where ``emotion_exp.texts`` refuses a text: null or not a string, a lone surrogate, empty unless skipped."""
+    """True where ``emotion_exp.texts`` refuses a text: null or not a string, a lone surrogate, longer than
+    ``texts.DEFAULT_MAX_CHARS``, empty unless skipped."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType
 
     value = F.col(f"`{column}`")
     if not isinstance(frame.schema[column].dataType, StringType):
         return F.lit(True)
-    refused = value.isNull() | value.rlike(_LONE_SURROGATE)
+    refused = value.isNull() | value.rlike(_LONE_SURROGATE) | (F.length(value) > texts.DEFAULT_MAX_CHARS)
     return refused if skip_empty else refused | value.rlike(_BLANK)
 
 
@@ -184,12 +185,18 @@ def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) ->
     bad = (
         frame.select(f"`{column}`")
         .rdd.zipWithIndex()
-        .filter(lambda pair: texts.problems([pair[0][0]]).refused(skip_empty))
+        .filter(lambda pair: texts.problems([pair[0][0]], max_chars=texts.DEFAULT_MAX_CHARS).refused(skip_empty))
         .map(lambda pair: (pair[1] + 1, pair[0][0]))
         .collect()
     )
     numbers = [number for number, _ in bad]
-    data._check_texts(pd.Series([value for _, value in bad], index=numbers, name=column), str(path), "row", skip_empty)
+    data._check_texts(
+        pd.Series([value for _, value in bad], index=numbers, name=column),
+        str(path),
+        "row",
+        skip_empty,
+        max_chars=texts.DEFAULT_MAX_CHARS,
+    )
 
 
 def _spread(frame: DataFrame, partitions: int) -> DataFrame:

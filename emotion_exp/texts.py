@@ -4,16 +4,20 @@ Files read by ``data`` (training and ``predict``), ``mlflow.pyfunc`` and ``mlflo
 (``pyfunc.texts_from_input``) all sort their values with ``problems``: a value that is not a
 string (null, NaN, a number, a list...) or not valid Unicode is always refused; an empty or
 whitespace-only string is refused unless the caller skips such rows (``predict --skip_empty``,
-the pyfunc param ``skip_empty``), which then get an empty label and empty probabilities.
+the pyfunc param ``skip_empty``), which then get an empty label and empty probabilities. A text
+longer than ``max_chars`` characters (where a caller bounds them: texts to label, ``DEFAULT_MAX_CHARS``)
+is refused before any tokenizer sees it: one huge text would otherwise hold a worker for minutes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 SHOWN = 5
+DEFAULT_MAX_CHARS = 100_000
+"""Characters one text to label may hold: far above any real message or review, far below what stalls a worker."""
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,12 @@ class TextProblems:
     """A string holding a lone surrogate (JSON's ``"\\ud800"``), which no file or tokenizer can take."""
     empty: list[Any]
     """The empty string or only whitespace."""
+    too_long: list[Any] = field(default_factory=list)
+    """Longer than ``max_chars`` characters."""
+    max_chars: int | None = None
 
     def refused(self, skip_empty: bool) -> bool:
-        return bool(self.not_text or self.invalid_unicode or (self.empty and not skip_empty))
+        return bool(self.not_text or self.invalid_unicode or self.too_long or (self.empty and not skip_empty))
 
     def describe(self, unit: str, skip_empty: bool) -> str:
         """``2 null or non-text value(s) (rows 0, 3)`` and so on for each kind refused, joined by '; '."""
@@ -42,21 +49,32 @@ class TextProblems:
             )
         if self.empty and not skip_empty:
             parts.append(f"{len(self.empty)} empty or whitespace-only text(s) ({where(self.empty, unit)})")
+        if self.too_long:
+            parts.append(
+                f"{len(self.too_long)} text(s) longer than {self.max_chars:,} characters ({where(self.too_long, unit)})"
+            )
         return "; ".join(parts)
 
 
-def problems(values: Iterable[Any], positions: Sequence[Any] | None = None) -> TextProblems:
-    """Sort ``values`` by what is wrong with them; ``positions`` name them (default 0, 1, 2...)."""
-    not_text, invalid_unicode, empty = [], [], []
+def problems(
+    values: Iterable[Any], positions: Sequence[Any] | None = None, max_chars: int | None = None
+) -> TextProblems:
+    """Sort ``values`` by what is wrong with them; ``positions`` name them (default 0, 1, 2...).
+
+    ``max_chars`` bounds a text's length (None: no bound).
+    """
+    not_text, invalid_unicode, empty, too_long = [], [], [], []
     for index, value in enumerate(values):
         position = positions[index] if positions is not None else index
         if not isinstance(value, str):
             not_text.append(position)
+        elif max_chars is not None and len(value) > max_chars:
+            too_long.append(position)
         elif not value.strip():
             empty.append(position)
         elif not _encodable(value):
             invalid_unicode.append(position)
-    return TextProblems(not_text, invalid_unicode, empty)
+    return TextProblems(not_text, invalid_unicode, empty, too_long, max_chars)
 
 
 def where(positions: Sequence[Any], unit: str) -> str:

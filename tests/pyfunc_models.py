@@ -5,12 +5,20 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 
-from emotion_exp.pyfunc import INPUT_EXAMPLE, MODEL_CONFIG, predictions_frame, signature, text_input, texts_from_input
+from emotion_exp.pyfunc import (
+    INPUT_EXAMPLE,
+    MODEL_CONFIG,
+    TextModel,
+    predictions_frame,
+    signature,
+    text_input,
+    texts_from_input,
+)
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
 
-class KeywordModel(mlflow.pyfunc.PythonModel):
+class KeywordModel(TextModel):
     """joy for texts with 'happy', fear for 'anxious' or 'scared', sadness otherwise."""
 
     @text_input

@@ -14,6 +14,7 @@ import pytest
 from emotion_exp.config import DataConfig
 from emotion_exp.data import SPLITS, STUDY_LABELS, DatasetSplits, load_splits, read_texts
 from emotion_exp.errors import UserError
+from emotion_exp.texts import DEFAULT_MAX_CHARS
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "emotion_exp" / "sample"
 
@@ -339,10 +340,17 @@ def test_read_texts_errors(tmp_path, name, content, options, match):
 
 def test_read_texts_quoted_multiline_texts_and_long_fields(tmp_path):
     path = tmp_path / "in.csv"
-    long_text = "x" * 200_000  # beyond the csv module's default 128 KiB field limit
+    long_text = "é" * DEFAULT_MAX_CHARS  # the longest text to label: beyond the csv module's 128 KiB field limit
     path.write_text(f'text,id\n"one, with\na line break",1\n{long_text},2\n"say ""hi""",3\n', encoding="utf-8")
     frame = read_texts(path)
     assert frame.to_dict("list") == {"text": ["one, with\na line break", long_text, 'say "hi"'], "id": ["1", "2", "3"]}
+
+
+def test_read_texts_refuses_a_text_over_max_chars_naming_its_line_before_any_model_sees_it(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text(f"text\nfine\n{'x' * (DEFAULT_MAX_CHARS + 1)}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"1 text\(s\) longer than 100,000 characters \(line 3\).*split or shorten"):
+        read_texts(path)
 
 
 def test_read_texts_skip_empty_keeps_empty_rows_but_not_nulls(tmp_path):

@@ -110,6 +110,73 @@ def test_the_server_refuses_nulls_in_parquet_too(model) -> None:
     assert "1 null or non-text value(s) (row 1)" in message
 
 
+SHAPE_EXPECTED = "Expected a list of texts or a table with a 'text' column"
+
+
+def short_json(value: object) -> str:
+    return json.dumps(value)[:70]
+
+
+@pytest.mark.parametrize(
+    ("body", "texts"),
+    [
+        ({"inputs": ["so happy", "so sad"]}, 2),
+        ({"inputs": "so happy"}, 1),
+        ({"instances": ["so happy", "so sad"]}, 2),
+        ({"instances": [{"text": "so happy"}, {"text": "so sad"}]}, 2),
+        ({"dataframe_records": [{"text": "so happy", "id": 1}, {"text": "so sad", "id": 2}]}, 2),
+        ({"dataframe_split": {"columns": ["text"], "data": [["so happy"], ["so sad"]]}}, 2),
+        ({"dataframe_split": {"data": [["so happy"], ["so sad"]]}}, 2),
+    ],
+    ids=short_json,
+)
+def test_every_accepted_shape_gets_one_prediction_per_text(model, body, texts) -> None:
+    status, answer = serve(model, json.dumps(body))
+    assert status == 200, answer
+    assert len(json.loads(answer)["predictions"]) == texts
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        (
+            {"inputs": [["i am happy", "i am sad"], ["i am angry", "i am scared"]]},
+            "a list of lists (a list at rows 0, 1)",
+        ),
+        ({"inputs": [["i feel fine"] * (pyfunc.DEFAULT_MAX_TEXTS + 1)]}, "a list of lists (a list at row 0)"),
+        ({"instances": [["so happy", "so sad"]]}, "a list of lists"),
+        ({"inputs": ["so happy", ["so sad"]]}, "a list of lists (a list at row 1)"),
+        ({"inputs": {"text": ["so happy", "so sad"]}}, "as an object with the keys ['text']"),
+        ({"inputs": [{"text": "so happy"}]}, "a list of objects"),
+        ({"dataframe_split": {"data": [["so happy", "so sad"]]}}, 'rows of 2 values and no "columns"'),
+        ({"dataframe_split": {"columns": ["id", "text"], "data": [[1, "so happy"]]}}, "put 'text' first"),
+        ({"dataframe_records": [{"id": 1, "text": "so happy"}]}, "put 'text' first"),
+        ({"dataframe_records": [{"text": "so happy"}, {"sentence": "so sad"}]}, "without a 'text' key (row 1)"),
+    ],
+    ids=short_json,
+)
+def test_every_other_shape_gets_a_400_naming_the_shape_expected_not_fewer_predictions(model, body, found) -> None:
+    status, message = serve(model, json.dumps(body))
+    assert status == 400, message
+    assert SHAPE_EXPECTED in message
+    assert found in message
+
+
+def test_a_400_never_echoes_the_request() -> None:
+    big = "x" * 2_000_000
+    echoed = f"Failed to predict data '{big}'. \nError: Expected every text to be a non-empty string; found ..."
+    assert pyfunc.without_echo(echoed) == "Expected every text to be a non-empty string; found ..."
+    assert len(pyfunc.without_echo(big)) < pyfunc.MESSAGE_CHARS + 100
+
+
+def test_the_servers_error_for_a_bad_text_does_not_copy_the_request(model) -> None:
+    texts = ["so happy " * 1000] * 50 + [None]
+    status, message = serve(model, json.dumps({"inputs": texts}))
+    assert status == 400
+    assert "1 null or non-text value(s) (row 50)" in message
+    assert "so happy" not in message
+
+
 def test_skip_empty_keeps_empty_rows_with_an_empty_label_and_empty_probabilities(model) -> None:
     frame = model.predict(["so happy", "", "  ", "anxious"], params={pyfunc.SKIP_EMPTY: True})
     assert frame["label"].tolist() == ["joy", "", "", "fear"]
@@ -142,6 +209,21 @@ def test_texts_per_call_are_capped_by_the_model_config(model_uri) -> None:
     assert raised.value.get_http_status_code() == 400
     status, message = serve(capped, json.dumps({"inputs": ["a"] * 4}))
     assert (status, "Expected at most 3 texts" in message) == (400, True)
+
+
+def test_a_text_over_max_chars_is_refused_naming_its_row_before_the_model_predicts(model_uri, model) -> None:
+    capped = mlflow.pyfunc.load_model(model_uri, model_config={pyfunc.MAX_CHARS: 10})
+    assert len(capped.predict(["so happy", "x" * 10])) == 2
+    with pytest.raises(MlflowException, match=r"1 text\(s\) longer than 10 characters \(row 1\)") as raised:
+        capped.predict(["so happy", "x" * 11])
+    assert raised.value.get_http_status_code() == 400
+
+    huge = "so happy " * (pyfunc.text_rule.DEFAULT_MAX_CHARS // 9 + 1)  # over the default logged with the model
+    for body in ({"inputs": ["ok", huge]}, {"dataframe_records": [{"text": "ok"}, {"text": huge}]}):
+        status, message = serve(model, json.dumps(body))
+        assert status == 400, message[:300]
+        assert "1 text(s) longer than 100,000 characters (row 1)" in message
+        assert len(message) < 1_000, "the answer must not copy the request"
 
 
 def test_the_default_cap_is_logged_with_the_model(model) -> None:

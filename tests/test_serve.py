@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import requests
 
@@ -99,3 +100,29 @@ def test_nulls_non_text_and_empty_texts_get_a_400_naming_the_rows_in_every_forma
     empty, labelled = skipped.json()["predictions"]
     assert empty == {"label": "", **{column: None for column in PROBABILITIES}}
     assert labelled["label"] in LABELS
+
+
+@pytest.mark.slow
+def test_a_list_of_lists_gets_a_400_naming_the_shape_not_fewer_predictions(server: str) -> None:
+    import io
+
+    for payload in (
+        {"inputs": [["i am happy", "i am sad"], ["i am angry", "i am scared"]]},
+        {"inputs": [["i feel fine"] * 10_001]},
+        {"dataframe_split": {"data": [["i am happy", "i am sad"]]}},
+        {"inputs": {"text": TEXTS}},
+    ):
+        answer = invocations(server, payload)
+        assert answer.status_code == 400, (payload, answer.text[:300])
+        assert "Expected a list of texts or a table with a 'text' column" in answer.json()["message"]
+        assert len(answer.text) < 3_000, "the answer must not copy the request"
+
+    body = io.BytesIO()
+    pd.DataFrame({"text": TEXTS}).to_parquet(body)
+    parquet = requests.post(
+        f"{server}/invocations",
+        data=body.getvalue(),
+        headers={"Content-Type": "application/vnd.apache.parquet"},
+        timeout=60,
+    )
+    check_predictions(parquet, rows=len(TEXTS))

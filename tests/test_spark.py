@@ -302,6 +302,7 @@ BAD_TEXT_FILES = {
         "bad.jsonl",
         '{"text": "fine"}\n{"text": null}\n\n{"text": "\\ud800"}\n{"text": ""}\n',
     ),
+    "csv-text-over-max-chars": ("bad.csv", f"text\nfine\n{'x' * 100_001}\n"),
 }
 
 
