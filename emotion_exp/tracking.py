@@ -3,8 +3,9 @@
 A stage runs inside ``stage_run``: under ``mlflow run`` it attaches to the launcher's run
 (``MLFLOW_RUN_ID``), inside another run it opens a nested child, and from the CLI it opens its
 own run in the current experiment. A failure ends the run FAILED (KILLED on Ctrl-C) with the
-reason as the ``error`` tag; everything logged before stays. Each run records the ``host`` and
-``pid`` of its process, so ``process_state`` can tell a live run from one whose process died.
+reason as the ``error`` tag; everything logged before stays. Each run records who owns it
+(``owner_tags``: host, pid, boot id, process namespace and the process's start time), so
+``process_state`` can tell a live run from one whose process died.
 
 What a stage logs inside its run is the stage's own business (``emotion_exp/stages``, the
 MLflow edge, calls mlflow directly); the shared opening and closing of model stages is
@@ -20,6 +21,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
@@ -77,8 +79,8 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
     started = _next_run.get()
     if started is not None and started.run_id is not None:
         started = None  # an outer run took them (probe nesting extract)
-    # The run is created with its host and pid, so clean-stale never sees it RUNNING without them.
-    tags = {"stage": stage, "host": socket.gethostname(), "pid": str(os.getpid()), "emotion_exp_version": __version__}
+    # The run is created with its owner's tags, so clean-stale never sees it RUNNING without them.
+    tags = {"stage": stage, **owner_tags(), "emotion_exp_version": __version__}
     tags["omp_wait_policy"] = os.environ.get(threads.WAIT_POLICY, "default")  # timings depend on it
     if started:
         tags.update(started.tags)
@@ -256,24 +258,77 @@ ALIVE = "alive"
 OTHER_HOST = "other host"
 UNTRACKED = "untracked"
 
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_PID_NAMESPACE = Path("/proc/self/ns/pid")
 
-def process_state(tags: Mapping[str, str], host: str | None = None) -> tuple[str, str]:
-    """Whether the process that owns a run (its ``host`` and ``pid`` tags) is still there.
 
-    Returns the state and a phrase describing it for messages. The pid check is the operating
-    system's (``os.kill(pid, 0)``): a pid that a later, unrelated process reused counts as alive.
+def owner_tags() -> dict[str, str]:
+    """Who owns a run started now: ``host`` and ``pid``, plus what tells this machine and process apart.
+
+    A hostname alone is shared by a container with host networking and by two machines given
+    one name, where the same pid is another process or none. So a run also records the
+    kernel's ``boot_id`` (one per machine and boot), the ``pid_namespace`` (one per container
+    that has its own pids) and ``pid_started`` (the process's start time in clock ticks since
+    boot), where the system has them (Linux's /proc); elsewhere they are left out.
     """
-    host = host or socket.gethostname()
+    tags = {"host": socket.gethostname(), "pid": str(os.getpid())}
+    machine = _this_machine()
+    started = _start_time(os.getpid())
+    if machine is not None and started is not None:
+        tags.update({"boot_id": machine[0], "pid_namespace": machine[1], "pid_started": started})
+    return tags
+
+
+def _this_machine() -> tuple[str, str] | None:
+    """This kernel's boot id and this process's pid namespace; None without /proc."""
+    try:
+        return _BOOT_ID.read_text().strip(), os.readlink(_PID_NAMESPACE)
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22); None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: count fields after its ')'.
+    return stat.rpartition(")")[2].split()[19]
+
+
+def process_state(tags: Mapping[str, str]) -> tuple[str, str]:
+    """Whether the process that owns a run (its ``owner_tags``) is still there.
+
+    Returns the state and a phrase describing it for messages. Only a run started on this
+    machine since its last boot, in this process namespace, can be checked: its pid is gone,
+    or now belongs to a process that started at another time (GONE), or is its owner (ALIVE).
+    A run from elsewhere is OTHER_HOST, and one without those tags (started by an emotion-exp
+    older than these tags, or on a system without /proc, or not by emotion-exp) UNTRACKED: both are left alone.
+    """
     owner, pid_text = tags.get("host"), tags.get("pid", "")
     if not owner or not pid_text.isdigit():
         return UNTRACKED, "no host/pid tags (not started by emotion-exp, or not yet set up)"
-    if owner != host:
-        return OTHER_HOST, f"pid {pid_text} on host {owner!r}, which cannot be checked from {host!r}"
+    if not all(tags.get(key) for key in ("boot_id", "pid_namespace", "pid_started")):
+        return UNTRACKED, (
+            f"pid {pid_text} on host {owner!r} recorded no boot id and process start time (an older emotion-exp, or a "
+            "system without /proc), so its owner cannot be told apart from a process of another machine or container "
+            "with that hostname"
+        )
+    machine = _this_machine()
+    if machine is None or machine != (tags["boot_id"], tags["pid_namespace"]):
+        where = "another machine or container with that name, or this machine before a restart"
+        return OTHER_HOST, f"pid {pid_text} on host {owner!r} ({where}), which cannot be checked from here"
     pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return GONE, f"process {pid} on {host!r} is gone"
-    except PermissionError:  # it exists, under another user
-        return ALIVE, f"process {pid} on {host!r} is still running (another user's)"
-    return ALIVE, f"process {pid} on {host!r} is still running"
+    started = _start_time(pid)
+    if started is None:
+        try:
+            os.kill(pid, 0)  # /proc may hide other users' processes (hidepid): ask the kernel
+        except ProcessLookupError:
+            return GONE, f"process {pid} on {owner!r} is gone"
+        except PermissionError:
+            pass
+        return ALIVE, f"process {pid} on {owner!r} is still running (another user's; its start time is hidden)"
+    if started != tags["pid_started"]:
+        return GONE, f"process {pid} on {owner!r} is gone (its pid now belongs to a process started later)"
+    return ALIVE, f"process {pid} on {owner!r} is still running"

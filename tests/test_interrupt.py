@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from emotion_exp import tracking
 from emotion_exp.cli import cli
 
 EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 4, 120
@@ -36,6 +37,14 @@ def dead_pid() -> int:
     return process.pid
 
 
+def owned_by(pid: int, **changes: str) -> dict[str, str]:
+    """The owner tags a run started now by process ``pid`` on this machine would carry, with ``changes``."""
+    tags = tracking.owner_tags()
+    if pid != os.getpid():
+        tags.update(pid=str(pid), pid_started="1")  # a process that started right after boot
+    return {**tags, **changes}
+
+
 def make_run(tags: dict[str, str], status: str = "RUNNING") -> str:
     client = MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"]).experiment_id
@@ -46,12 +55,11 @@ def make_run(tags: dict[str, str], status: str = "RUNNING") -> str:
 
 
 def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
-    host = socket.gethostname()
-    gone = make_run({"stage": "finetune", "host": host, "pid": str(dead_pid())})
-    alive = make_run({"stage": "dummy", "host": host, "pid": str(os.getpid())})
-    elsewhere = make_run({"stage": "dummy", "host": "another-host", "pid": "1"})
+    gone = make_run({"stage": "finetune", **owned_by(dead_pid())})
+    alive = make_run({"stage": "dummy", **owned_by(os.getpid())})
+    elsewhere = make_run({"stage": "dummy", **owned_by(1, host="another-host", boot_id="another-boot")})
     untagged = make_run({})
-    finished = make_run({"stage": "dummy", "host": host, "pid": str(dead_pid())}, status="FINISHED")
+    finished = make_run({"stage": "dummy", **owned_by(dead_pid())}, status="FINISHED")
 
     dry = CliRunner().invoke(cli, ["clean-stale", "--dry_run", "true"])
     assert dry.exit_code == 0, dry.output
@@ -62,7 +70,7 @@ def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
 
     assert result.exit_code == 0, result.output
     assert "4 RUNNING run(s)" in result.output and "1 stale" in result.output
-    assert f"{elsewhere} (dummy): pid 1 on host 'another-host'" in result.output
+    assert f"{elsewhere} (dummy): pid 1 on host 'another-host' (another machine" in result.output
     assert "run clean-stale on that host" in result.output
     assert f"{untagged} (?): no host/pid tags" in result.output
     statuses = {run_id: mlflow.get_run(run_id).info.status for run_id in (gone, alive, elsewhere, untagged, finished)}
@@ -78,11 +86,39 @@ def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
     assert "error" not in mlflow.get_run(alive).data.tags
 
 
+def test_clean_stale_tells_machines_and_containers_that_share_a_hostname_apart() -> None:
+    # The same hostname and pid, but another machine (boot id) or a container's own pids (namespace):
+    # the pid here says nothing about that process, so those runs are left alone.
+    other_machine = make_run({"stage": "dummy", **owned_by(dead_pid(), boot_id="another-boot")})
+    other_container = make_run({"stage": "dummy", **owned_by(dead_pid(), pid_namespace="pid:[1]")})
+    # This process's pid, started at another time: its pid was reused, the run's process is gone.
+    reused = make_run({"stage": "dummy", **owned_by(os.getpid(), pid_started="1")})
+    # Only host and pid (an older emotion-exp): its owner cannot be checked, and the output says so.
+    older = make_run({"stage": "dummy", "host": socket.gethostname(), "pid": str(dead_pid())})
+
+    result = CliRunner().invoke(cli, ["clean-stale"])
+
+    assert result.exit_code == 0, result.output
+    assert "4 RUNNING run(s)" in result.output and "1 stale" in result.output
+    assert f"{reused} (dummy): process {os.getpid()}" in result.output and "started later" in result.output
+    assert f"{older} (dummy): pid" in result.output and "its owner cannot be checked" in result.output
+    statuses = {run_id: mlflow.get_run(run_id).info.status for run_id in (other_machine, other_container, older)}
+    assert set(statuses.values()) == {"RUNNING"}
+    assert mlflow.get_run(reused).info.status == "FAILED"
+
+
+def test_a_stage_run_records_its_owner_so_it_counts_as_alive_while_it_runs(isolated_mlflow: str) -> None:
+    with tracking.stage_run("dummy", {}) as run:
+        tags = mlflow.get_run(run.info.run_id).data.tags
+        assert {"host", "pid", "boot_id", "pid_namespace", "pid_started"} <= set(tags)
+        assert tracking.process_state(tags)[0] == tracking.ALIVE
+
+
 @pytest.mark.slow
 def test_mlflow_run_clean_stale_fails_a_stale_run(tracking_uri: str, isolated_mlflow: str) -> None:
     from tests.helpers import mlflow_run
 
-    stale = make_run({"stage": "dummy", "host": socket.gethostname(), "pid": str(dead_pid())})
+    stale = make_run({"stage": "dummy", **owned_by(dead_pid())})
 
     result = mlflow_run("clean-stale", isolated_mlflow, tracking_uri)
 

@@ -10,7 +10,6 @@ the REST store's real errors through.
 from __future__ import annotations
 
 import signal
-import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from tests.test_interrupt import (
     emotion_exp,
     finish,
     make_run,
+    owned_by,
     run_of_pid,
     tiny_finetune,
     wait_for,
@@ -193,8 +193,8 @@ def test_finetune_interrupted_and_resumed_over_http_ends_one_finished_run(
 
 
 def test_clean_stale_on_a_shared_server_skips_runs_of_other_hosts_and_says_why(on_server) -> None:
-    elsewhere = make_run({"stage": "finetune", "host": "ci-runner-7", "pid": "4242"})
-    gone = make_run({"stage": "dummy", "host": socket.gethostname(), "pid": str(dead_pid())})
+    elsewhere = make_run({"stage": "finetune", **owned_by(4242, host="ci-runner-7", boot_id="ci-runner-7-boot")})
+    gone = make_run({"stage": "dummy", **owned_by(dead_pid())})
 
     result = CliRunner().invoke(cli, ["clean-stale"])
 

@@ -1,13 +1,16 @@
 """The clean-stale command: mark RUNNING runs whose process is gone as FAILED.
 
 A process killed outright (SIGKILL, out of memory, a power cut) cannot end its MLflow run, so
-the run stays RUNNING for ever. Every stage run records the ``host`` and ``pid`` of its process
-(``tracking.stage_run``); a RUNNING run whose pid no longer exists on this host is stale. Runs
-from another host cannot be checked from here and are left alone, as are runs without those
-tags (not started by emotion-exp, or still being set up by ``mlflow run``).
+the run stays RUNNING for ever. Every stage run records who owns it (``tracking.owner_tags``:
+host, pid, the kernel's boot id, the process namespace and the process's start time); a RUNNING
+run whose process no longer exists on this machine is stale. A hostname alone does not say
+which machine: a container with host networking, or a second machine with the same name, has
+other processes under the same pids. So runs from another machine, boot or process namespace
+are left alone, as are runs whose owner cannot be checked at all (no such tags: started by an
+older emotion-exp, not by emotion-exp, or still being set up by ``mlflow run``), saying so.
 
 Whether a process is alive is ``tracking.process_state``'s call: a pid that a later, unrelated
-process reused counts as alive, so such a run is left alone rather than wrongly failed.
+process reused (another start time) counts as gone.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def run(config: CleanStaleConfig) -> list[str]:
                 tracking.fail_run(verdict.run_id, error_message(verdict))
         elif verdict.state == tracking.OTHER_HOST:
             action = "left alone: run clean-stale on that host"
+        elif verdict.state == tracking.UNTRACKED:
+            action = "left alone: its owner cannot be checked; if you know its process is gone, end the run yourself"
         else:
             action = "left alone"
         print(f"  {verdict.run_id} ({verdict.stage}): {verdict.detail}; {action}.")
