@@ -60,6 +60,9 @@ def test_the_default_spaces_are_the_issues_and_overrides_replace_single_paramete
         ("finetune", "epochs=1.5..3", "epochs takes whole numbers"),
         ("tfidf", "class_weight=none|sometimes", "--class_weight must be one of none, balanced"),
         ("finetune", "warmup=0..1", "--warmup is a fraction"),
+        ("tfidf", "C=1..inf", "C takes finite numbers; got 'inf'"),
+        ("tfidf", "C=nan..1", "C takes finite numbers; got 'nan'"),
+        ("tfidf", "C=1,C=2", "--search_space names C twice"),
     ],
 )
 def test_a_bad_search_space_is_refused_before_any_trial(stage: str, overrides: str, message: str) -> None:
@@ -156,6 +159,25 @@ def test_a_resumed_sweep_continues_its_study_under_the_same_parent(small_dataset
     other = CliRunner().invoke(cli, [*options, "--n_trials", "3", "--search_space", "C=1..2"])
     assert other.exit_code != 0
     assert f"--study_name {name} names a study" in other.output and "the search space was" in other.output
+
+
+def test_a_trial_killed_outright_is_marked_fail_on_resume_and_run_again(
+    small_dataset: Path, isolated_mlflow: str
+) -> None:
+    name = f"sweep-{uuid.uuid4().hex[:8]}"
+    options = ["sweep", "--dataset", str(small_dataset), "--stage", "tfidf", "--study_name", name]
+    first = CliRunner().invoke(cli, [*options, "--registered_model", "", "--n_trials", "1"])
+    assert first.exit_code == 0, first.output
+    [parent] = mlflow.search_runs(filter_string="tags.stage = 'sweep'", output_format="list")
+    storage = parent.data.tags["optuna_storage"]
+    optuna.load_study(study_name=name, storage=storage).ask()  # a trial whose process was killed: RUNNING
+
+    resumed = CliRunner().invoke(cli, [*options, "--registered_model", "", "--n_trials", "2"])
+
+    assert resumed.exit_code == 0, resumed.output
+    assert "trial(s) 1 of study" in resumed.output and "marked FAIL, and run again" in resumed.output
+    states = [trial.state.name for trial in optuna.load_study(study_name=name, storage=storage).trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
 
 
 # --- finetune: the median pruner ------------------------------------------------------------------

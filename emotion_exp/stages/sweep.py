@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import shutil
 import sys
 import warnings
@@ -97,12 +98,19 @@ def search_space(stage: str, overrides: str = "") -> dict[str, BaseDistribution]
     ``NAME=A|B`` a choice and ``NAME=VALUE`` a fixed value.
     """
     space = dict(SEARCH_SPACES[stage])
+    named: set[str] = set()
     for item in (part.strip() for part in overrides.split(",")):
         if not item:
             continue
         name, equals, spec = (text.strip() for text in item.partition("="))
         if not equals or not spec:
             raise UserError(f"--search_space entries look like NAME=LOW..HIGH, NAME=A|B or NAME=VALUE; got {item!r}.")
+        if name in named:
+            raise UserError(
+                f"--search_space names {name} twice ({overrides!r}); give each parameter once: a choice is "
+                f"{name}=A|B, a range {name}=LOW..HIGH."
+            )
+        named.add(name)
         if name not in SEARCHABLE[stage]:
             raise UserError(
                 f"--search_space: {name!r} is not searchable for the {stage} stage; expected one of "
@@ -139,9 +147,12 @@ def _value(name: str, text: str, item: str) -> Any:
                 raise ValueError(text)
             return int(number)
         if name in FLOAT_PARAMS:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError(text)
+            return number
     except ValueError:
-        kind = "whole numbers" if name in INT_PARAMS else "numbers"
+        kind = "whole numbers" if name in INT_PARAMS else "finite numbers"
         raise UserError(f"--search_space {item!r}: {name} takes {kind}; got {text!r}.") from None
     return text
 
@@ -282,6 +293,12 @@ def run(config: SweepConfig) -> str:
     study = open_study(config, storage, study_name, space_description(space), splits.digest)
     previous_parent = study.user_attrs.get("parent_run_id")
     reopened = _parent_to_reopen(previous_parent)
+    interrupted = fail_interrupted_trials(study, previous_parent)
+    if interrupted:
+        print(
+            f"sweep: trial(s) {', '.join(map(str, interrupted))} of study {study_name!r} were cut off (their process "
+            "is gone): marked FAIL, and run again."
+        )
     # The parent holds the data (its inputs, and the label distribution drawn once); every trial gets the same splits.
     with open_stage("sweep", config, splits=splits, run_id=reopened, label_plot=False) as parent:
         parent_id = parent.run_id
@@ -338,6 +355,22 @@ def _parent_to_reopen(previous_parent: str | None) -> str | None:
             "run one study. Stop it first (Ctrl-C ends its current trial), then resume."
         )
     return previous_parent
+
+
+def fail_interrupted_trials(study: optuna.Study, previous_parent: str | None) -> list[int]:
+    """Mark FAIL the trials a killed process left RUNNING in ``study``; return their numbers.
+
+    A trial killed outright (``kill -9``, out of memory) never reports, and Optuna keeps it
+    RUNNING for ever. Only when the study's parent run has no live owner: a process that still
+    runs the study (an ``mlflow run`` started elsewhere) owns its running trials.
+    """
+    record = tracking.find_run(previous_parent) if previous_parent else None
+    if record is not None and record.status == "RUNNING" and tracking.process_state(record.tags)[0] == tracking.ALIVE:
+        return []
+    running = [trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in running:
+        study.tell(number, state=TrialState.FAIL)
+    return running
 
 
 def _objective(
