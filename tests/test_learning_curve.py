@@ -56,6 +56,20 @@ def test_bad_fractions_and_stages_are_refused(options: dict[str, str], message: 
         LearningCurveConfig(**options)
 
 
+def test_fractions_that_give_the_same_training_texts_are_merged_saying_so() -> None:
+    labels = sample_labels()
+    smallest = subsets.subset_sizes(labels, [0.0])[0]  # the rows that hold every label twice
+    fractions, notes = subsets.distinct_fractions(labels, [0.001, 0.002, 0.003, 0.5])
+
+    assert fractions == [0.001, 0.5]
+    assert notes == [
+        f"--fractions {f:g} gives the same {smallest} training texts as 0.001 (rounded, and at least 2 of every "
+        "label): trained once, as 0.001."
+        for f in (0.002, 0.003)
+    ]
+    assert subsets.distinct_fractions(labels, [0.25, 1.0]) == ([0.25, 1.0], [])
+
+
 def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
 ) -> None:

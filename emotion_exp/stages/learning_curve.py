@@ -36,7 +36,9 @@ def run(config: LearningCurveConfig) -> str:
     """Train every stage at every fraction as nested runs; log the table and the curve on the parent."""
     with open_stage("learning-curve", config) as parent:
         splits = parent.splits
-        fractions = config.fraction_list
+        fractions, merged = subsets.distinct_fractions(splits.train["label"].to_numpy(), config.fraction_list)
+        for note in merged:
+            print(f"learning-curve: {note}")
         subsets_rows = subsets.nested_stratified_subsets(splits.train["label"].to_numpy(), fractions, config.seed)
         floor = _metrics(dummy.run(subset(config, DummyConfig), splits=splits))["val_accuracy"]
         mlflow.log_metric("dummy_val_accuracy", floor)
