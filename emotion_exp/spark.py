@@ -95,9 +95,13 @@ def read_texts(spark: SparkSession, path: str | Path, text_column: str = "text",
         )
     if path.is_file() and path.stat().st_size == 0:
         raise data._empty(path)
+    if suffix in ("", ".parquet"):
+        _check_parquet_footers(path)
     frame = _read(spark, path, suffix)
     column = "text" if suffix == ".txt" else text_column
     data._check_columns(pd.DataFrame(columns=frame.columns), str(path), {column: "--text_column"})
+    if suffix in (".jsonl", ".json") and _json_values_not_strings(spark, path, column):
+        data.read_texts(path, column, skip_empty=skip_empty)  # raises the local engine's error, naming the lines
     _check_texts(frame, column, path, skip_empty)
     return _spread(frame, spark.sparkContext.defaultParallelism)
 
@@ -142,6 +146,45 @@ def _read(spark: SparkSession, path: Path, suffix: str) -> DataFrame:
         )
     lines = spark.read.text(location)
     return lines.filter(~F.col("value").rlike(_BLANK)).withColumnRenamed("value", "text")
+
+
+def _check_parquet_footers(path: Path) -> None:
+    """Refuse a Parquet file, or a folder's part, that is not Parquet, in one sentence naming it.
+
+    Spark reads the parts only when a job runs, and a corrupt one ends it in hundreds of lines
+    of JVM traceback; each footer read here costs a few kilobytes.
+    """
+    import pyarrow.parquet as pq
+
+    parts = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
+    for part in parts:
+        try:
+            pq.ParquetFile(part).metadata  # noqa: B018 (reading the footer is the check)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise UserError(
+                f"'{part}' is not a readable Parquet file ({str(error).splitlines()[0]}); replace or remove it"
+                + (f" from the folder '{path}'" if part != path else "")
+                + "."
+            ) from error
+
+
+def _is_data_file(part: Path) -> bool:
+    """A file Spark reads as data: not hidden (``.crc`` checksums) and not a marker such as ``_SUCCESS``."""
+    return not part.name.startswith((".", "_"))
+
+
+def _json_values_not_strings(spark: SparkSession, path: Path, column: str) -> int:
+    """Lines of a JSON Lines file whose ``column`` holds a number, boolean, list or object.
+
+    Spark's JSON reader turns such values into text (5 becomes "5") in a column that also holds
+    strings, where the local engine refuses them: counted from the raw JSON as VARIANT values.
+    """
+    from pyspark.sql import functions as F
+
+    quote = '"' if "'" in column else "'"
+    value = F.try_variant_get(F.try_parse_json(F.col("value")), f"$[{quote}{column}{quote}]", "variant")
+    kind = F.schema_of_variant(value)
+    return spark.read.text(str(path)).filter(kind.isNotNull() & ~kind.isin("STRING", "VOID")).count()
 
 
 def _first_object_keys(path: Path) -> list[str]:

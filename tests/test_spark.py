@@ -303,6 +303,11 @@ BAD_TEXT_FILES = {
         '{"text": "fine"}\n{"text": null}\n\n{"text": "\\ud800"}\n{"text": ""}\n',
     ),
     "csv-text-over-max-chars": ("bad.csv", f"text\nfine\n{'x' * 100_001}\n"),
+    # Spark read these as the texts "5", "true", "[1]"... beside a string; the local engine refuses them.
+    "jsonl-number-boolean-list-object": (
+        "bad.jsonl",
+        '{"text": "fine"}\n{"text": 5}\n{"text": true}\n{"text": [1]}\n{"text": {"a": 1}}\n',
+    ),
 }
 
 
@@ -339,6 +344,23 @@ def test_bad_texts_in_a_file_get_the_local_engines_message_with_its_line_numbers
         assert distributed["label"].tolist() == local["label"].tolist()
         assert [label == "" for label in local["label"]] == [False, True, False, True]
         assert distributed[PROBABILITIES].isna().to_numpy().tolist() == local[PROBABILITIES].isna().to_numpy().tolist()
+
+
+@pytest.mark.slow
+def test_a_corrupt_part_in_a_parquet_folder_is_named_in_one_sentence(spark, models, texts, tmp_path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    texts.head(10).to_parquet(folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"PAR1 this is no parquet file")
+    config = PredictConfig(input=str(folder), output=str(tmp_path / "out"), model_uri=models["keyword"], engine="spark")
+
+    with pytest.raises(UserError) as raised:
+        predict.run(config)
+
+    message = str(raised.value)
+    assert f"'{folder / 'part-1.parquet'}' is not a readable Parquet file" in message
+    assert "\n" not in message and "remove it from the folder" in message
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
