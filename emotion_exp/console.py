@@ -205,7 +205,9 @@ def closing_line(stage: str, run_id: str, metrics: Mapping[str, float], tags: Ma
         scores = [f"{label} {metrics[key]:.4f}" for key, label in CLOSING_SCORES if key in metrics]
         what = ", ".join(scores) or "finished"
         if tags.get("registered_version"):
-            what += f"; registered as version {tags['registered_version']} of {tags.get('registered_model', '?')!r}"
+            # evaluate's tags name the version it scored; it registers nothing
+            done = "scored" if stage == "evaluate" else "registered as"
+            what += f"; {done} version {tags['registered_version']} of {tags.get('registered_model', '?')!r}"
     return f"{stage}: {what} (run {run_id})"
 
 

@@ -65,6 +65,8 @@ def test_closing_lines_name_the_key_scores_and_the_run() -> None:
         line
         == "probe: val accuracy 0.6123, val F1 0.6000, test accuracy 0.5900; registered as version 2 of 'm' (run abc)"
     )
+    evaluated = console.closing_line("evaluate", "xyz", scores, {"registered_model": "m", "registered_version": "2"})
+    assert "registered" not in evaluated and evaluated.endswith("; scored version 2 of 'm' (run xyz)")
     reused = console.closing_line("extract", "def", {}, {"reused_features": "true", "features_run_id": "old"})
     assert reused == "extract: reused the features of run old (run def)"
     predicted = console.closing_line("predict", "ghi", {"rows": 1200, "texts_per_second": 85.2}, {})
