@@ -54,7 +54,8 @@ def config_options(config_class: type) -> Callable[[Callable[..., Any]], Callabl
                 help_text += f" One of: {', '.join(spec.metadata['choices'])}."
             required = spec.default is dataclasses.MISSING
             # A bool option works alone as a flag (--dry_run) and with a value (--dry_run false, from MLproject).
-            flag = {"is_flag": False, "flag_value": True} if hints[spec.name] is bool else {}
+            # Its metavar says so in --help, where click's would read "BOOLEAN", a value it needs.
+            flag = {"is_flag": False, "flag_value": True, "metavar": "[true|false]"} if hints[spec.name] is bool else {}
             command = click.option(
                 f"--{spec.name}",
                 spec.name,

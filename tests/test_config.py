@@ -91,3 +91,10 @@ def test_importing_the_cli_does_no_heavy_work() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_flag_reads_as_one_in_help() -> None:
+    from click.testing import CliRunner
+
+    shown = CliRunner().invoke(cli, ["predict", "--help"]).output
+    assert "--overwrite [true|false]" in shown and "BOOLEAN" not in shown

@@ -100,6 +100,21 @@ def test_batches_keep_the_input_order() -> None:
     assert frame["label"].tolist() == ["joy" if i % 3 == 0 else "sadness" for i in range(11)]
 
 
+def test_the_progress_lines_carry_the_stage_that_predicts(capsys) -> None:
+    predict.predict_batches(_Local(), ["so happy"] * 3, batch_size=2, stage="evaluate")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("evaluate") for line in lines), lines
+
+
+def test_the_closing_lines_count_with_thousands_separators(tmp_path, champion_uri) -> None:
+    source = tmp_path / "many.txt"
+    source.write_text("so happy\n" * 1_200)
+    result = invoke("--input", str(source), "--model_uri", champion_uri)
+    assert result.exit_code == 0, result.output
+    assert "predict: wrote 1,200 predictions to" in result.output
+    assert "1200" not in result.output
+
+
 class _Local:
     """The keyword model called directly, without MLflow's loading."""
 

@@ -115,7 +115,7 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
             console.say(f"evaluate: {note}")
         mlflow.set_tags({key: str(value) for key, value in tags.items()})
         started = time.perf_counter()
-        predictions = predict_batches(model, texts, config.batch_size)
+        predictions = predict_batches(model, texts, config.batch_size, stage="evaluate")
         seconds = time.perf_counter() - started
         probabilities = predictions[[contract.probability_column(name) for name in label_names]].to_numpy()
         evaluation = log_predictions(labelled.split, texts, gold, probabilities, label_names, error_analysis=True)

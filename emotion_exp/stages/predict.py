@@ -83,7 +83,7 @@ def run(config: PredictConfig) -> str:
         if hasattr(python_model, "chosen_threads"):
             mlflow.set_tags({"threads_chosen": ",".join(map(str, python_model.chosen_threads))})
         mlflow.log_artifact(str(target), "predictions")
-        print(f"predict: wrote {len(frame)} predictions to {target}.")
+        print(f"predict: wrote {len(frame):,} predictions to {target}.")
         return predict_run.info.run_id
 
 
@@ -137,7 +137,7 @@ def _run_on_spark(config: PredictConfig) -> str:
             seconds = time.perf_counter() - start
             mlflow.log_metrics({"rows": rows, "texts_per_second": rows / max(seconds, 1e-9)})
             mlflow.set_tag("predictions_path", str(target.resolve()))
-            print(f"predict: wrote {rows} predictions to {target}.")
+            print(f"predict: wrote {rows:,} predictions to {target}.")
             return predict_run.info.run_id
 
 
@@ -145,12 +145,12 @@ def _text_column(config: PredictConfig) -> str:
     return "text" if Path(config.input).suffix.lower() == ".txt" else config.text_column
 
 
-def predict_batches(model: Any, texts: list[str], batch_size: int) -> pd.DataFrame:
-    """The pyfunc model's predictions for ``texts``, ``batch_size`` at a time, with a progress bar."""
+def predict_batches(model: Any, texts: list[str], batch_size: int, stage: str = "predict") -> pd.DataFrame:
+    """The pyfunc model's predictions for ``texts``, ``batch_size`` at a time, with a progress bar named ``stage``."""
     if not texts:  # every text was empty and skipped: the model still gives the columns
         return model.predict(pd.DataFrame({"text": pd.Series([], dtype=object)}))
     parts = []
-    with console.progress(len(texts), "predict") as bar:
+    with console.progress(len(texts), stage) as bar:
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
             parts.append(model.predict(pd.DataFrame({"text": batch})))
