@@ -14,6 +14,7 @@ import sys
 import traceback
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -79,6 +80,7 @@ class _Group(click.Group):
     """Turns user errors into one clear line and a non-zero exit; ``--debug`` adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        store_existed = Path(DEFAULT_STORE).exists()
         try:
             with interrupts.stop_on_signals():
                 return super().invoke(ctx)
@@ -86,13 +88,27 @@ class _Group(click.Group):
             if _debug_enabled():
                 traceback.print_exc()
             _fail_launcher_run(ctx.invoked_subcommand, str(error))
+            _remove_empty_store(store_existed)
             raise click.ClickException(str(error)) from None
         except click.ClickException as error:  # a typo in an option, a value of the wrong type
             _fail_launcher_run(ctx.invoked_subcommand, error.format_message())
+            _remove_empty_store(store_existed)
             raise
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+
+
+DEFAULT_STORE = "mlflow.db"
+"""MLflow's store where MLFLOW_TRACKING_URI is unset: sqlite:///mlflow.db in the working directory."""
+
+
+def _remove_empty_store(existed: bool) -> None:
+    """A command that failed in a folder without a store leaves none behind (an empty ``mlflow.db`` there)."""
+    if not existed and Path(DEFAULT_STORE).exists():
+        from emotion_exp import tracking
+
+        tracking.remove_store_if_empty(Path(DEFAULT_STORE))
 
 
 def _fail_launcher_run(stage: str | None, reason: str) -> None:

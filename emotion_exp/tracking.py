@@ -244,6 +244,37 @@ def find_run(run_id: str) -> RunRecord | None:
     return RunRecord(run.info.run_id, run.info.status, dict(run.data.tags), dict(run.data.params))
 
 
+def remove_store_if_empty(database: Path) -> bool:
+    """Delete the SQLite store ``database`` if it is the current store and holds nothing kept; say whether.
+
+    MLflow creates its default store at the first call, so a command that failed early (a
+    mistyped dataset, a command run outside the project's folder) left an ``mlflow.db`` behind
+    holding at most its own FAILED run. The caller knows the store is new; anything more in
+    it (a run that did not fail, a model, an artifacts folder beside it) keeps it.
+    """
+    import sqlite3
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).resolve() != database.resolve():
+        return False
+    if any((database.parent / folder).exists() for folder in ("mlruns", "mlartifacts")):
+        return False
+    queries = (
+        "SELECT COUNT(*) FROM runs WHERE status != 'FAILED'",
+        "SELECT COUNT(*) FROM registered_models",
+        "SELECT COUNT(*) FROM logged_models",
+    )
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        try:
+            held = sum(connection.execute(query).fetchone()[0] for query in queries)
+        except sqlite3.DatabaseError:  # not MLflow's tables: not ours to remove
+            return False
+    if held:
+        return False
+    database.unlink()
+    return True
+
+
 def running_runs(experiment_id: str) -> list[RunRecord]:
     """Every run of the experiment whose status is RUNNING (for ``clean-stale``)."""
     runs = mlflow.search_runs(

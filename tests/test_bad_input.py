@@ -496,3 +496,23 @@ def test_over_long_texts_are_truncated_and_counted_not_refused(small_dataset: Pa
     assert {f"truncated_{p}": run.data.metrics[f"truncated_{p}"] for p in expected} == {
         f"truncated_{p}": n for p, n in expected.items()
     }
+
+
+def test_a_command_that_fails_in_a_folder_without_a_store_leaves_none_behind(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    command = [sys.executable, "-m", "emotion_exp", "dummy", "--dataset", str(tmp_path / "nope.csv")]
+
+    failed = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert failed.returncode != 0 and "does not exist" in failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    # A store that was there before the command is never touched, failed runs and all.
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    again = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0
+    assert (tmp_path / "mlflow.db").exists()
