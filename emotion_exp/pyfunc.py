@@ -6,12 +6,13 @@ DataFrame with ``label`` and one probability column per label name (``prob_<labe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,7 @@ def texts_from_input(model_input: Any, skip_empty: bool = False, max_chars: int 
         hint = "" if skip_empty else f', or pass the param {{"{SKIP_EMPTY}": true}} to give empty texts an empty label'
         if found.too_long:
             hint += (
-                f"; split or shorten texts over {max_chars:,} characters (the limit is the model_config "
-                f'"{MAX_CHARS}")'
+                f'; split or shorten texts over {max_chars:,} characters (the limit is the model_config "{MAX_CHARS}")'
             )
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
             f"Expected every text to be a non-empty string; found {found.describe('row', skip_empty)} (rows count "
@@ -327,6 +327,32 @@ def signature(label_names: Sequence[str]) -> ModelSignature:
 INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared of what comes next"]})
 
 
+@contextlib.contextmanager
+def quietly_loading() -> Iterator[None]:
+    """Keep transformers' "Loading weights" bar and load report off the console while a model loads.
+
+    A served model's log and a user's ``mlflow.pyfunc.load_model`` (no emotion-exp CLI to quiet
+    the libraries first) otherwise got a bar per load; ``EMOTION_EXP_VERBOSE=1`` keeps them.
+    transformers' own settings are restored afterwards.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    from emotion_exp import console
+
+    if console.verbose():
+        yield
+        return
+    bar_enabled, verbosity = transformers_logging.is_progress_bar_enabled(), transformers_logging.get_verbosity()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bar_enabled:
+            transformers_logging.enable_progress_bar()
+
+
 class TextModel(mlflow.pyfunc.PythonModel):
     """What every text -> label model here shares: requests to a scoring server that loads it are checked whole."""
 
@@ -380,8 +406,10 @@ class TransformerClassifier(_EncoderModel):
         from emotion_exp import batching, models
 
         folder = context.artifacts[self.ARTIFACT]
-        self._tokenizer = AutoTokenizer.from_pretrained(folder)
-        self._model = AutoModelForSequenceClassification.from_pretrained(folder).eval().to(batching.best_device())
+        with quietly_loading():
+            self._tokenizer = AutoTokenizer.from_pretrained(folder)
+            loaded = AutoModelForSequenceClassification.from_pretrained(folder)
+        self._model = loaded.eval().to(batching.best_device())
         config = self._model.config
         self._label_names = [config.id2label[i] for i in range(config.num_labels)]
         self._precision = models.resolve_precision(self.precision)
@@ -452,9 +480,11 @@ class ProbeClassifier(_EncoderModel):
         from emotion_exp import features
 
         folder = context.artifacts[self.ARTIFACT]
+        with quietly_loading():
+            tokenizer, encoder = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
         self._encoder = features.encoder_from(
-            AutoTokenizer.from_pretrained(folder),
-            AutoModel.from_pretrained(folder),
+            tokenizer,
+            encoder,
             self.precision,
             getattr(self, "threads", "auto"),  # models logged before the option had none
         )
