@@ -356,6 +356,11 @@ def quietly_loading() -> Iterator[None]:
 class TextModel(mlflow.pyfunc.PythonModel):
     """What every text -> label model here shares: requests to a scoring server that loads it are checked whole."""
 
+    # The models check their input themselves (texts_from_input) behind the signature's Any input, on purpose.
+    # MLflow would wrap predict for type-hint validation it cannot do without hints, and say so as each class is
+    # defined: in every Spark worker and server process. Its own flag for classes that validate themselves.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         guard_scoring_server()
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
+import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 import mlflow
 import pandas as pd
 
-from emotion_exp import data, pyfunc, registry, texts
+from emotion_exp import console, data, pyfunc, registry, texts
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -65,11 +68,55 @@ def session(master: str = "local[*]") -> Iterator[SparkSession]:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise UserError(f"No Java runtime found (no `java` on PATH, no JAVA_HOME). {INSTALL_HINT}")
-    spark = SparkSession.builder.master(master).appName("emotion-exp predict").getOrCreate()
-    try:
-        yield spark
-    finally:
-        spark.stop()
+    builder = SparkSession.builder.master(master).appName("emotion-exp predict")
+    with contextlib.ExitStack() as quiet:
+        if not console.verbose():
+            builder = _quiet(builder, quiet.enter_context(tempfile.TemporaryDirectory(prefix="emotion-exp-spark-")))
+            quiet.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings(
+                "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+            )
+        spark = builder.getOrCreate()
+        try:
+            yield spark
+        finally:
+            spark.stop()
+
+
+# Spark's own log as a user of predict --engine spark needs it (--verbose keeps Spark's default): warnings and
+# errors, less Hadoop's notice that its native library is missing. The root level is the one Spark gives a shell,
+# so it does not print that it set it.
+_LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+appender.console.type = Console
+appender.console.name = stderr
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+"""
+
+
+def _not_env_manager_advice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Calling `spark_udf()` with `env_manager=")
+
+
+def _quiet(builder: SparkSession.Builder, folder: str) -> SparkSession.Builder:
+    """``builder`` with Spark's startup lines, INFO/WARN log and ``[Stage 7:> (0 + 2) / 2]`` bars turned off.
+
+    Without a log4j2 configuration Spark prints which default it uses and how to change its
+    level, and warns that Hadoop's native library is missing; its console progress bars show
+    tasks, not texts. MLflow's advice that ``env_manager="local"`` does not rebuild the model's
+    environment is dropped: the workers run this interpreter on purpose (see the module's docstring).
+    """
+    configuration = Path(folder) / "log4j2.properties"
+    configuration.write_text(_LOG4J2)
+    logging.getLogger("mlflow.pyfunc").addFilter(_not_env_manager_advice)
+    return builder.config(
+        "spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={configuration.as_uri()}"
+    ).config("spark.ui.showConsoleProgress", "false")
 
 
 def read_texts(spark: SparkSession, path: str | Path, text_column: str = "text", skip_empty: bool = False) -> DataFrame:

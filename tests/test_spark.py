@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -395,3 +396,23 @@ def test_overwrite_never_replaces_a_folder_spark_did_not_write(tmp_path) -> None
             )
         )
     assert (tmp_path / "photos").is_dir()
+
+
+@pytest.mark.slow
+def test_the_spark_engine_prints_only_its_own_lines(models, texts, tracking_uri, tmp_path) -> None:
+    # A fresh process, as a user runs it: no log4j profile lines, no [Stage 7:> (0 + 2) / 2] bars, no pandas
+    # FutureWarnings, no NativeCodeLoader WARN, no env_manager advice, no type-hint advice from the workers.
+    source = tmp_path / "texts.parquet"
+    texts.head(300).to_parquet(source)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("EMOTION_EXP_VERBOSE", None)
+    command = [sys.executable, "-m", "emotion_exp", "predict", "--engine", "spark", "--input", str(source)]
+    command += ["--output", str(tmp_path / "out"), "--model_uri", models["keyword"]]
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.splitlines()[0].startswith("predict: wrote 300 predictions to")
+    # The JVM's own notice about jdk.incubator.vector comes before Spark reads any setting.
+    other = [line for line in finished.stderr.splitlines() if "jdk.incubator" not in line]
+    assert other == [], other
