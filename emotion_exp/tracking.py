@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import json
 import os
 import re
 import socket
-from collections.abc import Callable, Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,7 +77,7 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
     nested = mlflow.active_run() is not None
     if not nested:
         # Two stages started at once with a new MLFLOW_EXPERIMENT_NAME both try to create it.
-        retry_on_conflict(current_experiment_id)
+        mark_experiment(retry_on_conflict(current_experiment_id))
     started = _next_run.get()
     if started is not None and started.run_id is not None:
         started = None  # an outer run took them (probe nesting extract)
@@ -194,6 +196,34 @@ def current_experiment_id() -> str:
     from mlflow.tracking.fluent import _get_experiment_id
 
     return _get_experiment_id()
+
+
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""The tag MLflow's UI reads to open an experiment on its training runs (not the GenAI overview of traces)."""
+UI_ADDRESS = "http://127.0.0.1:5000"
+"""Where ``mlflow ui`` serves by default; a tracking server serves the UI at its own address."""
+
+
+def mark_experiment(experiment_id: str) -> None:
+    """Tag the experiment as model development for MLflow's UI, unless it says what it is already."""
+    client = MlflowClient()
+    key, kind = EXPERIMENT_KIND
+    if key not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, key, kind)
+
+
+def comparison_url(experiment_id: str, run_ids: Sequence[str], tracking_uri: str | None = None) -> str:
+    """MLflow's run-comparison page of ``run_ids``: their parameters and metrics side by side.
+
+    The UI's own route (``#/compare-runs?runs=[...]&experiments=[...]``) at the tracking
+    server's address, or at ``mlflow ui``'s default for a local store.
+    """
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    runs, experiments = (
+        urllib.parse.quote(json.dumps(list(ids), separators=(",", ":"))) for ids in (run_ids, [experiment_id])
+    )
+    return f"{base}/#/compare-runs?runs={runs}&experiments={experiments}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,8 +67,9 @@ def summary(parent_run_id: str, seconds: float) -> str:
         decision = f"{verdict} ({tags.get('promote_candidate_stage')} was the best run): {tags.get('promote_reason')}"
         name = tags.get("registered_model")
     experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-    return console.summary(
-        [child for child in children if child["stage"] != "promote"],
+    compared = [child for child in children if child["stage"] != "promote"]
+    text = console.summary(
+        compared,
         run_id=parent_run_id,
         seconds=seconds,
         experiment=MlflowClient().get_experiment(experiment_id).name,
@@ -76,6 +77,9 @@ def summary(parent_run_id: str, seconds: float) -> str:
         champion_uri=f"models:/{name}@{CHAMPION_ALIAS}" if name else None,
         tracking_uri=mlflow.get_tracking_uri(),
     )
+    scored = [child["run_id"] for child in compared if "val_accuracy" in child]  # the model stages, not extract
+    url = tracking.comparison_url(experiment_id, scored)
+    return f"{text}\nCompare the stage runs side by side in the MLflow UI: {url}"
 
 
 def evaluate_champion(config: MainConfig, splits: DatasetSplits) -> None:
