@@ -212,14 +212,29 @@ def mark_experiment(experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, key, kind)
 
 
+def ui_address(tracking_uri: str | None = None) -> str:
+    """The MLflow UI's address: the tracking server's own, or ``mlflow ui``'s default for a local store."""
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+
+
+def experiment_url(experiment_id: str, tracking_uri: str | None = None) -> str:
+    """The experiment's training runs in MLflow's UI.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view (traces overview) unless the address
+    says ``workflowType=machine_learning``; with its workflow switch on, it reads that instead of
+    the experiment's ``mlflow.experimentKind`` tag.
+    """
+    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def comparison_url(experiment_id: str, run_ids: Sequence[str], tracking_uri: str | None = None) -> str:
     """MLflow's run-comparison page of ``run_ids``: their parameters and metrics side by side.
 
     The UI's own route (``#/compare-runs?runs=[...]&experiments=[...]``) at the tracking
     server's address, or at ``mlflow ui``'s default for a local store.
     """
-    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    base = ui_address(tracking_uri)
     runs, experiments = (
         urllib.parse.quote(json.dumps(list(ids), separators=(",", ":"))) for ids in (run_ids, [experiment_id])
     )

@@ -52,8 +52,10 @@ def test_the_study_summary_links_to_the_comparison_of_its_stage_runs(isolated_ml
 
     text = study.summary(parent.info.run_id, seconds=1.0)
 
-    link = text.splitlines()[-1]
-    assert link.startswith("Compare the stage runs side by side in the MLflow UI: http")
+    runs_line, link = text.splitlines()[-2:]
+    assert runs_line == f"In the MLflow UI: the runs {tracking.experiment_url(experiment_id)}"
+    assert runs_line.endswith(f"/#/experiments/{experiment_id}?workflowType=machine_learning")
+    assert link.startswith("  and the stage runs side by side http")
     runs = json.loads(urllib.parse.parse_qs(link.partition("/#/compare-runs?")[2])["runs"][0])
     assert runs == stages[1:3]  # the model stages, not extract's features nor the promote decision
     assert experiment_id in link

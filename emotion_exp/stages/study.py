@@ -78,8 +78,8 @@ def summary(parent_run_id: str, seconds: float) -> str:
         tracking_uri=mlflow.get_tracking_uri(),
     )
     scored = [child["run_id"] for child in compared if "val_accuracy" in child]  # the model stages, not extract
-    url = tracking.comparison_url(experiment_id, scored)
-    return f"{text}\nCompare the stage runs side by side in the MLflow UI: {url}"
+    runs, compared_url = tracking.experiment_url(experiment_id), tracking.comparison_url(experiment_id, scored)
+    return f"{text}\nIn the MLflow UI: the runs {runs}\n  and the stage runs side by side {compared_url}"
 
 
 def evaluate_champion(config: MainConfig, splits: DatasetSplits) -> None:
