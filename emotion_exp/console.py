@@ -54,6 +54,9 @@ QUIET_ENVIRONMENT = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # MLflow's "🏃 View run ... / 🧪 View experiment ..." pair at every run's end on a tracking server (a study
+    # printed one per stage, twice under `mlflow run`); the closing lines name the run, the summary links the UI.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 

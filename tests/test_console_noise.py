@@ -37,3 +37,35 @@ def test_loading_a_transformer_model_prints_no_weight_loading_bar(
     assert "Loading weights" not in printed.err + printed.out
     assert loud_transformers.is_progress_bar_enabled(), "transformers' own setting is restored after loading"
     assert len(model.predict(["i feel so happy today"])) == 1
+
+
+@pytest.mark.slow
+def test_a_stage_on_a_tracking_server_prints_its_closing_line_and_nothing_else(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from emotion_exp.serving import local_server
+
+    def server(port: int) -> list[str]:
+        store = f"sqlite:///{tmp_path / 'server.db'}"
+        return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", "127.0.0.1"] + [
+            "--port",
+            str(port),
+        ]
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "EMOTION_EXP_"))}
+    with local_server(server, "/health", tmp_path / "server.log", env=env, cwd=tmp_path) as url:
+        finished = subprocess.run(
+            [sys.executable, "-m", "emotion_exp", "dummy"],
+            env={**env, "MLFLOW_TRACKING_URI": url},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    lines = finished.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dummy: val accuracy "), lines  # no "🏃 View run" pair
