@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -43,6 +45,11 @@ _BLANK = r"(?U)^\s*$"
 # field as null all the same: filled in after reading); the local engine (Python's csv module)
 # reads it as an empty text, which --skip_empty may skip.
 _NO_NULL = "\x00emotion-exp: no text is read as null\x00"
+ROWS_PER_TASK = 1_000
+"""Rows a scoring task takes (so progress moves in steps of about that many texts)."""
+TASKS_PER_CORE = 16
+"""At most this many tasks per core: each task costs Spark a few milliseconds of scheduling."""
+POLL_S = 0.5
 # A surrogate code unit outside a pair (JSON's "\ud800"): Java matches a valid pair as one code point.
 _LONE_SURROGATE = r"\p{Cs}"
 
@@ -120,13 +127,21 @@ def _quiet(builder: SparkSession.Builder, folder: str) -> SparkSession.Builder:
 
 
 def read_texts(spark: SparkSession, path: str | Path, text_column: str = "text", skip_empty: bool = False) -> DataFrame:
-    """Read a file of texts with Spark and check it as ``data.read_texts`` does, with the same messages.
+    """Read a file of texts with Spark and check it as ``data.read_texts`` does, with the same messages."""
+    return read_counted_texts(spark, path, text_column, skip_empty)[0]
+
+
+def read_counted_texts(
+    spark: SparkSession, path: str | Path, text_column: str = "text", skip_empty: bool = False
+) -> tuple[DataFrame, int]:
+    """``read_texts``' frame and its number of rows (counted by the check, for the progress of scoring).
 
     Parquet (a file or a folder of part files), CSV, TSV, JSON Lines or plain text (one text a
     line, blank lines skipped, column ``text``). Texts follow ``emotion_exp.texts``: empty ones are
     refused unless ``skip_empty``; a refused file gets the local engine's message, naming its lines.
-    The frame is spread over at least ``defaultParallelism`` partitions in file order, so that
-    a file smaller than a Spark split still keeps every core busy.
+    The frame is spread in file order over ``defaultParallelism`` partitions or more, about
+    ``ROWS_PER_TASK`` rows each (up to ``TASKS_PER_CORE`` per core): a file smaller than a Spark
+    split still keeps every core busy, and scoring reports its progress task by task.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -149,8 +164,9 @@ def read_texts(spark: SparkSession, path: str | Path, text_column: str = "text",
     data._check_columns(pd.DataFrame(columns=frame.columns), str(path), {column: "--text_column"})
     if suffix in (".jsonl", ".json") and _json_values_not_strings(spark, path, column):
         data.read_texts(path, column, skip_empty=skip_empty)  # raises the local engine's error, naming the lines
-    _check_texts(frame, column, path, skip_empty)
-    return _spread(frame, spark.sparkContext.defaultParallelism)
+    rows = _check_texts(frame, column, path, skip_empty)
+    cores = spark.sparkContext.defaultParallelism
+    return _spread(frame, max(cores, min(math.ceil(rows / ROWS_PER_TASK), cores * TASKS_PER_CORE))), rows
 
 
 def _read(spark: SparkSession, path: Path, suffix: str) -> DataFrame:
@@ -257,8 +273,10 @@ def _refused_text(frame: DataFrame, column: str, skip_empty: bool) -> Column:
     return refused if skip_empty else refused | value.rlike(_BLANK)
 
 
-def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) -> None:
+def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) -> int:
     """One Spark pass counting the rows and the refused texts; only on failure, the local engine's message.
+
+    Returns the rows.
 
     A file is then read by ``data.read_texts``, so the error names the same lines as
     ``--engine local``; a folder of Parquet files names its rows, counted in file order.
@@ -269,7 +287,7 @@ def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) ->
     if rows == 0:
         raise data._empty(path)
     if not refused:
-        return
+        return rows
     if path.is_file():
         data.read_texts(path, column, skip_empty=skip_empty)  # raises the local engine's error
     bad = (
@@ -287,6 +305,41 @@ def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) ->
         skip_empty,
         max_chars=texts.DEFAULT_MAX_CHARS,
     )
+
+
+@contextlib.contextmanager
+def scoring_progress(spark: SparkSession, rows: int, partitions: int, description: str = "predict") -> Iterator[None]:
+    """Report rows scored of ``rows``, their rate and the time left while the block runs a Spark job.
+
+    Spark tells how many of a stage's tasks are done (``statusTracker``); the stage that scores
+    has one task per partition of the spread frame, ``partitions``, about ``rows / partitions``
+    rows each. The project's progress lines (or bar, on a terminal) take the place of Spark's
+    ``[Stage 7:> (0 + 2) / 2]``.
+    """
+    tracker = spark.sparkContext.statusTracker()
+    finished = threading.Event()
+    shown = [0]
+    with console.progress(rows, description) as bar:
+
+        def poll() -> None:
+            while not finished.wait(POLL_S):
+                stages = [tracker.getStageInfo(stage) for stage in tracker.getActiveStageIds()]
+                scoring = [stage for stage in stages if stage is not None and stage.numTasks == partitions]
+                if scoring:
+                    latest = max(scoring, key=lambda stage: stage.stageId)
+                    done = rows * latest.numCompletedTasks // partitions
+                    if done > shown[0]:
+                        bar.update(done - shown[0])
+                        shown[0] = done
+
+        watcher = threading.Thread(target=poll, name="emotion-exp-spark-progress", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            finished.set()
+            watcher.join()
+        bar.update(rows - shown[0])  # the job ended: every row was scored
 
 
 def _spread(frame: DataFrame, partitions: int) -> DataFrame:

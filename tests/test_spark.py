@@ -303,7 +303,7 @@ BAD_TEXT_FILES = {
         "bad.jsonl",
         '{"text": "fine"}\n{"text": null}\n\n{"text": "\\ud800"}\n{"text": ""}\n',
     ),
-    "csv-text-over-max-chars": ("bad.csv", f"text\nfine\n{'x' * 100_001}\n"),
+    "text-over-max-chars-csv": ("bad.csv", f"text\nfine\n{'x' * 100_001}\n"),
     # Spark read these as the texts "5", "true", "[1]"... beside a string; the local engine refuses them.
     "jsonl-number-boolean-list-object": (
         "bad.jsonl",
@@ -415,4 +415,24 @@ def test_the_spark_engine_prints_only_its_own_lines(models, texts, tracking_uri,
     assert finished.stdout.splitlines()[0].startswith("predict: wrote 300 predictions to")
     # The JVM's own notice about jdk.incubator.vector comes before Spark reads any setting.
     other = [line for line in finished.stderr.splitlines() if "jdk.incubator" not in line]
-    assert other == [], other
+    assert other and all(line.startswith("predict: ") for line in other), other  # the project's progress only
+    assert "(300/300 texts, " in other[-1]
+
+
+@pytest.mark.slow
+def test_scoring_reports_rows_of_the_total_task_by_task(spark, models, texts, tmp_path, capfd) -> None:
+    from emotion_exp import spark as engine
+
+    source = tmp_path / "texts.parquet"
+    texts.to_parquet(source)
+    frame, rows = engine.read_counted_texts(spark, source)
+    partitions = frame.rdd.getNumPartitions()
+    assert rows == 5000 and partitions == 5  # about ROWS_PER_TASK rows a task
+    capfd.readouterr()
+
+    with engine.scoring_progress(spark, rows, partitions):
+        engine.write_parquet(engine.score(frame, models["keyword"]), tmp_path / "out")
+
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[-1].startswith("predict: 100% (5,000/5,000 texts, "), lines
+    assert any("(1,000/5,000 texts" in line or "(2,000/5,000 texts" in line for line in lines), lines

@@ -127,13 +127,14 @@ def _run_on_spark(config: PredictConfig) -> str:
 
     target = spark.output_folder(config.input, config.output, config.overwrite)
     with spark.session(config.spark_master) as session:
-        texts = spark.read_texts(session, config.input, config.text_column, skip_empty=config.skip_empty)
+        texts, total = spark.read_counted_texts(session, config.input, config.text_column, skip_empty=config.skip_empty)
         model_uri, source = registry.resolve(config.model_uri)
         with tracking.stage_run("predict", config) as predict_run:
             mlflow.set_tags(source)
             start = time.perf_counter()
             scored = spark.score(texts, model_uri, _text_column(config), skip_empty=config.skip_empty)
-            rows = spark.write_parquet(scored, target)
+            with spark.scoring_progress(session, total, texts.rdd.getNumPartitions()):
+                rows = spark.write_parquet(scored, target)
             seconds = time.perf_counter() - start
             mlflow.log_metrics({"rows": rows, "texts_per_second": rows / max(seconds, 1e-9)})
             mlflow.set_tag("predictions_path", str(target.resolve()))
