@@ -262,3 +262,36 @@ def test_mlflow_run_finetune_leaves_a_finished_run_with_a_registered_model(
     version = run.data.tags["registered_version"]
     predictions = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(pd.DataFrame({"text": ["i am glad"]}))
     assert predictions["label"].iloc[0] in LABELS
+
+
+def test_without_registered_model_a_fine_tune_registers_only_a_new_best_version(
+    small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from emotion_exp import registry
+    from tests.helpers import tiny_finetune_config
+
+    # A store of its own: the registry (and its champion) is shared by every test of the session otherwise.
+    store, before = f"sqlite:///{tmp_path / 'own.db'}", mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "own")
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("own")
+    try:
+        config = tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path)  # registered_model: auto
+        first = stage.run(config)
+        name = mlflow.get_run(first).data.tags["registered_model"]
+        assert "has no champion yet" in capsys.readouterr().out
+        registry.set_champion(name, "1")
+        MlflowClient().log_metric(first, "val_f1_weighted", 1.0)  # a champion no tiny fine-tune can beat
+
+        second = stage.run(config)
+
+        printed = capsys.readouterr().out
+        assert f"finetune: not registered in {name!r}: val_f1_weighted " in printed
+        assert "does not beat its champion's 1.0000 (version 1)" in printed
+        assert f"Pass --registered_model {name} to register it anyway." in printed
+        assert "registered_version" not in mlflow.get_run(second).data.tags
+        assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
+    finally:
+        mlflow.set_tracking_uri(before)

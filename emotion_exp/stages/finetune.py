@@ -21,8 +21,20 @@ import mlflow
 import numpy as np
 from transformers import TrainerCallback
 
-from emotion_exp import analysis, data, distributed, finetune, model_card, models, plots, pyfunc, registry, tracking
-from emotion_exp.config import DataConfig, FinetuneConfig, subset
+from emotion_exp import (
+    analysis,
+    console,
+    data,
+    distributed,
+    finetune,
+    model_card,
+    models,
+    plots,
+    pyfunc,
+    registry,
+    tracking,
+)
+from emotion_exp.config import FOLLOW_THE_DATA, DataConfig, FinetuneConfig, PromoteConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages.skeleton import SPLIT_PREFIX, LoggedModel, Stage, log_figure, log_model_source, open_stage
 
@@ -90,7 +102,8 @@ def _lead(
         except KeyboardInterrupt:
             print(_resume_hint(stage.run_id, checkpoint_dir), file=sys.stderr, flush=True)
             raise
-        log_result(stage, dataclasses.replace(config, registered_model=registered), resolved, result)
+        asked = config.registered_model != FOLLOW_THE_DATA  # the default registers only a new best version
+        log_result(stage, dataclasses.replace(config, registered_model=registered), resolved, result, asked=asked)
         # A finished run cannot be resumed, and MLflow now holds its model: the folder is dead weight.
         shutil.rmtree(checkpoint_dir)
         return stage.run_id
@@ -146,11 +159,17 @@ def _follow(config: FinetuneConfig, callbacks: Sequence[Any]) -> str:
 
 
 def log_result(
-    stage: Stage, config: FinetuneConfig, resolved: models.ResolvedModel, result: finetune.FinetuneResult
+    stage: Stage,
+    config: FinetuneConfig,
+    resolved: models.ResolvedModel,
+    result: finetune.FinetuneResult,
+    *,
+    asked: bool = True,
 ) -> None:
     """Scores, plots, throughput, the pyfunc model with its card, and its registered version.
 
-    ``config.registered_model`` is the resolved name ('' = do not register), not ``auto``.
+    ``config.registered_model`` is the resolved name ('' = do not register), not ``auto``; unless
+    the user ``asked`` for it by name, the model is registered only where it beats the champion.
     """
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
@@ -189,7 +208,36 @@ def log_result(
         artifacts={pyfunc.TransformerClassifier.ARTIFACT: str(result.model_dir)},
         packages=("torch", "transformers"),
     )
-    stage.log_model(model, registered_model=config.registered_model, description=card)
+    registered_model = config.registered_model
+    if registered_model and not asked:
+        registered_model = registered_if_best(registered_model, stage)
+    stage.log_model(model, registered_model=registered_model, description=card)
+
+
+def registered_if_best(name: str, stage: Stage) -> str:
+    """``name`` where this run would be the best version of it (no champion, or a better one on the same data), else ''.
+
+    A fine-tune run without ``--registered_model`` used to register every model, however weak,
+    as a new version of the data's model; now it says which way it went and how to register anyway.
+    """
+    metric = PromoteConfig().metric
+    score = mlflow.get_run(stage.run_id).data.metrics[metric]
+    current = registry.champion(name, metric)
+    if current is None:
+        console.say(f"finetune: {name!r} has no champion yet ({metric} {score:.4f}): registering it.")
+        return name
+    best = current.value if current.value is not None else float("-inf")
+    if current.digest == stage.splits.digest and score > best:
+        console.say(
+            f"finetune: {metric} {score:.4f} beats the champion of {name!r} (version {current.version}): registering."
+        )
+        return name
+    if current.digest != stage.splits.digest:
+        why = f"its champion (version {current.version}) was trained on other data, so the two cannot be compared"
+    else:
+        why = f"{metric} {score:.4f} does not beat its champion's {best:.4f} (version {current.version})"
+    console.say(f"finetune: not registered in {name!r}: {why}. Pass --registered_model {name} to register it anyway.")
+    return ""
 
 
 def calibrate(logits: dict[str, np.ndarray], splits: DatasetSplits) -> float:
