@@ -111,6 +111,7 @@ def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
     log = tmp_path / "resumed.log"
     process = emotion_exp(*ddp, "--resume", run_id, log=log)
     assert finish(process, log) == 0, log.read_text()[-3000:]
+    assert "OMP_NUM_THREADS" not in log.read_text()  # torchrun's banner about setting it
     assert finish(reference, tmp_path / "reference.log") == 0, (tmp_path / "reference.log").read_text()[-3000:]
 
     runs = {

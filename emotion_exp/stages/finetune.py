@@ -127,7 +127,10 @@ def _launch(config: FinetuneConfig) -> str:
             sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={config.nproc_per_node}", "-m", "emotion_exp", "finetune", *options,
         ]  # fmt: skip
-        with subprocess.Popen(command, env={**os.environ, distributed.RUN_ID_FILE: str(run_id_file)}) as process:
+        env = {**os.environ, distributed.RUN_ID_FILE: str(run_id_file)}
+        # torchrun sets 1 where it is unset, with a banner the user cannot act on; the thread tuner picks from there.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        with subprocess.Popen(command, env=env) as process:
             previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
             try:
                 while True:
