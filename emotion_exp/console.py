@@ -205,13 +205,37 @@ def closing_line(stage: str, run_id: str, metrics: Mapping[str, float], tags: Ma
         verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
         what = f"{verdict}: {tags.get('promote_reason', '')}"
     else:
-        scores = [f"{label} {metrics[key]:.4f}" for key, label in CLOSING_SCORES if key in metrics]
+        scores = [f"{label} {shown_score(metrics, key)}" for key, label in CLOSING_SCORES if key in metrics]
         what = ", ".join(scores) or "finished"
         if tags.get("registered_version"):
             # evaluate's tags name the version it scored; it registers nothing
             done = "scored" if stage == "evaluate" else "registered as"
             what += f"; {done} version {tags['registered_version']} of {tags.get('registered_model', '?')!r}"
     return f"{stage}: {what} (run {run_id})"
+
+
+def shown_score(metrics: Mapping[str, Any], key: str) -> str:
+    """``0.933 [0.922, 0.944]``: a logged score with its logged 95% interval (``-`` when missing)."""
+    value, low, high = metrics.get(key), metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if _missing(value):
+        return "-"
+    if _missing(low) or _missing(high):
+        return f"{value:.4f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def shown_difference(row: Mapping[str, Any], prefix: str) -> str:
+    """``+0.012 [+0.004, +0.020] vs probe, p=0.003``: a stage's paired accuracy difference to its best other stage."""
+    delta = row.get(f"{prefix}_accuracy_delta")
+    if _missing(delta):
+        return "-"
+    low, high = row[f"{prefix}_accuracy_delta_ci_low"], row[f"{prefix}_accuracy_delta_ci_high"]
+    pvalue = row[f"{prefix}_mcnemar_pvalue"]
+    return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}] vs {row.get('versus', '?')}, p={pvalue:.2g}"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def summary(
@@ -226,14 +250,19 @@ def summary(
 ) -> str:
     """The study's closing summary: the comparison, the champion decision, the store and how to look at it.
 
-    ``rows`` hold ``stage``, ``seconds`` and the scores in ``CLOSING_SCORES`` (missing ones print as ``-``).
+    ``rows`` hold ``stage``, ``seconds``, the scores in ``CLOSING_SCORES`` with their intervals
+    (missing ones print as ``-``) and, where the study compared them, the paired validation
+    difference to the best other stage (``shown_difference``).
     """
+    paired = any(not _missing(row.get("val_accuracy_delta")) for row in rows)
     header = ["stage", *(label for _, label in CLOSING_SCORES), "seconds"]
+    header += ["val accuracy minus the best other stage's (paired 95% CI)"] if paired else []
     table = [header] + [
         [
             str(row["stage"]),
-            *(_score(row.get(key)) for key, _ in CLOSING_SCORES),
+            *(shown_score(row, key) for key, _ in CLOSING_SCORES),
             f"{row['seconds']:.0f}" if row.get("seconds") is not None else "-",
+            *([shown_difference(row, "val")] if paired else []),
         ]
         for row in rows
     ]
@@ -248,10 +277,6 @@ def summary(
     store, command = ui_command(tracking_uri)
     text += [f"Store: {store}", f"Open it: {command}"]
     return "\n".join(text)
-
-
-def _score(value: Any) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
 def ui_command(tracking_uri: str) -> tuple[str, str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+if TYPE_CHECKING:
+    from emotion_exp.significance import Interval
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,13 @@ class Evaluation:
     f1_macro: float
     report: dict[str, Any]
     confusion: np.ndarray
+    intervals: Mapping[str, Interval] = field(default_factory=dict)
+    """Each headline score's 95% bootstrap interval (``significance.score_intervals``), once computed."""
+
+    def shown(self, metric: str) -> str:
+        """``0.933 [0.922, 0.944]``: the score with its interval where it has one."""
+        interval = self.intervals.get(metric)
+        return str(interval) if interval is not None else f"{getattr(self, metric):.4f}"
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """The headline scores under the metric names every stage shares (``val_accuracy``, ...)."""

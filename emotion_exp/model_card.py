@@ -29,10 +29,13 @@ Input: a DataFrame with a `text` column, or a list of strings. Output: `label` a
 
 def _scores_and_use(evaluations: dict[str, Evaluation], registered_model: str) -> str:
     scores = "\n".join(
-        f"| {split} | {e.accuracy:.4f} | {e.f1_weighted:.4f} | {e.f1_macro:.4f} |" for split, e in evaluations.items()
+        f"| {split} | {e.shown('accuracy')} | {e.shown('f1_weighted')} | {e.shown('f1_macro')} |"
+        for split, e in evaluations.items()
     )
     return f"""
 ## Scores
+Each score with its 95% bootstrap interval over the split's texts.
+
 | split | accuracy | weighted F1 | macro F1 |
 |---|---|---|---|
 {scores}

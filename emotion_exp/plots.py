@@ -157,14 +157,24 @@ def umap_per_label(embedding: np.ndarray, labels: np.ndarray, label_names: Seque
 
 
 def comparison(table: pd.DataFrame, title: str = "Validation scores by stage") -> Figure:
-    """Grouped bars of validation accuracy and weighted F1 per stage (the study's closing comparison)."""
+    """Grouped bars of validation accuracy and weighted F1 per stage (the study's closing comparison).
+
+    Where the table has ``<metric>_ci_low``/``_ci_high`` columns, each bar carries its 95% interval
+    as an error bar, so a reader sees at once which gaps chance alone could make.
+    """
     metrics = [m for m in ("val_accuracy", "val_f1_weighted") if m in table.columns]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(table) + 2), 4))
     width = 0.8 / max(1, len(metrics))
     positions = np.arange(len(table))
     for offset, metric in enumerate(metrics):
-        bars = ax.bar(positions + offset * width - 0.4 + width / 2, table[metric].to_numpy(), width, label=metric)
-        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+        values = table[metric].to_numpy(dtype=float)
+        error = None
+        if {f"{metric}_ci_low", f"{metric}_ci_high"} <= set(table.columns):
+            low = table[f"{metric}_ci_low"].to_numpy(dtype=float)
+            high = table[f"{metric}_ci_high"].to_numpy(dtype=float)
+            error = np.nan_to_num(np.vstack([values - low, high - values]))
+        bars = ax.bar(positions + offset * width - 0.4 + width / 2, values, width, yerr=error, capsize=3, label=metric)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2 if error is None else 8)
     ax.set_xticks(positions, table["stage"].astype(str))
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")

@@ -21,15 +21,17 @@ import json
 import os
 import re
 import socket
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import __version__, console, threads
+from emotion_exp import __version__, console, significance, threads
 from emotion_exp.errors import EndedEarly
 
 T = TypeVar("T")
@@ -269,6 +271,20 @@ def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
         }
         for run in runs
     ]
+
+
+def run_predictions(run_id: str) -> pd.DataFrame | None:
+    """The per-text predictions a model-stage run logged (``significance.PREDICTIONS_ARTIFACT``), or None.
+
+    Runs from before the artifact existed, and runs of stages that predict nothing, have none.
+    """
+    artifact = Path(significance.PREDICTIONS_ARTIFACT)
+    listed = {item.path for item in MlflowClient().list_artifacts(run_id, str(artifact.parent))}
+    if str(artifact) not in listed:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=str(artifact), dst_path=folder)
+        return pd.read_parquet(local)
 
 
 def launcher_run_id() -> str | None:

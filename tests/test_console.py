@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,9 @@ def test_closing_lines_name_the_key_scores_and_the_run() -> None:
         line
         == "probe: val accuracy 0.6123, val F1 0.6000, test accuracy 0.5900; registered as version 2 of 'm' (run abc)"
     )
+    with_intervals = {**scores, "val_accuracy_ci_low": 0.5912, "val_accuracy_ci_high": 0.6341}
+    line = console.closing_line("probe", "abc", with_intervals, {})
+    assert line == "probe: val accuracy 0.612 [0.591, 0.634], val F1 0.6000, test accuracy 0.5900 (run abc)"
     evaluated = console.closing_line("evaluate", "xyz", scores, {"registered_model": "m", "registered_version": "2"})
     assert "registered" not in evaluated and evaluated.endswith("; scored version 2 of 'm' (run xyz)")
     reused = console.closing_line("extract", "def", {}, {"reused_features": "true", "features_run_id": "old"})
@@ -146,9 +150,15 @@ def test_the_study_prints_progress_lines_closing_lines_and_the_summary_and_no_no
     for stage in ("extract", "dummy", "probe", "tfidf", "finetune", "promote"):
         assert f"\n{stage}: " in output
     summary = output[output.index("Study finished in ") :].splitlines()
-    assert summary[2].split() == ["stage", "val", "accuracy", "val", "F1", "test", "accuracy", "seconds"]
+    print("\n".join(summary))
+    header = ["stage", "val", "accuracy", "val", "F1", "test", "accuracy", "seconds", "val", "accuracy", "minus"]
+    assert summary[2].split()[:11] == header
     stages = ["extract", "dummy", "probe", "tfidf", "finetune", "evaluate"]  # evaluate: the new champion on test
     assert [line.split()[0] for line in summary[3:9]] == stages
+    interval = r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]"
+    paired = r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] vs (dummy|probe|tfidf|finetune), p=\S+"
+    for line in summary[4:8]:  # the model stages: scores with intervals and their paired difference
+        assert re.fullmatch(rf"\w+\s+{interval}\s+{interval}\s+{interval}\s+\d+\s+{paired}", line), line
     assert summary[10].startswith("Champion: promoted (")
     assert summary[10].endswith("(models:/emotion-classifier@champion)")
     assert summary[11] == f"Store: {store}"

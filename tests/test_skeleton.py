@@ -57,4 +57,6 @@ def test_finish_without_test_scores_validation_only_and_registers_a_described_ve
     assert "reports/classification_report_test.json" not in artifacts(stage.run_id)
     version = MlflowClient().get_model_version(name, "1")
     assert version.tags == {"stage": "dummy", "dataset_digest": stage.splits.digest}
-    assert f"| validation | {joy_share:.4f} |" in version.description
+    low, high = metrics["val_accuracy_ci_low"], metrics["val_accuracy_ci_high"]
+    assert low < joy_share < high
+    assert f"| validation | {joy_share:.3f} [{low:.3f}, {high:.3f}] |" in version.description

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from scipy.stats import binomtest
 
 from emotion_exp.cli import cli
 from tests.helpers import mlflow_run
@@ -54,6 +55,7 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
     assert {"dummy", "probe", "tfidf", "finetune"} <= set(table["stage"])
     markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/comparison/comparison.md")
     assert "| finetune" in markdown and "val_f1_weighted" in markdown
+    check_paired_comparison(table, parent)
     for stage in ("dummy", "probe", "tfidf", "finetune"):
         assert 0 <= parent.data.metrics[f"{stage}_val_accuracy"] <= 1
         assert 0 <= parent.data.metrics[f"{stage}_val_f1_weighted"] <= 1
@@ -73,6 +75,37 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
     [promote_run] = [r for r in children if r.data.tags["stage"] == "promote"]
     assert promote_run.data.params["candidate_run_id"] == champion.run_id
     return parent
+
+
+def check_paired_comparison(table: pd.DataFrame, parent: mlflow.entities.Run) -> None:
+    """Every model stage against the best other one, recomputed by hand from the two runs' per-text predictions."""
+    by_stage = table.set_index("stage")
+    models = ["dummy", "probe", "tfidf", "finetune"]
+    for stage in models:
+        row = by_stage.loc[stage]
+        others = {other: by_stage.loc[other, "val_accuracy"] for other in models if other != stage}
+        assert row["versus"] == max(others, key=others.get)
+        assert row["val_accuracy_ci_low"] <= row["val_accuracy"] <= row["val_accuracy_ci_high"]
+        assert parent.data.tags[f"{stage}_versus"] == row["versus"]
+        mine, theirs = (
+            pd.read_parquet(
+                mlflow.artifacts.download_artifacts(
+                    run_id=by_stage.loc[name, "run_id"], artifact_path="predictions/per_text.parquet"
+                )
+            )
+            for name in (stage, row["versus"])
+        )
+        for split, prefix in (("validation", "val"), ("test", "test")):
+            a, b = (t[t["split"] == split].sort_values("row") for t in (mine, theirs))
+            a_right = (a["gold"] == a["predicted"]).to_numpy()
+            b_right = (b["gold"] == b["predicted"]).to_numpy()
+            only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
+            expected_p = 1.0 if only_a + only_b == 0 else binomtest(only_a, only_a + only_b).pvalue
+            assert row[f"{prefix}_accuracy_delta"] == pytest.approx(a_right.mean() - b_right.mean())
+            assert row[f"{prefix}_mcnemar_pvalue"] == pytest.approx(expected_p)
+            assert row[f"{prefix}_accuracy_delta_ci_low"] <= row[f"{prefix}_accuracy_delta"]
+            assert row[f"{prefix}_accuracy_delta"] <= row[f"{prefix}_accuracy_delta_ci_high"]
+            assert parent.data.metrics[f"{stage}_{prefix}_mcnemar_pvalue"] == pytest.approx(expected_p)
 
 
 def test_main_runs_every_stage_as_children_and_compares_them(small_dataset, tiny_model_dir, isolated_mlflow) -> None:

@@ -29,6 +29,7 @@ are added there once and every model stage gets them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -225,15 +226,19 @@ def log_predictions(
 ) -> Evaluation:
     """Log everything a split's predicted probabilities tell (the one place for it); return its scores.
 
-    Always: accuracy and F1, the row-normalised confusion matrix, the classification report,
-    and ``<prefix>_loss``, ``_ece``, ``_brier``. With ``error_analysis`` (by default for the
+    Always: accuracy and F1 with their 95% bootstrap intervals (``<prefix>_<metric>_ci_low`` and
+    ``_ci_high``; the method in the ``ci_*`` params), the row-normalised confusion matrix, the
+    classification report, and ``<prefix>_loss``, ``_ece``, ``_brier``. With ``error_analysis`` (by default for the
     validation split only, so that no one tunes on test errors; ``evaluate`` asks for its data):
     ``analysis/<split>_predictions.parquet`` (every text), ``analysis/hardest_<split>.md``,
     ``analysis/confusions.md`` and ``plots/reliability_<split>.png``. One split per run gets it.
     """
     prefix = SPLIT_PREFIX[split]
-    evaluation = metrics.evaluate(gold, probabilities.argmax(axis=1), label_names)
-    mlflow.log_metrics(evaluation.metrics(prefix))
+    predicted = probabilities.argmax(axis=1)
+    intervals = significance.score_intervals(gold, predicted, len(label_names))
+    evaluation = dataclasses.replace(metrics.evaluate(gold, predicted, label_names), intervals=intervals)
+    mlflow.log_metrics({**evaluation.metrics(prefix), **significance.interval_metrics(prefix, intervals)})
+    tracking.log_params(significance.method_params())
     log_figure(
         plots.confusion_matrix(evaluation.confusion, label_names, title=f"Normalized Confusion Matrix ({split})"),
         f"plots/confusion_matrix_{split}.png",
