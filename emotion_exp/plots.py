@@ -186,11 +186,19 @@ def comparison(table: pd.DataFrame, title: str = "Validation scores by stage") -
 
 
 def learning_curve(table: pd.DataFrame, floor: float | None = None, metric: str = "val_accuracy") -> Figure:
-    """``metric`` against the number of training texts (log scale), one line per stage, the dummy as a floor."""
+    """``metric`` against the number of training texts (log scale), one line per stage, the dummy as a floor.
+
+    Where the table has ``<metric>_ci_low``/``_ci_high``, each line carries its 95% interval as a band.
+    """
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    bands = {f"{metric}_ci_low", f"{metric}_ci_high"} <= set(table.columns)
     for stage, points in table.groupby("stage", sort=False):
         points = points.sort_values("train_size")
-        ax.plot(points["train_size"], points[metric], marker="o", label=str(stage))
+        [line] = ax.plot(points["train_size"], points[metric], marker="o", label=str(stage))
+        if bands:
+            low = points[f"{metric}_ci_low"].to_numpy(dtype=float)
+            high = points[f"{metric}_ci_high"].to_numpy(dtype=float)
+            ax.fill_between(points["train_size"], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if floor is not None:
         ax.axhline(floor, color="grey", linestyle="--", label="dummy (most frequent)")
     ax.set_xscale("log")

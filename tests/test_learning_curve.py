@@ -111,6 +111,13 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
         mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="learning_curve/points.csv")
     )
     assert len(table) == 6 and set(table["train_size"]) == {30, 120}
+    for row in table.itertuples():  # each point's band: the interval its run logged
+        logged = mlflow.get_run(row.run_id).data.metrics
+        assert (row.val_accuracy_ci_low, row.val_accuracy_ci_high) == (
+            logged["val_accuracy_ci_low"],
+            logged["val_accuracy_ci_high"],
+        )
+        assert row.val_accuracy_ci_low <= row.val_accuracy <= row.val_accuracy_ci_high
     history = MlflowClient().get_metric_history(parent_id, "tfidf_val_accuracy")
     assert sorted(m.step for m in history) == [30, 120]
 

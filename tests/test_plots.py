@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.container import BarContainer
 
 from emotion_exp import plots
 
@@ -49,4 +50,28 @@ def test_the_comparison_legend_covers_no_bar() -> None:
     bars = [patch.get_window_extent() for patch in ax.patches]
     assert len(bars) == 8
     assert not any(legend.overlaps(bar) for bar in bars)
+    plt.close(figure)
+
+
+def test_the_comparison_bars_and_the_learning_curve_carry_their_intervals() -> None:
+    table = pd.DataFrame(
+        {
+            "stage": ["dummy", "finetune"],
+            "val_accuracy": [0.35, 0.93],
+            "val_accuracy_ci_low": [0.33, 0.92],
+            "val_accuracy_ci_high": [0.37, 0.94],
+        }
+    )
+    figure = plots.comparison(table)
+    [ax] = figure.axes
+    [bars] = [c for c in ax.containers if isinstance(c, BarContainer)]
+    [errorbar] = bars.errorbar.lines[2]  # the vertical error segments
+    segments = [segment[:, 1].tolist() for segment in errorbar.get_segments()]
+    assert segments == [[0.33, 0.37], [0.92, 0.94]]
+    plt.close(figure)
+
+    curve = table.assign(train_size=[100, 100]).replace({"dummy": "tfidf"})
+    figure = plots.learning_curve(curve)
+    [ax] = figure.axes
+    assert len(ax.collections) == 2  # one band per stage
     plt.close(figure)

@@ -117,6 +117,20 @@ def test_a_tfidf_sweep_selects_on_validation_and_scores_only_the_best_trial_on_t
     predicted = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(splits.test[["text"]])["label"]
     expected = metrics.evaluate(splits.test["label"], predicted.map(splits.label_names.index), splits.label_names)
     assert parent.data.metrics["best_test_accuracy"] == pytest.approx(expected.accuracy)
+    assert parent.data.metrics["best_test_accuracy_ci_low"] <= expected.accuracy
+    assert expected.accuracy <= parent.data.metrics["best_test_accuracy_ci_high"]
+    # How many trials the best one cannot be told apart from: overlapping validation intervals, counted here.
+    low, high = best.data.metrics["val_f1_weighted_ci_low"], best.data.metrics["val_f1_weighted_ci_high"]
+    assert (parent.data.metrics["best_value_ci_low"], parent.data.metrics["best_value_ci_high"]) == (low, high)
+    overlapping = [
+        run
+        for run in trials
+        if run is not best
+        and run.data.metrics["val_f1_weighted_ci_high"] >= low
+        and run.data.metrics["val_f1_weighted_ci_low"] <= high
+    ]
+    assert parent.data.metrics["trials_within_noise"] == len(overlapping)
+    assert parent.data.tags["within_noise"].startswith(f"{len(overlapping)} of 3 complete trials are within noise")
     assert MlflowClient().get_model_version(name, "1").run_id == best.info.run_id
     assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
 
@@ -125,6 +139,7 @@ def test_a_tfidf_sweep_selects_on_validation_and_scores_only_the_best_trial_on_t
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="sweep/trials.csv"))
     assert list(table["number"]) == [0, 1, 2] and set(table["state"]) == {"COMPLETE"}
     assert set(table["user_attrs_mlflow_run_id"]) == {run.info.run_id for run in trials}
+    assert list(table["value_ci_low"]) == [run.data.metrics["val_f1_weighted_ci_low"] for run in trials]
 
 
 def test_a_resumed_sweep_continues_its_study_under_the_same_parent(small_dataset: Path, isolated_mlflow: str) -> None:

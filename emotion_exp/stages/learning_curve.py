@@ -2,7 +2,8 @@
 
 Every chosen stage is trained on nested stratified subsets of the training split (each holds
 the smaller ones and every label, drawn with the seed) and scored on the full validation and
-test splits; each point is a nested run with ``train_size``. Features are extracted once and
+test splits; each point is a nested run with ``train_size``, drawn with its validation
+accuracy's 95% interval as a band. Features are extracted once and
 every probe point fits on its rows of them.
 """
 
@@ -29,7 +30,15 @@ from emotion_exp.data import DatasetSplits
 from emotion_exp.stages import dummy, extract, finetune, probe, tfidf
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
-SCORES = ("val_accuracy", "val_f1_weighted", "val_f1_macro", "test_accuracy", "test_f1_weighted")
+SCORES = (
+    "val_accuracy",
+    "val_accuracy_ci_low",
+    "val_accuracy_ci_high",
+    "val_f1_weighted",
+    "val_f1_macro",
+    "test_accuracy",
+    "test_f1_weighted",
+)
 
 
 def run(config: LearningCurveConfig) -> str:

@@ -35,7 +35,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from emotion_exp import data, interrupts, metrics, plots, registry, tracking
+from emotion_exp import data, interrupts, metrics, plots, registry, significance, tracking
 from emotion_exp.config import (
     DataConfig,
     ExtractConfig,
@@ -480,6 +480,10 @@ def log_study(study: optuna.Study) -> pd.DataFrame:
     table = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if "duration" in table:
         table["duration"] = table["duration"].dt.total_seconds()
+    intervals = trial_intervals(study)
+    if intervals:
+        table["value_ci_low"] = table["number"].map({n: i.low for n, i in intervals.items()})
+        table["value_ci_high"] = table["number"].map({n: i.high for n, i in intervals.items()})
     mlflow.log_text(table.to_markdown(index=False, floatfmt=".4f"), "sweep/trials.md")
     mlflow.log_text(table.to_csv(index=False), "sweep/trials.csv")
     complete = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
@@ -489,6 +493,22 @@ def log_study(study: optuna.Study) -> pd.DataFrame:
         return table
     best = study.best_trial
     mlflow.log_metrics({"best_value": best.value, "best_trial_number": best.number})
+    if best.number in intervals:
+        within = within_noise_of_best(intervals, best.number)
+        best_interval = intervals[best.number]
+        mlflow.log_metrics(
+            {
+                "best_value_ci_low": best_interval.low,
+                "best_value_ci_high": best_interval.high,
+                "trials_within_noise": within,
+            }
+        )
+        noise = (
+            f"{within} of {len(intervals)} complete trials are within noise of the best: their {OBJECTIVE} 95% "
+            f"interval overlaps the best's {best_interval}"
+        )
+        _set_tags({"within_noise": noise})
+        print(f"sweep: {noise}")
     mlflow.log_dict(best.params, "sweep/best_params.json")
     _set_tags(
         {
@@ -508,6 +528,26 @@ def log_study(study: optuna.Study) -> pd.DataFrame:
         else:
             log_figure(_fitted(optuna_plots.plot_param_importances(study)), "plots/param_importances.png")
     return table
+
+
+def trial_intervals(study: optuna.Study) -> dict[int, significance.Interval]:
+    """Each complete trial's objective with the 95% interval its run logged, by trial number."""
+    intervals = {}
+    for trial in study.trials:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if trial.state != TrialState.COMPLETE or not run_id:
+            continue
+        logged = MlflowClient().get_run(run_id).data.metrics
+        low, high = logged.get(f"{OBJECTIVE}_ci_low"), logged.get(f"{OBJECTIVE}_ci_high")
+        if low is not None and high is not None:
+            intervals[trial.number] = significance.Interval(float(trial.value), low, high)
+    return intervals
+
+
+def within_noise_of_best(intervals: dict[int, significance.Interval], best: int) -> int:
+    """How many other trials' intervals overlap the best trial's: gaps that chance alone could make."""
+    top = intervals[best]
+    return sum(1 for number, i in intervals.items() if number != best and i.high >= top.low and i.low <= top.high)
 
 
 def _fitted(axes: Any) -> Any:
@@ -547,12 +587,14 @@ def score_best(best: optuna.trial.FrozenTrial, splits: DatasetSplits, registered
     test = splits.test
     predicted = registry.load_model(model_uri).model.predict(pd.DataFrame({"text": test["text"]}))["label"]
     index = {name: i for i, name in enumerate(splits.label_names)}
-    evaluation = metrics.evaluate(test["label"], predicted.map(index).to_numpy(), splits.label_names)
-    mlflow.log_metrics(evaluation.metrics("best_test"))
+    predicted_ids = predicted.map(index).to_numpy()
+    intervals = significance.score_intervals(test["label"], predicted_ids, len(splits.label_names))
+    evaluation = metrics.evaluate(test["label"], predicted_ids, splits.label_names)
+    mlflow.log_metrics({**evaluation.metrics("best_test"), **significance.interval_metrics("best_test", intervals)})
     mlflow.log_dict(evaluation.report, "reports/best_trial_classification_report_test.json")
     print(
         f"sweep: best trial {best.number} (run {run_id}): {OBJECTIVE} {best.value:.4f}, "
-        f"test accuracy {evaluation.accuracy:.4f}; params {json.dumps(best.params)}"
+        f"test accuracy {intervals['accuracy']}; params {json.dumps(best.params)}"
     )
     registered_model = registered_model and registry.registered_name(registered_model, splits.name, splits.label_names)
     if registered_model:
