@@ -138,6 +138,44 @@ class DataConfig:
             )
 
 
+def seed_list(seeds: str, seed: int) -> list[int]:
+    """The seeds ``--seeds`` asks for: a count N (``seed`` .. ``seed``+N-1) or a list; '' is ``[seed]``."""
+    text = seeds.strip()
+    if not text:
+        return [seed]
+    values = [part.strip() for part in text.split(",")]
+    try:
+        numbers = [int(value) for value in values]
+    except ValueError:
+        raise UserError(
+            f"--seeds takes a count such as 3 or a list of seeds such as 11,12,13; got {seeds!r}."
+        ) from None
+    if len(numbers) == 1:
+        if numbers[0] < 1:
+            raise UserError(f"--seeds as a count must be at least 1; got {seeds!r}.")
+        numbers = list(range(seed, seed + numbers[0]))
+    if len(set(numbers)) != len(numbers) or any(not 0 <= n <= 2**32 - 1 for n in numbers):
+        raise UserError(f"--seeds must be distinct seeds from 0 to 2**32-1; got {seeds!r}.")
+    return numbers
+
+
+@dataclass(frozen=True)
+class RepeatedConfig:
+    """A stage that can be trained with several seeds (``stages.seeds``); the field is declared once here."""
+
+    seeds: str = option(
+        "",
+        "Train once per seed, each a nested run: a count (3 = --seed, --seed+1, --seed+2) or a list (11,12,13). "
+        "The parent logs every score's mean, std, min and max and keeps the model of the seed with the best "
+        "validation score; '' = one run with --seed. The data split always uses --seed.",
+        check=lambda flag, value: seed_list(value, 0),
+    )
+
+    def seed_list(self) -> list[int]:
+        """The seeds to train with (``seed_list``)."""
+        return seed_list(self.seeds, getattr(self, "seed", 0))
+
+
 @dataclass(frozen=True)
 class DummyConfig(DataConfig):
     """The most-frequent-class floor that every model must beat."""
@@ -150,7 +188,7 @@ class DummyConfig(DataConfig):
 
 
 @dataclass(frozen=True)
-class TfidfConfig(DataConfig):
+class TfidfConfig(RepeatedConfig, DataConfig):
     """TF-IDF word and character n-grams with a calibrated linear SVM on raw text."""
 
     C: float = option(1.0, "Inverse regularisation strength of the linear SVM.", minimum=0, exclusive_minimum=True)
@@ -188,7 +226,7 @@ class ExtractConfig(EncoderConfig):
 
 
 @dataclass(frozen=True)
-class ProbeConfig(ExtractConfig):
+class ProbeConfig(RepeatedConfig, ExtractConfig):
     """Logistic regression on extracted features."""
 
     features_run_id: str = option(
@@ -222,7 +260,7 @@ class TrainingConfig(EncoderConfig):
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(TrainingConfig):
+class FinetuneConfig(RepeatedConfig, TrainingConfig):
     """Full fine-tuning with the transformers Trainer."""
 
     resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).", check=run_id)

@@ -207,6 +207,10 @@ def closing_line(stage: str, run_id: str, metrics: Mapping[str, float], tags: Ma
     else:
         scores = [f"{label} {shown_score(metrics, key)}" for key, label in CLOSING_SCORES if key in metrics]
         what = ", ".join(scores) or "finished"
+        if "val_accuracy_mean" in metrics:  # several seeds: the spread first, then the best seed's model
+            what = (
+                f"val accuracy {shown_spread(metrics, 'val_accuracy')}; best seed {tags.get('best_seed', '?')}: {what}"
+            )
         if tags.get("registered_version"):
             # evaluate's tags name the version it scored; it registers nothing
             done = "scored" if stage == "evaluate" else "registered as"
@@ -224,6 +228,15 @@ def shown_score(metrics: Mapping[str, Any], key: str) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def shown_spread(metrics: Mapping[str, Any], key: str) -> str:
+    """``0.930 ± 0.004 over 3 seeds (0.926-0.934)``: a score's mean and sample std over seeds ('' without seeds)."""
+    mean = metrics.get(f"{key}_mean")
+    if _missing(mean):
+        return ""
+    low, high, count = metrics[f"{key}_min"], metrics[f"{key}_max"], metrics.get("seeds_count", 0)
+    return f"{mean:.3f} ± {metrics[f'{key}_std']:.3f} over {count:.0f} seeds ({low:.3f}-{high:.3f})"
+
+
 def shown_difference(row: Mapping[str, Any], prefix: str) -> str:
     """``+0.012 [+0.004, +0.020] vs probe, p=0.003``: a stage's paired accuracy difference to its best other stage."""
     delta = row.get(f"{prefix}_accuracy_delta")
@@ -232,6 +245,11 @@ def shown_difference(row: Mapping[str, Any], prefix: str) -> str:
     low, high = row[f"{prefix}_accuracy_delta_ci_low"], row[f"{prefix}_accuracy_delta_ci_high"]
     pvalue = row[f"{prefix}_mcnemar_pvalue"]
     return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}] vs {row.get('versus', '?')}, p={pvalue:.2g}"
+
+
+def _one_fit(row: Mapping[str, Any]) -> str:
+    """What a stage that trained once shows in the seeds column (its ``seeds_note`` says why)."""
+    return "one fit (the seed changes nothing)" if row.get("tags", {}).get("seeds_note") else "-"
 
 
 def _missing(value: Any) -> bool:
@@ -255,13 +273,16 @@ def summary(
     difference to the best other stage (``shown_difference``).
     """
     paired = any(not _missing(row.get("val_accuracy_delta")) for row in rows)
+    seeded = any(not _missing(row.get("val_accuracy_mean")) for row in rows)
     header = ["stage", *(label for _, label in CLOSING_SCORES), "seconds"]
+    header += ["val accuracy over seeds"] if seeded else []
     header += ["val accuracy minus the best other stage's (paired 95% CI)"] if paired else []
     table = [header] + [
         [
             str(row["stage"]),
             *(shown_score(row, key) for key, _ in CLOSING_SCORES),
             f"{row['seconds']:.0f}" if row.get("seconds") is not None else "-",
+            *([shown_spread(row, "val_accuracy") or _one_fit(row)] if seeded else []),
             *([shown_difference(row, "val")] if paired else []),
         ]
         for row in rows

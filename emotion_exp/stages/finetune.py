@@ -36,6 +36,7 @@ from emotion_exp import (
 )
 from emotion_exp.config import FOLLOW_THE_DATA, DataConfig, FinetuneConfig, PromoteConfig, subset
 from emotion_exp.errors import UserError
+from emotion_exp.stages import seeds
 from emotion_exp.stages.skeleton import SPLIT_PREFIX, LoggedModel, Stage, log_figure, log_model_source, open_stage
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ def run(
     ``score_test=False`` neither predicts nor scores the test split (a sweep's trial). Under
     torchrun only rank 0 opens the run and logs; the other ranks train beside it (``_follow``).
     """
+    if seeds.repeated(config):
+        register = None if config.registered_model != FOLLOW_THE_DATA else registered_if_best
+        return seeds.run("finetune", config, run, splits=splits, register=register)
     if config.nproc_per_node > 1 and distributed.world_size() == 1:
         return _launch(config)
     distributed.init()

@@ -13,7 +13,7 @@ from emotion_exp import baselines, data, features, models, pyfunc, subsets
 from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
-from emotion_exp.stages import extract
+from emotion_exp.stages import extract, seeds
 from emotion_exp.stages.skeleton import LoggedModel, log_model_source, open_stage
 
 
@@ -31,6 +31,8 @@ def run(
     fits on those rows of the training split only, reusing the features of the whole split (a
     learning-curve point); ``score_test=False`` leaves the test split unscored (a sweep's trial).
     """
+    if seeds.repeated(config):
+        return seeds.run("probe", config, run, splits=splits)
     if train_rows is not None and splits is None:
         splits = data.load_splits(subset(config, DataConfig))
     trained_on = splits if train_rows is None else subsets.with_train_rows(splits, train_rows)

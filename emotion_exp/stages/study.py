@@ -126,8 +126,14 @@ def comparison_table(children: dict[str, str]) -> pd.DataFrame:
     """
     rows, predictions = [], {}
     for stage, run_id in children.items():
-        scores = MlflowClient().get_run(run_id).data.metrics
+        logged = MlflowClient().get_run(run_id).data
+        scores = logged.metrics
         row: dict[str, object] = {"stage": stage, "run_id": run_id}
+        if "val_accuracy_mean" in scores:  # trained with several seeds: the spread, beside the best seed's scores
+            row.update({f"val_accuracy_{s}": scores[f"val_accuracy_{s}"] for s in ("mean", "std", "min", "max")})
+            row["seeds_count"] = scores["seeds_count"]
+        elif "seeds_note" in logged.tags:
+            row["seeds_note"] = logged.tags["seeds_note"]
         for metric in COMPARED_METRICS:
             row[metric] = scores.get(metric)
             if metric.removeprefix("val_").removeprefix("test_") in significance.METRICS:
@@ -167,8 +173,13 @@ def _scores(comparison: pd.DataFrame, predictions: dict[str, pd.DataFrame]) -> l
 def readable_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
     """The comparison as people read it: ``0.933 [0.922, 0.944]`` cells and one paired column per split."""
     readable = pd.DataFrame({"stage": comparison["stage"]})
+    records = comparison.to_dict("records")
     for metric in ("val_accuracy", "val_f1_weighted", "test_accuracy", "test_f1_weighted"):
-        readable[metric] = [console.shown_score(row, metric) for row in comparison.to_dict("records")]
+        readable[metric] = [console.shown_score(row, metric) for row in records]
+    if "val_accuracy_mean" in comparison or "seeds_note" in comparison:
+        readable["val_accuracy over seeds (mean ± std)"] = [
+            console.shown_spread(row, "val_accuracy") or _seeds_note(row) for row in records
+        ]
     if "versus" in comparison:
         readable["versus"] = comparison["versus"].fillna("-")
         for prefix in ("val", "test"):
@@ -178,6 +189,11 @@ def readable_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
     return readable
 
 
+def _seeds_note(row: dict[str, Any]) -> str:
+    note = row.get("seeds_note")
+    return note if isinstance(note, str) else "-"
+
+
 def log_comparison(children: dict[str, str]) -> pd.DataFrame:
     """Log the study's closing comparison on the parent: markdown, CSV, metrics and a bar chart with intervals."""
     table = comparison_table(children)
@@ -185,7 +201,7 @@ def log_comparison(children: dict[str, str]) -> pd.DataFrame:
         COMPARISON_NOTE + readable_comparison(table).to_markdown(index=False) + "\n", "comparison/comparison.md"
     )
     mlflow.log_text(table.to_csv(index=False), "comparison/comparison.csv")
-    numeric = [column for column in table.columns if column not in ("stage", "run_id", "versus")]
+    numeric = [column for column in table.columns if column not in ("stage", "run_id", "versus", "seeds_note")]
     mlflow.log_metrics(
         {
             f"{row['stage']}_{column}": float(row[column])

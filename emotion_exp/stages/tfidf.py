@@ -7,14 +7,18 @@ import mlflow
 from emotion_exp import baselines, pyfunc
 from emotion_exp.config import TfidfConfig
 from emotion_exp.data import DatasetSplits
+from emotion_exp.stages import seeds
 from emotion_exp.stages.skeleton import LoggedModel, open_stage
 
 
 def run(config: TfidfConfig, *, splits: DatasetSplits | None = None, score_test: bool = True) -> str:
     """Fit on train, score validation and test, log the text -> label model; return the run id.
 
-    ``score_test=False`` leaves the test split unscored (a sweep's trial).
+    ``score_test=False`` leaves the test split unscored (a sweep's trial); ``--seeds`` trains once
+    (``seeds.SEEDLESS``).
     """
+    if seeds.repeated(config):
+        return seeds.run("tfidf", config, run, splits=splits)
     with open_stage("tfidf", config, splits=splits) as stage:
         splits = stage.splits
         pipeline = baselines.fit_tfidf(
