@@ -156,7 +156,7 @@ def umap_per_label(embedding: np.ndarray, labels: np.ndarray, label_names: Seque
     return fig
 
 
-def comparison(table: pd.DataFrame, title: str = "Validation scores by stage") -> Figure:
+def comparison(table: pd.DataFrame, title: str = "Validation scores by stage (error bars: 95% intervals)") -> Figure:
     """Grouped bars of validation accuracy and weighted F1 per stage (the study's closing comparison).
 
     Where the table has ``<metric>_ci_low``/``_ci_high`` columns, each bar carries its 95% interval
@@ -174,7 +174,8 @@ def comparison(table: pd.DataFrame, title: str = "Validation scores by stage") -
             high = table[f"{metric}_ci_high"].to_numpy(dtype=float)
             error = np.nan_to_num(np.vstack([values - low, high - values]))
         bars = ax.bar(positions + offset * width - 0.4 + width / 2, values, width, yerr=error, capsize=3, label=metric)
-        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2 if error is None else 8)
+        # With error bars the value goes inside its bar, where no interval can cover it.
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, label_type="edge" if error is None else "center")
     ax.set_xticks(positions, table["stage"].astype(str))
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")

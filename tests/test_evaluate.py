@@ -62,8 +62,9 @@ def test_a_registered_model_on_a_folder_split_logs_what_training_logged(
     version = MlflowClient().get_model_version(name, "1")
     key = f"evaluated_on_{labelled.digest[:12]}"
     assert run.data.tags["dataset_digest"] == labelled.digest
-    assert float(version.tags[f"{key}_accuracy"]) == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-4)
-    assert float(version.tags[f"{key}_f1_weighted"]) == pytest.approx(run.data.metrics["test_f1_weighted"], abs=1e-4)
+    for metric in ("accuracy", "f1_weighted"):  # the score with its interval, as the run logged them
+        logged = [run.data.metrics[f"test_{metric}{suffix}"] for suffix in ("", "_ci_low", "_ci_high")]
+        assert version.tags[f"{key}_{metric}"] == "{:.3f} [{:.3f}, {:.3f}]".format(*logged)
 
 
 def test_a_single_file_is_scored_whole_and_a_run_uri_resolves_to_its_version(

@@ -125,14 +125,14 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
             registry.set_version_tags(
                 *version,
                 {
-                    f"{key}_accuracy": f"{evaluation.accuracy:.4f}",
-                    f"{key}_f1_weighted": f"{evaluation.f1_weighted:.4f}",
+                    f"{key}_accuracy": evaluation.shown("accuracy"),
+                    f"{key}_f1_weighted": evaluation.shown("f1_weighted"),
                 },
             )
         resolved = f" (version {version[1]} of {version[0]})" if version else ""
         console.say(
             f"evaluate: {config.model_uri}{resolved} on {len(texts)} texts of {labelled.name} "
-            f"({'whole file' if labelled.whole_file else labelled.split}): accuracy {evaluation.accuracy:.4f}, "
-            f"weighted F1 {evaluation.f1_weighted:.4f}."
+            f"({'whole file' if labelled.whole_file else labelled.split}): accuracy {evaluation.shown('accuracy')}, "
+            f"weighted F1 {evaluation.shown('f1_weighted')} (95% intervals)."
         )
         return evaluate_run.info.run_id
