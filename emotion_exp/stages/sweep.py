@@ -504,8 +504,8 @@ def log_study(study: optuna.Study) -> pd.DataFrame:
             }
         )
         noise = (
-            f"{within} of {len(intervals)} complete trials are within noise of the best: their {OBJECTIVE} 95% "
-            f"interval overlaps the best's {best_interval}"
+            f"{within} of the other {len(intervals) - 1} complete trials are within noise of the best: their "
+            f"{OBJECTIVE} 95% interval overlaps the best's {best_interval}"
         )
         _set_tags({"within_noise": noise})
         print(f"sweep: {noise}")
