@@ -57,6 +57,15 @@ def config_options(config_class: type) -> Callable[[Callable[..., Any]], Callabl
             # A bool option works alone as a flag (--dry_run) and with a value (--dry_run false, from MLproject).
             # Its metavar says so in --help, where click's would read "BOOLEAN", a value it needs.
             flag = {"is_flag": False, "flag_value": True, "metavar": "[true|false]"} if hints[spec.name] is bool else {}
+            if spec.metadata.get("positional"):  # documented in the command's help: click arguments have none
+                command = click.argument(
+                    spec.name,
+                    metavar=spec.name.upper(),
+                    type=_CLICK_TYPES[hints[spec.name]],
+                    required=False,
+                    default=spec.default,
+                )(command)
+                continue
             command = click.option(
                 f"--{spec.name}",
                 spec.name,
@@ -208,6 +217,14 @@ _stage_command(
     "evaluate",
     "Score a logged or registered model (default: the champion) on labelled data: metrics, error analysis "
     "and calibration in a run tagged stage=evaluate, and the scores as tags on the model version.",
+)
+_stage_command(
+    "compare",
+    "compare",
+    "Compare two runs on the same data text by text: each one's scores with 95% intervals, the paired difference "
+    "in accuracy with its interval, and the exact McNemar p-value, on validation and test; logged in a run "
+    "tagged stage=compare. RUN_A and RUN_B: run ids, models:/<name>/<version>, models:/<name>@<alias> or "
+    "runs:/<run id>/model; with --parent, stage names of that study. Runs on different data are refused.",
 )
 _stage_command(
     "clean-stale",

@@ -40,12 +40,15 @@ def option(
     exclusive_minimum: bool = False,
     maximum: float | None = None,
     check: Callable[[str, Any], None] | None = None,
+    positional: bool = False,
 ) -> Any:
     """A dataclass field that also describes its command-line option.
 
-    ``check(flag, value)`` raises ``UserError`` for a value the other rules cannot describe.
+    ``check(flag, value)`` raises ``UserError`` for a value the other rules cannot describe;
+    ``positional`` makes it an argument (``compare RUN_A RUN_B``) instead of an option.
     """
     metadata = {
+        "positional": positional,
         "help": help,
         "choices": choices,
         "minimum": minimum,
@@ -444,6 +447,33 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """Two runs on the same data, text by text: the paired difference and McNemar's test."""
+
+    run_a: str = option(
+        "",
+        "The first run: a run id, a model URI (models:/<name>/<version>, models:/<name>@<alias>, "
+        "runs:/<run id>/model), or with --parent a stage name of that study.",
+        positional=True,
+    )
+    run_b: str = option("", "The second run, as RUN_A.", positional=True)
+    parent: str = option(
+        "",
+        "A study's (main) run id: RUN_A and RUN_B are then stage names of it (finetune, tfidf...); without them, "
+        "its two best model stages by validation accuracy.",
+        check=run_id,
+    )
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if not self.parent and not (self.run_a and self.run_b):
+            raise UserError(
+                "compare needs two runs (RUN_A RUN_B: run ids or models:/ URIs) or a study's run (--parent RUN_ID); "
+                f"got RUN_A={self.run_a!r}, RUN_B={self.run_b!r}."
+            )
+
+
+@dataclass(frozen=True)
 class CleanStaleConfig:
     """Mark RUNNING runs whose process is gone as FAILED."""
 
@@ -528,6 +558,7 @@ STAGE_CONFIGS: dict[str, type] = {
     **STUDY_STAGES,
     "predict": PredictConfig,
     "evaluate": EvaluateConfig,
+    "compare": CompareConfig,
     "clean-stale": CleanStaleConfig,
     "sweep": SweepConfig,
     "learning-curve": LearningCurveConfig,

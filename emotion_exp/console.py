@@ -201,6 +201,8 @@ def closing_line(stage: str, run_id: str, metrics: Mapping[str, float], tags: Ma
             what = f"{rows:,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
     elif stage == "predict":
         what = f"{metrics.get('rows', 0):,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
+    elif stage == "compare":
+        what = tags.get("compare_verdict", "finished")
     elif stage == "promote":
         verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
         what = f"{verdict}: {tags.get('promote_reason', '')}"

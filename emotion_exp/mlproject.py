@@ -42,7 +42,10 @@ def render() -> str:
     for stage, config_class in STAGE_CONFIGS.items():
         hints = typing.get_type_hints(config_class)
         fields = dataclasses.fields(config_class)
-        options = " ".join(f"--{spec.name} {{{spec.name}}}" for spec in fields)
+        options = " ".join(
+            f"{{{spec.name}}}" if spec.metadata.get("positional") else f"--{spec.name} {{{spec.name}}}"
+            for spec in fields
+        )
         lines += [f"  {stage}:", "    parameters:"]
         lines += [_parameter(spec.name, hints[spec.name], spec.default) for spec in fields]
         lines.append(f'    command: "python -m emotion_exp {stage} {options}"')

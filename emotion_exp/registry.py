@@ -338,6 +338,18 @@ def resolve(model_uri: str) -> tuple[str, dict[str, str]]:
     return uri, source
 
 
+def run_of_model(model_uri: str) -> str:
+    """The run that logged the model a ``models:/`` or ``runs:/`` URI names; a missing one is a ``UserError``."""
+    uri, source = resolve(model_uri)
+    run_id = source.get("model_run_id") or _existing(model_uri, uri, _run_of)
+    if not run_id:
+        raise UserError(
+            f"{model_uri} names no run that logged it, so its per-text predictions cannot be found; pass a run id, "
+            "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run id>/model."
+        )
+    return run_id
+
+
 def _existing(model_uri: str, uri: str, read: Callable[[str], T]) -> T:
     """``read(uri)``; a model the store does not hold is a ``UserError`` naming ``model_uri``."""
     try:

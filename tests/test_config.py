@@ -28,7 +28,8 @@ def test_mlproject_click_and_dataclass_agree(stage: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(cfg.STAGE_CONFIGS[stage])}
     entry = MLPROJECT["entry_points"][stage]
     assert list(entry["parameters"]) == list(fields), "MLproject declares other parameters than the dataclass"
-    assert entry["command"] == f"python -m emotion_exp {stage} " + " ".join(f"--{n} {{{n}}}" for n in fields)
+    arguments = [f"{{{n}}}" if f.metadata["positional"] else f"--{n} {{{n}}}" for n, f in fields.items()]
+    assert entry["command"] == f"python -m emotion_exp {stage} " + " ".join(arguments)
 
     options = {p.name: p for p in cli.commands[stage].params}
     assert set(options) == set(fields)
