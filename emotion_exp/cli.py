@@ -205,7 +205,9 @@ _stage_command(
 _stage_command(
     "promote",
     "promote",
-    "Move the champion alias to the best finished run of this dataset, if strictly better.",
+    "Move the champion alias to the best finished run of this dataset where it is better than the champion on the "
+    "same validation texts beyond chance (--rule significant: McNemar at --alpha, and by --min_delta), or by any "
+    "margin (--rule better).",
 )
 _stage_command(
     "predict",

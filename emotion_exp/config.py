@@ -280,12 +280,28 @@ class FinetuneConfig(RepeatedConfig, TrainingConfig):
 
 @dataclass(frozen=True)
 class PromoteConfig(DataConfig):
-    """Move the champion alias to the best finished run of this dataset."""
+    """Move the champion alias to the best finished run of this dataset, where it is shown to be better."""
 
     metric: str = option(
         "val_f1_weighted",
         "Metric that decides the champion (higher is better).",
         choices=("val_f1_weighted", "val_accuracy", "val_f1_macro"),
+    )
+    rule: str = option(
+        "significant",
+        "When the candidate replaces a champion on the same data: significant = better on the same validation texts "
+        "by an exact McNemar test at --alpha and by at least --min_delta of --metric; better = by any margin.",
+        choices=("significant", "better"),
+    )
+    alpha: float = option(
+        0.05,
+        "Significance level of the McNemar test under --rule significant.",
+        minimum=0,
+        exclusive_minimum=True,
+        maximum=1,
+    )
+    min_delta: float = option(
+        0.0, "Smallest gain in --metric that moves the alias under --rule significant.", minimum=0
     )
     registered_model: str = option(
         FOLLOW_THE_DATA,

@@ -20,7 +20,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import tracking
+from emotion_exp import console, tracking
 from emotion_exp.config import CHAMPION_ALIAS, FOLLOW_THE_DATA, REGISTERED_MODEL
 from emotion_exp.contract import MODEL_NAME, label_names_of
 from emotion_exp.errors import UserError
@@ -51,6 +51,8 @@ class Candidate:
     value: float
     val_accuracy: float
     start_time: int
+    shown: str = ""
+    """``value`` as people read it: with its 95% interval where the run logged one."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ def candidates(experiment_id: str, digest: str, metric: str) -> list[Candidate]:
             value=run.data.metrics[metric],
             val_accuracy=run.data.metrics.get("val_accuracy", float("-inf")),
             start_time=run.info.start_time or 0,
+            shown=console.shown_score(run.data.metrics, metric),
         )
         for run in runs
         if run.info.run_id in models and metric in run.data.metrics

@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from scipy.stats import binomtest
 
-from emotion_exp import data, registry
+from emotion_exp import data, metrics, registry, significance
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig, PromoteConfig
 from emotion_exp.errors import UserError
 from emotion_exp.registry import Candidate, Champion
 from emotion_exp.stages import promote
+from emotion_exp.stages.skeleton import log_table
 from tests.helpers import mlflow_run
 from tests.pyfunc_models import LABELS, log_keyword_model
 
@@ -29,7 +32,9 @@ def digest(small_dataset: Path) -> str:
 
 @pytest.fixture
 def config(small_dataset: Path) -> PromoteConfig:
-    return PromoteConfig(dataset=str(small_dataset))
+    # These runs log hand-set scores beside one keyword model, so they test the registry mechanics
+    # under the strict rule; the default rule, which tests the models' own predictions, is tested below.
+    return PromoteConfig(dataset=str(small_dataset), rule="better")
 
 
 def make_run(
@@ -237,7 +242,7 @@ def test_the_promotion_rule(champion, promoted, reason) -> None:
 def test_mlflow_run_promote_moves_the_champion(small_dataset, digest, tracking_uri, isolated_mlflow) -> None:
     best = make_run(digest, 0.70)
 
-    result = mlflow_run("promote", isolated_mlflow, tracking_uri, f"dataset={small_dataset}")
+    result = mlflow_run("promote", isolated_mlflow, tracking_uri, f"dataset={small_dataset}", "rule=better")
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert champion_run() == best
@@ -245,3 +250,90 @@ def test_mlflow_run_promote_moves_the_champion(small_dataset, digest, tracking_u
     assert decision.info.status == "FINISHED"
     assert decision.data.tags["mlflow.project.entryPoint"] == "promote"
     assert decision.data.tags["promote_decision"] == "promoted"
+
+
+# --- the default rule: better beyond chance on the same validation texts ---------------------------------
+
+
+def scored_run(splits: data.DatasetSplits, right: np.ndarray) -> str:
+    """A finetune-like run whose per-text predictions are right exactly on the texts ``right`` marks."""
+    gold = splits.validation["label"].to_numpy()
+    predicted = np.where(right, gold, (gold + 1) % len(splits.label_names))
+    probabilities = np.eye(len(splits.label_names))[predicted]
+    scores = metrics.evaluate(gold, predicted, splits.label_names)
+    with mlflow.start_run(run_name="finetune") as run:
+        mlflow.set_tags({"stage": "finetune", "dataset_digest": splits.digest})
+        mlflow.log_metrics(scores.metrics("val"))
+        table = significance.predictions_table("validation", gold, probabilities, splits.label_names)
+        log_table(table, significance.PREDICTIONS_ARTIFACT)
+        log_keyword_model(input_example=False)
+    return run.info.run_id
+
+
+def right_on(count: int, first: int = 0, total: int = 40) -> np.ndarray:
+    return np.isin(np.arange(total), np.arange(first, first + count))
+
+
+@pytest.fixture
+def splits(small_dataset: Path) -> data.DatasetSplits:
+    return data.load_splits(DataConfig(dataset=str(small_dataset)))
+
+
+def test_a_candidate_better_by_less_than_noise_is_refused_with_the_p_value(splits, small_dataset, isolated_mlflow):
+    champion = scored_run(splits, right_on(20))
+    promote.run(PromoteConfig(dataset=str(small_dataset)))
+    candidate = scored_run(splits, right_on(22))  # 2 more texts right, none fewer: p = 0.5
+
+    promote.run(PromoteConfig(dataset=str(small_dataset)))
+
+    assert champion_run() == champion
+    last = promote_runs(isolated_mlflow)[-1]
+    assert last.data.tags["promote_decision"] == "kept"
+    reason = last.data.tags["promote_reason"]
+    expected_p = binomtest(2, 2).pvalue
+    assert (
+        f"McNemar p={expected_p:.2g}" in reason
+        and "(2 texts only the candidate gets right, 0 only the champion)" in reason
+    )
+    assert "a gap chance alone makes, so the alias stays" in reason
+    candidate_f1, champion_f1 = (mlflow.get_run(r).data.metrics["val_f1_weighted"] for r in (candidate, champion))
+    assert f"difference {candidate_f1 - champion_f1:+.4f} [" in reason
+    assert f"val_f1_weighted {candidate_f1:.3f} [" in reason and f"against {champion_f1:.3f} [" in reason
+    version = MlflowClient().get_model_version(NAME, "2")
+    assert version.run_id == candidate and version.tags["promotion_rule"] == "significant"
+    assert float(version.tags["promotion_pvalue"]) == pytest.approx(expected_p)
+    assert "gap chance alone makes" in version.description
+
+    # The strict rule promotes the same candidate on its margin.
+    promote.run(PromoteConfig(dataset=str(small_dataset), rule="better"))
+    assert champion_run() == candidate
+
+
+def test_a_candidate_better_beyond_noise_is_promoted_and_min_delta_can_hold_it_back(
+    splits, small_dataset, isolated_mlflow
+):
+    champion = scored_run(splits, right_on(20))
+    promote.run(PromoteConfig(dataset=str(small_dataset)))
+    candidate = scored_run(splits, right_on(34))  # 14 more texts right: p = 2 * 0.5**14
+
+    promote.run(PromoteConfig(dataset=str(small_dataset), min_delta=0.9))
+    assert champion_run() == champion
+    assert "below --min_delta 0.9" in promote_runs(isolated_mlflow)[-1].data.tags["promote_reason"]
+
+    promote.run(PromoteConfig(dataset=str(small_dataset)))
+    assert champion_run() == candidate
+    last = promote_runs(isolated_mlflow)[-1]
+    assert last.data.tags["promote_decision"] == "promoted"
+    assert f"McNemar p={binomtest(14, 14).pvalue:.2g}" in last.data.tags["promote_reason"]
+    assert last.data.metrics["promotion_pvalue"] == pytest.approx(binomtest(14, 14).pvalue)
+
+
+def test_a_champion_without_per_text_predictions_is_scored_by_its_model(splits, small_dataset, isolated_mlflow):
+    # A champion from before per-text predictions: promote predicts validation with the model itself.
+    make_run(splits.digest, 0.01)
+    promote.run(PromoteConfig(dataset=str(small_dataset)))
+    scored_run(splits, right_on(40))
+    result = CliRunner().invoke(cli, ["promote", "--dataset", str(small_dataset)])
+    assert result.exit_code == 0, result.output
+    assert "has no per-text predictions; predicting validation with models:/emotion-classifier/1" in result.output
+    assert "McNemar p=" in result.output
