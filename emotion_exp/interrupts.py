@@ -5,15 +5,22 @@ SQLAlchemy (MLflow's and Optuna's SQL stores), the interrupted session keeps its
 connection, and its lock, alive in the traceback; the run then cannot be ended ("database is
 locked" after MLflow's 20 s busy timeout) and is left RUNNING. So a signal that lands inside a
 store call is raised as soon as that call returns, checked every ``RETRY_S`` seconds.
+
+When it lands inside a weakref callback or a ``__del__`` (run wherever the garbage collector
+frees an object), Python drops the exception with an "Exception ignored" message and the stage
+goes on as if never stopped. Python hands such dropped exceptions to ``sys.unraisablehook``:
+there the interrupt is caught and raised again ``RETRY_S`` later, outside the callback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 from emotion_exp.errors import Terminated
 
@@ -32,15 +39,8 @@ def inside_store_call(frame: FrameType | None) -> bool:
     return False
 
 
-def raise_when_safe(error: BaseException, frame: FrameType | None) -> None:
-    """From a signal handler: raise ``error`` now, or once the store call ``frame`` is inside returns.
-
-    The retry rides on SIGALRM (a one-shot timer), the only way back into the main thread
-    without polling from the code that was interrupted; the previous SIGALRM handler comes back
-    before ``error`` is raised.
-    """
-    if not inside_store_call(frame):
-        raise error
+def _raise_later(error: BaseException) -> None:
+    """Raise ``error`` from a one-shot SIGALRM ``RETRY_S`` from now (``raise_when_safe`` then decides where)."""
     previous_alarm = signal.getsignal(signal.SIGALRM)
 
     def retry(signum: int, alarm_frame: FrameType | None) -> None:
@@ -49,6 +49,35 @@ def raise_when_safe(error: BaseException, frame: FrameType | None) -> None:
 
     signal.signal(signal.SIGALRM, retry)
     signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+
+
+def _rescuing_dropped(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """A ``sys.unraisablehook`` that raises again a signal's interrupt that a callback dropped."""
+
+    def hook(unraisable: Any) -> object:
+        if getattr(unraisable.exc_value, _FROM_SIGNAL, False):
+            _raise_later(unraisable.exc_value)
+            return None
+        return previous(unraisable)
+
+    return hook
+
+
+_FROM_SIGNAL = "_emotion_exp_from_signal"
+"""Marks the interrupts this module raises, so that only those are rescued from callbacks."""
+
+
+def raise_when_safe(error: BaseException, frame: FrameType | None) -> None:
+    """From a signal handler: raise ``error`` now, or once the store call ``frame`` is inside returns.
+
+    The retry rides on SIGALRM (a one-shot timer), the only way back into the main thread
+    without polling from the code that was interrupted; the previous SIGALRM handler comes back
+    before ``error`` is raised.
+    """
+    setattr(error, _FROM_SIGNAL, True)
+    if not inside_store_call(frame):
+        raise error
+    _raise_later(error)
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -75,9 +104,12 @@ def handling(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]
         yield
         return
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _rescuing_dropped(previous_hook)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for signum, earlier in previous.items():
             signal.signal(signum, earlier)
 

@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import weakref
 from pathlib import Path
 
 import mlflow
@@ -66,6 +67,39 @@ def test_a_signal_inside_a_store_write_is_raised_once_the_write_returned(
     database.close()
     mlflow.end_run("KILLED")
     assert mlflow.get_run(run.info.run_id).data.tags["written"] == "yes"
+
+
+@pytest.mark.parametrize("where", ["weakref callback", "__del__"])
+def test_a_signal_inside_a_callback_that_drops_exceptions_is_raised_after_it(where: str) -> None:
+    # CI: a Ctrl-C landed in a WeakKeyDictionary's callback; Python printed "Exception ignored" and the stage
+    # finished as if never stopped, its run FAILED without a reason.
+    finished: list[bool] = []
+
+    class Dying:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode: still in __del__
+            finished.append(True)
+
+    def signal_in_callback(reference: weakref.ref) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        finished.append(True)
+
+    started = time.monotonic()
+    with interrupts.stop_on_signals(), pytest.raises(KeyboardInterrupt):
+        if where == "__del__":
+            dying = Dying()
+            del dying
+        else:
+            target = Dying.__new__(Dying)  # no __del__ of its own to run: only the weakref callback
+            Dying.__del__ = lambda self: None
+            reference = weakref.ref(target, signal_in_callback)
+            del target
+            assert reference() is None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert finished == []  # raised in the callback, dropped there, and raised again after it
+    assert time.monotonic() - started < 4
 
 
 def test_a_signal_outside_store_calls_is_raised_at_once() -> None:
