@@ -43,7 +43,15 @@ def test_the_study_links_open_the_training_runs_and_their_comparison(tmp_path: P
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_EXPERIMENT_NAME": "landing"}
     for stage in ("dummy", "tfidf"):
-        subprocess.run([sys.executable, "-m", "emotion_exp", stage], env=env, cwd=tmp_path, check=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "emotion_exp", "--debug", stage],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"{stage} failed:\n{done.stdout[-2000:]}\n{done.stderr[-6000:]}"
     mlflow.set_tracking_uri(store)
     experiment_id = mlflow.get_experiment_by_name("landing").experiment_id
     run_ids = [run.info.run_id for run in mlflow.search_runs([experiment_id], output_format="list")]
