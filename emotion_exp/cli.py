@@ -8,7 +8,6 @@ is imported only when its command runs, so ``--help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import sys
 import traceback
@@ -19,8 +18,8 @@ from typing import Any
 
 import click
 
+from emotion_exp import catalog, console, interrupts, threads
 from emotion_exp import config as cfg
-from emotion_exp import console, interrupts, threads
 from emotion_exp.errors import UserError
 
 
@@ -159,92 +158,19 @@ def cli(verbose: bool, debug: bool) -> None:
     threads.prefer_passive_openmp()  # before any stage imports torch
 
 
-def _stage_command(name: str, module: str, help_text: str) -> None:
-    config_class = cfg.STAGE_CONFIGS[name]
+def _stage_command(spec: catalog.StageSpec) -> None:
+    config_class = cfg.STAGE_CONFIGS[spec.name]
 
     @config_options(config_class)
     def command(**params: Any) -> None:
-        config = config_class(**params)
-        importlib.import_module(f"emotion_exp.stages.{module}").run(config)
+        spec.run(config_class(**params))
 
-    command.__doc__ = help_text
-    cli.command(name)(command)
+    command.__doc__ = spec.help
+    cli.command(spec.name)(command)
 
 
-_stage_command(
-    "main",
-    "study",
-    "Run the whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs of "
-    "one parent run, then log the comparison table and chart on the parent.",
-)
-_stage_command(
-    "extract",
-    "extract",
-    "Extract the encoder's pooled last hidden states for every split; log them with UMAP plots.",
-)
-_stage_command(
-    "dummy",
-    "dummy",
-    "Fit the DummyClassifier baseline (most frequent class by default) and log its scores.",
-)
-_stage_command(
-    "probe",
-    "probe",
-    "Fit a logistic-regression probe on extracted features (reusing a matching extract run).",
-)
-_stage_command(
-    "tfidf",
-    "tfidf",
-    "Fit the TF-IDF word and character n-gram baseline with a calibrated linear SVM on raw text.",
-)
-_stage_command(
-    "finetune",
-    "finetune",
-    "Fine-tune the encoder end to end with the transformers Trainer; log and register the model.",
-)
-_stage_command(
-    "promote",
-    "promote",
-    "Move the champion alias to the best finished run of this dataset where it is better than the champion on the "
-    "same validation texts beyond chance (--rule significant: McNemar at --alpha, and by --min_delta), or by any "
-    "margin (--rule better).",
-)
-_stage_command(
-    "predict",
-    "predict",
-    "Label the texts of a file with a registered model (default: the champion).",
-)
-_stage_command(
-    "evaluate",
-    "evaluate",
-    "Score a logged or registered model (default: the champion) on labelled data: metrics, error analysis "
-    "and calibration in a run tagged stage=evaluate, and the scores as tags on the model version.",
-)
-_stage_command(
-    "compare",
-    "compare",
-    "Compare two runs on the same data text by text: each one's scores with 95% intervals, the paired difference "
-    "in accuracy with its interval, and the exact McNemar p-value, on validation and test; logged in a run "
-    "tagged stage=compare. RUN_A and RUN_B: run ids, models:/<name>/<version>, models:/<name>@<alias> or "
-    "runs:/<run id>/model; with --parent, stage names of that study. Runs on different data are refused.",
-)
-_stage_command(
-    "clean-stale",
-    "clean_stale",
-    "Mark RUNNING runs whose process is gone (killed, crashed) as FAILED.",
-)
-_stage_command(
-    "sweep",
-    "sweep",
-    "Search one stage's parameters with Optuna (TPE seeded by --seed), each trial a nested run selected on "
-    "validation; score the best trial on test once, register its model. --study_name resumes a study.",
-)
-_stage_command(
-    "learning-curve",
-    "learning_curve",
-    "Train each chosen stage on nested stratified subsets of the training split, one nested run per point, "
-    "scored on the full validation and test splits; log the curve on the parent run.",
-)
+for _spec in catalog.STAGES.values():
+    _stage_command(_spec)
 
 
 def main() -> None:

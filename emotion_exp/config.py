@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from emotion_exp import names, threads
+from emotion_exp import catalog, names, threads
 from emotion_exp.errors import UserError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -339,7 +339,7 @@ class PredictConfig:
         _check(self)
 
 
-SWEPT_STAGES = ("tfidf", "probe", "finetune")
+SWEPT_STAGES = catalog.sweepable()
 
 
 @dataclass(frozen=True)
@@ -374,7 +374,7 @@ class SweepConfig(EncoderConfig):
     )
 
 
-LEARNING_CURVE_STAGES = ("tfidf", "probe", "finetune")
+LEARNING_CURVE_STAGES = catalog.on_the_learning_curve()
 
 
 def _listed_values(text: str, what: str, example: str) -> list[str]:
@@ -496,22 +496,11 @@ class CleanStaleConfig:
     dry_run: bool = option(False, "Only list the stale runs.")
 
 
-# The study (``main``) runs these stages, in this order, as children of one run.
-STUDY_STAGES: dict[str, type] = {
-    "extract": ExtractConfig,
-    "dummy": DummyConfig,
-    "probe": ProbeConfig,
-    "tfidf": TfidfConfig,
-    "finetune": FinetuneConfig,
-    "promote": PromoteConfig,
-}
-# What the study decides for its children: the probe reads the study's extract run, and only
-# promote registers (whichever run is best), so the model stages register nothing; finetune
-# trains in the study's own process (torchrun runs `finetune` on its own).
+# The study (``main``) runs these stages, in this order, as children of one run, and decides some of
+# their parameters itself (``catalog.StageSpec.set_by_the_study``).
+STUDY_STAGES: dict[str, type] = {name: globals()[spec.config] for name, spec in catalog.STAGES.items() if spec.in_study}
 SET_BY_THE_STUDY: dict[str, dict[str, Any]] = {
-    "probe": {"features_run_id": "", "registered_model": ""},
-    "tfidf": {"registered_model": ""},
-    "finetune": {"registered_model": "", "nproc_per_node": 1},
+    name: dict(spec.set_by_the_study) for name, spec in catalog.STAGES.items() if spec.set_by_the_study
 }
 
 
@@ -569,16 +558,8 @@ def _limits(spec: dataclasses.Field) -> dict[str, Any]:
 
 MainConfig, STUDY_SOURCES = _compose_study()
 
-STAGE_CONFIGS: dict[str, type] = {
-    "main": MainConfig,
-    **STUDY_STAGES,
-    "predict": PredictConfig,
-    "evaluate": EvaluateConfig,
-    "compare": CompareConfig,
-    "clean-stale": CleanStaleConfig,
-    "sweep": SweepConfig,
-    "learning-curve": LearningCurveConfig,
-}
+STAGE_CONFIGS: dict[str, type] = {name: globals()[spec.config] for name, spec in catalog.STAGES.items()}
+"""Each stage's config class, in registry order (``catalog.STAGES``)."""
 
 
 def subset(config: Any, target: type) -> Any:

@@ -191,33 +191,40 @@ def evaluation_line(epoch: float, epochs: float, metrics: Mapping[str, float]) -
 CLOSING_SCORES = (("val_accuracy", "val accuracy"), ("val_f1_weighted", "val F1"), ("test_accuracy", "test accuracy"))
 
 
-def closing_line(stage: str, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
-    """The one line a finished stage ends with: its key scores and its run id."""
-    if stage == "extract":
-        if tags.get("reused_features") == "true":
-            what = f"reused the features of run {tags.get('features_run_id', '?')}"
-        else:
-            rows = sum(metrics.get(f"{split}_rows", 0) for split in ("train", "val", "test"))
-            what = f"{rows:,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
-    elif stage == "predict":
-        what = f"{metrics.get('rows', 0):,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
-    elif stage == "compare":
-        what = tags.get("compare_verdict", "finished")
-    elif stage == "promote":
-        verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
-        what = f"{verdict}: {tags.get('promote_reason', '')}"
-    else:
-        scores = [f"{label} {shown_score(metrics, key)}" for key, label in CLOSING_SCORES if key in metrics]
-        what = ", ".join(scores) or "finished"
-        if "val_accuracy_mean" in metrics:  # several seeds: the spread first, then the best seed's model
-            what = (
-                f"val accuracy {shown_spread(metrics, 'val_accuracy')}; best seed {tags.get('best_seed', '?')}: {what}"
-            )
-        if tags.get("registered_version"):
-            # evaluate's tags name the version it scored; it registers nothing
-            done = "scored" if stage == "evaluate" else "registered as"
-            what += f"; {done} version {tags['registered_version']} of {tags.get('registered_model', '?')!r}"
-    return f"{stage}: {what} (run {run_id})"
+def scores_closing(metrics: Mapping[str, float], tags: Mapping[str, str], *, registered: str = "registered as") -> str:
+    """A model stage's closing words: its key scores with intervals (and spread over seeds) and its version."""
+    scores = [f"{label} {shown_score(metrics, key)}" for key, label in CLOSING_SCORES if key in metrics]
+    what = ", ".join(scores) or "finished"
+    if "val_accuracy_mean" in metrics:  # several seeds: the spread first, then the best seed's model
+        what = f"val accuracy {shown_spread(metrics, 'val_accuracy')}; best seed {tags.get('best_seed', '?')}: {what}"
+    if tags.get("registered_version"):
+        what += f"; {registered} version {tags['registered_version']} of {tags.get('registered_model', '?')!r}"
+    return what
+
+
+def evaluated_closing(metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    """evaluate's: its tags name the version it scored; it registers nothing."""
+    return scores_closing(metrics, tags, registered="scored")
+
+
+def extract_closing(metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    if tags.get("reused_features") == "true":
+        return f"reused the features of run {tags.get('features_run_id', '?')}"
+    rows = sum(metrics.get(f"{split}_rows", 0) for split in ("train", "val", "test"))
+    return f"{rows:,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
+
+
+def predict_closing(metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    return f"{metrics.get('rows', 0):,.0f} texts at {metrics.get('texts_per_second', 0):,.0f} texts/s"
+
+
+def compare_closing(metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    return tags.get("compare_verdict", "finished")
+
+
+def promote_closing(metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
+    return f"{verdict}: {tags.get('promote_reason', '')}"
 
 
 def shown_score(metrics: Mapping[str, Any], key: str) -> str:

@@ -31,7 +31,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import __version__, console, significance, threads
+from emotion_exp import __version__, catalog, console, significance, threads
 from emotion_exp.errors import EndedEarly
 
 T = TypeVar("T")
@@ -111,9 +111,10 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
         if run_id and "error" in MlflowClient().get_run(run_id).data.tags:
             MlflowClient().delete_tag(run_id, "error")  # a resumed run that finished no longer failed
         mlflow.end_run("FINISHED")
-        if stage != "main":  # the study ends with its summary instead
-            finished = MlflowClient().get_run(run.info.run_id)
-            console.say(console.closing_line(stage, run.info.run_id, finished.data.metrics, finished.data.tags))
+        finished = MlflowClient().get_run(run.info.run_id)
+        line = catalog.closing_line(stage, run.info.run_id, finished.data.metrics, finished.data.tags)
+        if line is not None:  # the study ends with its summary instead
+            console.say(line)
 
 
 def _end(run: mlflow.ActiveRun, status: str, reason: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from emotion_exp import console
+from emotion_exp import catalog, console
 from emotion_exp.cli import cli
 from tests.conftest import REPO_ROOT
 
@@ -61,25 +61,25 @@ def test_a_terminal_gets_a_bar() -> None:
 
 def test_closing_lines_name_the_key_scores_and_the_run() -> None:
     scores = {"val_accuracy": 0.61234, "val_f1_weighted": 0.6, "test_accuracy": 0.59, "train_rows": 3}
-    line = console.closing_line("probe", "abc", scores, {"registered_model": "m", "registered_version": "2"})
+    line = catalog.closing_line("probe", "abc", scores, {"registered_model": "m", "registered_version": "2"})
     assert (
         line
         == "probe: val accuracy 0.6123, val F1 0.6000, test accuracy 0.5900; registered as version 2 of 'm' (run abc)"
     )
     with_intervals = {**scores, "val_accuracy_ci_low": 0.5912, "val_accuracy_ci_high": 0.6341}
-    line = console.closing_line("probe", "abc", with_intervals, {})
+    line = catalog.closing_line("probe", "abc", with_intervals, {})
     assert line == "probe: val accuracy 0.612 [0.591, 0.634], val F1 0.6000, test accuracy 0.5900 (run abc)"
     seeded = {**scores, "val_accuracy_mean": 0.6, "val_accuracy_std": 0.0123, "seeds_count": 3}
     seeded |= {"val_accuracy_min": 0.59, "val_accuracy_max": 0.61234}
-    line = console.closing_line("finetune", "abc", seeded, {"best_seed": "43"})
+    line = catalog.closing_line("finetune", "abc", seeded, {"best_seed": "43"})
     assert line.startswith(
         "finetune: val accuracy 0.600 ± 0.012 over 3 seeds (0.590-0.612); best seed 43: val accuracy "
     )
-    evaluated = console.closing_line("evaluate", "xyz", scores, {"registered_model": "m", "registered_version": "2"})
+    evaluated = catalog.closing_line("evaluate", "xyz", scores, {"registered_model": "m", "registered_version": "2"})
     assert "registered" not in evaluated and evaluated.endswith("; scored version 2 of 'm' (run xyz)")
-    reused = console.closing_line("extract", "def", {}, {"reused_features": "true", "features_run_id": "old"})
+    reused = catalog.closing_line("extract", "def", {}, {"reused_features": "true", "features_run_id": "old"})
     assert reused == "extract: reused the features of run old (run def)"
-    predicted = console.closing_line("predict", "ghi", {"rows": 1200, "texts_per_second": 85.2}, {})
+    predicted = catalog.closing_line("predict", "ghi", {"rows": 1200, "texts_per_second": 85.2}, {})
     assert predicted == "predict: 1,200 texts at 85 texts/s (run ghi)"
 
 

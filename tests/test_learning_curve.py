@@ -48,7 +48,7 @@ def test_subsets_are_nested_stratified_seeded_and_hold_every_label() -> None:
         ({"fractions": "0,1"}, "--fractions must be distinct shares"),
         ({"fractions": "half"}, "--fractions must be numbers"),
         ({"fractions": ","}, "--fractions needs a comma-separated list"),
-        ({"stages": "tfidf,dummy"}, "--stages must name distinct stages among tfidf, probe, finetune"),
+        ({"stages": "tfidf,dummy"}, "--stages must name distinct stages among probe, tfidf, finetune"),
     ],
 )
 def test_bad_fractions_and_stages_are_refused(options: dict[str, str], message: str) -> None:

@@ -103,7 +103,7 @@ def test_a_seedless_stage_says_so_and_fits_once(small_dataset: Path, isolated_ml
 
 
 def test_the_seed_changes_neither_the_tfidf_nor_the_probe_fit(small_dataset: Path) -> None:
-    # The claim behind seeds.SEEDLESS, checked: two seeds, the same fitted coefficients.
+    # The claim behind the seedless entries of catalog.STAGES, checked: two seeds, the same fitted coefficients.
     splits = load_splits(DataConfig(dataset=str(small_dataset)))
     texts, labels = splits.train["text"].tolist(), splits.train["label"].to_numpy()
     first, second = (baselines.fit_tfidf(texts, labels, seed=seed) for seed in (1, 2))

@@ -41,6 +41,15 @@ def test_the_default_spaces_are_the_issues_and_overrides_replace_single_paramete
     assert space["learning_rate"] == optuna.distributions.FloatDistribution(1e-5, 5e-4, log=True)
     assert space["epochs"] == optuna.distributions.IntDistribution(1, 5)
     assert space["batch_size"].choices == (16, 32, 64)
+    assert (space["warmup"], space["weight_decay"]) == (
+        optuna.distributions.FloatDistribution(0.0, 0.2),
+        optuna.distributions.FloatDistribution(0.0, 0.1),
+    )
+    for stage in ("probe", "tfidf"):  # the spaces the registry declares, as they were before it
+        assert sweep.search_space(stage) == {
+            "C": optuna.distributions.FloatDistribution(1e-3, 1e2, log=True),
+            "class_weight": optuna.distributions.CategoricalDistribution(("none", "balanced")),
+        }
 
     space = sweep.search_space("tfidf", "C=0.01..10:log, class_weight=balanced")
     assert space["C"] == optuna.distributions.FloatDistribution(0.01, 10, log=True)
@@ -130,7 +139,9 @@ def test_a_tfidf_sweep_selects_on_validation_and_scores_only_the_best_trial_on_t
         and run.data.metrics["val_f1_weighted_ci_low"] <= high
     ]
     assert parent.data.metrics["trials_within_noise"] == len(overlapping)
-    assert parent.data.tags["within_noise"].startswith(f"{len(overlapping)} of the other 2 complete trials are within noise")
+    assert parent.data.tags["within_noise"].startswith(
+        f"{len(overlapping)} of the other 2 complete trials are within noise"
+    )
     assert MlflowClient().get_model_version(name, "1").run_id == best.info.run_id
     assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == ["1"]
 

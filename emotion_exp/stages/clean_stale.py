@@ -15,14 +15,14 @@ process reused (another start time) counts as gone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import tracking
-from emotion_exp.config import CleanStaleConfig
+from emotion_exp.config import STAGE_CONFIGS, CleanStaleConfig
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,11 @@ def error_message(verdict: Verdict) -> str:
         f"The run was still RUNNING but its {verdict.detail} (killed or crashed without ending the run); "
         f"marked FAILED by `emotion-exp clean-stale` at {when}."
     )
-    if verdict.stage == "finetune":
-        message += f" Continue it from its last checkpoint with `emotion-exp finetune --resume {verdict.run_id}`."
+    resumable = verdict.stage in STAGE_CONFIGS and "resume" in {f.name for f in fields(STAGE_CONFIGS[verdict.stage])}
+    if resumable:  # finetune
+        message += (
+            f" Continue it from its last checkpoint with `emotion-exp {verdict.stage} --resume {verdict.run_id}`."
+        )
     return message
 
 

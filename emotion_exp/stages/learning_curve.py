@@ -16,18 +16,10 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import plots, subsets, tracking
-from emotion_exp.config import (
-    DummyConfig,
-    ExtractConfig,
-    FinetuneConfig,
-    LearningCurveConfig,
-    ProbeConfig,
-    TfidfConfig,
-    subset,
-)
+from emotion_exp import catalog, plots, subsets, tracking
+from emotion_exp.config import STAGE_CONFIGS, DummyConfig, ExtractConfig, LearningCurveConfig, subset
 from emotion_exp.data import DatasetSplits
-from emotion_exp.stages import dummy, extract, finetune, probe, tfidf
+from emotion_exp.stages import dummy, extract
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
 SCORES = (
@@ -52,7 +44,7 @@ def run(config: LearningCurveConfig) -> str:
         floor = _metrics(dummy.run(subset(config, DummyConfig), splits=splits))["val_accuracy"]
         mlflow.log_metric("dummy_val_accuracy", floor)
         features_run_id = ""
-        if "probe" in config.stage_list:
+        if any(catalog.STAGES[stage].reads_features for stage in config.stage_list):
             features_run_id = extract.run(subset(config, ExtractConfig), splits=splits)
         points = []
         for stage in config.stage_list:
@@ -73,16 +65,17 @@ def _metrics(run_id: str) -> dict[str, float]:
 def _run_point(
     stage: str, config: LearningCurveConfig, splits: DatasetSplits, rows: np.ndarray, features_run_id: str
 ) -> str:
-    if stage == "probe":
-        probe_config = dataclasses.replace(
-            subset(config, ProbeConfig), features_run_id=features_run_id, registered_model=""
-        )
-        return probe.run(probe_config, splits=splits, train_rows=rows)
-    trained_on = subsets.with_train_rows(splits, rows)
-    if stage == "tfidf":
-        return tfidf.run(dataclasses.replace(subset(config, TfidfConfig), registered_model=""), splits=trained_on)
-    finetune_config = dataclasses.replace(subset(config, FinetuneConfig), registered_model="")
-    return finetune.run(finetune_config, splits=trained_on)
+    """One point: ``stage`` trained on ``rows`` of the training split, registering nothing.
+
+    A stage that reads features fits on its rows of the features extracted once for the whole
+    split; the others train on the subset itself.
+    """
+    spec = catalog.STAGES[stage]
+    point_config = dataclasses.replace(subset(config, STAGE_CONFIGS[stage]), registered_model="")
+    if spec.reads_features:
+        point_config = dataclasses.replace(point_config, features_run_id=features_run_id)
+        return spec.run(point_config, splits=splits, train_rows=rows)
+    return spec.run(point_config, splits=subsets.with_train_rows(splits, rows))
 
 
 def log_curve(table: pd.DataFrame, floor: float) -> None:

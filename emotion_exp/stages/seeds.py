@@ -11,7 +11,8 @@ act on. ``--seeds 3`` trains three times on the same splits (the split itself al
   (selection on validation only), whose model is the parent's: linked as the parent's output
   model and, where asked, registered; so ``compare`` and ``promote`` treat the parent as that model.
 
-Stages whose fit does not depend on the seed say so and train once instead of repeating one fit.
+Stages whose fit does not depend on the seed (``catalog.StageSpec.seedless``) say so and train
+once instead of repeating one fit.
 """
 
 from __future__ import annotations
@@ -28,17 +29,10 @@ import pandas as pd
 from mlflow.entities import LoggedModelOutput
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import console, registry, significance, tracking
+from emotion_exp import catalog, console, registry, significance, tracking
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
 from emotion_exp.stages.skeleton import Stage, log_table, open_stage
-
-SEEDLESS = {
-    "probe": "its lbfgs solver is deterministic, so every seed gives the same fit",
-    "tfidf": "its linear SVM solves a strictly convex problem, so every seed reaches the same optimum (up to the "
-    "solver's tolerance)",
-}
-"""Stages whose fit the seed does not change, and why (tests/test_seeds.py checks the claim)."""
 
 SELECTED_BY = "val_f1_weighted"
 """The best seed is the one with the highest validation weighted F1, the metric promote ranks by."""
@@ -65,12 +59,13 @@ def run(
     parent stage, which by then carries the best seed's scores.
     """
     seeds = config.seed_list()
-    if stage in SEEDLESS:
+    seedless = catalog.STAGES[stage].seedless
+    if seedless:
         console.say(
-            f"{stage}: --seeds {config.seeds} would repeat one fit {len(seeds)} times: {SEEDLESS[stage]}; "
+            f"{stage}: --seeds {config.seeds} would repeat one fit {len(seeds)} times: {seedless}; "
             f"training once with seed {seeds[0]}."
         )
-        with tracking.next_stage_run(tags={"seeds_note": f"one fit for {len(seeds)} seeds: {SEEDLESS[stage]}"}):
+        with tracking.next_stage_run(tags={"seeds_note": f"one fit for {len(seeds)} seeds: {seedless}"}):
             return run_once(dataclasses.replace(config, seeds="", seed=seeds[0]), splits=splits)
     if getattr(config, "nproc_per_node", 1) > 1:
         raise UserError(

@@ -15,11 +15,11 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import console, plots, registry, significance, tracking
+from emotion_exp import catalog, console, plots, registry, significance, tracking
 from emotion_exp.config import CHAMPION_ALIAS, EvaluateConfig, MainConfig
 from emotion_exp.data import DatasetSplits, LabelledData
 from emotion_exp.errors import UserError
-from emotion_exp.stages import dummy, evaluate, extract, finetune, probe, promote, tfidf
+from emotion_exp.stages import evaluate, extract, promote
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
 CHAMPION_METRICS = ("test_accuracy", "test_f1_weighted", "test_f1_macro", "test_loss", "test_ece", "test_brier")
@@ -42,13 +42,12 @@ def run(config: MainConfig) -> str:
         # Extract first (reusing a finished extract run with the same key); the probe reads its features.
         features_run_id = extract.run(config.stage_config("extract"), splits=splits)
         mlflow.set_tag("features_run_id", features_run_id)
-        probe_config = dataclasses.replace(config.stage_config("probe"), features_run_id=features_run_id)
-        children = {
-            "dummy": dummy.run(config.stage_config("dummy"), splits=splits),
-            "probe": probe.run(probe_config, splits=splits),
-            "tfidf": tfidf.run(config.stage_config("tfidf"), splits=splits),
-            "finetune": finetune.run(config.stage_config("finetune"), splits=splits),
-        }
+        children = {}
+        for name in catalog.compared_in_study():
+            stage, stage_config = catalog.STAGES[name], config.stage_config(name)
+            if stage.reads_features:
+                stage_config = dataclasses.replace(stage_config, features_run_id=features_run_id)
+            children[name] = stage.run(stage_config, splits=splits)
         log_comparison(children)
         if config.registered_model:
             promote.run(config.stage_config("promote"), splits=splits)
@@ -60,7 +59,7 @@ def run(config: MainConfig) -> str:
 def summary(parent_run_id: str, seconds: float) -> str:
     """The console summary of a finished study: its stages' scores and seconds, the champion, the store."""
     children = tracking.child_runs(parent_run_id)
-    decisions = [child for child in children if child["stage"] == "promote"]
+    decisions = [child for child in children if "promote_decision" in child["tags"]]
     decision = name = None
     if decisions:
         tags = decisions[-1]["tags"]
@@ -69,7 +68,7 @@ def summary(parent_run_id: str, seconds: float) -> str:
         name = tags.get("registered_model")
     experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     parent = MlflowClient().get_run(parent_run_id).data
-    compared = [_with_paired(child, parent.metrics, parent.tags) for child in children if child["stage"] != "promote"]
+    compared = [_with_paired(child, parent.metrics, parent.tags) for child in children if child not in decisions]
     text = console.summary(
         compared,
         run_id=parent_run_id,

@@ -35,18 +35,10 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from emotion_exp import data, interrupts, metrics, plots, registry, significance, tracking
-from emotion_exp.config import (
-    DataConfig,
-    ExtractConfig,
-    FinetuneConfig,
-    ProbeConfig,
-    SweepConfig,
-    TfidfConfig,
-    subset,
-)
+from emotion_exp import catalog, data, interrupts, metrics, plots, registry, significance, tracking
+from emotion_exp.config import STAGE_CONFIGS, DataConfig, ExtractConfig, SweepConfig, subset
 from emotion_exp.errors import EndedEarly, UserError
-from emotion_exp.stages import extract, finetune, probe, tfidf
+from emotion_exp.stages import extract
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
 if TYPE_CHECKING:
@@ -55,30 +47,6 @@ if TYPE_CHECKING:
 # Trials are compared by the project's promotion metric; fine-tuning reports its per-epoch twin.
 OBJECTIVE = "val_f1_weighted"
 EPOCH_OBJECTIVE = "eval_f1_weighted"
-STAGE_CONFIGS = {"tfidf": TfidfConfig, "probe": ProbeConfig, "finetune": FinetuneConfig}
-SEARCH_SPACES: dict[str, dict[str, BaseDistribution]] = {
-    "finetune": {
-        "learning_rate": FloatDistribution(1e-5, 5e-4, log=True),
-        "epochs": IntDistribution(1, 5),
-        "warmup": FloatDistribution(0.0, 0.2),
-        "weight_decay": FloatDistribution(0.0, 0.1),
-        "batch_size": CategoricalDistribution((16, 32, 64)),
-    },
-    "probe": {
-        "C": FloatDistribution(1e-3, 1e2, log=True),
-        "class_weight": CategoricalDistribution(("none", "balanced")),
-    },
-    "tfidf": {
-        "C": FloatDistribution(1e-3, 1e2, log=True),
-        "class_weight": CategoricalDistribution(("none", "balanced")),
-    },
-}
-# What --search_space may name besides the defaults: parameters that change the trial, not its data or features.
-SEARCHABLE = {
-    "finetune": ("learning_rate", "epochs", "warmup", "weight_decay", "batch_size", "max_length"),
-    "probe": ("C", "class_weight", "max_iter"),
-    "tfidf": ("C", "class_weight"),
-}
 INT_PARAMS = ("epochs", "batch_size", "max_length", "max_iter")
 FLOAT_PARAMS = ("learning_rate", "warmup", "weight_decay", "C")
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -92,12 +60,17 @@ def _set_tags(tags: dict[str, Any]) -> None:
 
 
 def search_space(stage: str, overrides: str = "") -> dict[str, BaseDistribution]:
-    """The stage's default space with ``overrides`` (``--search_space``) applied, checked against the config.
+    """The stage's default space (``catalog``) with ``overrides`` (``--search_space``) applied, then checked.
 
     ``NAME=LOW..HIGH`` is a range (``:log`` for log-uniform; whole numbers for integer parameters),
     ``NAME=A|B`` a choice and ``NAME=VALUE`` a fixed value.
     """
-    space = dict(SEARCH_SPACES[stage])
+    declared = catalog.STAGES[stage]
+    space = {
+        name.strip(): _distribution(name.strip(), spec.strip(), item)
+        for item in declared.search_space.split(",")
+        for name, _, spec in [item.partition("=")]
+    }
     named: set[str] = set()
     for item in (part.strip() for part in overrides.split(",")):
         if not item:
@@ -111,10 +84,10 @@ def search_space(stage: str, overrides: str = "") -> dict[str, BaseDistribution]
                 f"{name}=A|B, a range {name}=LOW..HIGH."
             )
         named.add(name)
-        if name not in SEARCHABLE[stage]:
+        if name not in declared.searchable:
             raise UserError(
                 f"--search_space: {name!r} is not searchable for the {stage} stage; expected one of "
-                f"{', '.join(SEARCHABLE[stage])}."
+                f"{', '.join(declared.searchable)}."
             )
         space[name] = _distribution(name, spec, item)
     for name, distribution in space.items():
@@ -320,7 +293,7 @@ def run(config: SweepConfig) -> str:
         )
         if previous_parent and previous_parent != parent_id:
             _set_tags({"continues_run_id": previous_parent})
-        probe_features = config.stage == "probe"
+        probe_features = catalog.STAGES[config.stage].reads_features
         features_run_id = extract.run(subset(config, ExtractConfig), splits=splits) if probe_features else ""
         objective = _objective(config, space, study_name, features_run_id, splits)
         missing = config.n_trials - finished_trials(study)
@@ -380,8 +353,9 @@ def _objective(
     features_run_id: str,
     splits: DatasetSplits,
 ) -> Callable[[optuna.Trial], float]:
+    stage = catalog.STAGES[config.stage]
     base = dataclasses.replace(subset(config, STAGE_CONFIGS[config.stage]), registered_model="")
-    if config.stage == "probe":
+    if stage.reads_features:
         base = dataclasses.replace(base, features_run_id=features_run_id)
 
     def objective(trial: optuna.Trial) -> float:
@@ -390,7 +364,8 @@ def _objective(
         tags = {"trial_number": trial.number, "study_name": study_name}
         with tracking.next_stage_run(tags=tags) as started:
             try:
-                run_id = _run_trial(config.stage, trial_config, trial, splits)
+                callbacks = {"callbacks": [pruning_callback(trial)]} if stage.reports_epochs else {}
+                run_id = stage.run(trial_config, splits=splits, score_test=False, **callbacks)
             except EndedEarly as pruned:
                 _remove_checkpoints(trial_config, started.run_id)
                 raise optuna.TrialPruned(str(pruned)) from None
@@ -402,14 +377,6 @@ def _objective(
         return value
 
     return objective
-
-
-def _run_trial(stage: str, trial_config: Any, trial: optuna.Trial, splits: DatasetSplits) -> str:
-    if stage == "finetune":
-        return finetune.run(trial_config, splits=splits, callbacks=[pruning_callback(trial)], score_test=False)
-    if stage == "probe":
-        return probe.run(trial_config, splits=splits, score_test=False)
-    return tfidf.run(trial_config, splits=splits, score_test=False)
 
 
 def _remove_checkpoints(trial_config: Any, run_id: str | None) -> None:

@@ -15,7 +15,7 @@ def run(config: TfidfConfig, *, splits: DatasetSplits | None = None, score_test:
     """Fit on train, score validation and test, log the text -> label model; return the run id.
 
     ``score_test=False`` leaves the test split unscored (a sweep's trial); ``--seeds`` trains once
-    (``seeds.SEEDLESS``).
+    (``catalog.StageSpec.seedless``).
     """
     if seeds.repeated(config):
         return seeds.run("tfidf", config, run, splits=splits)
