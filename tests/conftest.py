@@ -97,3 +97,13 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # The session's team tracking server (PostgreSQL + mlflow server with logins), for the tests that need one.
 from tests.tracking_server import on_server, tracking_server  # noqa: F401
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what a test needs beyond Python: ``postgres`` (the team server's tests), ``java`` (Spark's)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "tracking_server" in fixtures:
+            item.add_marker(pytest.mark.postgres)
+        if item.path.name == "test_spark.py" or item.name.endswith("[spark]"):
+            item.add_marker(pytest.mark.java)

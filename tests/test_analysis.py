@@ -132,6 +132,7 @@ def test_reliability_figure_draws_the_bins_with_their_counts() -> None:
     assert sum(int(t) for t in shown if t) == 200
 
 
+@pytest.mark.slow
 def test_analysis_and_plots_do_not_import_mlflow() -> None:
     code = "import sys, emotion_exp.analysis, emotion_exp.plots; print('mlflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -441,7 +441,15 @@ def run_ids() -> set[str]:
     return {r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, output_format="list")}
 
 
-@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+# End to end through a trained model or features run: seconds each, so the fast loop leaves them to CI.
+SLOW_CASES = {"features_run_id of another dataset", "predict with another project's model"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(case, marks=[pytest.mark.slow] if name in SLOW_CASES else []) for name, case in CASES.items()],
+    ids=list(CASES),
+)
 def test_bad_input_gets_a_clear_message_and_a_failed_run(
     case: Case, tmp_path: Path, small_dataset: Path, tiny_model_dir: Path
 ) -> None:
@@ -498,6 +506,7 @@ def test_over_long_texts_are_truncated_and_counted_not_refused(small_dataset: Pa
     }
 
 
+@pytest.mark.slow
 def test_a_command_that_fails_in_a_folder_without_a_store_leaves_none_behind(tmp_path: Path) -> None:
     import os
     import subprocess

@@ -129,6 +129,7 @@ def test_served_probabilities_equal_the_in_process_calibrated_ones(
     assert served[PROBABILITIES].max(axis=1).mean() < raw.max(axis=1).mean() - 0.2  # calibrated, not the raw softmax
 
 
+@pytest.mark.slow
 def test_no_calibrate_keeps_the_raw_softmax(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path) -> None:
     from emotion_exp.stages import finetune
 

@@ -25,6 +25,7 @@ def loud_transformers(monkeypatch: pytest.MonkeyPatch):
     (transformers_logging.enable_progress_bar if bar else transformers_logging.disable_progress_bar)()
 
 
+@pytest.mark.slow
 def test_loading_a_transformer_model_prints_no_weight_loading_bar(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str, tmp_path: Path, loud_transformers, capfd
 ) -> None:

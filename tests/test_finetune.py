@@ -55,6 +55,7 @@ class CtrlCAt(TrainerCallback):
             signal.raise_signal(signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predicts(
     tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, isolated_mlflow: str
 ) -> None:
@@ -114,6 +115,7 @@ def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predict
         stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, resume=run_id))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_same_run_as_if_never_stopped(
     tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, isolated_mlflow: str, capsys: pytest.CaptureFixture
 ) -> None:
@@ -264,6 +266,7 @@ def test_mlflow_run_finetune_leaves_a_finished_run_with_a_registered_model(
     assert predictions["label"].iloc[0] in LABELS
 
 
+@pytest.mark.slow
 def test_without_registered_model_a_fine_tune_registers_only_a_new_best_version(
     small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

@@ -70,6 +70,7 @@ def test_fractions_that_give_the_same_training_texts_are_merged_saying_so() -> N
     assert subsets.distinct_fractions(labels, [0.25, 1.0]) == ([0.25, 1.0], [])
 
 
+@pytest.mark.slow
 def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
 ) -> None:

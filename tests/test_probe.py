@@ -30,6 +30,7 @@ def _runs(experiment: str, stage: str) -> list[mlflow.entities.Run]:
     return [r for r in runs if r.data.tags.get("stage") == stage]
 
 
+@pytest.mark.slow
 def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text_model(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
 ) -> None:

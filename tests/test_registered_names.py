@@ -47,6 +47,7 @@ def reviews_csv(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_own_data_registers_under_its_own_name_and_never_next_to_other_labels(small_dataset, reviews_csv) -> None:
     name = f"shared-{uuid.uuid4().hex[:8]}"
     tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
@@ -64,6 +65,7 @@ def test_own_data_registers_under_its_own_name_and_never_next_to_other_labels(sm
     mlflow.MlflowClient().delete_registered_model("reviews-classifier")
 
 
+@pytest.mark.slow
 def test_registering_says_in_plain_words_what_happened(small_dataset) -> None:
     name = f"plain-{uuid.uuid4().hex[:8]}"
     arguments = ["tfidf", "--dataset", str(small_dataset), "--registered_model", name]

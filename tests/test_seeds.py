@@ -43,6 +43,7 @@ def nested_runs(parent_id: str) -> list[mlflow.entities.Run]:
     )
 
 
+@pytest.mark.slow
 def test_finetune_with_three_seeds_summarises_them_and_keeps_the_best_seeds_model(
     small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, isolated_mlflow: str
 ) -> None:
@@ -117,6 +118,7 @@ def test_the_seed_changes_neither_the_tfidf_nor_the_probe_fit(small_dataset: Pat
     np.testing.assert_array_equal(probes[0].predict_proba(features), probes[1].predict_proba(features))
 
 
+@pytest.mark.slow
 def test_the_study_with_seeds_shows_the_spread_per_stage(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
 ) -> None:

@@ -108,6 +108,7 @@ def check_paired_comparison(table: pd.DataFrame, parent: mlflow.entities.Run) ->
             assert parent.data.metrics[f"{stage}_{prefix}_mcnemar_pvalue"] == pytest.approx(expected_p)
 
 
+@pytest.mark.slow
 def test_main_runs_every_stage_as_children_and_compares_them(small_dataset, tiny_model_dir, isolated_mlflow) -> None:
     name = f"study-{uuid.uuid4().hex[:8]}"
     arguments = ["main"]

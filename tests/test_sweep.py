@@ -95,6 +95,7 @@ def test_the_study_gets_its_own_database_beside_a_sqlite_store_and_never_mlflows
 # --- tfidf: selection on validation, the test split once, resume --------------------------------------
 
 
+@pytest.mark.slow
 def test_a_tfidf_sweep_selects_on_validation_and_scores_only_the_best_trial_on_test(
     small_dataset: Path, isolated_mlflow: str
 ) -> None:
@@ -153,6 +154,7 @@ def test_a_tfidf_sweep_selects_on_validation_and_scores_only_the_best_trial_on_t
     assert list(table["value_ci_low"]) == [run.data.metrics["val_f1_weighted_ci_low"] for run in trials]
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_continues_its_study_under_the_same_parent(small_dataset: Path, isolated_mlflow: str) -> None:
     name = f"sweep-{uuid.uuid4().hex[:8]}"
     options = [
@@ -187,6 +189,7 @@ def test_a_resumed_sweep_continues_its_study_under_the_same_parent(small_dataset
     assert f"--study_name {name} names a study" in other.output and "the search space was" in other.output
 
 
+@pytest.mark.slow
 def test_a_trial_killed_outright_is_marked_fail_on_resume_and_run_again(
     small_dataset: Path, isolated_mlflow: str
 ) -> None:
@@ -209,6 +212,7 @@ def test_a_trial_killed_outright_is_marked_fail_on_resume_and_run_again(
 # --- finetune: the median pruner ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_finetune_trial_below_the_median_is_pruned_and_its_run_kept(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
 ) -> None:
