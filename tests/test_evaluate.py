@@ -16,7 +16,6 @@ from emotion_exp.cli import cli
 from emotion_exp.config import EvaluateConfig, TfidfConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import evaluate, tfidf
-from tests.helpers import mlflow_run
 from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
@@ -158,22 +157,3 @@ def test_a_model_uri_that_does_not_exist_is_a_clear_error(isolated_mlflow: str) 
     result = CliRunner().invoke(cli, ["evaluate", "--model_uri", "models:/no-such-model@champion"])
     assert result.exit_code != 0
     assert "no registered model named 'no-such-model'" in result.output
-
-
-@pytest.mark.slow
-def test_mlflow_run_evaluate(
-    registered: tuple[str, str], small_dataset: Path, tracking_uri: str, isolated_mlflow: str
-) -> None:
-    name, _ = registered
-    result = mlflow_run(
-        "evaluate",
-        isolated_mlflow,
-        tracking_uri,
-        f"model_uri=models:/{name}/1",
-        f"dataset={small_dataset / 'test.csv'}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    [run] = evaluate_runs(isolated_mlflow)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.project.entryPoint"] == "evaluate"
-    assert_analysis_logged(run.info.run_id, split="test", prefixes=("test",))

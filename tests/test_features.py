@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from emotion_exp import features, models
 from emotion_exp.cli import cli
-from tests.helpers import artifacts, mlflow_run
+from tests.helpers import artifacts
 
 TEXTS = [
     "i feel so happy today",
@@ -150,24 +150,3 @@ def test_a_different_pooling_is_not_reused(small_dataset: Path, tiny_model_dir: 
     mean_run = extract.run(ExtractConfig(**common, pooling="mean"))
     assert mean_run != cls_run
     assert extract.run(ExtractConfig(**common, pooling="mean")) == mean_run
-
-
-@pytest.mark.slow
-def test_mlflow_run_extract(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str) -> None:
-    result = mlflow_run(
-        "extract",
-        isolated_mlflow,
-        tracking_uri,
-        f"dataset={small_dataset}",
-        f"model={tiny_model_dir}",
-        "umap_max_points=100",
-        "batch_size=16",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.project.entryPoint"] == "extract"
-    assert run.data.tags["features_run_id"] == run.info.run_id
-    assert run.data.metrics["texts_per_second"] > 0
-    expected = {"features/features.npz", "plots/umap_overlay.png", "plots/umap_per_label.png"}
-    assert expected | {"plots/label_distribution.png"} <= artifacts(run.info.run_id)

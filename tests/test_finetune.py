@@ -19,7 +19,7 @@ from emotion_exp.config import DataConfig, FinetuneConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.finetune import TrainingInterrupted
 from emotion_exp.stages import finetune as stage
-from tests.helpers import artifacts, mlflow_run, scores_of_the_model
+from tests.helpers import artifacts, scores_of_the_model
 from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
@@ -235,35 +235,6 @@ def test_warmup_must_be_a_fraction(warmup: float) -> None:
         UserError, match=f"--warmup is a fraction of the training steps, at least 0 and below 1; got {warmup}"
     ):
         FinetuneConfig(warmup=warmup)
-
-
-@pytest.mark.slow
-def test_mlflow_run_finetune_leaves_a_finished_run_with_a_registered_model(
-    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, tracking_uri: str, isolated_mlflow: str
-) -> None:
-    name = f"finetune-e2e-{uuid.uuid4().hex[:8]}"
-    result = mlflow_run(
-        "finetune",
-        isolated_mlflow,
-        tracking_uri,
-        f"dataset={small_dataset}",
-        f"model={tiny_model_dir}",
-        "epochs=1",
-        "batch_size=16",
-        f"output_dir={tmp_path / 'checkpoints'}",
-        f"registered_model={name}",
-        "umap_max_points=100",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.project.entryPoint"] == "finetune"
-    assert {"val_accuracy", "test_accuracy", "train_samples_per_second"} <= set(run.data.metrics)
-    assert steps(run.info.run_id, "eval_accuracy") == [8]
-    version = run.data.tags["registered_version"]
-    predictions = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(pd.DataFrame({"text": ["i am glad"]}))
-    assert predictions["label"].iloc[0] in LABELS
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ from emotion_exp import subsets
 from emotion_exp.config import LearningCurveConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import learning_curve
-from tests.helpers import mlflow_run
 
 
 def sample_labels() -> np.ndarray:
@@ -121,37 +120,3 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
         assert row.val_accuracy_ci_low <= row.val_accuracy <= row.val_accuracy_ci_high
     history = MlflowClient().get_metric_history(parent_id, "tfidf_val_accuracy")
     assert sorted(m.step for m in history) == [30, 120]
-
-
-@pytest.mark.slow
-def test_mlflow_run_learning_curve(
-    small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str
-) -> None:
-    result = mlflow_run(
-        "learning-curve",
-        isolated_mlflow,
-        tracking_uri,
-        f"dataset={small_dataset}",
-        f"model={tiny_model_dir}",
-        "fractions=0.25,1.0",
-        "stages=tfidf,probe",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    [parent] = mlflow.search_runs(
-        experiment_names=[isolated_mlflow], filter_string="tags.stage = 'learning-curve'", output_format="list"
-    )
-    assert parent.info.status == "FINISHED" and parent.data.tags["mlflow.project.entryPoint"] == "learning-curve"
-    runs = mlflow.search_runs(
-        experiment_names=[isolated_mlflow],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        output_format="list",
-    )
-    points = [run for run in runs if "train_size" in run.data.params]
-    assert sorted((r.data.tags["stage"], r.data.params["train_size"]) for r in points) == [
-        ("probe", "120"),
-        ("probe", "30"),
-        ("tfidf", "120"),
-        ("tfidf", "30"),
-    ]
-    assert "plots/learning_curve.png" in {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "plots")}

@@ -16,7 +16,6 @@ from emotion_exp.cli import cli
 from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import predict
-from tests.helpers import mlflow_run
 from tests.pyfunc_models import LABELS, KeywordModel, log_keyword_model
 
 PROBABILITIES = [f"prob_{label}" for label in LABELS]
@@ -172,22 +171,6 @@ def test_a_missing_column_and_an_empty_file_are_explained(tmp_path, champion_uri
     with pytest.raises(UserError, match="is empty"):
         predict.run(PredictConfig(input=str(empty), model_uri=champion_uri))
     assert not (tmp_path / "empty.predictions.csv").exists()
-
-
-@pytest.mark.slow
-def test_mlflow_run_predict_writes_labels_next_to_the_input(
-    tmp_path, champion_uri, tracking_uri, isolated_mlflow
-) -> None:
-    source = tmp_path / "texts.txt"
-    source.write_text("so happy\nanxious\n")
-
-    result = mlflow_run("predict", isolated_mlflow, tracking_uri, f"input={source}", f"model_uri={champion_uri}")
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert pd.read_csv(tmp_path / "texts.predictions.csv")["label"].tolist() == ["joy", "fear"]
-    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.project.entryPoint"] == "predict"
 
 
 def test_an_output_that_is_the_input_under_another_name_is_refused(tmp_path, champion_uri) -> None:

@@ -14,7 +14,7 @@ from emotion_exp import baselines, data
 from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import extract, probe
-from tests.helpers import mlflow_run, scores_of_the_model
+from tests.helpers import scores_of_the_model
 from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
@@ -163,28 +163,3 @@ def test_the_probe_on_the_packaged_encoder_clearly_beats_the_dummy() -> None:
     dummy_accuracy = (dummy.predict(validation) == labels).mean()
     assert dummy_accuracy == pytest.approx(67 / 200)
     assert probe_accuracy > dummy_accuracy + 0.3
-
-
-@pytest.mark.slow
-def test_mlflow_run_probe(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str) -> None:
-    result = mlflow_run(
-        "probe",
-        isolated_mlflow,
-        tracking_uri,
-        f"dataset={small_dataset}",
-        f"model={tiny_model_dir}",
-        "umap_max_points=100",
-        "batch_size=16",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    [probe_run] = _runs(isolated_mlflow, "probe")
-    [extract_run] = _runs(isolated_mlflow, "extract")
-    assert probe_run.info.status == extract_run.info.status == "FINISHED"
-    assert probe_run.data.tags["mlflow.project.entryPoint"] == "probe"
-    assert extract_run.data.tags["mlflow.parentRunId"] == probe_run.info.run_id
-    assert probe_run.data.tags["features_run_id"] == extract_run.info.run_id
-    assert {"val_accuracy", "test_accuracy", "val_f1_weighted"} <= set(probe_run.data.metrics)
-    [logged] = mlflow.search_logged_models(experiment_ids=[probe_run.info.experiment_id], output_format="list")
-    assert logged.source_run_id == probe_run.info.run_id
-    predictions = mlflow.pyfunc.load_model(logged.model_uri).predict(pd.DataFrame({"text": ["i feel so happy today"]}))
-    assert predictions["label"].iloc[0] in ("sadness", "joy", "love", "anger", "fear", "surprise")

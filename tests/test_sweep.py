@@ -19,7 +19,6 @@ from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig, SweepConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import sweep
-from tests.helpers import mlflow_run
 
 
 def children(parent_id: str) -> list[mlflow.entities.Run]:
@@ -265,28 +264,6 @@ def test_a_finetune_trial_below_the_median_is_pruned_and_its_run_kept(
     assert parent.data.tags["best_run_id"] == complete.info.run_id
     assert 0 <= parent.data.metrics["best_test_accuracy"] <= 1
     assert parent.data.metrics["trials_pruned"] == 1
-
-
-@pytest.mark.slow
-def test_mlflow_run_sweep(small_dataset: Path, tracking_uri: str, isolated_mlflow: str) -> None:
-    result = mlflow_run(
-        "sweep",
-        isolated_mlflow,
-        tracking_uri,
-        f"dataset={small_dataset}",
-        "stage=tfidf",
-        "n_trials=3",
-        "registered_model=",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    [parent] = mlflow.search_runs(
-        experiment_names=[isolated_mlflow], filter_string="tags.stage = 'sweep'", output_format="list"
-    )
-    assert parent.info.status == "FINISHED" and parent.data.tags["mlflow.project.entryPoint"] == "sweep"
-    assert [run.data.tags["trial_number"] for run in trials_of(parent.info.run_id)] == ["0", "1", "2"]
-    assert "best_test_accuracy" in parent.data.metrics
-    assert Path(tracking_uri.removeprefix("sqlite:///")).with_name("optuna.db").is_file()
 
 
 # --- Ctrl-C -------------------------------------------------------------------------------------

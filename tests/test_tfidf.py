@@ -14,7 +14,7 @@ from emotion_exp import baselines, data
 from emotion_exp.config import DataConfig, TfidfConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import tfidf
-from tests.helpers import mlflow_run, scores_of_the_model
+from tests.helpers import scores_of_the_model
 from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
@@ -64,16 +64,3 @@ def test_the_tfidf_stage_logs_scores_and_a_text_model_that_loads(small_dataset: 
 def test_a_label_with_a_single_train_text_is_refused_with_the_reason() -> None:
     with pytest.raises(UserError, match="needs at least 2 train texts of every label; one label has 1"):
         baselines.fit_tfidf(["i am happy", "so glad", "i am sad"], np.array([0, 0, 1]))
-
-
-@pytest.mark.slow
-def test_mlflow_run_tfidf(small_dataset: Path, tracking_uri: str, isolated_mlflow: str) -> None:
-    result = mlflow_run("tfidf", isolated_mlflow, tracking_uri, f"dataset={small_dataset}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    [run] = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.project.entryPoint"] == "tfidf"
-    assert {"val_accuracy", "test_accuracy", "val_f1_weighted"} <= set(run.data.metrics)
-    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    predictions = mlflow.pyfunc.load_model(logged.model_uri).predict(pd.DataFrame({"text": ["i feel so happy today"]}))
-    assert predictions["label"].iloc[0] in LABELS
