@@ -126,6 +126,13 @@ def test_a_tfidf_sweep_selects_on_validation_and_scores_only_the_best_trial_on_t
     predicted = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(splits.test[["text"]])["label"]
     expected = metrics.evaluate(splits.test["label"], predicted.map(splits.label_names.index), splits.label_names)
     assert parent.data.metrics["best_test_accuracy"] == pytest.approx(expected.accuracy)
+    # Scored by a nested evaluate run, with everything an evaluation logs (error analysis, calibration).
+    evaluated = mlflow.get_run(parent.data.tags["best_trial_evaluation"])
+    assert evaluated.data.tags["stage"] == "evaluate" and evaluated.data.tags["mlflow.parentRunId"] == parent_id
+    assert "plots/reliability_test.png" in {
+        a.path for a in MlflowClient().list_artifacts(evaluated.info.run_id, "plots")
+    }
+    assert parent.data.metrics["best_test_ece"] == evaluated.data.metrics["test_ece"]
     assert parent.data.metrics["best_test_accuracy_ci_low"] <= expected.accuracy
     assert expected.accuracy <= parent.data.metrics["best_test_accuracy_ci_high"]
     # How many trials the best one cannot be told apart from: overlapping validation intervals, counted here.

@@ -35,10 +35,11 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from emotion_exp import catalog, data, interrupts, metrics, plots, registry, significance, tracking
-from emotion_exp.config import STAGE_CONFIGS, DataConfig, ExtractConfig, SweepConfig, subset
+from emotion_exp import catalog, console, data, interrupts, plots, registry, significance, tracking
+from emotion_exp.config import STAGE_CONFIGS, DataConfig, EvaluateConfig, ExtractConfig, SweepConfig, subset
+from emotion_exp.data import LabelledData
 from emotion_exp.errors import EndedEarly, UserError
-from emotion_exp.stages import extract
+from emotion_exp.stages import evaluate, extract
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ def run(config: SweepConfig) -> str:
             raise
         log_study(study)
         best = _best_trial(study, study_name)
-        score_best(best, splits, config.registered_model, config.stage)
+        score_best(best, splits, config, config.registered_model, config.stage)
         return parent_id
 
 
@@ -542,8 +543,15 @@ def _best_trial(study: optuna.Study, study_name: str) -> optuna.trial.FrozenTria
     return study.best_trial
 
 
-def score_best(best: optuna.trial.FrozenTrial, splits: DatasetSplits, registered_model: str, stage: str) -> None:
-    """Score the best trial's model on the test split once; log it on the parent; register that model."""
+def score_best(
+    best: optuna.trial.FrozenTrial, splits: DatasetSplits, config: SweepConfig, registered_model: str, stage: str
+) -> None:
+    """Score the best trial's model on the test split once, as ``evaluate`` does; put its scores on the parent.
+
+    The nested evaluate run holds what any evaluation logs (scores with intervals, error
+    analysis, calibration); the parent gets its test scores as ``best_test_*``. Then the model
+    is registered.
+    """
     run_id = best.user_attrs["mlflow_run_id"]
     model_uri = registry.model_of_run(run_id)
     if model_uri is None:
@@ -551,17 +559,14 @@ def score_best(best: optuna.trial.FrozenTrial, splits: DatasetSplits, registered
             f"The best trial ({best.number}, run {run_id}) has no logged model in the tracking store "
             f"{mlflow.get_tracking_uri()}; was the run deleted? Start a new study (--study_name)."
         )
-    test = splits.test
-    predicted = registry.load_model(model_uri).model.predict(pd.DataFrame({"text": test["text"]}))["label"]
-    index = {name: i for i, name in enumerate(splits.label_names)}
-    predicted_ids = predicted.map(index).to_numpy()
-    intervals = significance.score_intervals(test["label"], predicted_ids, len(splits.label_names))
-    evaluation = metrics.evaluate(test["label"], predicted_ids, splits.label_names)
-    mlflow.log_metrics({**evaluation.metrics("best_test"), **significance.interval_metrics("best_test", intervals)})
-    mlflow.log_dict(evaluation.report, "reports/best_trial_classification_report_test.json")
+    evaluation = EvaluateConfig(model_uri=model_uri, dataset=config.dataset, split="test")
+    evaluated = evaluate.run(evaluation, labelled=LabelledData.from_splits(splits, "test"))
+    scores = MlflowClient().get_run(evaluated).data.metrics
+    mlflow.log_metrics({f"best_{name}": value for name, value in scores.items() if name.startswith("test_")})
+    _set_tags({"best_trial_evaluation": evaluated})
     print(
         f"sweep: best trial {best.number} (run {run_id}): {OBJECTIVE} {best.value:.4f}, "
-        f"test accuracy {intervals['accuracy']}; params {json.dumps(best.params)}"
+        f"test accuracy {console.shown_score(scores, 'test_accuracy')}; params {json.dumps(best.params)}"
     )
     registered_model = registered_model and registry.registered_name(registered_model, splits.name, splits.label_names)
     if registered_model:
