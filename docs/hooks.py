@@ -25,13 +25,14 @@ def _attribute(name: str) -> str:
 
 def _page(name: str) -> str:
     return (
-        f"The MLflow entry point `{name}` takes the same parameters under the same names: "
-        f"`mlflow run . -e {name} -P name=value --env-manager local`.\n\n"
         "::: mkdocs-click\n"
         f"    :module: {COMMANDS_MODULE}\n"
         f"    :command: {_attribute(name)}\n"
         f"    :prog_name: emotion-exp {name}\n"
-        "    :style: table\n"
+        "    :style: table\n\n"
+        "## As an MLflow entry point\n\n"
+        f"The entry point `{name}` of `MLproject` takes the same parameters under the same names and defaults: "
+        f"`mlflow run . -e {name} -P name=value --env-manager local`.\n"
     )
 
 

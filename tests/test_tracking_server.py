@@ -79,7 +79,7 @@ def test_another_host_without_auth_gets_the_trust_warning(tmp_path: Path) -> Non
     )
 
     assert "WARNING: the tracking server listens on 192.0.2.1 without --auth" in result.stderr
-    assert "README's Trust section" in result.stderr
+    assert "See SECURITY.md" in result.stderr
     assert result.returncode == 1 and "mlflow server exited" in result.stderr
     assert pids_of(tmp_path / "server") == []
 
@@ -207,18 +207,18 @@ def test_an_editor_logs_a_run_registers_a_version_and_moves_the_alias(guarded: G
     assert mlflow.pyfunc.load_model(f"models:/{guarded.model}@champion").predict(["scared"])["label"][0] == "fear"
 
 
-def readme_add_user_command() -> str:
-    """The README's `python -c '...'` that adds a user (Team set-up section)."""
-    team = (REPO_ROOT / "README.md").read_text().split("## Team set-up", 1)[1].split("\n## ", 1)[0]
+def docs_add_user_command() -> str:
+    """The `python -c '...'` that adds a user in docs/team-server.md."""
+    team = (REPO_ROOT / "docs/team-server.md").read_text()
     match = re.search(r"python -c '(.+?)'\n", team, re.DOTALL)
-    assert match, "README's Team set-up has no `python -c '...'` adding a user"
+    assert match, "docs/team-server.md has no `python -c '...'` adding a user"
     return match.group(1)
 
 
-def test_the_readme_command_adds_a_read_only_user(guarded: Guarded, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_docs_command_adds_a_read_only_user(guarded: Guarded, monkeypatch: pytest.MonkeyPatch) -> None:
     username = f"bob-{uuid.uuid4().hex[:8]}"
     code = (
-        readme_add_user_command()
+        docs_add_user_command()
         .replace("http://127.0.0.1:5000", guarded.server.url)
         .replace('"bob"', repr(username))
         .replace('"experiment", "1"', f'"experiment", {guarded.experiment_id!r}')
