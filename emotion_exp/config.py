@@ -504,14 +504,16 @@ SET_BY_THE_STUDY: dict[str, dict[str, Any]] = {
 }
 
 
-def _compose_study() -> tuple[type, dict[str, dict[str, str]]]:
-    """``MainConfig``: every field of the study's stages, each declared once, in its stage's config.
+def compose_study() -> tuple[list[tuple[str, Any, dataclasses.Field]], dict[str, dict[str, str]]]:
+    """The fields ``MainConfig`` must have: every field of the study's stages, each declared in its stage's config.
 
     A field that several stages share (inherited from one declaration: ``dataset``, ``model``,
     ``pooling`` ...) appears once under its own name. Where stages declare different fields of
     one name (``C`` of the probe and of tfidf), each becomes ``<stage>_<name>`` (``probe_C``,
-    ``tfidf_C``). Fields in ``SET_BY_THE_STUDY`` are not options of ``main``. Returns the class
-    and, per stage, which ``main`` field feeds each of its fields.
+    ``tfidf_C``). Fields in ``SET_BY_THE_STUDY`` are not options of ``main``. Returns (name, type,
+    source field) in order and, per stage, which ``main`` field feeds each of its fields.
+    ``MainConfig`` spells these out so that type checkers see them; tests/test_config.py holds
+    it to this composition.
     """
     declared: dict[str, list[tuple[str, dataclasses.Field]]] = {}
     for stage, config_class in STUDY_STAGES.items():
@@ -519,44 +521,91 @@ def _compose_study() -> tuple[type, dict[str, dict[str, str]]]:
             if spec.name not in SET_BY_THE_STUDY.get(stage, {}):
                 declared.setdefault(spec.name, []).append((stage, spec))
     sources: dict[str, dict[str, str]] = {stage: {} for stage in STUDY_STAGES}
-    fields: list[tuple[str, Any, Any]] = []
+    fields: list[tuple[str, Any, dataclasses.Field]] = []
     for name, owners in declared.items():
         distinct = {id(spec): (stage, spec) for stage, spec in reversed(owners)}  # the first stage of each wins
         for stage, spec in reversed(list(distinct.values())):
-            study_name, help_text = name, spec.metadata["help"]
-            if len(distinct) > 1:
-                study_name, help_text = f"{stage}_{name}", f"{stage.capitalize()} stage: {help_text}"
+            study_name = f"{stage}_{name}" if len(distinct) > 1 else name
             for owner, owner_spec in owners:
                 if owner_spec is spec:
                     sources[owner][name] = study_name
-            hint = typing.get_type_hints(STUDY_STAGES[stage])[name]
-            fields.append((study_name, hint, option(spec.default, help_text, **_limits(spec))))
+            fields.append((study_name, typing.get_type_hints(STUDY_STAGES[stage])[name], spec))
+    return fields, sources
 
-    def __post_init__(self: Any) -> None:
+
+def study_field(config_class: type, name: str, *, stage: str = "") -> Any:
+    """A field of ``MainConfig`` that is field ``name`` of ``config_class``: its default, checks and help.
+
+    ``stage`` names the stage in the help where two stages' fields of one name both become options.
+    """
+    spec = {f.name: f for f in dataclasses.fields(config_class)}[name]
+    help_text = f"{stage.capitalize()} stage: {spec.metadata['help']}" if stage else spec.metadata["help"]
+    return option(spec.default, help_text, **_limits(spec))
+
+
+def _limits(spec: dataclasses.Field) -> dict[str, Any]:
+    return {
+        key: spec.metadata[key] for key in ("choices", "minimum", "exclusive_minimum", "maximum", "check", "positional")
+    }
+
+
+STUDY_FIELDS, STUDY_SOURCES = compose_study()
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    """The whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs.
+
+    Every field is a field of one of the study's stages (``study_field``), in the order and under
+    the names ``compose_study`` gives; ``stage_config`` hands each stage its own config.
+    """
+
+    dataset: str = study_field(ExtractConfig, "dataset")
+    text_column: str = study_field(ExtractConfig, "text_column")
+    label_column: str = study_field(ExtractConfig, "label_column")
+    label_names: str = study_field(ExtractConfig, "label_names")
+    max_samples: int = study_field(ExtractConfig, "max_samples")
+    seed: int = study_field(ExtractConfig, "seed")
+    validation_fraction: float = study_field(ExtractConfig, "validation_fraction")
+    test_fraction: float = study_field(ExtractConfig, "test_fraction")
+    model: str = study_field(ExtractConfig, "model")
+    max_length: int = study_field(ExtractConfig, "max_length")
+    batch_size: int = study_field(ExtractConfig, "batch_size")
+    precision: str = study_field(ExtractConfig, "precision")
+    threads: str = study_field(ExtractConfig, "threads")
+    umap_max_points: int = study_field(ExtractConfig, "umap_max_points")
+    pooling: str = study_field(ExtractConfig, "pooling")
+    strategy: str = study_field(DummyConfig, "strategy")
+    seeds: str = study_field(ProbeConfig, "seeds")
+    probe_C: float = study_field(ProbeConfig, "C", stage="probe")
+    tfidf_C: float = study_field(TfidfConfig, "C", stage="tfidf")
+    probe_class_weight: str = study_field(ProbeConfig, "class_weight", stage="probe")
+    tfidf_class_weight: str = study_field(TfidfConfig, "class_weight", stage="tfidf")
+    max_iter: int = study_field(ProbeConfig, "max_iter")
+    epochs: float = study_field(FinetuneConfig, "epochs")
+    learning_rate: float = study_field(FinetuneConfig, "learning_rate")
+    weight_decay: float = study_field(FinetuneConfig, "weight_decay")
+    warmup: float = study_field(FinetuneConfig, "warmup")
+    early_stopping_patience: int = study_field(FinetuneConfig, "early_stopping_patience")
+    output_dir: str = study_field(FinetuneConfig, "output_dir")
+    resume: str = study_field(FinetuneConfig, "resume")
+    calibrate: bool = study_field(FinetuneConfig, "calibrate")
+    metric: str = study_field(PromoteConfig, "metric")
+    rule: str = study_field(PromoteConfig, "rule")
+    alpha: float = study_field(PromoteConfig, "alpha")
+    min_delta: float = study_field(PromoteConfig, "min_delta")
+    registered_model: str = study_field(PromoteConfig, "registered_model")
+
+    def __post_init__(self) -> None:
         _check(self)
         for stage in STUDY_STAGES:
             self.stage_config(stage)  # each stage's own checks (fractions, warm-up)
 
-    def stage_config(self: Any, stage: str) -> Any:
+    def stage_config(self, stage: str) -> Any:
         """The config the study runs ``stage`` with."""
-        values = {name: getattr(self, study_name) for name, study_name in sources[stage].items()}
+        values = {name: getattr(self, study_name) for name, study_name in STUDY_SOURCES[stage].items()}
         return STUDY_STAGES[stage](**values, **SET_BY_THE_STUDY.get(stage, {}))
 
-    namespace = {
-        "__doc__": "The whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs.",
-        "__post_init__": __post_init__,
-        "stage_config": stage_config,
-    }
-    main = dataclasses.make_dataclass("MainConfig", fields, frozen=True, namespace=namespace)
-    main.__module__ = __name__
-    return main, sources
-
-
-def _limits(spec: dataclasses.Field) -> dict[str, Any]:
-    return {key: spec.metadata[key] for key in ("choices", "minimum", "exclusive_minimum", "maximum", "check")}
-
-
-MainConfig, STUDY_SOURCES = _compose_study()
 
 STAGE_CONFIGS: dict[str, type] = {name: globals()[spec.config] for name, spec in catalog.STAGES.items()}
 """Each stage's config class, in registry order (``catalog.STAGES``)."""

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import subprocess
 import sys
+import typing
 
 import pytest
 import yaml
@@ -54,6 +55,19 @@ def test_main_can_set_every_parameter_of_every_stage_it_runs() -> None:
     for stage, config_class in cfg.STUDY_STAGES.items():
         set_by_study = set(cfg.SET_BY_THE_STUDY.get(stage, {}))
         assert set(cfg.STUDY_SOURCES[stage]) == {f.name for f in dataclasses.fields(config_class)} - set_by_study
+
+
+def test_main_config_spells_out_exactly_the_study_s_composition() -> None:
+    # MainConfig is written out for type checkers; it must stay what the stages' configs compose.
+    fields = dataclasses.fields(cfg.MainConfig)
+    hints = typing.get_type_hints(cfg.MainConfig)
+    assert [f.name for f in fields] == [name for name, _, _ in cfg.STUDY_FIELDS]
+    for field, (name, hint, source) in zip(fields, cfg.STUDY_FIELDS, strict=True):
+        assert hints[name] == hint, name
+        assert field.default == source.default, name
+        assert field.metadata["help"].endswith(source.metadata["help"]), name
+        for key in ("choices", "minimum", "maximum", "check"):
+            assert field.metadata[key] == source.metadata[key], (name, key)
 
 
 def test_main_names_a_clashing_field_after_its_stage_in_messages() -> None:
