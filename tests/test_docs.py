@@ -221,13 +221,6 @@ def test_code_is_fenced_so_that_it_can_be_marked() -> None:
     assert not indented, f"indented code blocks (use a fenced ```bash or ```python block with its mark): {indented}"
 
 
-def test_every_stage_has_a_row_in_the_readme_stage_table() -> None:
-    """The table the README and the docs' quickstart share lists exactly the commands there are."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    table = readme.split("[start:stages]", 1)[1].split("[end:stages]", 1)[0]
-    assert set(re.findall(r"^\| `([a-z-]+)` \|", table, re.MULTILINE)) == set(cli.commands)
-
-
 def test_the_readme_stays_short() -> None:
     assert len((REPO_ROOT / "README.md").read_text().splitlines()) <= 150
 
