@@ -135,7 +135,7 @@ def main() -> None:
     settings = ["1", str(cores), "auto"] if cores > 1 else ["1", "auto"]
     texts = emotion_like_texts(count, 42)
     train_texts = texts[:train_count] if train_count <= count else emotion_like_texts(train_count, 43)
-    encoder = features.load_encoder(models.resolve(args.model), "auto")
+    encoder = features.load_encoder(models.resolve(args.model), models.resolve_precision("auto"))
     config = FinetuneConfig(model=args.model, batch_size=16, epochs=1)
     features.extract(texts[:32], encoder, progress=False)  # warm-up: kernels, thread pool
     machine_peak = peak.matmul_peak(cores)  # quiet, before any background load

@@ -88,7 +88,7 @@ def main() -> None:
     from emotion_exp.threads import ThreadTuner, available_cores
 
     cores = available_cores()
-    ours = features.load_encoder(models.resolve(args.model), "auto", threads=cores)
+    ours = features.load_encoder(models.resolve(args.model), models.resolve_precision("auto"), threads=cores)
     ours_fp32 = dataclasses.replace(ours, precision="fp32", tuner=ThreadTuner(cores))
     texts = emotion_like_texts(args.texts, 42)
 

@@ -126,7 +126,7 @@ def main() -> None:
     auto = models.resolve_precision("auto")
     encoders = {
         "fp32": features.encoder_from(tokenizer, model, "fp32", args.threads),
-        "auto": features.encoder_from(tokenizer, model, "auto", args.threads),
+        "auto": features.encoder_from(tokenizer, model, auto, args.threads),
         "int8": features.Encoder(
             tokenizer,
             quantize_int8(models.load_encoder(resolved)),

@@ -54,7 +54,7 @@ def child(task: str, count: int, steps: int, workdir: str) -> dict[str, float]:
 
         study_method(texts, features.load_encoder(resolved, "fp32"))
     elif task == "extract":
-        features.extract(texts, features.load_encoder(resolved, "auto"), progress=False)
+        features.extract(texts, features.load_encoder(resolved, models.resolve_precision("auto")), progress=False)
     elif task == "finetune":
         config = FinetuneConfig(epochs=steps * 32 / count, batch_size=32, registered_model="")
         finetune.train(splits, resolved, config, checkpoint_dir=Path(workdir) / "checkpoints")

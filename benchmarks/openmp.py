@@ -47,7 +47,7 @@ def child(model: str, texts: int, threads: int, interop: bool) -> None:
     from emotion_exp import features, models
     from emotion_exp.threads import ThreadTuner
 
-    encoder = features.load_encoder(models.resolve(model), "auto")
+    encoder = features.load_encoder(models.resolve(model), models.resolve_precision("auto"))
     encoder = dataclasses.replace(encoder, tuner=ThreadTuner(threads))
     sample = emotion_like_texts(texts, 42)
     features.extract(sample[:32], encoder, progress=False)  # warm-up: kernels, thread pool

@@ -88,7 +88,7 @@ def main() -> None:
         encoder = features.encoder_from(
             AutoTokenizer.from_pretrained(folder),
             AutoModel.from_pretrained(folder),
-            logged.precision,
+            models.resolve_precision(logged.precision),
             getattr(logged, "threads", "auto"),  # models logged before --threads
         )
 

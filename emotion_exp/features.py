@@ -62,30 +62,34 @@ class Extraction:
 
 
 def load_encoder(resolved: models.ResolvedModel, precision: str, threads: str | int = "auto") -> Encoder:
-    """Load tokenizer and encoder for ``precision`` (``auto`` resolved for this hardware) and ``threads``."""
+    """Load tokenizer and encoder for a resolved ``precision`` (fp32 or bf16) and ``threads``."""
     return encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision, threads)
 
 
 def encoder_from(
     tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, precision: str, threads_spec: str | int = "auto"
 ) -> Encoder:
-    """Wrap an already loaded tokenizer and model (the pyfunc model loads them from its artifacts)."""
+    """Wrap an already loaded tokenizer and model (the pyfunc model loads them from its artifacts).
+
+    ``precision`` is resolved already (``models.resolve_precision``, once, where the stage or the
+    loaded model starts): fp32 or bf16.
+    """
     device = batching.best_device()
     tuner = threads.ThreadTuner(threads_spec)
-    return Encoder(tokenizer, model.to(device).eval(), models.resolve_precision(precision), device, tuner)
+    return Encoder(tokenizer, model.to(device).eval(), models.check_resolved(precision), device, tuner)
 
 
 def feature_key(resolved: models.ResolvedModel, pooling: str, max_length: int, precision: str) -> dict[str, str]:
     """What features depend on besides the data: an extract run with the same key is reused.
 
     A local folder counts by its absolute path (a relative spec means another folder elsewhere);
-    ``auto`` precision counts as what it resolves to on this hardware.
+    ``precision`` is the resolved one (``auto`` counts as what it resolved to on this hardware).
     """
     return {
         "model": resolved.location if resolved.source == "local" else resolved.spec,
         "pooling": pooling,
         "max_length": str(max_length),
-        "precision": models.resolve_precision(precision),
+        "precision": models.check_resolved(precision),
     }
 
 

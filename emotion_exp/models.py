@@ -167,7 +167,18 @@ def cpu_description() -> str:
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto`` becomes bf16 where it is native, else fp32; explicit choices stay as asked."""
+    """``auto`` becomes bf16 where it is native, else fp32; explicit choices stay as asked.
+
+    Called once where a stage starts (or a logged model loads, on the machine that loads it);
+    the library below takes the result (``check_resolved``).
+    """
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
+    return precision
+
+
+def check_resolved(precision: str) -> str:
+    """``precision`` itself, where it is fp32 or bf16; ``auto`` here means a caller skipped ``resolve_precision``."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"expected a resolved precision, fp32 or bf16; got {precision!r} (resolve_precision first)")
     return precision

@@ -482,7 +482,7 @@ class ProbeClassifier(_EncoderModel):
         prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
         from transformers import AutoModel, AutoTokenizer
 
-        from emotion_exp import features
+        from emotion_exp import features, models
 
         folder = context.artifacts[self.ARTIFACT]
         with quietly_loading():
@@ -490,7 +490,7 @@ class ProbeClassifier(_EncoderModel):
         self._encoder = features.encoder_from(
             tokenizer,
             encoder,
-            self.precision,
+            models.resolve_precision(self.precision),  # on the machine that loads the model
             getattr(self, "threads", "auto"),  # models logged before the option had none
         )
 

@@ -35,7 +35,9 @@ def test_extraction_runs_on_the_gpu(tiny_model_dir: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     encoder = features.encoder_from(
-        AutoTokenizer.from_pretrained(tiny_model_dir), AutoModel.from_pretrained(tiny_model_dir), "auto"
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        AutoModel.from_pretrained(tiny_model_dir),
+        models.resolve_precision("auto"),
     )
     extraction = features.extract(["i feel so happy today", "scared"] * 20, encoder, max_length=16, progress=False)
 

@@ -151,7 +151,7 @@ def test_the_probe_on_the_packaged_encoder_clearly_beats_the_dummy() -> None:
     from emotion_exp.config import DEFAULT_MODEL, DataConfig
 
     splits = data.load_splits(DataConfig())
-    encoder = features.load_encoder(models.resolve(DEFAULT_MODEL), "auto")
+    encoder = features.load_encoder(models.resolve(DEFAULT_MODEL), models.resolve_precision("auto"))
     train, validation = (
         features.extract(splits.split(n)["text"].tolist(), encoder, pooling="mean", progress=False).features
         for n in ("train", "validation")

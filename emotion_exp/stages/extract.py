@@ -27,7 +27,8 @@ def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
     with open_stage("extract", config, splits=splits, label_plot=False) as stage:
         splits = stage.splits
         resolved = models.resolve(config.model)
-        key = features.feature_key(resolved, config.pooling, config.max_length, config.precision)
+        precision = models.resolve_precision(config.precision)  # once, for the key and the encoder
+        key = features.feature_key(resolved, config.pooling, config.max_length, precision)
         log_model_source(resolved, key["precision"])
         found = find_extract_run(splits.digest, key)
         if found:
@@ -35,7 +36,7 @@ def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
             mlflow.set_tag("reused_features", "true")
             return found
 
-        encoder = features.load_encoder(resolved, config.precision, config.threads)
+        encoder = features.load_encoder(resolved, precision, config.threads)
         extractions = features.extract_splits(
             splits, encoder, pooling=config.pooling, max_length=config.max_length, batch_size=config.batch_size
         )

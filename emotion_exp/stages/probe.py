@@ -39,7 +39,9 @@ def run(
     with open_stage("probe", config, splits=trained_on) as stage:
         splits = stage.splits if splits is None else splits  # the whole splits, whose features are logged
         resolved = models.resolve(config.model)
-        key = features.feature_key(resolved, config.pooling, config.max_length, config.precision)
+        key = features.feature_key(
+            resolved, config.pooling, config.max_length, models.resolve_precision(config.precision)
+        )
         log_model_source(resolved, key["precision"])
         if config.features_run_id:
             features_run_id = extract.check_extract_run(config.features_run_id, splits.digest, key)
