@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
+from sklearn.metrics import f1_score
 
 from emotion_exp.cli import cli
 from emotion_exp.config import CompareConfig, DummyConfig, TfidfConfig
@@ -24,12 +25,15 @@ def predictions(run_id: str) -> pd.DataFrame:
     )
 
 
-def by_hand(run_a: str, run_b: str, split: str) -> tuple[float, int, int, float]:
-    """Accuracy difference, the two discordant counts and McNemar's exact p, from the two artifacts."""
+def by_hand(run_a: str, run_b: str, split: str) -> tuple[float, float, int, int, float]:
+    """Accuracy and weighted F1 differences, the two discordant counts and McNemar's exact p, from the artifacts."""
     a, b = (t[t["split"] == split].sort_values("row") for t in (predictions(run_a), predictions(run_b)))
     a_right, b_right = (a["gold"] == a["predicted"]).to_numpy(), (b["gold"] == b["predicted"]).to_numpy()
     only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
-    return a_right.mean() - b_right.mean(), only_a, only_b, binomtest(only_a, only_a + only_b).pvalue
+    f1_delta = f1_score(a["gold"], a["predicted"], average="weighted") - f1_score(
+        b["gold"], b["predicted"], average="weighted"
+    )
+    return a_right.mean() - b_right.mean(), f1_delta, only_a, only_b, binomtest(only_a, only_a + only_b).pvalue
 
 
 def test_two_runs_are_compared_text_by_text_on_validation_and_test(small_dataset: Path, isolated_mlflow: str) -> None:
@@ -41,8 +45,9 @@ def test_two_runs_are_compared_text_by_text_on_validation_and_test(small_dataset
     [run] = [r for r in mlflow.search_runs(output_format="list") if r.data.tags["stage"] == "compare"]
     assert (run.data.tags["compared_run_a"], run.data.tags["compared_run_b"]) == (strong, floor)
     for split, prefix in (("validation", "val"), ("test", "test")):
-        delta, only_a, only_b, pvalue = by_hand(strong, floor, split)
+        delta, f1_delta, only_a, only_b, pvalue = by_hand(strong, floor, split)
         assert run.data.metrics[f"{prefix}_accuracy_delta"] == pytest.approx(delta)
+        assert run.data.metrics[f"{prefix}_f1_weighted_delta"] == pytest.approx(f1_delta)
         assert (run.data.metrics[f"{prefix}_only_a_right"], run.data.metrics[f"{prefix}_only_b_right"]) == (
             only_a,
             only_b,
@@ -53,8 +58,13 @@ def test_two_runs_are_compared_text_by_text_on_validation_and_test(small_dataset
             run.data.metrics[f"{prefix}_accuracy_delta_ci_high"],
         )
         assert low <= delta <= high
+        assert (
+            run.data.metrics[f"{prefix}_f1_weighted_delta_ci_low"]
+            <= f1_delta
+            <= run.data.metrics[f"{prefix}_f1_weighted_delta_ci_high"]
+        )
     assert "| validation |" in result.output and "McNemar p" in result.output
-    _, _, _, validation_p = by_hand(strong, floor, "validation")
+    *_, validation_p = by_hand(strong, floor, "validation")
     expected = "is more accurate than" if validation_p < 0.05 else "is within what chance alone makes on 40 texts"
     assert expected in result.output.rstrip().splitlines()[-1]
     report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/compare/comparison.md")

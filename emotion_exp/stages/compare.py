@@ -2,9 +2,9 @@
 
 Both runs' per-text predictions (``significance.PREDICTIONS_ARTIFACT``, logged by every model
 stage) are set side by side on each split they both scored: each run's accuracy with its 95%
-interval, the paired difference with its bootstrap interval, and the exact McNemar p-value on
-the texts where exactly one of the two is right. Runs on different data (another
-``dataset_digest``) are refused: their texts cannot be paired.
+interval, the paired differences of accuracy and weighted F1 with their bootstrap intervals,
+and the exact McNemar p-value on the texts where exactly one of the two is right. Runs on
+different data (another ``dataset_digest``) are refused: their texts cannot be paired.
 """
 
 from __future__ import annotations
@@ -121,16 +121,17 @@ def _row(
     split: str, table_a: pd.DataFrame, table_b: pd.DataFrame, paired: significance.PairedComparison
 ) -> dict[str, object]:
     n_labels = len(significance.label_names_of(table_a))
-    scores = {}
+    scores, predicted = {}, {}
     for side, table in (("a", table_a), ("b", table_b)):
-        gold, predicted = significance.label_ids(table, split)
-        scores[side] = significance.score_interval(gold, predicted, n_labels)
+        gold, predicted[side] = significance.label_ids(table, split)
+        scores[side] = significance.score_interval(gold, predicted[side], n_labels)
     return {
         "split": split,
         "texts": int((table_a["split"] == split).sum()),
         "accuracy_a": scores["a"],
         "accuracy_b": scores["b"],
         "delta": paired.difference,
+        "f1_delta": significance.paired_difference(gold, predicted["a"], predicted["b"], n_labels, "f1_weighted"),
         "only_a": paired.test.only_a,
         "only_b": paired.test.only_b,
         "pvalue": paired.test.pvalue,
@@ -141,13 +142,16 @@ def _metrics(table: pd.DataFrame) -> dict[str, float]:
     logged: dict[str, float] = {}
     for row in table.to_dict("records"):
         prefix = SPLIT_PREFIX[row["split"]]
-        delta = row["delta"]
+        delta, f1_delta = row["delta"], row["f1_delta"]
         logged |= {
             f"{prefix}_accuracy_a": row["accuracy_a"].estimate,
             f"{prefix}_accuracy_b": row["accuracy_b"].estimate,
             f"{prefix}_accuracy_delta": delta.estimate,
             f"{prefix}_accuracy_delta_ci_low": delta.low,
             f"{prefix}_accuracy_delta_ci_high": delta.high,
+            f"{prefix}_f1_weighted_delta": f1_delta.estimate,
+            f"{prefix}_f1_weighted_delta_ci_low": f1_delta.low,
+            f"{prefix}_f1_weighted_delta_ci_high": f1_delta.high,
             f"{prefix}_mcnemar_pvalue": row["pvalue"],
             f"{prefix}_only_a_right": row["only_a"],
             f"{prefix}_only_b_right": row["only_b"],
@@ -163,7 +167,8 @@ def report_markdown(table: pd.DataFrame, name_a: str, name_b: str) -> str:
             "texts": table["texts"],
             f"A: {name_a}": table["accuracy_a"].map(str),
             f"B: {name_b}": table["accuracy_b"].map(str),
-            "A - B (paired 95% CI)": table["delta"].map(lambda d: f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"),
+            "A - B accuracy (paired 95% CI)": table["delta"].map(_signed),
+            "A - B weighted F1 (paired 95% CI)": table["f1_delta"].map(_signed),
             "McNemar p": table["pvalue"].map(lambda p: f"{p:.2g}"),
             "only A right / only B right": [
                 f"{a} / {b}" for a, b in zip(table["only_a"], table["only_b"], strict=True)
@@ -175,6 +180,10 @@ def report_markdown(table: pd.DataFrame, name_a: str, name_b: str) -> str:
         + readable.to_markdown(index=False)
         + "\n"
     )
+
+
+def _signed(difference: significance.Interval) -> str:
+    return f"{difference.estimate:+.3f} [{difference.low:+.3f}, {difference.high:+.3f}]"
 
 
 def verdict(table: pd.DataFrame, name_a: str, name_b: str) -> str:
