@@ -1,11 +1,13 @@
-"""Threads under contention: extraction and a short fine-tune on 1 thread, all threads and ``auto``,
-on the machine as it is and with a bounded background load.
+"""Threads under contention: extraction and a short fine-tune on 1 thread, all threads, torch's own
+default count and ``auto``, on the machine as it is and with a bounded background load.
 
 The background load is one busy Python process per available core, started before and stopped
 after the loaded measurements (always, also on Ctrl-C). Settings alternate within each round and
 the median of the rounds counts, so a burst of other work slows all settings alike. ``auto`` pays
-for its own measuring: each pass starts with a fresh ``ThreadTuner``. Goal: ``auto`` at least 0.9x
-of the best fixed setting in both conditions.
+for its own measuring: each pass starts with a fresh ``ThreadTuner``. ``torch`` is the count torch
+picks by itself (read before anything sets one; OpenMP's passive wait policy either way). Goals:
+``auto`` at least 0.9x of the best fixed setting in both conditions, and the tuner keeps its place
+as the default only where ``auto`` beats torch's default by at least 10% (``auto/torch``).
 
     python -m benchmarks.contention [--quick] [--texts N] [--rounds N] [--model SPEC]
 """
@@ -127,12 +129,16 @@ def main() -> None:
     prefer_passive_openmp()  # as the CLI does, before torch loads
     count, train_count, rounds = (300, 160, 2) if args.quick else (args.texts, args.train_texts, args.rounds)
 
+    import torch
+
     from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models, threads
 
+    torch_default = torch.get_num_threads()  # what torch chose by itself: nothing has set a count yet
     cores = threads.available_cores()
-    settings = ["1", str(cores), "auto"] if cores > 1 else ["1", "auto"]
+    settings = list(dict.fromkeys(["1", str(cores)])) + ["torch", "auto"]
+    fixed = {"torch": str(torch_default)}  # torch's own count, set as such
     texts = emotion_like_texts(count, 42)
     train_texts = texts[:train_count] if train_count <= count else emotion_like_texts(train_count, 43)
     encoder = features.load_encoder(models.resolve(args.model), models.resolve_precision("auto"))
@@ -161,32 +167,40 @@ def main() -> None:
                 results[condition] = {}
                 if args.work in ("both", "extraction"):
                     results[condition]["extraction"] = measure(
-                        "extract", settings, rounds, lambda s: extraction_rate(texts, encoder, s)
+                        "extract", settings, rounds, lambda s: extraction_rate(texts, encoder, fixed.get(s, s))
                     )
                 if args.work in ("both", "fine-tune"):
                     results[condition]["fine-tune"] = measure(
-                        "train", settings, rounds, lambda s: training_rate(train_texts, config, s, Path(folder))
+                        "train",
+                        settings,
+                        rounds,
+                        lambda s: training_rate(train_texts, config, fixed.get(s, s), Path(folder)),
                     )
                 loads[condition] = load_average()
 
-    print(f"cpu: {models.cpu_description()}; {cores} available cores; precision {encoder.precision}")
+    print(
+        f"cpu: {models.cpu_description()}; {cores} available cores; torch's default {torch_default} threads; "
+        f"precision {encoder.precision}"
+    )
     print(f"{count} texts extracted, {train_count} trained (batch 16, one epoch) per pass; median of {rounds} rounds")
     print(f"matmul peak GFLOP/s (quiet, before the load): {peak.describe(machine_peak)}")
     print(
         f"{'condition':<12}{'work':<12}"
         + "".join(f"{'threads=' + s:>14}" for s in settings)
-        + f"{'auto/best':>11}  auto chose   {'auto: of the peak':<22}load (1/5/15 min)"
+        + f"{'auto/best':>11}{'auto/torch':>11}  auto chose   {'auto: of the peak':<22}load (1/5/15 min)"
     )
     for condition, works in results.items():
         for work, by_setting in works.items():
             best_fixed = max(rate for s, (rate, _) in by_setting.items() if s != "auto")
             auto_rate, auto_chose = by_setting["auto"]
+            torch_rate = by_setting["torch"][0]
             per_text, precision = work_flops[work]
             of_peak = peak.achieved(auto_rate, per_text, machine_peak, precision, max(auto_chose))
             print(
                 f"{condition:<12}{work:<12}"
                 + "".join(f"{by_setting[s][0]:>14.1f}" for s in settings)
-                + f"{auto_rate / best_fixed:>10.2f}x  {auto_chose!s:<11} {of_peak:<22}{loads[condition]}"
+                + f"{auto_rate / best_fixed:>10.2f}x{auto_rate / torch_rate:>10.2f}x  {auto_chose!s:<11} "
+                + f"{of_peak:<22}{loads[condition]}"
             )
 
 
