@@ -475,8 +475,8 @@ class CompareConfig:
     run_b: str = option("", "The second run, as RUN_A.", positional=True)
     parent: str = option(
         "",
-        "A study's (main) run id: RUN_A and RUN_B are then stage names of it (finetune, tfidf...); without them, "
-        "its two best model stages by validation accuracy.",
+        "A study's (main) run id: RUN_A and RUN_B are then stage names of it (finetune, tfidf...); RUN_A alone is "
+        "set against the best other stage by validation accuracy; without them, its two best model stages.",
         check=run_id,
     )
 

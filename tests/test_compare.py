@@ -82,6 +82,8 @@ def test_model_uris_and_a_studys_stages_name_the_runs(small_dataset: Path, isola
         floor,
         strong,
     )
+    assert compare.resolve_pair(CompareConfig(run_a="dummy", parent=parent.info.run_id)) == (floor, strong)
+    assert compare.resolve_pair(CompareConfig(run_a="tfidf", parent=parent.info.run_id)) == (strong, floor)
     with pytest.raises(UserError, match="has no scored stage 'probe'; its stages: dummy, tfidf"):
         compare.resolve_pair(CompareConfig(run_a="probe", run_b="tfidf", parent=parent.info.run_id))
 

@@ -60,7 +60,11 @@ def run(config: CompareConfig) -> str:
 
 
 def resolve_pair(config: CompareConfig) -> tuple[str, str]:
-    """The run ids of RUN_A and RUN_B: run ids, model URIs, or stage names of ``--parent``."""
+    """The run ids of RUN_A and RUN_B: run ids, model URIs, or stage names of ``--parent``.
+
+    With ``--parent``, no stage name compares the study's two best stages by validation accuracy,
+    and one compares that stage with the best of the others.
+    """
     if not config.parent:
         return _run_id(config.run_a), _run_id(config.run_b)
     children = [c for c in tracking.child_runs(_finished_run(config.parent).info.run_id) if "val_accuracy" in c]
@@ -70,13 +74,19 @@ def resolve_pair(config: CompareConfig) -> tuple[str, str]:
             raise UserError(f"Run {config.parent} has {len(by_stage)} scored stage(s); compare needs two.")
         ranked = sorted(by_stage.values(), key=lambda child: child["val_accuracy"], reverse=True)
         return ranked[0]["run_id"], ranked[1]["run_id"]
-    missing = [s for s in (config.run_a, config.run_b) if s not in by_stage]
+    named = [stage for stage in (config.run_a, config.run_b) if stage]
+    missing = [stage for stage in named if stage not in by_stage]
     if missing:
         raise UserError(
             f"Run {config.parent} has no scored stage {', '.join(map(repr, missing))}; its stages: "
             f"{', '.join(sorted(by_stage)) or 'none'}."
         )
-    return by_stage[config.run_a]["run_id"], by_stage[config.run_b]["run_id"]
+    if len(named) == 1:  # one stage against the best of the others, as the study's table sets them
+        other = significance.best_other({s: child["val_accuracy"] for s, child in by_stage.items()}, named[0])
+        if other is None:
+            raise UserError(f"Run {config.parent} has no scored stage but {named[0]!r} to compare it with.")
+        named.append(other)
+    return by_stage[named[0]]["run_id"], by_stage[named[1]]["run_id"]
 
 
 def _run_id(reference: str) -> str:
