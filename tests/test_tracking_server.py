@@ -36,13 +36,13 @@ NOTE = "a run artifact"
 
 
 def test_up_again_keeps_the_running_server_and_status_says_where(tracking_server: TrackingServer) -> None:
-    pid = (tracking_server.folder / "mlflow.pid").read_text().strip()
+    pid = (tracking_server.folder / "mlflow.pid").read_text().split()[0]
 
     again = tracking_server.script("up")
 
     assert again.returncode == 0, again.stderr
     assert f"already running: mlflow server pid {pid} at {tracking_server.url}" in again.stdout
-    assert (tracking_server.folder / "mlflow.pid").read_text().strip() == pid
+    assert (tracking_server.folder / "mlflow.pid").read_text().split()[0] == pid
     status = tracking_server.script("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"mlflow server: running, pid {pid}, healthy, {tracking_server.url}, auth on" in status.stdout
