@@ -85,7 +85,7 @@ def _debug_enabled() -> bool:
 
 
 class _Group(click.Group):
-    """Turns user errors into one clear line and a non-zero exit; ``--debug`` adds the traceback."""
+    """Turns user errors, and any other error, into one line and a non-zero exit; ``--debug`` adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         store_existed = Path(DEFAULT_STORE).exists()
@@ -105,6 +105,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort):  # --help, or a prompt given up: click's own ends
+            raise
+        except Exception as error:  # a bug, or the environment (the store, a variable contradicting another)
+            if _debug_enabled():
+                traceback.print_exc()
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            _fail_launcher_run(ctx.invoked_subcommand, reason)
+            _remove_empty_store(store_existed)
+            raise click.ClickException(f"{reason} (unexpected: --debug shows the traceback)") from error
 
 
 DEFAULT_STORE = "mlflow.db"
