@@ -4,7 +4,7 @@ The command line (``cli.py``), the ``MLproject`` entry points (``mlproject.py``)
 lists of sweepable and learning-curve stages (``config.py``), the sweep and the learning curve,
 and the closing line each stage ends with all iterate over ``STAGES``; ``tests/test_catalog.py``
 fails when a stage is named in a list or an if-chain anywhere else. Adding a model stage is one
-module in ``stages/``, its config class in ``config.py``, one entry here and its tests
+module in ``stages/`` (a workflow: ``workflows/``), its config class in ``config.py``, one entry here and its tests
 (CONTRIBUTING.md, "Adding a stage").
 
 Nothing here imports a stage: a stage's module is imported when it runs, so ``--help`` stays fast.
@@ -29,7 +29,7 @@ class StageSpec:
     name: str
     """The command, the MLproject entry point and the runs' ``stage`` tag."""
     module: str
-    """Its module in ``emotion_exp.stages``, whose ``run(config, ...)`` runs it."""
+    """Its module under ``emotion_exp`` (``stages.dummy``, ``workflows.study``): its ``run(config, ...)`` runs it."""
     config: str
     """The name of its config dataclass in ``config.py``: the single source of its defaults."""
     help: str
@@ -59,7 +59,7 @@ class StageSpec:
 
     def run(self, config: Any, **options: Any) -> str:
         """Run the stage (its module imported now); return its run id."""
-        return importlib.import_module(f"emotion_exp.stages.{self.module}").run(config, **options)
+        return importlib.import_module(f"emotion_exp.{self.module}").run(config, **options)
 
 
 _SEARCH_C = "C=0.001..100:log,class_weight=none|balanced"
@@ -69,7 +69,7 @@ STAGES: dict[str, StageSpec] = {
     for spec in (
         StageSpec(
             "main",
-            "study",
+            "workflows.study",
             "MainConfig",
             "Run the whole study: extract, dummy, probe, tfidf, finetune and promote as nested runs of one parent "
             "run, then log the comparison table and chart on the parent.",
@@ -78,7 +78,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "extract",
-            "extract",
+            "stages.extract",
             "ExtractConfig",
             "Extract the encoder's pooled last hidden states for every split; log them with UMAP plots.",
             closing=console.extract_closing,
@@ -86,7 +86,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "dummy",
-            "dummy",
+            "stages.dummy",
             "DummyConfig",
             "Fit the DummyClassifier baseline (most frequent class by default) and log its scores.",
             in_study=True,
@@ -94,7 +94,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "probe",
-            "probe",
+            "stages.probe",
             "ProbeConfig",
             "Fit a logistic-regression probe on extracted features (reusing a matching extract run).",
             search_space=_SEARCH_C,
@@ -109,7 +109,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "tfidf",
-            "tfidf",
+            "stages.tfidf",
             "TfidfConfig",
             "Fit the TF-IDF word and character n-gram baseline with a calibrated linear SVM on raw text.",
             search_space=_SEARCH_C,
@@ -123,7 +123,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "finetune",
-            "finetune",
+            "stages.finetune",
             "FinetuneConfig",
             "Fine-tune the encoder end to end with the transformers Trainer; log and register the model.",
             search_space="learning_rate=1e-5..5e-4:log,epochs=1..5,warmup=0.0..0.2,weight_decay=0.0..0.1,"
@@ -138,7 +138,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "promote",
-            "promote",
+            "stages.promote",
             "PromoteConfig",
             "Move the champion alias to the best finished run of this dataset where it is better than the champion "
             "on the same validation texts beyond chance (--rule significant: McNemar at --alpha, and by "
@@ -148,14 +148,14 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "predict",
-            "predict",
+            "stages.predict",
             "PredictConfig",
             "Label the texts of a file with a registered model (default: the champion).",
             closing=console.predict_closing,
         ),
         StageSpec(
             "evaluate",
-            "evaluate",
+            "stages.evaluate",
             "EvaluateConfig",
             "Score a logged or registered model (default: the champion) on labelled data: metrics, error analysis "
             "and calibration in a run tagged stage=evaluate, and the scores as tags on the model version.",
@@ -163,7 +163,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "compare",
-            "compare",
+            "stages.compare",
             "CompareConfig",
             "Compare two runs on the same data text by text: each one's scores with 95% intervals, the paired "
             "difference in accuracy with its interval, and the exact McNemar p-value, on validation and test; "
@@ -174,13 +174,13 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "clean-stale",
-            "clean_stale",
+            "stages.clean_stale",
             "CleanStaleConfig",
             "Mark RUNNING runs whose process is gone (killed, crashed) as FAILED.",
         ),
         StageSpec(
             "sweep",
-            "sweep",
+            "workflows.sweep",
             "SweepConfig",
             "Search one stage's parameters with Optuna (TPE seeded by --seed), each trial a nested run selected on "
             "validation; score the best trial on test once, register its model. --study_name resumes a study.",
@@ -188,7 +188,7 @@ STAGES: dict[str, StageSpec] = {
         ),
         StageSpec(
             "learning-curve",
-            "learning_curve",
+            "workflows.learning_curve",
             "LearningCurveConfig",
             "Train each chosen stage on nested stratified subsets of the training split, one nested run per point, "
             "scored on the full validation and test splits; log the curve on the parent run.",

@@ -26,7 +26,8 @@ def declarations(path: Path) -> list[str]:
 
     A stage's own module may name itself (``stage != 'extract'`` in extract.py).
     """
-    own = {name for name, spec in catalog.STAGES.items() if path.parent.name == "stages" and spec.module == path.stem}
+    module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts) if path.is_relative_to(PACKAGE) else ""
+    own = {name for name, spec in catalog.STAGES.items() if spec.module == module}
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
@@ -63,7 +64,7 @@ def test_every_stage_has_its_command_config_module_and_closing(name: str) -> Non
     spec = catalog.STAGES[name]
     assert cli.commands[name].help == spec.help
     assert dataclasses.is_dataclass(cfg.STAGE_CONFIGS[name]) and cfg.STAGE_CONFIGS[name].__name__ == spec.config
-    assert (PACKAGE / "stages" / f"{spec.module}.py").is_file()
+    assert (PACKAGE / f"{spec.module.replace('.', '/')}.py").is_file()
     assert spec.search_space == "" or set(dict(item.split("=") for item in spec.search_space.split(","))) <= set(
         spec.searchable
     )

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from emotion_exp import subsets
 from emotion_exp.config import LearningCurveConfig
 from emotion_exp.errors import UserError
-from emotion_exp.stages import learning_curve
+from emotion_exp.workflows import learning_curve
 
 
 def sample_labels() -> np.ndarray:

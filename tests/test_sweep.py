@@ -18,7 +18,7 @@ from emotion_exp import data, metrics
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig, SweepConfig
 from emotion_exp.errors import UserError
-from emotion_exp.stages import sweep
+from emotion_exp.workflows import search_space, sweep, sweep_storage
 
 
 def children(parent_id: str) -> list[mlflow.entities.Run]:
@@ -36,7 +36,7 @@ def trials_of(parent_id: str) -> list[mlflow.entities.Run]:
 
 
 def test_the_default_spaces_are_the_issues_and_overrides_replace_single_parameters() -> None:
-    space = sweep.search_space("finetune")
+    space = search_space.search_space("finetune")
     assert space["learning_rate"] == optuna.distributions.FloatDistribution(1e-5, 5e-4, log=True)
     assert space["epochs"] == optuna.distributions.IntDistribution(1, 5)
     assert space["batch_size"].choices == (16, 32, 64)
@@ -45,15 +45,15 @@ def test_the_default_spaces_are_the_issues_and_overrides_replace_single_paramete
         optuna.distributions.FloatDistribution(0.0, 0.1),
     )
     for stage in ("probe", "tfidf"):  # the spaces the registry declares, as they were before it
-        assert sweep.search_space(stage) == {
+        assert search_space.search_space(stage) == {
             "C": optuna.distributions.FloatDistribution(1e-3, 1e2, log=True),
             "class_weight": optuna.distributions.CategoricalDistribution(("none", "balanced")),
         }
 
-    space = sweep.search_space("tfidf", "C=0.01..10:log, class_weight=balanced")
+    space = search_space.search_space("tfidf", "C=0.01..10:log, class_weight=balanced")
     assert space["C"] == optuna.distributions.FloatDistribution(0.01, 10, log=True)
     assert space["class_weight"].choices == ("balanced",)
-    assert sweep.search_space("finetune", "epochs=1..2,batch_size=8|16")["epochs"] == (
+    assert search_space.search_space("finetune", "epochs=1..2,batch_size=8|16")["epochs"] == (
         optuna.distributions.IntDistribution(1, 2)
     )
 
@@ -75,20 +75,20 @@ def test_the_default_spaces_are_the_issues_and_overrides_replace_single_paramete
 )
 def test_a_bad_search_space_is_refused_before_any_trial(stage: str, overrides: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        sweep.search_space(stage, overrides)
+        search_space.search_space(stage, overrides)
 
 
 def test_the_study_gets_its_own_database_beside_a_sqlite_store_and_never_mlflows(tmp_path: Path) -> None:
-    assert sweep.resolve_storage("", f"sqlite:///{tmp_path}/mlflow.db") == f"sqlite:///{tmp_path}/optuna.db"
-    assert sweep.resolve_storage("", str(tmp_path / "mlruns")) == f"sqlite:///{tmp_path}/optuna.db"
+    assert sweep_storage.resolve_storage("", f"sqlite:///{tmp_path}/mlflow.db") == f"sqlite:///{tmp_path}/optuna.db"
+    assert sweep_storage.resolve_storage("", str(tmp_path / "mlruns")) == f"sqlite:///{tmp_path}/optuna.db"
     with pytest.raises(UserError, match="is the MLflow tracking store's own database"):
-        sweep.resolve_storage(f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/../{tmp_path.name}/mlflow.db")
+        sweep_storage.resolve_storage(f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/../{tmp_path.name}/mlflow.db")
     with pytest.raises(UserError, match="is the MLflow tracking store's own database"):
-        sweep.resolve_storage("postgresql://me:secret@db:5432/mlflow", "postgresql://other@db:5432/mlflow")
+        sweep_storage.resolve_storage("postgresql://me:secret@db:5432/mlflow", "postgresql://other@db:5432/mlflow")
     with pytest.raises(UserError, match="pass --optuna_storage"):
-        sweep.resolve_storage("", "http://127.0.0.1:5000")
-    assert sweep.resolve_storage("postgresql://me@db/optuna", "http://127.0.0.1:5000") == "postgresql://me@db/optuna"
-    assert "secret" not in sweep.shown_storage("postgresql://me:secret@db/optuna")
+        sweep_storage.resolve_storage("", "http://127.0.0.1:5000")
+    assert sweep_storage.resolve_storage("postgresql://me@db/optuna", "http://127.0.0.1:5000") == "postgresql://me@db/optuna"
+    assert "secret" not in sweep_storage.shown_storage("postgresql://me:secret@db/optuna")
 
 
 # --- tfidf: selection on validation, the test split once, resume --------------------------------------
@@ -237,10 +237,10 @@ def test_a_finetune_trial_below_the_median_is_pruned_and_its_run_kept(
         registered_model="",
         umap_max_points=50,
     )
-    space = sweep.search_space("finetune", config.search_space)
-    storage = sweep.resolve_storage("", mlflow.get_tracking_uri())
+    space = search_space.search_space("finetune", config.search_space)
+    storage = sweep_storage.resolve_storage("", mlflow.get_tracking_uri())
     digest = data.load_splits(DataConfig(dataset=str(small_dataset))).digest
-    study = sweep.open_study(config, storage, name, sweep.space_description(space), digest)
+    study = sweep.open_study(config, storage, name, search_space.space_description(space), digest)
     params = {"learning_rate": 1e-4, "epochs": 2, "warmup": 0.1, "weight_decay": 0.01, "batch_size": 16}
     study.add_trial(
         optuna.trial.create_trial(params=params, distributions=space, value=0.0, intermediate_values={2: 0.99})

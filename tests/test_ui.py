@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from emotion_exp import tracking
 from emotion_exp.cli import cli
-from emotion_exp.stages import study
+from emotion_exp.workflows import study
 
 
 def test_a_stage_tags_its_experiment_so_the_ui_opens_on_training_runs(isolated_mlflow: str) -> None:
