@@ -267,7 +267,14 @@ class FinetuneConfig(RepeatedConfig, TrainingConfig):
     """Full fine-tuning with the transformers Trainer."""
 
     resume: str = option("", "Id of an interrupted finetune run to continue ('' = a new run).", check=run_id)
-    registered_model: str = option(FOLLOW_THE_DATA, _REGISTER_HELP, check=registered_model_name)
+    registered_model: str = option(
+        FOLLOW_THE_DATA,
+        "Register the model under this name, every run: 'auto' (the default) follows the data (emotion-classifier "
+        "for the six emotion labels, else <dataset name>-classifier) and registers only a new best version: where "
+        "the name has no champion yet, or this run beats the champion's validation score on the same data; "
+        "'' = do not register.",
+        check=registered_model_name,
+    )
     calibrate: bool = option(
         True,
         "Fit a temperature on the validation split so that the model's probabilities match its accuracy "
