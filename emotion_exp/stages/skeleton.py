@@ -179,12 +179,12 @@ class Stage:
     ) -> str:
         """Log the pyfunc model; register it under ``registered_model`` (when set) with its description and tags.
 
-        Returns the model URI.
+        ``registered_model`` is the name ``registered_name`` resolved, once, for this stage ('' = do
+        not register). Returns the model URI.
         """
         model_uri = pyfunc.log_model(
             model.python_model, self.splits.label_names, artifacts=model.artifacts or None, packages=model.packages
         )
-        registered_model = self.registered_name(registered_model)
         if registered_model:
             version = registry.register(model_uri, registered_model, self.splits.label_names)
             version_tags = {"stage": self.name, "dataset_digest": self.splits.digest}
