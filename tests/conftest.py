@@ -95,6 +95,24 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def registered_tfidf(tracking_uri: str, small_dataset: Path) -> tuple[str, str]:
+    """A TF-IDF model of the small data, registered once per session as version 1 of its own name; (name, run id).
+
+    Its runs live in their own experiment; tests read the model by ``models:/<name>/1`` (and may tag
+    the version), never move its aliases.
+    """
+    import mlflow
+
+    from emotion_exp.config import TfidfConfig
+    from emotion_exp.stages import tfidf
+
+    name = f"session-tfidf-{uuid.uuid4().hex[:8]}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(name)  # the test's own experiment is set after this, by isolated_mlflow
+    return name, tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
+
+
 # The session's team tracking server (PostgreSQL + mlflow server with logins), for the tests that need one.
 from tests.tracking_server import on_server, tracking_server  # noqa: F401
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import mlflow
@@ -13,19 +12,18 @@ from mlflow.tracking import MlflowClient
 
 from emotion_exp import data
 from emotion_exp.cli import cli
-from emotion_exp.config import EvaluateConfig, TfidfConfig
+from emotion_exp.config import EvaluateConfig
 from emotion_exp.errors import UserError
-from emotion_exp.stages import evaluate, tfidf
+from emotion_exp.stages import evaluate
 from tests.test_analysis import assert_analysis_logged
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
 
 @pytest.fixture
-def registered(small_dataset: Path, isolated_mlflow: str) -> tuple[str, str]:
-    """A TF-IDF model of the small data registered as version 1 of a fresh name; (name, its run id)."""
-    name = f"evaluate-{uuid.uuid4().hex[:8]}"
-    return name, tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
+def registered(registered_tfidf: tuple[str, str]) -> tuple[str, str]:
+    """The session's registered TF-IDF model of the small data; (name, its run id)."""
+    return registered_tfidf
 
 
 def evaluate_runs(experiment: str) -> list[mlflow.entities.Run]:

@@ -12,17 +12,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from emotion_exp.config import TfidfConfig
-from emotion_exp.stages import tfidf
 from tests.model_server import serving
 
 REQUESTS = 2000
@@ -62,16 +58,12 @@ class Tally:
 
 
 @pytest.fixture(scope="module")
-def served(small_dataset: Path, tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Fit and register the TF-IDF model, serve its version 1 on 127.0.0.1; yield the base URL."""
-    import mlflow
-
-    name = f"load-test-{uuid.uuid4().hex[:8]}"
+def served(
+    registered_tfidf: tuple[str, str], tracking_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Serve the session's registered TF-IDF model (version 1) on 127.0.0.1; yield the base URL."""
+    name, _ = registered_tfidf
     workdir = tmp_path_factory.mktemp("serve-load")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(name)
-    tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
-
     with serving(f"models:/{name}/1", tracking_uri, workdir) as url:
         yield url
 
