@@ -32,7 +32,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import __version__, catalog, console, significance, threads
-from emotion_exp.errors import EndedEarly
+from emotion_exp.errors import EndedEarly, UserError
 
 T = TypeVar("T")
 MAX_TAG_LENGTH = 5000
@@ -79,7 +79,9 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
     nested = mlflow.active_run() is not None
     if not nested:
         # Two stages started at once with a new MLFLOW_EXPERIMENT_NAME both try to create it.
-        mark_experiment(retry_on_conflict(current_experiment_id))
+        experiment_id = retry_on_conflict(current_experiment_id)
+        require_edit(stage, experiment_id=experiment_id)
+        mark_experiment(experiment_id)
     started = _next_run.get()
     if started is not None and started.run_id is not None:
         started = None  # an outer run took them (probe nesting extract)
@@ -192,6 +194,60 @@ def is_conflict(error: Exception) -> bool:
     if code == "RESOURCE_ALREADY_EXISTS" or isinstance(error.__cause__, IntegrityError):
         return True
     return code == "BAD_REQUEST" and bool(_UNIQUE_KEY_ERROR.match(getattr(error, "message", "")))
+
+
+WRITING = ("EDIT", "MANAGE")
+"""The basic-auth permissions that let a user log runs in an experiment, or tag a model's versions and move its
+aliases (READ and USE only read; NO_PERMISSIONS sees nothing)."""
+
+
+def require_edit(stage: str, *, experiment_id: str | None = None, registered_model: str | None = None) -> None:
+    """On a server with logins, say up front which grant a stage lacks, instead of a 403 after its work.
+
+    The stage's run needs EDIT on ``experiment_id``; tagging a version of ``registered_model`` or moving its alias
+    needs EDIT on the model. A model the user has no grant on may be a new name, which they may create.
+    """
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if not username or not mlflow.get_tracking_uri().startswith(("http://", "https://")):
+        return
+    user = _auth_get("/api/2.0/mlflow/users/get", {"username": username})
+    if user is None or user["user"].get("is_admin"):
+        return  # no logins on this server, or the admin, whom they do not restrict
+    checks = []
+    if experiment_id is not None:
+        checks.append(("experiment", experiment_id, f"logs its run in experiment {experiment_id!r}"))
+    if registered_model:
+        checks.append(("registered_model", registered_model, f"tags versions of registered model {registered_model!r}"))
+    for kind, resource, why in checks:
+        found = _auth_get(
+            "/api/3.0/mlflow/users/permissions/get",
+            {"username": username, "resource_type": kind, "resource_id": resource},
+        )
+        if found is None:
+            return  # an auth app without this API: its own 403 will say it
+        permission = found["permission"]
+        if permission in WRITING or (kind == "registered_model" and permission == "NO_PERMISSIONS"):
+            continue
+        where = (
+            " (MLFLOW_EXPERIMENT_NAME selects another experiment: a new name makes one of your own)"
+            if kind == "experiment"
+            else ""
+        )
+        raise UserError(
+            f"{stage} {why}, which needs EDIT on it, and {username!r} has {permission} there: ask an admin to grant "
+            f"EDIT{where}."
+        )
+
+
+def _auth_get(endpoint: str, params: dict[str, str]) -> dict | None:
+    """A GET of MLflow's basic-auth API as the current user; None where the server has no such API (no logins)."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    response = http_request(get_default_host_creds(mlflow.get_tracking_uri()), endpoint, "GET", params=params)
+    if response.status_code == 404:
+        return None
+    return verify_rest_response(response, endpoint).json()
 
 
 def current_experiment_id() -> str:

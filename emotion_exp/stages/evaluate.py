@@ -99,6 +99,7 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
     label_names = model_labels(model, config.model_uri)
     gold, missing = match_labels(labelled.frame["label"], label_names, config.label_mapping(), config.model_uri)
     version = registry.resolve_version(config.model_uri)
+    tracking.require_edit("evaluate", registered_model=version[0] if version else None)  # before the scoring
     texts = labelled.frame["text"].tolist()
     with tracking.stage_run("evaluate", config) as evaluate_run:
         log_labelled_input(labelled)

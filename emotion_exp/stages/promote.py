@@ -159,6 +159,7 @@ def run(config: PromoteConfig, *, splits: DatasetSplits | None = None) -> str:
         name = registry.registered_name(config.registered_model, splits.name, splits.label_names)
         config = dataclasses.replace(config, registered_model=name)
         mlflow.set_tag("registered_model", name)
+        tracking.require_edit("promote", registered_model=name)  # it moves @champion
         found = registry.candidates(experiment_id, splits.digest, config.metric)
         if not found:
             raise _no_candidates(experiment_id, splits.digest, splits.name, config.metric)
