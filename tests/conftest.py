@@ -113,6 +113,27 @@ def registered_tfidf(tracking_uri: str, small_dataset: Path) -> tuple[str, str]:
     return name, tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
 
 
+@pytest.fixture(scope="session")
+def finetuned_champion(
+    tracking_uri: str, small_dataset: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
+    """The tiny model fine-tuned once per session and promoted: ``@champion`` of its own name; (name, run id)."""
+    import mlflow
+
+    from emotion_exp.config import PromoteConfig
+    from emotion_exp.stages import finetune, promote
+    from tests.helpers import tiny_finetune_config
+
+    name = f"session-finetune-{uuid.uuid4().hex[:8]}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(name)  # promote searches the active experiment; the test's is set after this
+    run_id = finetune.run(
+        tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path_factory.mktemp("finetuned"), registered_model=name)
+    )
+    promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
+    return name, run_id
+
+
 # The session's team tracking server (PostgreSQL + mlflow server with logins), for the tests that need one.
 from tests.tracking_server import on_server, tracking_server  # noqa: F401
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from emotion_exp.config import REGISTERED_MODEL, PromoteConfig
-from emotion_exp.stages import finetune, promote
+from emotion_exp import registry
+from emotion_exp.config import REGISTERED_MODEL
 from tests.conftest import REPO_ROOT
-from tests.helpers import tiny_finetune_config
+from tests.pyfunc_models import LABELS
 
 
 def pyfunc_snippet(page: Path) -> str:
@@ -31,14 +31,16 @@ def pyfunc_snippet(page: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_docs_pyfunc_snippet_predicts_with_the_champion(small_dataset, tiny_model_dir, tmp_path, capsys) -> None:
+def test_the_docs_pyfunc_snippet_predicts_with_the_champion(finetuned_champion, capsys) -> None:
     snippet = pyfunc_snippet(REPO_ROOT / "docs/serving.md")
     assert f"models:/{REGISTERED_MODEL}@champion" in snippet
     client = MlflowClient()
     for model in client.search_registered_models(f"name = '{REGISTERED_MODEL}'"):
         client.delete_registered_model(model.name)  # the session's store: start from no champion
-    finetune.run(tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path))
-    promote.run(PromoteConfig(dataset=str(small_dataset)))
+    # The session's fine-tuned model as the snippet's emotion-classifier@champion (as finetune + promote leave it).
+    _, run_id = finetuned_champion
+    version = registry.register(registry.model_of_run(run_id), REGISTERED_MODEL, LABELS)
+    registry.set_champion(REGISTERED_MODEL, version)
     capsys.readouterr()
 
     exec(compile(snippet, "docs/serving.md", "exec"), {})  # noqa: S102 - the documented code, run as a user would

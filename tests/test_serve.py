@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import requests
 
-from emotion_exp.config import PromoteConfig
-from emotion_exp.stages import finetune, promote
-from tests.helpers import tiny_finetune_config
 from tests.model_server import serving
 
 LABELS = {"sadness", "joy", "love", "anger", "fear", "surprise"}
@@ -21,17 +16,10 @@ TEXTS = ["i feel so happy today", "this waiting makes me anxious"]
 
 
 @pytest.fixture(scope="module")
-def server(small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, tmp_path_factory) -> Iterator[str]:
-    """Fine-tune the tiny model, promote it, serve ``models:/<name>@champion``; yield the base URL."""
-    import mlflow
-
-    name = f"serve-test-{uuid.uuid4().hex[:8]}"
+def server(finetuned_champion: tuple[str, str], tracking_uri: str, tmp_path_factory) -> Iterator[str]:
+    """Serve the session's fine-tuned ``models:/<name>@champion``; yield the base URL."""
+    name, _ = finetuned_champion
     workdir = tmp_path_factory.mktemp("serve")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(name)  # promote searches the active experiment
-    finetune.run(tiny_finetune_config(small_dataset, tiny_model_dir, workdir, registered_model=name))
-    promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
-
     with serving(f"models:/{name}@champion", tracking_uri, workdir) as url:
         yield url
 
