@@ -16,6 +16,9 @@ from emotion_exp.config import FinetuneConfig
 from emotion_exp.data import DatasetSplits
 from tests.conftest import REPO_ROOT
 
+LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+"""The study's six labels, in id order: the bundled sample's and every test dataset's."""
+
 
 def artifacts(run_id: str, path: str = "") -> set[str]:
     """Every artifact file of a run under ``path``, folders walked."""

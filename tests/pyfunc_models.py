@@ -14,8 +14,7 @@ from emotion_exp.pyfunc import (
     text_input,
     texts_from_input,
 )
-
-LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+from tests.helpers import LABELS
 
 
 class KeywordModel(TextModel):

@@ -22,12 +22,12 @@ from click.testing import CliRunner, Result
 
 from emotion_exp import registry
 from emotion_exp.cli import cli
+from tests.helpers import LABELS as SIX
 from tests.pyfunc_models import LABELS, log_keyword_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:An input example was not provided")
 
 HEADER = "text,label\n"
-SIX = ("sadness", "joy", "love", "anger", "fear", "surprise")
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
 
 

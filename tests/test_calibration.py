@@ -13,10 +13,9 @@ import requests
 import torch
 
 from emotion_exp import analysis, contract, inference, pyfunc
-from tests.helpers import tiny_finetune_config
+from tests.helpers import LABELS, tiny_finetune_config
 from tests.model_server import serving
 
-LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 PROBABILITIES = [contract.probability_column(n) for n in LABELS]
 # The tiny model's head, scaled up this much, is sure of labels it barely knows.
 OVERCONFIDENCE = 3.0

@@ -15,9 +15,8 @@ from emotion_exp.cli import cli
 from emotion_exp.config import EvaluateConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import evaluate
+from tests.helpers import LABELS
 from tests.test_analysis import assert_analysis_logged
-
-LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from matplotlib.collections import PathCollection, PolyCollection
 from matplotlib.container import BarContainer
 
 from emotion_exp import plots
-
-NAMES = ("sadness", "joy", "love", "anger", "fear", "surprise")
+from tests.helpers import LABELS as NAMES
 
 
 def _embedding(points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,10 +14,8 @@ from emotion_exp import baselines, data
 from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import extract, probe
-from tests.helpers import scores_of_the_model
+from tests.helpers import LABELS, scores_of_the_model
 from tests.test_analysis import assert_analysis_logged
-
-LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
 
 def _config(small_dataset: Path, tiny_model_dir: Path, **overrides: object) -> ProbeConfig:

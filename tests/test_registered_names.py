@@ -15,8 +15,7 @@ from emotion_exp.cli import cli
 from emotion_exp.config import TfidfConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import tfidf
-
-EMOTIONS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+from tests.helpers import LABELS as EMOTIONS
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import requests
 
+from tests.helpers import LABELS
 from tests.model_server import serving
 
-LABELS = {"sadness", "joy", "love", "anger", "fear", "surprise"}
 PROBABILITIES = {f"prob_{label}" for label in LABELS}
 TEXTS = ["i feel so happy today", "this waiting makes me anxious"]
 

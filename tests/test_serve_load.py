@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import requests
 
+from tests.helpers import LABELS
 from tests.model_server import serving
 
 REQUESTS = 2000
 CLIENTS = 8
 MALFORMED_EVERY = 20
 TIME_LIMIT_S = 120
-LABELS = {"sadness", "joy", "love", "anger", "fear", "surprise"}
 TEXTS = [
     "i feel so happy today",
     "this waiting makes me anxious",

@@ -14,10 +14,8 @@ from emotion_exp import baselines, data
 from emotion_exp.config import DataConfig, TfidfConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import tfidf
-from tests.helpers import scores_of_the_model
+from tests.helpers import LABELS, scores_of_the_model
 from tests.test_analysis import assert_analysis_logged
-
-LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
 
 def test_tfidf_clearly_beats_the_majority_class_on_the_sample() -> None:
