@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -336,3 +337,53 @@ def test_up_under_umask_077_makes_a_folder_postgresql_can_use(reachable_base: Pa
     assert started.returncode == 0, started.stderr
     assert run_script("status", "--dir", str(folder)).returncode == 0
     assert (folder.parent.stat().st_mode & 0o777) == 0o711 and (folder.stat().st_mode & 0o777) == 0o711
+
+
+# --- sweeps on the server's PostgreSQL: the optuna role, masked storage, two workers on one study -------
+
+
+def test_the_resume_hint_shows_the_storage_without_its_password() -> None:
+    import optuna
+
+    from emotion_exp.config import SweepConfig
+    from emotion_exp.workflows.sweep import resume_hint
+
+    config = SweepConfig(optuna_storage="postgresql+psycopg://optuna:hunter2-secret@127.0.0.1:5432/optuna")
+    hint = resume_hint(config, "s", optuna.create_study())
+
+    assert "hunter2-secret" not in hint and "--optuna_storage postgresql+psycopg://optuna:***@127.0.0.1:5432" in hint
+
+
+def sweep_worker(
+    server: TrackingServer, experiment: str, storage: str, study: str, dataset: Path, env: dict[str, str], trials: int
+) -> subprocess.Popen:
+    """`emotion-exp sweep` as a separate process (another machine's worker), logging to the team server."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "MLFLOW_EXPERIMENT_ID")}
+    environment.update(server.credentials(), MLFLOW_TRACKING_URI=server.url, MLFLOW_EXPERIMENT_NAME=experiment, **env)
+    command = [sys.executable, "-m", "emotion_exp", "sweep", "--dataset", str(dataset), "--stage", "tfidf"]
+    command += ["--n_trials", str(trials), "--study_name", study, "--optuna_storage", storage, "--registered_model", ""]
+    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_password_in_the_optuna_storage_is_masked_in_the_param_and_tag(
+    tracking_server: TrackingServer, small_dataset: Path, tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    password = (tracking_server.folder / "secrets" / "optuna-password").read_text().strip()
+    pg_port = json.loads((tracking_server.folder / "server.json").read_text())["pg_port"]
+    storage = f"postgresql+psycopg://optuna:{password}@127.0.0.1:{pg_port}/optuna"
+    experiment, study = f"masked-{uuid.uuid4().hex[:8]}", f"masked-{uuid.uuid4().hex[:8]}"
+
+    worker = sweep_worker(tracking_server, experiment, storage, study, small_dataset, {}, trials=1)
+    output, _ = worker.communicate(timeout=600)
+
+    assert worker.returncode == 0, output
+    assert password not in output
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in tracking_server.credentials().items():
+            patch.setenv(key, value)
+        client = MlflowClient(tracking_server.url)
+        [parent] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], "tags.stage = 'sweep'")
+    for shown in (parent.data.params["optuna_storage"], parent.data.tags["optuna_storage"]):
+        assert password not in shown and shown.startswith("postgresql+psycopg://optuna:***@127.0.0.1")

@@ -108,7 +108,10 @@ def run(config: SweepConfig) -> str:
             "is gone): marked FAIL, and run again."
         )
     # The parent holds the data (its inputs, and the label distribution drawn once); every trial gets the same splits.
-    with open_stage("sweep", config, splits=splits, run_id=reopened, label_plot=False) as parent:
+    # Every reader of the run sees its params: the storage's password stays out of them.
+    masked = sweep_storage.shown_storage(config.optuna_storage) if config.optuna_storage else ""
+    logged = dataclasses.replace(config, optuna_storage=masked)
+    with open_stage("sweep", logged, splits=splits, run_id=reopened, label_plot=False) as parent:
         parent_id = parent.run_id
         if reopened is None:
             log_figure(
@@ -256,7 +259,7 @@ def resume_hint(config: SweepConfig, study_name: str, study: optuna.Study) -> st
     """How to continue an interrupted sweep: the same options and the study's name."""
     defaults = SweepConfig()
     changed = {
-        name: value
+        name: sweep_storage.shown_storage(value) if name == "optuna_storage" else value
         for name, value in dataclasses.asdict(config).items()
         if value != getattr(defaults, name) and name != "study_name"
     }
