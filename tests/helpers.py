@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score
 
@@ -89,3 +91,40 @@ def tiny_finetune_config(dataset: Path, model: Path, workdir: Path, **settings: 
             **settings,
         }
     )
+
+
+ANALYSIS_ARTIFACTS = {
+    "analysis/validation_predictions.parquet",
+    "analysis/hardest_validation.md",
+    "analysis/confusions.md",
+    "plots/reliability_validation.png",
+}
+
+
+def assert_analysis_logged(run_id: str, split: str = "validation", prefixes: tuple[str, ...] = ("val", "test")) -> None:
+    """What every model stage logs for its error analysis and calibration (used by each stage's test)."""
+    run = mlflow.get_run(run_id)
+    for prefix in prefixes:
+        assert run.data.metrics[f"{prefix}_loss"] > 0
+        assert 0 <= run.data.metrics[f"{prefix}_ece"] <= 1
+        assert 0 <= run.data.metrics[f"{prefix}_brier"] <= 2
+    client = mlflow.MlflowClient()
+    found = {a.path for folder in ("analysis", "plots") for a in client.list_artifacts(run_id, folder)}
+    expected = {name.replace("validation", split) for name in ANALYSIS_ARTIFACTS}
+    assert expected <= found
+    table = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"analysis/{split}_predictions.parquet")
+    )
+    assert list(table.columns) == [
+        "text",
+        "gold",
+        "predicted",
+        "predicted_probability",
+        "gold_probability",
+        "loss",
+        "correct",
+    ]
+    assert table["loss"].mean() == pytest.approx(run.data.metrics[f"{prefixes[0]}_loss"])
+    assert table["correct"].mean() == pytest.approx(run.data.metrics[f"{prefixes[0]}_accuracy"])
+    hardest = mlflow.artifacts.load_text(f"runs:/{run_id}/analysis/hardest_{split}.md")
+    assert hardest.count("\n| ") == 1 + min(30, len(table))  # the header row and the texts

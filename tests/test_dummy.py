@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from emotion_exp import baselines, data
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig
-from tests.helpers import artifacts
-from tests.test_analysis import assert_analysis_logged
+from tests.helpers import artifacts, assert_analysis_logged
 
 EXPECTED_ARTIFACTS = {
     "plots/label_distribution.png",

@@ -15,8 +15,7 @@ from emotion_exp.cli import cli
 from emotion_exp.config import EvaluateConfig
 from emotion_exp.errors import UserError
 from emotion_exp.stages import evaluate
-from tests.helpers import LABELS
-from tests.test_analysis import assert_analysis_logged
+from tests.helpers import LABELS, assert_analysis_logged
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from emotion_exp.config import DataConfig, FinetuneConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.finetune import TrainingInterrupted
 from emotion_exp.stages import finetune as stage
-from tests.helpers import LABELS, artifacts, scores_of_the_model
-from tests.test_analysis import assert_analysis_logged
+from tests.helpers import LABELS, artifacts, assert_analysis_logged, scores_of_the_model
 
 PROBABILITIES = [f"prob_{label}" for label in LABELS]
 TRAIN_ROWS = 120

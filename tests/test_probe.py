@@ -14,8 +14,7 @@ from emotion_exp import baselines, data
 from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.stages import extract, probe
-from tests.helpers import LABELS, scores_of_the_model
-from tests.test_analysis import assert_analysis_logged
+from tests.helpers import LABELS, assert_analysis_logged, scores_of_the_model
 
 
 def _config(small_dataset: Path, tiny_model_dir: Path, **overrides: object) -> ProbeConfig:
