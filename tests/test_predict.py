@@ -300,7 +300,6 @@ def test_a_predict_run_records_the_version_the_alias_pointed_to(
     )
 
 
-@pytest.mark.slow
 def test_a_model_of_another_project_is_one_sentence(tmp_path) -> None:
     from sklearn.dummy import DummyClassifier
 
