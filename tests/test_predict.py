@@ -298,18 +298,3 @@ def test_a_predict_run_records_the_version_the_alias_pointed_to(
         str(version.version),
         version.run_id,
     )
-
-
-def test_a_model_of_another_project_is_one_sentence(tmp_path) -> None:
-    from sklearn.dummy import DummyClassifier
-
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), name="model")
-    source = tmp_path / "in.csv"
-    source.write_text("text\nso happy\n")
-
-    result = invoke("--input", str(source), "--model_uri", info.model_uri)
-
-    assert result.exit_code == 1, result.output
-    assert f"{info.model_uri} is not an emotion-exp text classifier" in result.output
-    assert "Traceback" not in result.output
