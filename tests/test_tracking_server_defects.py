@@ -263,6 +263,16 @@ def test_an_external_store_password_is_in_no_argv_file_or_output(
     server_pid = int((folder / "mlflow.pid").read_text().split()[0])
     assert password.encode() not in Path(f"/proc/{server_pid}/cmdline").read_bytes()
 
+    # A folder of the earlier version: the whole URI in server.json, none in secrets/, a pid file without start time.
+    assert run_script("down", "--dir", str(folder)).returncode == 0
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "backend_store_uri": backend}))
+    (folder / "secrets" / "backend_store_uri").unlink()
+    again = run_script("up", "--dir", str(folder))
+    assert again.returncode == 0, again.stderr
+    assert password not in settings.read_text() + again.stdout + again.stderr
+    (folder / "mlflow.pid").write_text((folder / "mlflow.pid").read_text().split()[0] + "\n")
+    assert run_script("status", "--dir", str(folder)).returncode == 0
+
 
 def test_the_optuna_role_reaches_its_study_database_and_nothing_else(tracking_server: TrackingServer) -> None:
     import psycopg
