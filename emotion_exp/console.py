@@ -82,7 +82,11 @@ def quiet_libraries() -> None:
 
 
 class LineProgress:
-    """Progress for a file or pipe: a line at every ``PROGRESS_STEP_PERCENT`` percent (and at the end)."""
+    """Progress for a file or pipe: a line at every ``PROGRESS_STEP_PERCENT`` percent (and at the end).
+
+    Each line gives the rate so far and the time left at that rate, as a terminal's bar does: a
+    Spark job or a long extraction otherwise said only how far it was, not when it would end.
+    """
 
     def __init__(self, total: int, description: str, unit: str, stream: IO[str]) -> None:
         self.total = total
@@ -99,9 +103,11 @@ class LineProgress:
         if step > self._printed_step:
             self._printed_step = step
             seconds = time.perf_counter() - self._started
+            rate = self.done / seconds if seconds > 0 else math.inf
+            left = f", {_duration((self.total - self.done) / rate)} left" if self.done < self.total else ""
             self.stream.write(
                 f"{self.description}: {100 * self.done / self.total:3.0f}% ({self.done:,}/{self.total:,} {self.unit}s, "
-                f"{seconds:.0f} s)\n"
+                f"{_duration(seconds)}, {_rate(rate)} {self.unit}s/s{left})\n"
             )
             self.stream.flush()
 
@@ -117,6 +123,23 @@ class LineProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``7 min 5 s`` or ``2 h 10 min``: what a user reads at a glance."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def _rate(per_second: float) -> str:
+    """Two significant figures below 100 a second (steps of training are slow), whole numbers above."""
+    if math.isinf(per_second) or per_second >= 100:
+        return f"{per_second:,.0f}"
+    return f"{per_second:.2g}"
 
 
 def progress(total: int, description: str, *, unit: str = "text", enabled: bool = True, stream: IO[str] | None = None):

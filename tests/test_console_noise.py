@@ -1,14 +1,103 @@
-"""What the console shows outside the CLI's own quieting: a served model's log, a user's mlflow.pyfunc."""
+"""What the console shows: the whole first command, line by line; and outside the CLI's own quieting, a
+served model's log and a user's mlflow.pyfunc."""
 
 from __future__ import annotations
 
+import io
+import re
+import subprocess
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from emotion_exp import catalog, console
 from emotion_exp.stages import finetune
-from tests.helpers import tiny_finetune_config
+from tests.helpers import mlflow_run_command, tiny_finetune_config
+
+STUDY = [name for name, spec in catalog.STAGES.items() if spec.in_study] + ["evaluate"]  # the champion, scored
+PROGRESS = re.compile(r"^(\w+)(?: (?:train|validation|test))?: +\d+% \([\d,]+/[\d,]+ \w+, .+ \w+/s(?:, .+ left)?\)$")
+EPOCH = re.compile(r"^epoch \d+/\d+: validation loss ")
+LAUNCHER = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.(?:projects|store\.db)[\w.]*: ")
+SUMMARY_LABELS = (
+    "stage ",
+    "Champion: ",
+    "Store: ",
+    "Open it: ",
+    "In the MLflow UI: ",
+    "  and the stage runs side by side ",
+)
+
+
+def test_a_progress_line_gives_the_rate_and_the_time_left() -> None:
+    # A Spark job's lines said how far it was ("40% (2,000/5,000 texts, 12 s)"), not when it would end.
+    stream = io.StringIO()
+    pause_s = 0.05  # at least this long per 100 texts: at most 2,000 texts/s
+    with console.progress(1000, "predict", stream=stream) as bar:
+        for _ in range(10):
+            time.sleep(pause_s)
+            bar.update(100)
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 10 and all(PROGRESS.match(line) for line in lines), lines
+    first = re.search(r"\(100/1,000 texts, (\d+) s, ([\d,]+) texts/s, (\d+) s left\)$", lines[0])
+    assert first, lines[0]
+    rate = int(first.group(2).replace(",", ""))
+    assert 0 < rate <= 100 / pause_s
+    assert abs(int(first.group(3)) - 900 / rate) <= 1  # the 900 texts left at that rate
+    assert lines[-1].startswith("predict: 100% (1,000/1,000 texts, ") and "left" not in lines[-1]
+
+
+def test_durations_read_at_a_glance() -> None:
+    assert [console._duration(s) for s in (0.4, 59, 61, 3599, 3600, 7805)] == [
+        "0 s",
+        "59 s",
+        "1 min 1 s",
+        "59 min 59 s",
+        "1 h 0 min",
+        "2 h 10 min",
+    ]
+
+
+@pytest.mark.slow
+def test_the_first_command_prints_stage_lines_progress_and_the_summary_only(
+    small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str
+) -> None:
+    # The README's first command, `mlflow run . --env-manager local`, on a small dataset and a tiny encoder.
+    parameters = [f"dataset={small_dataset}", f"model={tiny_model_dir}", "epochs=2", "max_length=32"]
+    command, env = mlflow_run_command("main", isolated_mlflow, tracking_uri, *parameters, "umap_max_points=200")
+    for name in (console.VERBOSE_ENV, "EMOTION_EXP_DEBUG", *console.QUIET_ENVIRONMENT):
+        env.pop(name, None)  # a user's shell has none of them
+    finished = subprocess.run(  # noqa: PLW1510 - the return code is asserted with the output
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+    )
+    output = finished.stdout  # both streams in the order printed, as on a terminal
+    assert finished.returncode == 0, output[-3000:]
+    assert "\r" not in output
+
+    project = [line for line in output.splitlines() if not LAUNCHER.match(line)]
+    # The launcher's own INFO lines come before any project code runs (docs/reliability.md: MLFLOW_LOGGING_LEVEL).
+    assert len(output.splitlines()) - len(project) <= 5, output
+    start = next(i for i, line in enumerate(project) if line.startswith("Study finished in "))
+    stage_lines, summary = project[:start], project[start + 1 :]
+    kinds: dict[str, list[str]] = {"progress": [], "closing": [], "said": [], "other": []}
+    for line in stage_lines:
+        progress = PROGRESS.match(line)
+        if (progress and progress.group(1) in STUDY) or EPOCH.match(line):
+            kinds["progress"].append(line)
+        elif line.split(":")[0] in STUDY and line.endswith(")") and "(run " in line:
+            kinds["closing"].append(line)
+        elif line.split(":")[0] in STUDY:
+            kinds["said"].append(line)  # a stage's own sentence: finetune's new head, evaluate's scores
+        else:
+            kinds["other"].append(line)
+    assert kinds["other"] == [], output
+    assert [line.split(":")[0] for line in kinds["closing"]] == STUDY, kinds["closing"]
+    assert len(kinds["said"]) <= 3, kinds["said"]
+    for line in summary:
+        assert line == "" or line.startswith(SUMMARY_LABELS) or line.split()[0] in STUDY, line
+    assert sum(line.startswith(("Champion: ", "Store: ", "Open it: ")) for line in summary) == 3, summary
 
 
 @pytest.fixture
