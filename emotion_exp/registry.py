@@ -150,7 +150,8 @@ def register(model_uri: str, name: str, label_names: Sequence[str]) -> str:
     try:
         client.get_registered_model(name)
     except MlflowException as error:
-        if not _not_found(error):
+        # A server with logins answers a name that does not exist 403, as it answers one the user may not read.
+        if not (_not_found(error) or error.error_code == "PERMISSION_DENIED"):
             raise
         try:
             client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)

@@ -176,3 +176,19 @@ def test_promote_with_read_on_the_model_names_the_grant(shared: Shared, small_da
             patch.setenv(key, value)
         versions = MlflowClient(shared.server.url).search_model_versions(f"name = '{shared.model}'")
     assert len(versions) == 1
+
+
+def test_promote_to_a_new_model_name_needs_no_grant_on_it(shared: Shared, small_dataset: Path) -> None:
+    user = shared.server.add_user("EDIT", experiment_id=shared.experiment_id, registered_model=shared.model)
+    name = f"own-{uuid.uuid4().hex[:8]}"
+
+    result = emotion_exp(
+        shared, user, shared.experiment, "promote", "--dataset", str(small_dataset), "--registered_model", name
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in shared.server.credentials(ADMIN).items():
+            patch.setenv(key, value)
+        champion = MlflowClient(shared.server.url).get_model_version_by_alias(name, "champion")
+    assert champion.version == "1"
