@@ -165,9 +165,9 @@ STAGES: dict[str, StageSpec] = {
             "compare",
             "stages.compare",
             "CompareConfig",
-            "Compare two runs on the same data text by text: each one's scores with 95% intervals, the paired "
-            "difference in accuracy with its interval, and the exact McNemar p-value, on validation and test; "
-            "logged in a run tagged stage=compare. RUN_A and RUN_B: run ids, models:/<name>/<version>, "
+            "Compare two runs on the same data text by text: each one's accuracy with its 95% interval, the paired "
+            "differences in accuracy and weighted F1 with theirs, and the exact McNemar p-value, on validation and "
+            "test; logged in a run tagged stage=compare. RUN_A and RUN_B: run ids, models:/<name>/<version>, "
             "models:/<name>@<alias> or runs:/<run id>/model; with --parent, stage names of that study. Runs on "
             "different data are refused.",
             closing=console.compare_closing,

@@ -145,7 +145,7 @@ def _significant(
 
 
 def run(config: PromoteConfig, *, splits: DatasetSplits | None = None) -> str:
-    """Register the best run for this dataset and move @champion if it is strictly better; return the run id."""
+    """Register the best run for this dataset and move @champion by ``config.rule``; return the run id."""
     if not config.registered_model:
         raise UserError(
             "--registered_model is empty; promote needs the registered model whose @champion alias it "
