@@ -46,7 +46,10 @@ def run(config: CompareConfig) -> str:
         for split in ("validation", "test"):
             if not all((table["split"] == split).any() for table in tables.values()):
                 continue
-            paired = significance.compare_predictions(tables[run_a], tables[run_b], split)
+            try:
+                paired = significance.compare_predictions(tables[run_a], tables[run_b], split)
+            except ValueError as mismatch:  # the same digest, yet other texts or labels: a store edited by hand
+                raise UserError(f"Runs {run_a} and {run_b} cannot be compared text by text: {mismatch}.") from None
             rows.append(_row(split, tables[run_a], tables[run_b], paired))
         if not rows:
             raise UserError(f"Runs {run_a} and {run_b} scored no split in common (validation or test).")
