@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -389,6 +390,12 @@ def _check_registered(model_uri: str, name: str, *, alias: str | None, version: 
     try:
         registered = client.get_registered_model(name)
     except MlflowException as error:
+        if error.error_code == "PERMISSION_DENIED":  # a server with logins says no more than that
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this user")
+            raise UserError(
+                f"{model_uri}: the tracking server {mlflow.get_tracking_uri()} does not let {user!r} read registered "
+                f"model {name!r}, or has none of that name: ask an admin for READ on it, or check the name."
+            ) from error
         if not _not_found(error):
             raise
         names = sorted(m.name for m in client.search_registered_models())

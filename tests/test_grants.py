@@ -192,3 +192,19 @@ def test_promote_to_a_new_model_name_needs_no_grant_on_it(shared: Shared, small_
             patch.setenv(key, value)
         champion = MlflowClient(shared.server.url).get_model_version_by_alias(name, "champion")
     assert champion.version == "1"
+
+
+def test_predict_with_a_model_the_user_may_not_read_names_the_grant(shared: Shared, tmp_path: Path) -> None:
+    user = shared.server.add_user("READ", experiment_id=shared.experiment_id, registered_model=shared.model)
+    hidden = f"hidden-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in shared.server.credentials(ADMIN).items():
+            patch.setenv(key, value)
+        MlflowClient(shared.server.url).create_registered_model(hidden)
+    options = ["predict", "--input", str(texts_file(tmp_path)), "--model_uri", f"models:/{hidden}@champion"]
+
+    refused = emotion_exp(shared, user, f"own-{uuid.uuid4().hex[:8]}", *options)
+
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert f"does not let {user[0]!r} read registered model {hidden!r}" in refused.stderr
+    assert "READ on it" in refused.stderr and "403" not in refused.stderr
