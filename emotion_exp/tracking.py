@@ -15,7 +15,6 @@ MLflow edge, calls mlflow directly); the shared opening and closing of model sta
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import json
 import os
@@ -39,40 +38,30 @@ MAX_TAG_LENGTH = 5000
 
 
 @dataclasses.dataclass
-class NextRun:
-    """Params and tags for the next stage run that starts, and that run's id once it has."""
+class RunLabels:
+    """Extra params and tags a workflow gives the stage run it starts, and that run's id once it has one.
 
-    params: dict[str, Any]
-    tags: dict[str, str]
+    A sweep's trial number, a learning-curve point's train size and a seedless stage's note are
+    passed this way, explicitly, to the stage's ``run`` (``labels=``); ``stage_run`` records the
+    run id here as soon as the run exists, so the caller has it also when the stage then fails.
+    """
+
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
     run_id: str | None = None
 
-
-_next_run: contextvars.ContextVar[NextRun | None] = contextvars.ContextVar("next_run", default=None)
-
-
-@contextlib.contextmanager
-def next_stage_run(params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[NextRun]:
-    """Give the next stage run started in this block extra ``params`` and ``tags`` from its first moment.
-
-    A sweep's trial number and a learning-curve point's train size travel this way; the run's id
-    is recorded on the yielded ``NextRun``, also when the stage then fails.
-
-    Only the first run started gets them: a stage that nests another (probe extracting features)
-    leaves the inner run alone.
-    """
-    record = NextRun(dict(params or {}), {key: str(value) for key, value in (tags or {}).items()})
-    token = _next_run.set(record)
-    try:
-        yield record
-    finally:
-        _next_run.reset(token)
+    def __post_init__(self) -> None:
+        self.tags = {key: str(value) for key, value in self.tags.items()}
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+def stage_run(
+    stage: str, config: Any, *, run_id: str | None = None, labels: RunLabels | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """Run a stage inside an MLflow run tagged ``stage=<name>`` with its config as params.
 
-    ``run_id`` re-opens an existing run (resuming an interrupted one). The run ends FINISHED
+    ``run_id`` re-opens an existing run (resuming an interrupted one); ``labels`` adds a workflow's
+    params and tags from the run's first moment and learns its id. The run ends FINISHED
     on success, FAILED with the error on an exception, KILLED on Ctrl-C and KILLED with the
     ``EndedEarly`` tags (``pruned``) when stopped on purpose; the exception propagates either way.
     """
@@ -82,19 +71,16 @@ def stage_run(stage: str, config: Any, *, run_id: str | None = None) -> Iterator
         experiment_id = retry_on_conflict(current_experiment_id)
         require_edit(stage, experiment_id=experiment_id)
         mark_experiment(experiment_id)
-    started = _next_run.get()
-    if started is not None and started.run_id is not None:
-        started = None  # an outer run took them (probe nesting extract)
     # The run is created with its owner's tags, so clean-stale never sees it RUNNING without them.
     tags = {"stage": stage, **owner_tags(), "emotion_exp_version": __version__}
     tags["omp_wait_policy"] = os.environ.get(threads.WAIT_POLICY, "default")  # timings depend on it
-    if started:
-        tags.update(started.tags)
+    if labels is not None:
+        tags.update(labels.tags)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, nested=nested, tags=tags)
     try:
-        if started:
-            started.run_id = run.info.run_id
-            log_params(started.params)
+        if labels is not None:
+            labels.run_id = run.info.run_id
+            log_params(labels.params)
         log_params(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
         yield run
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (errors.Terminated) with its message

@@ -6,11 +6,12 @@ from emotion_exp import baselines
 from emotion_exp.config import DummyConfig
 from emotion_exp.data import DatasetSplits
 from emotion_exp.stages.skeleton import open_stage
+from emotion_exp.tracking import RunLabels
 
 
-def run(config: DummyConfig, *, splits: DatasetSplits | None = None) -> str:
+def run(config: DummyConfig, *, splits: DatasetSplits | None = None, labels: RunLabels | None = None) -> str:
     """Fit ``DummyClassifier`` on train, log validation and test scores; return the run id."""
-    with open_stage("dummy", config, splits=splits) as stage:
+    with open_stage("dummy", config, splits=splits, labels=labels) as stage:
         splits = stage.splits
         model = baselines.fit_dummy(splits.train["label"].to_numpy(), strategy=config.strategy, seed=config.seed)
         n_labels = len(splits.label_names)

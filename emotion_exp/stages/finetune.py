@@ -52,6 +52,7 @@ def run(
     splits: DatasetSplits | None = None,
     callbacks: Sequence[Any] = (),
     score_test: bool = True,
+    labels: tracking.RunLabels | None = None,
 ) -> str:
     """Fine-tune, evaluate, log and register; return the run id.
 
@@ -61,14 +62,14 @@ def run(
     """
     if seeds.repeated(config):
         register = None if config.registered_model != FOLLOW_THE_DATA else registered_if_best
-        return seeds.run("finetune", config, run, splits=splits, register=register)
+        return seeds.run("finetune", config, run, splits=splits, register=register, labels=labels)
     if config.nproc_per_node > 1 and distributed.world_size() == 1:
         return _launch(config)
     distributed.init()
     if not distributed.is_main():
         return _follow(config, callbacks)
     with distributed.announcing() as announce:
-        return _lead(config, splits, callbacks, announce, score_test=score_test)
+        return _lead(config, splits, callbacks, announce, score_test=score_test, labels=labels)
 
 
 def _lead(
@@ -78,11 +79,12 @@ def _lead(
     announce: Callable[[str], None],
     *,
     score_test: bool,
+    labels: tracking.RunLabels | None = None,
 ) -> str:
     """Rank 0 (or the only process): open the run, announce its id, train, log and register."""
     if config.resume:
         splits = _check_resume(config)
-    with open_stage("finetune", config, splits=splits, run_id=config.resume or None) as stage:
+    with open_stage("finetune", config, splits=splits, run_id=config.resume or None, labels=labels) as stage:
         announce(stage.run_id)
         tracking.log_params({"world_size": distributed.world_size()})
         checkpoint_dir = Path(config.output_dir) / stage.run_id

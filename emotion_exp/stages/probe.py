@@ -15,6 +15,7 @@ from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
 from emotion_exp.stages import extract, seeds
 from emotion_exp.stages.skeleton import LoggedModel, log_model_source, open_stage
+from emotion_exp.tracking import RunLabels
 
 
 def run(
@@ -23,6 +24,7 @@ def run(
     splits: DatasetSplits | None = None,
     train_rows: Sequence[int] | None = None,
     score_test: bool = True,
+    labels: RunLabels | None = None,
 ) -> str:
     """Fit the probe on the train features, score validation and test, log the model; return the run id.
 
@@ -32,11 +34,11 @@ def run(
     learning-curve point); ``score_test=False`` leaves the test split unscored (a sweep's trial).
     """
     if seeds.repeated(config):
-        return seeds.run("probe", config, run, splits=splits)
+        return seeds.run("probe", config, run, splits=splits, labels=labels)
     if train_rows is not None and splits is None:
         splits = data.load_splits(subset(config, DataConfig))
     trained_on = splits if train_rows is None else subsets.with_train_rows(splits, train_rows)
-    with open_stage("probe", config, splits=trained_on) as stage:
+    with open_stage("probe", config, splits=trained_on, labels=labels) as stage:
         splits = stage.splits if splits is None else splits  # the whole splits, whose features are logged
         resolved = models.resolve(config.model)
         key = features.feature_key(

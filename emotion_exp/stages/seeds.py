@@ -50,6 +50,7 @@ def run(
     *,
     splits: DatasetSplits | None = None,
     register: Callable[[str, Stage], str] | None = None,
+    labels: tracking.RunLabels | None = None,
 ) -> str:
     """Train ``stage`` once per seed of ``config.seeds`` under one parent run; return the parent's run id.
 
@@ -65,14 +66,15 @@ def run(
             f"{stage}: --seeds {config.seeds} would repeat one fit {len(seeds)} times: {seedless}; "
             f"training once with seed {seeds[0]}."
         )
-        with tracking.next_stage_run(tags={"seeds_note": f"one fit for {len(seeds)} seeds: {seedless}"}):
-            return run_once(dataclasses.replace(config, seeds="", seed=seeds[0]), splits=splits)
+        labels = labels or tracking.RunLabels()
+        labels.tags["seeds_note"] = f"one fit for {len(seeds)} seeds: {seedless}"
+        return run_once(dataclasses.replace(config, seeds="", seed=seeds[0]), splits=splits, labels=labels)
     if getattr(config, "nproc_per_node", 1) > 1:
         raise UserError(
             f"--seeds {config.seeds} trains every seed in this process: pass --nproc_per_node 1, or start one "
             "torchrun run per seed (--seed)."
         )
-    with open_stage(stage, config, splits=splits) as parent:
+    with open_stage(stage, config, splits=splits, labels=labels) as parent:
         mlflow.set_tag("seeds", ",".join(map(str, seeds)))
         run_ids = {}
         for seed in seeds:

@@ -273,14 +273,16 @@ def open_stage(
     splits: DatasetSplits | None = None,
     run_id: str | None = None,
     label_plot: bool = True,
+    labels: tracking.RunLabels | None = None,
 ) -> Iterator[Stage]:
     """Open the stage's run with its data logged (module docstring); yield the open stage.
 
     ``splits`` come from a parent that loaded (and drew) them already; ``run_id`` re-opens an
     interrupted run, which has its dataset inputs from its first attempt. ``label_plot=False``
-    leaves drawing to the stage (extract draws nothing when it reuses features).
+    leaves drawing to the stage (extract draws nothing when it reuses features). ``labels``: a
+    workflow's params and tags for the run (``tracking.RunLabels``).
     """
-    with tracking.stage_run(name, config, run_id=run_id) as run:
+    with tracking.stage_run(name, config, run_id=run_id, labels=labels) as run:
         loaded_data = splits is None
         if splits is None:
             splits = data.load_splits(subset(config, DataConfig))

@@ -9,17 +9,24 @@ from emotion_exp.config import TfidfConfig
 from emotion_exp.data import DatasetSplits
 from emotion_exp.stages import seeds
 from emotion_exp.stages.skeleton import LoggedModel, open_stage
+from emotion_exp.tracking import RunLabels
 
 
-def run(config: TfidfConfig, *, splits: DatasetSplits | None = None, score_test: bool = True) -> str:
+def run(
+    config: TfidfConfig,
+    *,
+    splits: DatasetSplits | None = None,
+    score_test: bool = True,
+    labels: RunLabels | None = None,
+) -> str:
     """Fit on train, score validation and test, log the text -> label model; return the run id.
 
     ``score_test=False`` leaves the test split unscored (a sweep's trial); ``--seeds`` trains once
     (``catalog.StageSpec.seedless``).
     """
     if seeds.repeated(config):
-        return seeds.run("tfidf", config, run, splits=splits)
-    with open_stage("tfidf", config, splits=splits) as stage:
+        return seeds.run("tfidf", config, run, splits=splits, labels=labels)
+    with open_stage("tfidf", config, splits=splits, labels=labels) as stage:
         splits = stage.splits
         pipeline = baselines.fit_tfidf(
             splits.train["text"].tolist(),

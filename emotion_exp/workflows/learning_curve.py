@@ -50,8 +50,8 @@ def run(config: LearningCurveConfig) -> str:
         for stage in config.stage_list:
             for fraction, rows in zip(fractions, subsets_rows):
                 params = {"train_size": len(rows), "train_fraction": fraction}
-                with tracking.next_stage_run(params=params, tags={"curve_point": f"{stage}@{len(rows)}"}):
-                    run_id = _run_point(stage, config, splits, rows, features_run_id)
+                labels = tracking.RunLabels(params=params, tags={"curve_point": f"{stage}@{len(rows)}"})
+                run_id = _run_point(stage, config, splits, rows, features_run_id, labels)
                 scores = _metrics(run_id)
                 points.append({"stage": stage, **params, "run_id": run_id, **{m: scores.get(m) for m in SCORES}})
                 log_curve(pd.DataFrame(points), floor)
@@ -63,7 +63,12 @@ def _metrics(run_id: str) -> dict[str, float]:
 
 
 def _run_point(
-    stage: str, config: LearningCurveConfig, splits: DatasetSplits, rows: np.ndarray, features_run_id: str
+    stage: str,
+    config: LearningCurveConfig,
+    splits: DatasetSplits,
+    rows: np.ndarray,
+    features_run_id: str,
+    labels: tracking.RunLabels,
 ) -> str:
     """One point: ``stage`` trained on ``rows`` of the training split, registering nothing.
 
@@ -74,8 +79,8 @@ def _run_point(
     point_config = dataclasses.replace(subset(config, STAGE_CONFIGS[stage]), registered_model="")
     if spec.reads_features:
         point_config = dataclasses.replace(point_config, features_run_id=features_run_id)
-        return spec.run(point_config, splits=splits, train_rows=rows)
-    return spec.run(point_config, splits=subsets.with_train_rows(splits, rows))
+        return spec.run(point_config, splits=splits, train_rows=rows, labels=labels)
+    return spec.run(point_config, splits=subsets.with_train_rows(splits, rows), labels=labels)
 
 
 def log_curve(table: pd.DataFrame, floor: float) -> None:

@@ -200,17 +200,16 @@ def _objective(
     def objective(trial: optuna.Trial) -> float:
         params = {name: search_space.suggest(trial, name, distribution) for name, distribution in space.items()}
         trial_config = dataclasses.replace(base, **params)
-        tags = {"trial_number": trial.number, "study_name": study_name}
-        with tracking.next_stage_run(tags=tags) as started:
-            try:
-                callbacks = {"callbacks": [pruning_callback(trial)]} if stage.reports_epochs else {}
-                run_id = stage.run(trial_config, splits=splits, score_test=False, **callbacks)
-            except EndedEarly as pruned:
-                _remove_checkpoints(trial_config, started.run_id)
-                raise optuna.TrialPruned(str(pruned)) from None
-            finally:
-                if started.run_id:
-                    trial.set_user_attr("mlflow_run_id", started.run_id)
+        labels = tracking.RunLabels(tags={"trial_number": trial.number, "study_name": study_name})
+        try:
+            callbacks = {"callbacks": [pruning_callback(trial)]} if stage.reports_epochs else {}
+            run_id = stage.run(trial_config, splits=splits, score_test=False, labels=labels, **callbacks)
+        except EndedEarly as pruned:
+            _remove_checkpoints(trial_config, labels.run_id)
+            raise optuna.TrialPruned(str(pruned)) from None
+        finally:
+            if labels.run_id:  # known also when the trial failed
+                trial.set_user_attr("mlflow_run_id", labels.run_id)
         value = MlflowClient().get_run(run_id).data.metrics[sweep_outcome.OBJECTIVE]
         mlflow.log_metrics({f"trial_{sweep_outcome.OBJECTIVE}": value}, step=trial.number)
         return value
