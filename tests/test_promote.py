@@ -18,7 +18,6 @@ from emotion_exp.errors import UserError
 from emotion_exp.registry import Candidate, Champion
 from emotion_exp.stages import promote
 from emotion_exp.stages.skeleton import log_table
-from tests.helpers import mlflow_run
 from tests.pyfunc_models import LABELS, log_keyword_model
 
 NAME = "emotion-classifier"
@@ -236,20 +235,6 @@ def test_the_promotion_rule(champion, promoted, reason) -> None:
     decision = promote.decide(candidate, "2", champion, metric="val_f1_weighted", digest="d" * 64)
     assert decision.promoted is promoted
     assert reason in decision.reason
-
-
-@pytest.mark.slow
-def test_mlflow_run_promote_moves_the_champion(small_dataset, digest, tracking_uri, isolated_mlflow) -> None:
-    best = make_run(digest, 0.70)
-
-    result = mlflow_run("promote", isolated_mlflow, tracking_uri, f"dataset={small_dataset}", "rule=better")
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert champion_run() == best
-    [decision] = promote_runs(isolated_mlflow)
-    assert decision.info.status == "FINISHED"
-    assert decision.data.tags["mlflow.project.entryPoint"] == "promote"
-    assert decision.data.tags["promote_decision"] == "promoted"
 
 
 # --- the default rule: better beyond chance on the same validation texts ---------------------------------
