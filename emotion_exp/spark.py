@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -22,7 +23,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -31,6 +32,7 @@ from emotion_exp import console, data, pyfunc, registry, texts
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
+    from pyspark import SparkConf
     from pyspark.sql import Column, DataFrame, SparkSession
 
 INSTALL_HINT = (
@@ -75,15 +77,18 @@ def session(master: str = "local[*]") -> Iterator[SparkSession]:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise UserError(f"No Java runtime found (no `java` on PATH, no JAVA_HOME). {INSTALL_HINT}")
-    builder = SparkSession.builder.master(master).appName("emotion-exp predict")
+    from pyspark import SparkConf
+
+    conf = SparkConf().setMaster(master).setAppName("emotion-exp predict")
     with contextlib.ExitStack() as quiet:
         if not console.verbose():
-            builder = _quiet(builder, quiet.enter_context(tempfile.TemporaryDirectory(prefix="emotion-exp-spark-")))
+            conf = _quiet(conf, quiet.enter_context(tempfile.TemporaryDirectory(prefix="emotion-exp-spark-")))
             quiet.enter_context(warnings.catch_warnings())
             warnings.filterwarnings(
                 "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
             )
-        spark = builder.getOrCreate()
+            _start_jvm_without_incubator_notice(conf)
+        spark = SparkSession.builder.config(conf=conf).getOrCreate()
         try:
             yield spark
         finally:
@@ -110,8 +115,37 @@ def _not_env_manager_advice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Calling `spark_udf()` with `env_manager=")
 
 
-def _quiet(builder: SparkSession.Builder, folder: str) -> SparkSession.Builder:
-    """``builder`` with Spark's startup lines, INFO/WARN log and ``[Stage 7:> (0 + 2) / 2]`` bars turned off.
+INCUBATOR_NOTICE = "WARNING: Using incubator modules"
+"""The line Java prints at every start of Spark 4's JVM, which adds the jdk.incubator.vector module itself."""
+
+
+def _start_jvm_without_incubator_notice(conf: SparkConf) -> None:
+    """Start Spark's JVM (once per process) with its stderr passed on line by line, less the incubator notice.
+
+    No JVM option silences that notice (-XX:-PrintWarnings and -Xlog:disable leave it), so the
+    JVM's stderr goes through a pipe that a daemon thread forwards to ours, dropping that one line.
+    PySpark reuses a gateway it finds on ``SparkContext``; everything else the JVM says still shows.
+    """
+    from pyspark import SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:  # a JVM this process started already
+        return
+    gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE, "text": True})
+
+    def forward(stream: IO[str]) -> None:
+        for line in stream:
+            if not line.startswith(INCUBATOR_NOTICE):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    threading.Thread(target=forward, args=(gateway.proc.stderr,), name="spark-jvm-stderr", daemon=True).start()
+    SparkContext._gateway = gateway
+    SparkContext._jvm = gateway.jvm
+
+
+def _quiet(conf: SparkConf, folder: str) -> SparkConf:
+    """``conf`` with Spark's startup lines, INFO/WARN log and ``[Stage 7:> (0 + 2) / 2]`` bars turned off.
 
     Without a log4j2 configuration Spark prints which default it uses and how to change its
     level, and warns that Hadoop's native library is missing; its console progress bars show
@@ -121,9 +155,9 @@ def _quiet(builder: SparkSession.Builder, folder: str) -> SparkSession.Builder:
     configuration = Path(folder) / "log4j2.properties"
     configuration.write_text(_LOG4J2)
     logging.getLogger("mlflow.pyfunc").addFilter(_not_env_manager_advice)
-    return builder.config(
-        "spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={configuration.as_uri()}"
-    ).config("spark.ui.showConsoleProgress", "false")
+    return conf.set("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={configuration.as_uri()}").set(
+        "spark.ui.showConsoleProgress", "false"
+    )
 
 
 def read_texts(spark: SparkSession, path: str | Path, text_column: str = "text", skip_empty: bool = False) -> DataFrame:
