@@ -420,8 +420,11 @@ def test_the_spark_engine_prints_only_its_own_lines(models, texts, tracking_uri,
 
 
 @pytest.mark.slow
-def test_scoring_reports_rows_of_the_total_task_by_task(spark, models, texts, tmp_path, capfd) -> None:
+def test_scoring_reports_rows_of_the_total_task_by_task(spark, models, texts, tmp_path, capfd, monkeypatch) -> None:
     from emotion_exp import spark as engine
+
+    # Polled often: the keyword model's tasks can all finish within one 0.5 s poll on a busy machine (CI).
+    monkeypatch.setattr(engine, "POLL_S", 0.01)
 
     source = tmp_path / "texts.parquet"
     texts.to_parquet(source)

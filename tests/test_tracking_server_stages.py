@@ -130,7 +130,9 @@ def test_promote_moves_the_alias_to_a_strictly_better_run(studies, admin, small_
         mlflow.set_tags({"stage": "tfidf", "dataset_digest": studies.digest})
         mlflow.log_metrics({"val_f1_weighted": 1.0, "val_accuracy": 1.0})
         log_keyword_model(input_example=False)
+    # Hand-set scores beside a keyword model: the strict rule (the default rule tests the two models' predictions).
     promote = ["promote", "--dataset", str(small_dataset), "--registered_model", studies.registered_model]
+    promote += ["--rule", "better"]
 
     result = CliRunner().invoke(cli, promote)
 
