@@ -1,0 +1,457 @@
+"""`backup`, `restore` and `upgrade` of a team tracking server made by deploy/tracking-server.
+
+    deploy/tracking-server backup  --dir DIR --to FILE
+    deploy/tracking-server restore --from FILE --dir NEWDIR [--pg-port PORT]
+    deploy/tracking-server upgrade --dir DIR
+
+The archive (tar.gz, mode 0600: the user database holds the users' password hashes) holds
+`manifest.json`, a `pg_dump` (custom format) of the tracking and user databases
+(`databases/<name>.dump`) and every artifact (`artifacts/<path>`); the manifest gives the sha256
+of each member, which `restore` checks before it makes anything. Secrets are not in it: `restore`
+generates new ones. The script imports this module to add these commands (docs/team-server.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import __main__ as server  # deploy/tracking-server, which imports this module to add its commands
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+DATABASES = (server.TRACKING_DB, server.AUTH_DB)
+CHUNK = 1 << 20
+# label: (migrations folder inside the mlflow package, alembic's version table, the command that migrates)
+SCHEMAS = {
+    "tracking database": ("store/db_migrations", "alembic_version", ["-m", "mlflow", "db", "upgrade"]),
+    "user database": (
+        "server/auth/db/migrations",
+        "alembic_version_auth",
+        ["-m", "mlflow.server.auth", "db", "upgrade", "--url"],
+    ),
+}
+REVISIONS = """
+import importlib.util, json, os
+from pathlib import Path
+import sqlalchemy
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+package = Path(importlib.util.find_spec("mlflow").submodule_search_locations[0])
+found = {}
+for label, (uri, folder, table) in json.loads(os.environ["TRACKING_SERVER_SCHEMAS"]).items():
+    engine = sqlalchemy.create_engine(uri)
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection, opts={"version_table": table}).get_current_revision()
+    engine.dispose()
+    found[label] = [current, ScriptDirectory(str(package / folder)).get_current_head()]
+print(json.dumps(found))
+"""
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register backup, restore and upgrade on the script's subcommands."""
+    save = commands.add_parser("backup", help="archive both databases and the artifacts into one file")
+    save.set_defaults(function=backup)
+    save.add_argument("--dir", required=True, help="the server's folder (it may be running)")
+    save.add_argument("--to", required=True, help="the archive to write (tar.gz, mode 0600; replaced whole)")
+    load = commands.add_parser("restore", help="make a new server folder from an archive of `backup`")
+    load.set_defaults(function=restore)
+    load.add_argument("--from", dest="archive", required=True, help="the archive written by `backup`")
+    load.add_argument("--dir", required=True, help="the new server's folder (must not hold a server)")
+    load.add_argument("--pg-port", type=int, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
+    migrate = commands.add_parser("upgrade", help="migrate the databases' schemas after `pip install -U mlflow`")
+    migrate.set_defaults(function=upgrade)
+    migrate.add_argument("--dir", required=True, help="the server's folder (its MLflow server stopped)")
+
+
+# ---------------------------------------------------------------- backup
+
+
+def backup(args: argparse.Namespace) -> int:
+    layout = server.Layout(Path(args.dir))
+    settings = managed_settings(layout, "back up")
+    target = Path(args.to).absolute()
+    if not target.parent.is_dir():
+        raise server.SetupError(
+            f"cannot write {target}: {target.parent} is not a folder; create it or pick another --to."
+        )
+    with running_postgres(layout, settings):
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # mode 0700: dumps are private
+        try:
+            manifest = write_archive(layout, settings, target, staging)
+        finally:
+            shutil.rmtree(staging)
+    artifacts = manifest["artifacts"]
+    print(
+        f"backed up {layout.root} to {target} (mode 0600: it holds the users' password hashes): databases "
+        f"{', '.join(DATABASES)}; {artifacts['objects']} artifacts, {artifacts['bytes']} bytes"
+    )
+    return 0
+
+
+def write_archive(layout: server.Layout, settings: dict, target: Path, staging: Path) -> dict:
+    """The archive, written to a temporary file (mode 0600) renamed over the target once whole."""
+    environment = pg_environment(layout)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+                checksums: dict[str, str] = {}
+                for database in DATABASES:
+                    dump = staging / f"{database}.dump"
+                    pg_tool(layout, settings, "pg_dump", ["-Fc", "-f", str(dump), database], environment)
+                    with dump.open("rb") as source:
+                        add_member(tar, checksums, f"databases/{database}.dump", source, dump.stat().st_size)
+                count = size = 0
+                for relative, path in artifact_files(Path(settings["artifacts_destination"])):
+                    with open(path, "rb") as source:
+                        length = os.fstat(source.fileno()).st_size
+                        add_member(tar, checksums, f"artifacts/{relative}", source, length)
+                    count, size = count + 1, size + length
+                manifest = {
+                    "format": FORMAT,
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "mlflow_version": importlib.metadata.version("mlflow"),
+                    "postgresql_version": postgresql_version(layout, settings, environment),
+                    "settings": settings,
+                    "databases": list(DATABASES),
+                    "artifacts": {"source": "folder", "objects": count, "bytes": size},
+                    "members": checksums,
+                }
+                text = (json.dumps(manifest, indent=2) + "\n").encode()
+                info = member_info(MANIFEST, len(text))
+                tar.addfile(info, io.BytesIO(text))
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return manifest
+
+
+def artifact_files(folder: Path) -> Iterator[tuple[str, Path]]:
+    """Every file under the artifacts folder, by its path relative to it (none when it was never made)."""
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            raise server.SetupError(f"{path} is a link: the server never makes one; check it, then remove it.")
+        if path.is_file():
+            yield path.relative_to(folder).as_posix(), path
+
+
+class _Hashing:
+    """A reader that feeds what it reads to a sha256, so the checksum is of exactly what was archived."""
+
+    def __init__(self, source: BinaryIO, digest: hashlib._Hash) -> None:
+        self.source, self.digest = source, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+
+def member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o600
+    info.mtime = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    return info
+
+
+def add_member(tar: tarfile.TarFile, checksums: dict[str, str], name: str, source: BinaryIO, size: int) -> None:
+    digest = hashlib.sha256()
+    tar.addfile(member_info(name, size), _Hashing(source, digest))
+    checksums[name] = digest.hexdigest()
+
+
+def postgresql_version(layout: server.Layout, settings: dict, environment: dict[str, str]) -> str:
+    query = ["-At", "-c", "SHOW server_version", server.TRACKING_DB]
+    return pg_tool(layout, settings, "psql", query, environment).stdout.strip()
+
+
+# ---------------------------------------------------------------- restore
+
+
+def restore(args: argparse.Namespace) -> int:
+    layout = server.Layout(Path(args.dir))
+    if layout.settings.exists() or layout.pgdata.exists():
+        raise server.SetupError(
+            f"{layout.root} already holds a tracking server: restore into a new --dir (its data stays as it is)."
+        )
+    archive = Path(args.archive)
+    manifest = verified_manifest(archive)  # before anything is made
+    created = not layout.root.exists()
+    server.make_folder(layout)
+    settings = {
+        **manifest["settings"],
+        "pg_port": args.pg_port or server.free_port(),
+        "artifacts_destination": str(layout.artifacts),
+    }
+    try:
+        server.init_postgres(layout)
+        server.start_postgres(layout, settings["pg_port"])
+        try:
+            server.create_databases(layout, settings["pg_port"])
+            unpack(layout, settings, archive, manifest)
+        finally:
+            server.stop_postgres(layout)
+        server.save_settings(layout, settings)
+    except BaseException:
+        if created:  # a failed restore leaves no half-made server behind
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+    artifacts = manifest["artifacts"]
+    print(
+        f"restored {archive} (made {manifest['created']}, MLflow {manifest['mlflow_version']}) into {layout.root}: "
+        f"databases {', '.join(manifest['databases'])}; {artifacts['objects']} artifacts, {artifacts['bytes']} bytes"
+    )
+    installed = importlib.metadata.version("mlflow")
+    if installed != manifest["mlflow_version"]:
+        print(f"MLflow here is {installed}: run `deploy/tracking-server upgrade --dir {layout.root}` before `up`.")
+    print(f"start it: deploy/tracking-server up --dir {layout.root} [--port PORT] (the users log in as before)")
+    return 0
+
+
+def verified_manifest(archive: Path) -> dict:
+    """The archive's manifest, once every member is found with the sha256 it lists and nothing else is there."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            manifest = read_manifest(tar, archive)
+            listed = manifest["members"]
+            seen = set()
+            for member in tar:
+                if member.name == MANIFEST:
+                    continue
+                if member.name not in listed or not member.isfile():
+                    refuse(archive, f"it holds {member.name!r}, which its manifest does not list")
+                if sha256(tar.extractfile(member)) != listed[member.name]:
+                    refuse(archive, f"{member.name} does not match its checksum in the manifest")
+                seen.add(member.name)
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        refuse(archive, f"it is not a whole tar.gz ({error})")
+    if missing := sorted(set(listed) - seen):
+        refuse(archive, f"{len(missing)} members of its manifest are missing, e.g. {missing[0]}")
+    return manifest
+
+
+def read_manifest(tar: tarfile.TarFile, archive: Path) -> dict:
+    try:
+        handle = tar.extractfile(MANIFEST)
+    except KeyError:
+        refuse(archive, f"it has no {MANIFEST}: it was not written by `deploy/tracking-server backup`")
+    try:
+        manifest = json.loads(handle.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        refuse(archive, f"its {MANIFEST} is not JSON")
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(manifest.get("members"), dict)
+    ):
+        refuse(archive, f"its {MANIFEST} is not one of format {FORMAT}")
+    for name in manifest["members"]:
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or ".." in parts or parts[0] not in ("databases", "artifacts") or len(parts) < 2:
+            refuse(archive, f"its manifest names {name!r}, outside databases/ and artifacts/")
+    expected = {f"databases/{database}.dump" for database in manifest.get("databases", ())}
+    if set(DATABASES) != set(manifest.get("databases", ())) or not expected <= set(manifest["members"]):
+        refuse(archive, f"it does not hold the databases {', '.join(DATABASES)}")
+    return manifest
+
+
+def refuse(archive: Path, why: str) -> None:
+    raise server.SetupError(f"refusing {archive}: {why}; nothing was restored. Use an intact archive of `backup`.")
+
+
+def sha256(source: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := source.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unpack(layout: server.Layout, settings: dict, archive: Path, manifest: dict) -> None:
+    """Restore both databases and put the artifacts back, checking each member again as it is written."""
+    environment = pg_environment(layout)
+    with (
+        tempfile.TemporaryDirectory(prefix=".restore-", dir=layout.root) as staging,
+        tarfile.open(archive, "r:gz") as tar,
+    ):
+        for member in tar:
+            if member.name == MANIFEST:
+                continue
+            top, relative = member.name.split("/", 1)
+            destination = Path(staging) / relative if top == "databases" else layout.artifacts / relative
+            write_member(tar.extractfile(member), destination, manifest["members"][member.name], archive)
+        for database in manifest["databases"]:
+            dump = str(Path(staging) / f"{database}.dump")
+            restore_options = ["--exit-on-error", "--single-transaction", "--no-owner", "-d", database, dump]
+            pg_tool(layout, settings, "pg_restore", restore_options, environment)
+
+
+def write_member(source: BinaryIO, destination: Path, checksum: str, archive: Path) -> None:
+    destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as target:
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+            target.write(chunk)
+    if digest.hexdigest() != checksum:
+        refuse(archive, f"{destination.name} changed while it was restored")
+
+
+# ---------------------------------------------------------------- upgrade
+
+
+def upgrade(args: argparse.Namespace) -> int:
+    layout = server.Layout(Path(args.dir))
+    settings = server.load_settings(layout)
+    if not settings:
+        raise server.SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
+    with running_postgres(layout, settings):
+        uris, environment = schema_uris(layout, settings)
+        before = revisions(uris, environment)
+        stale = [label for label, (current, head) in before.items() if current != head]
+        if not stale:
+            at = "; ".join(f"{label} at {current}" for label, (current, _) in before.items())
+            print(f"already current for MLflow {importlib.metadata.version('mlflow')}: {at}; nothing to do")
+            return 0
+        if (pid := server.mlflow_pid(layout, settings["port"])) is not None:
+            raise server.SetupError(
+                f"the MLflow server (pid {pid}) still runs on the old schema: stop it with `deploy/tracking-server "
+                f"down --dir {layout.root} --keep-postgres`, run upgrade again, then `up`."
+            )
+        for label in stale:
+            _, _, command = SCHEMAS[label]
+            result = subprocess.run(
+                [sys.executable, *command, uris[label]], env=environment, capture_output=True, text=True, check=False
+            )
+            if result.returncode != 0:
+                raise server.SetupError(
+                    f"the {label}'s migration failed (restore the backup you took before it):\n"
+                    f"{(result.stderr or result.stdout).strip()[-3000:]}"
+                )
+        after = revisions(uris, environment)
+    for label in stale:
+        print(f"{label}: upgraded from {before[label][0] or 'an empty schema'} to {after[label][0]}")
+    print(f"start the server: deploy/tracking-server up --dir {layout.root}")
+    return 0
+
+
+def schema_uris(layout: server.Layout, settings: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """Each database's URI without its password, and the environment that carries the password (PGPASSWORD)."""
+    environment = (
+        {**os.environ, **pg_environment(layout)} if settings.get("backend_store_uri") is None else dict(os.environ)
+    )
+    wanted = {"tracking database": ("backend_store_uri", server.TRACKING_DB)}
+    if settings["auth"]:
+        wanted["user database"] = ("auth_database_uri", server.AUTH_DB)
+    uris = {}
+    for label, (key, database) in wanted.items():
+        uri = server.external_uri(layout, settings, key)
+        if uri is None:
+            uris[label] = server.database_uri(settings["pg_port"], database)
+            continue
+        uris[label], password = without_password(uri)
+        if password is not None:
+            if not uri.startswith("postgresql"):
+                raise server.SetupError(
+                    f"the {label} ({server.mask_password(uri)}) has a password and is not PostgreSQL: migrate it "
+                    "yourself with `mlflow db upgrade` as its documentation says."
+                )
+            environment["PGPASSWORD"] = password
+    return uris, environment
+
+
+def without_password(uri: str) -> tuple[str, str | None]:
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri, None
+    location = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{location}")), unquote(parts.password)
+
+
+def revisions(uris: dict[str, str], environment: dict[str, str]) -> dict[str, tuple[str | None, str]]:
+    """Each database's alembic revision and the installed MLflow's head, read by the server's Python."""
+    schemas = {label: [uri, *SCHEMAS[label][:2]] for label, uri in uris.items()}
+    result = subprocess.run(
+        [sys.executable, "-c", REVISIONS],
+        env={**environment, "TRACKING_SERVER_SCHEMAS": json.dumps(schemas)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise server.SetupError(f"cannot read the schemas' revisions: {result.stderr.strip().splitlines()[-1]}")
+    return {label: tuple(pair) for label, pair in json.loads(result.stdout).items()}
+
+
+# ---------------------------------------------------------------- PostgreSQL in DIR
+
+
+def managed_settings(layout: server.Layout, verb: str) -> dict:
+    settings = server.load_settings(layout)
+    if not settings:
+        raise server.SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
+    if settings.get("backend_store_uri") is not None:
+        raise server.SetupError(
+            f"{layout.root} uses an external database ({server.mask_password(settings['backend_store_uri'])}): "
+            f"{verb} it with its own tools (pg_dump), and the artifacts with it."
+        )
+    return settings
+
+
+@contextlib.contextmanager
+def running_postgres(layout: server.Layout, settings: dict) -> Iterator[None]:
+    """PostgreSQL of DIR running for the block: started (and stopped after) when it was not running."""
+    started = settings.get("backend_store_uri") is None and server.postgres_pid(layout) is None
+    if started:
+        server.start_postgres(layout, settings["pg_port"])
+    try:
+        yield
+    finally:
+        if started:
+            server.stop_postgres(layout)
+
+
+def pg_environment(layout: server.Layout) -> dict[str, str]:
+    """The superuser's password for PostgreSQL's client tools, by environment (never their command line)."""
+    return {**os.environ, "PGPASSWORD": server.secret(layout.pg_password)}
+
+
+def pg_tool(
+    layout: server.Layout, settings: dict, tool: str, arguments: list[str], environment: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """A PostgreSQL client (pg_dump, pg_restore, psql) on DIR's cluster, run as the caller: clients may run as root."""
+    connection = ["-h", "127.0.0.1", "-p", str(settings["pg_port"]), "-U", server.PG_USER]
+    result = subprocess.run(
+        [str(server.PG_BIN / tool), *connection, *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise server.SetupError(f"{tool} {' '.join(arguments)} failed: {(result.stderr or result.stdout).strip()}")
+    return result

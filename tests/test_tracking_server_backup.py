@@ -1,0 +1,196 @@
+"""`deploy/tracking-server backup`, `restore` and `upgrade` against the session's real team server.
+
+One archive of the running server is restored into a new folder and brought `up` once: every run,
+metric, artifact, registered version, alias, user and permission is found there, and the champion
+loads from it. `upgrade` is a no-op on a current folder, refuses while the server runs on an older
+schema and migrates it once stopped. A tampered archive is refused before anything is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+import shutil
+import stat
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.server import get_app_client
+from mlflow.tracking import MlflowClient
+
+from emotion_exp.serving import free_port
+from tests.pyfunc_models import log_keyword_model
+from tests.tracking_server import ADMIN, TrackingServer, pids_of, run_script
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:An input example was not provided")]
+NOTE = "kept across a backup"
+NOTE_PATH = "notes/note.txt"
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What was logged on the session's server before `backup` wrote ``archive``."""
+
+    server: TrackingServer
+    archive: Path
+    experiment_id: str
+    run_id: str
+    model: str
+    version: str
+    user: tuple[str, str]
+
+
+@pytest.fixture(scope="module")
+def archived(tracking_server: TrackingServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archived]:
+    with pytest.MonkeyPatch.context() as patch:
+        login(patch, tracking_server.url, ADMIN, tracking_server.admin_password)
+        experiment_id = MlflowClient().create_experiment(f"backup-{uuid.uuid4().hex[:8]}")
+        model = f"backup-{uuid.uuid4().hex[:8]}"
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.log_params({"alpha": "0.5", "engine": "keyword"})
+            for step, value in enumerate((0.5, 0.75)):
+                mlflow.log_metric("f1_macro", value, step=step)
+            model_uri = log_keyword_model(input_example=False)
+            mlflow.log_text(NOTE, NOTE_PATH)
+        version = mlflow.register_model(model_uri, model).version
+        MlflowClient().set_registered_model_alias(model, "champion", version)
+    user = tracking_server.add_user("READ", experiment_id=experiment_id, registered_model=model)
+    archive = tmp_path_factory.mktemp("backup") / "team-server.tar.gz"
+
+    result = tracking_server.script("backup", "--to", str(archive))
+
+    assert result.returncode == 0, result.stderr
+    assert f"backed up {tracking_server.folder} to {archive}" in result.stdout
+    yield Archived(tracking_server, archive, experiment_id, run.info.run_id, model, version, user)
+
+
+def login(patch: pytest.MonkeyPatch, url: str, username: str, password: str) -> None:
+    patch.setenv("MLFLOW_TRACKING_URI", url)
+    patch.setenv("MLFLOW_TRACKING_USERNAME", username)
+    patch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    mlflow.set_tracking_uri(url)
+
+
+@pytest.fixture
+def new_folder() -> Iterator[Path]:
+    """A folder for a restored server that the postgres user can reach; whatever runs in it is stopped after."""
+    base = Path(tempfile.mkdtemp(prefix="emotion-exp-restore-"))
+    base.chmod(0o711)
+    folder = base / "restored"
+    try:
+        yield folder
+    finally:
+        stopped = run_script("down", "--dir", str(folder))
+        left = pids_of(folder)
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr
+    assert left == [], f"processes left in {folder}: {left}"
+
+
+def test_the_archive_is_private_and_its_manifest_lists_both_databases_and_every_artifact(archived: Archived) -> None:
+    assert stat.S_IMODE(archived.archive.stat().st_mode) == 0o600
+    with tarfile.open(archived.archive, "r:gz") as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+        digests = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
+
+    assert manifest["databases"] == ["mlflow", "mlflow_auth"]
+    assert manifest["mlflow_version"] == mlflow.__version__ and manifest["postgresql_version"][:2].isdigit()
+    assert manifest["settings"]["auth"] is True and manifest["settings"]["admin_username"] == ADMIN
+    note = next(name for name in manifest["members"] if name.endswith(f"{archived.run_id}/artifacts/{NOTE_PATH}"))
+    assert manifest["artifacts"]["source"] == "folder" and manifest["artifacts"]["objects"] >= 2
+    assert digests.pop("manifest.json") and digests == manifest["members"] and note in digests
+    secret_files = (archived.server.folder / "secrets").iterdir()
+    text = archived.archive.read_bytes()
+    assert not any(path.read_bytes().strip() in text for path in secret_files), "a secret of DIR/secrets is archived"
+
+
+def test_a_restored_server_holds_every_run_model_user_and_permission(archived: Archived, new_folder: Path) -> None:
+    restored = run_script("restore", "--from", str(archived.archive), "--dir", str(new_folder))
+    assert restored.returncode == 0, restored.stderr
+    assert f"start it: deploy/tracking-server up --dir {new_folder}" in restored.stdout
+    again = run_script("restore", "--from", str(archived.archive), "--dir", str(new_folder))
+    assert again.returncode == 1 and "already holds a tracking server" in again.stderr
+
+    url = f"http://127.0.0.1:{free_port()}"  # the admin exists: `up` needs no credentials
+    started = run_script("up", "--dir", str(new_folder), "--port", url.rsplit(":", 1)[1], "--workers", "1")
+    assert started.returncode == 0, started.stderr
+
+    with pytest.MonkeyPatch.context() as patch:
+        login(patch, url, ADMIN, archived.server.admin_password)
+        client = MlflowClient()
+        run = client.get_run(archived.run_id)
+        assert run.data.params.items() >= {"alpha": "0.5", "engine": "keyword"}.items()
+        assert [m.value for m in client.get_metric_history(archived.run_id, "f1_macro")] == [0.5, 0.75]
+        assert mlflow.artifacts.load_text(f"runs:/{archived.run_id}/{NOTE_PATH}") == NOTE
+        assert client.get_registered_model(archived.model).aliases == {"champion": archived.version}
+        champion = mlflow.pyfunc.load_model(f"models:/{archived.model}@champion")
+        assert champion.predict(["i am so happy"])["label"].tolist() == ["joy"]
+        users = get_app_client("basic-auth", tracking_uri=url)
+        username, password = archived.user
+        assert users.get_user(username).username == username
+        assert users.get_user_permission(username, "experiment", archived.experiment_id).permission == "READ"
+        assert users.get_user_permission(username, "registered_model", archived.model).permission == "READ"
+        login(patch, url, username, password)  # the user's password survived with its hash
+        assert MlflowClient().get_run(archived.run_id).info.run_id == archived.run_id
+
+    check_upgrade(new_folder)
+
+
+def check_upgrade(folder: Path) -> None:
+    """No-op when current; with the user database one revision back: refused while up, migrated once stopped."""
+    current = run_script("upgrade", "--dir", str(folder))
+    assert current.returncode == 0, current.stderr
+    assert "already current" in current.stdout and "nothing to do" in current.stdout
+
+    head, previous = downgrade_user_database(folder)
+    refused = run_script("upgrade", "--dir", str(folder))
+    assert refused.returncode == 1 and "--keep-postgres" in refused.stderr and "Traceback" not in refused.stderr
+    assert run_script("down", "--dir", str(folder), "--keep-postgres").returncode == 0
+    migrated = run_script("upgrade", "--dir", str(folder))
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"user database: upgraded from {previous} to {head}" in migrated.stdout
+    assert "tracking database" not in migrated.stdout  # it was current: left alone
+
+
+def downgrade_user_database(folder: Path) -> tuple[str, str]:
+    """Take the user database one migration back (as an older MLflow left it); returns its head and that revision."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    migrations = Path(mlflow.__file__).parent / "server" / "auth" / "db" / "migrations"
+    settings = json.loads((folder / "server.json").read_text())
+    password = (folder / "secrets" / "postgres-password").read_text().strip()
+    config = Config(str(migrations / "alembic.ini"))
+    config.set_main_option("script_location", str(migrations))
+    uri = f"postgresql+psycopg://mlflow:{password}@127.0.0.1:{settings['pg_port']}/mlflow_auth"
+    config.set_main_option("sqlalchemy.url", uri.replace("%", "%%"))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    command.downgrade(config, "-1")
+    return head, ScriptDirectory.from_config(config).get_revision(head).down_revision
+
+
+def test_a_tampered_archive_is_refused_before_anything_is_made(archived: Archived, tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(archived.archive, "r:gz") as source, tarfile.open(tampered, "w:gz") as target:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name.endswith(NOTE_PATH):
+                data = data.replace(b"kept", b"lost")
+            member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    folder = tmp_path / f"restored-{secrets.token_hex(4)}"
+
+    result = run_script("restore", "--from", str(tampered), "--dir", str(folder))
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "does not match its checksum in the manifest" in result.stderr and NOTE_PATH in result.stderr
+    assert not folder.exists()
