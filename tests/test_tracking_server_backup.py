@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import secrets
+import shlex
 import shutil
 import stat
 import tarfile
@@ -27,12 +28,14 @@ from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
 from emotion_exp.serving import free_port
+from tests.conftest import REPO_ROOT
 from tests.pyfunc_models import log_keyword_model
 from tests.tracking_server import ADMIN, TrackingServer, pids_of, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:An input example was not provided")]
 NOTE = "kept across a backup"
 NOTE_PATH = "notes/note.txt"
+DOCS = REPO_ROOT / "docs" / "team-server.md"
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,23 @@ def archived(tracking_server: TrackingServer, tmp_path_factory: pytest.TempPathF
     user = tracking_server.add_user("READ", experiment_id=experiment_id, registered_model=model)
     archive = tmp_path_factory.mktemp("backup") / "team-server.tar.gz"
 
-    result = tracking_server.script("backup", "--to", str(archive))
+    backup = docs_command("backup", {"/srv/mlflow": tracking_server.folder, "/backups/mlflow.tar.gz": archive})
+    result = run_script(*backup)
 
     assert result.returncode == 0, result.stderr
     assert f"backed up {tracking_server.folder} to {archive}" in result.stdout
     yield Archived(tracking_server, archive, experiment_id, run.info.run_id, model, version, user)
+
+
+def docs_command(name: str, paths: dict[str, object]) -> list[str]:
+    """The arguments of the `deploy/tracking-server NAME` line of the backup block in docs/team-server.md,
+    with its example paths replaced by ``paths``."""
+    test = "test_a_restored_server_holds_every_run_model_user_and_permission"
+    mark = f"<!-- run by: tests/test_tracking_server_backup.py::{test} -->"
+    block = DOCS.read_text().split(mark, 1)[1].split("```", 2)[1]
+    lines = [shlex.split(line) for line in block.splitlines() if line.startswith("deploy/tracking-server ")]
+    arguments = next(words[1:] for words in lines if words[1] == name)
+    return [str(paths.get(word, word)) for word in arguments]
 
 
 def login(patch: pytest.MonkeyPatch, url: str, username: str, password: str) -> None:
@@ -113,14 +128,15 @@ def test_the_archive_is_private_and_its_manifest_lists_both_databases_and_every_
 
 
 def test_a_restored_server_holds_every_run_model_user_and_permission(archived: Archived, new_folder: Path) -> None:
-    restored = run_script("restore", "--from", str(archived.archive), "--dir", str(new_folder))
+    paths = {"/backups/mlflow.tar.gz": archived.archive, "/srv/mlflow-restored": new_folder}
+    restored = run_script(*docs_command("restore", paths))
     assert restored.returncode == 0, restored.stderr
     assert f"start it: deploy/tracking-server up --dir {new_folder}" in restored.stdout
     again = run_script("restore", "--from", str(archived.archive), "--dir", str(new_folder))
     assert again.returncode == 1 and "already holds a tracking server" in again.stderr
 
     url = f"http://127.0.0.1:{free_port()}"  # the admin exists: `up` needs no credentials
-    started = run_script("up", "--dir", str(new_folder), "--port", url.rsplit(":", 1)[1], "--workers", "1")
+    started = run_script(*docs_command("up", {**paths, "5001": url.rsplit(":", 1)[1]}), "--workers", "1")
     assert started.returncode == 0, started.stderr
 
     with pytest.MonkeyPatch.context() as patch:
