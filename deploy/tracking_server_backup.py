@@ -30,7 +30,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import __main__ as server  # deploy/tracking-server, which imports this module to add its commands
@@ -39,6 +39,7 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 DATABASES = (server.TRACKING_DB, server.AUTH_DB)
 CHUNK = 1 << 20
+ARTIFACT_SOURCES = ("folder", "external")  # external: a store of the operator's, not archived
 # label: (migrations folder inside the mlflow package, alembic's version table, the command that migrates)
 SCHEMAS = {
     "tracking database": ("store/db_migrations", "alembic_version", ["-m", "mlflow", "db", "upgrade"]),
@@ -104,6 +105,11 @@ def backup(args: argparse.Namespace) -> int:
         f"backed up {layout.root} to {target} (mode 0600: it holds the users' password hashes): databases "
         f"{', '.join(DATABASES)}; {artifacts['objects']} artifacts, {artifacts['bytes']} bytes"
     )
+    if artifacts["source"] == "external":
+        print(
+            f"the artifacts in {settings['artifacts_destination']} are not in the archive: back them up with that "
+            "store's own tools (a restore keeps using that destination)."
+        )
     return 0
 
 
@@ -122,10 +128,9 @@ def write_archive(layout: server.Layout, settings: dict, target: Path, staging: 
                     with dump.open("rb") as source:
                         add_member(tar, checksums, f"databases/{database}.dump", source, dump.stat().st_size)
                 count = size = 0
-                for relative, path in artifact_files(Path(settings["artifacts_destination"])):
-                    with open(path, "rb") as source:
-                        length = os.fstat(source.fileno()).st_size
-                        add_member(tar, checksums, f"artifacts/{relative}", source, length)
+                source = artifact_source(settings)
+                for relative, reader, length in artifact_objects(settings, source):
+                    add_member(tar, checksums, f"artifacts/{relative}", reader, length)
                     count, size = count + 1, size + length
                 manifest = {
                     "format": FORMAT,
@@ -134,7 +139,7 @@ def write_archive(layout: server.Layout, settings: dict, target: Path, staging: 
                     "postgresql_version": postgresql_version(layout, settings, environment),
                     "settings": settings,
                     "databases": list(DATABASES),
-                    "artifacts": {"source": "folder", "objects": count, "bytes": size},
+                    "artifacts": {"source": source, "objects": count, "bytes": size},
                     "members": checksums,
                 }
                 text = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -148,15 +153,24 @@ def write_archive(layout: server.Layout, settings: dict, target: Path, staging: 
     return manifest
 
 
-def artifact_files(folder: Path) -> Iterator[tuple[str, Path]]:
-    """Every file under the artifacts folder, by its path relative to it (none when it was never made)."""
-    if not folder.is_dir():
+def artifact_source(settings: dict) -> str:
+    """Where the artifacts are: a folder of this machine, or a store of its own (`external`: not archived)."""
+    return "external" if "://" in settings["artifacts_destination"] else "folder"
+
+
+def artifact_objects(settings: dict, source: str) -> Iterator[tuple[str, BinaryIO, int]]:
+    """Each artifact as (path relative to the destination, an open reader, its size)."""
+    if source == "external":
+        return
+    folder = Path(settings["artifacts_destination"])
+    if not folder.is_dir():  # no artifact was ever logged
         return
     for path in sorted(folder.rglob("*")):
         if path.is_symlink():
             raise server.SetupError(f"{path} is a link: the server never makes one; check it, then remove it.")
         if path.is_file():
-            yield path.relative_to(folder).as_posix(), path
+            with path.open("rb") as reader:
+                yield path.relative_to(folder).as_posix(), reader, os.fstat(reader.fileno()).st_size
 
 
 class _Hashing:
@@ -202,11 +216,9 @@ def restore(args: argparse.Namespace) -> int:
     manifest = verified_manifest(archive)  # before anything is made
     created = not layout.root.exists()
     server.make_folder(layout)
-    settings = {
-        **manifest["settings"],
-        "pg_port": args.pg_port or server.free_port(),
-        "artifacts_destination": str(layout.artifacts),
-    }
+    settings = {**manifest["settings"], "pg_port": args.pg_port or server.free_port()}
+    if manifest["artifacts"]["source"] == "folder":
+        settings["artifacts_destination"] = str(layout.artifacts)
     try:
         server.init_postgres(layout)
         server.start_postgres(layout, settings["pg_port"])
@@ -228,6 +240,8 @@ def restore(args: argparse.Namespace) -> int:
     installed = importlib.metadata.version("mlflow")
     if installed != manifest["mlflow_version"]:
         print(f"MLflow here is {installed}: run `deploy/tracking-server upgrade --dir {layout.root}` before `up`.")
+    if artifacts["source"] == "external":
+        print(f"the artifacts stay in {settings['artifacts_destination']}: they were not in the archive.")
     print(f"start it: deploy/tracking-server up --dir {layout.root} [--port PORT] (the users log in as before)")
     return 0
 
@@ -263,23 +277,25 @@ def read_manifest(tar: tarfile.TarFile, archive: Path) -> dict:
         manifest = json.loads(handle.read())
     except (json.JSONDecodeError, UnicodeDecodeError):
         refuse(archive, f"its {MANIFEST} is not JSON")
+    shape = {"members": dict, "settings": dict, "artifacts": dict, "databases": list, "created": str}
     if (
         not isinstance(manifest, dict)
         or manifest.get("format") != FORMAT
-        or not isinstance(manifest.get("members"), dict)
+        or any(not isinstance(manifest.get(key), kind) for key, kind in shape.items())
+        or manifest["artifacts"].get("source") not in ARTIFACT_SOURCES
     ):
         refuse(archive, f"its {MANIFEST} is not one of format {FORMAT}")
     for name in manifest["members"]:
         parts = PurePosixPath(name).parts
         if name.startswith("/") or ".." in parts or parts[0] not in ("databases", "artifacts") or len(parts) < 2:
             refuse(archive, f"its manifest names {name!r}, outside databases/ and artifacts/")
-    expected = {f"databases/{database}.dump" for database in manifest.get("databases", ())}
-    if set(DATABASES) != set(manifest.get("databases", ())) or not expected <= set(manifest["members"]):
+    expected = {f"databases/{database}.dump" for database in DATABASES}
+    if set(DATABASES) != set(manifest["databases"]) or not expected <= set(manifest["members"]):
         refuse(archive, f"it does not hold the databases {', '.join(DATABASES)}")
     return manifest
 
 
-def refuse(archive: Path, why: str) -> None:
+def refuse(archive: Path, why: str) -> NoReturn:
     raise server.SetupError(f"refusing {archive}: {why}; nothing was restored. Use an intact archive of `backup`.")
 
 
