@@ -70,7 +70,7 @@ def stage_run(
         # Two stages started at once with a new MLFLOW_EXPERIMENT_NAME both try to create it.
         experiment_id = retry_on_conflict(current_experiment_id)
         require_edit(stage, experiment_id=experiment_id)
-        mark_experiment(experiment_id)
+        retry_on_conflict(lambda: mark_experiment(experiment_id))  # and both tag it
     # The run is created with its owner's tags, so clean-stale never sees it RUNNING without them.
     tags = {"stage": stage, **owner_tags(), "emotion_exp_version": __version__}
     tags["omp_wait_policy"] = os.environ.get(threads.WAIT_POLICY, "default")  # timings depend on it
@@ -103,6 +103,18 @@ def stage_run(
         line = catalog.closing_line(stage, run.info.run_id, finished.data.metrics, finished.data.tags)
         if line is not None:  # the study ends with its summary instead
             console.say(line)
+
+
+def create_run(stage: str) -> str:
+    """Create a RUNNING run of ``stage`` in the current experiment, owned by this process, without opening it.
+
+    For a workflow that must claim a run before opening it (``stage_run(run_id=...)``), as a
+    sweep's workers claim the study's parent.
+    """
+    experiment_id = retry_on_conflict(current_experiment_id)
+    require_edit(stage, experiment_id=experiment_id)
+    retry_on_conflict(lambda: mark_experiment(experiment_id))
+    return MlflowClient().create_run(experiment_id, run_name=stage, tags={"stage": stage, **owner_tags()}).info.run_id
 
 
 def _end(run: mlflow.ActiveRun, status: str, reason: str) -> None:

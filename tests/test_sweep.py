@@ -204,8 +204,9 @@ def test_a_resumed_sweep_continues_its_study_under_the_same_parent(small_dataset
 def test_a_trial_killed_outright_is_marked_fail_on_resume_and_run_again(
     small_dataset: Path, isolated_mlflow: str
 ) -> None:
+    """Killed before its first heartbeat (or by an emotion-exp without heartbeats): failed after two heartbeats."""
     name = f"sweep-{uuid.uuid4().hex[:8]}"
-    options = ["sweep", "--dataset", str(small_dataset), "--stage", "tfidf", "--study_name", name]
+    options = ["sweep", "--dataset", str(small_dataset), "--stage", "tfidf", "--study_name", name, "--heartbeat", "1"]
     first = CliRunner().invoke(cli, [*options, "--registered_model", "", "--n_trials", "1"])
     assert first.exit_code == 0, first.output
     [parent] = mlflow.search_runs(filter_string="tags.stage = 'sweep'", output_format="list")
@@ -245,7 +246,8 @@ def test_a_finetune_trial_below_the_median_is_pruned_and_its_run_kept(
     space = search_space.search_space("finetune", config.search_space)
     storage = sweep_storage.resolve_storage("", mlflow.get_tracking_uri())
     digest = data.load_splits(DataConfig(dataset=str(small_dataset))).digest
-    study = sweep.open_study(config, storage, name, search_space.space_description(space), digest)
+    opened = sweep_storage.open_storage(storage, config.heartbeat)
+    study = sweep.open_study(config, opened, name, search_space.space_description(space), digest)
     params = {"learning_rate": 1e-4, "epochs": 2, "warmup": 0.1, "weight_decay": 0.01, "batch_size": 16}
     study.add_trial(
         optuna.trial.create_trial(params=params, distributions=space, value=0.0, intermediate_values={2: 0.99})

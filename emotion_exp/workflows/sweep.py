@@ -6,6 +6,12 @@ run (``best_test_accuracy``). Fine-tuning trials report validation F1 each epoch
 median pruner; a pruned trial's run ends KILLED with the tag ``pruned=true`` and keeps what it
 logged. The study lives in its own Optuna database (never MLflow's: both keep their schema
 revision in alembic's ``alembic_version`` table), so ``--study_name`` resumes it.
+
+Several workers (processes, on one machine or many) run one study when they share its
+``--study_name`` and ``--optuna_storage``: between them they run exactly ``--n_trials`` trials
+(each counts the study's complete, pruned and running trials before each new one), all under one
+parent run (the first worker's, claimed in the study), and each waits for the others' running
+trials, so that a trial a stopped worker lost is run again by one still there.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import dataclasses
 import functools
 import shutil
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +39,7 @@ from emotion_exp import catalog, data, interrupts, plots, tracking
 from emotion_exp.config import STAGE_CONFIGS, DataConfig, ExtractConfig, SweepConfig, subset
 from emotion_exp.errors import EndedEarly, UserError
 from emotion_exp.stages import extract
-from emotion_exp.stages.skeleton import log_figure, open_stage
+from emotion_exp.stages.skeleton import log_dataset, log_figure, open_stage
 from emotion_exp.workflows import search_space, sweep_outcome, sweep_storage
 
 if TYPE_CHECKING:
@@ -40,51 +48,59 @@ if TYPE_CHECKING:
 # Trials are compared by the project's promotion metric; fine-tuning reports its per-epoch twin.
 EPOCH_OBJECTIVE = "eval_f1_weighted"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+COUNTED_STATES = (*FINISHED_STATES, TrialState.RUNNING)
+"""The trials that count towards ``--n_trials`` before a new one starts: a running trial is another
+worker's, and counts until it fails (a WAITING trial, enqueued, is the next one a worker takes)."""
+POLL_S = 1.0
+"""How often a worker that has nothing left to start looks whether the others' running trials ended."""
+
+
+class Surplus(Exception):
+    """A trial created while another worker created the study's last one: it is given up, never run."""
 
 
 # --- the study ----------------------------------------------------------------------------------
 
 
-def open_study(config: SweepConfig, storage: str, study_name: str, space: str, digest: str) -> optuna.Study:
-    """Create the study, or load it to resume after checking it searches the same thing on the same data."""
-    existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    finished = 0
-    if study_name in existing:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        recorded = study.user_attrs
-        mismatches = [
-            f"{what} was {recorded.get(key)!r}, now {value!r}"
-            for what, key, value in (
-                ("--stage", "stage", config.stage),
-                ("the search space", "search_space", space),
-                ("the dataset digest", "dataset_digest", digest),
-            )
-            if recorded.get(key) != value
-        ]
-        if mismatches:
-            raise UserError(
-                f"--study_name {study_name} names a study in {sweep_storage.shown_storage(storage)} that searched "
-                "something else ("
-                + "; ".join(mismatches)
-                + "). Resume it with its own options, or pick a new --study_name."
-            )
-        finished = sum(trial.state in FINISHED_STATES for trial in study.trials)
-    sampler = optuna.samplers.TPESampler(seed=config.seed + finished)  # a resumed study draws new points
+def open_study(
+    config: SweepConfig, storage: optuna.storages.RDBStorage, study_name: str, space: str, digest: str
+) -> optuna.Study:
+    """Create the study, or load it to resume (or to join its other workers) after checking it searches
+    the same thing on the same data.
+
+    What a study searches is claimed by the first worker; the others compare theirs with it.
+    """
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=config.pruner_startup_trials, n_warmup_steps=config.pruner_warmup_epochs
     )
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
-        sampler=sampler,
+        sampler=trial_sampler(config, 0),
         pruner=pruner,
         direction="maximize",
         load_if_exists=True,
     )
-    if study_name not in existing:
-        for key, value in (("stage", config.stage), ("search_space", space), ("dataset_digest", digest)):
-            study.set_user_attr(key, value)
+    study_id = storage.get_study_id_from_name(study_name)
+    wanted = (("--stage", "stage", config.stage), ("the search space", "search_space", space))
+    wanted += (("the dataset digest", "dataset_digest", digest),)
+    recorded = {key: sweep_storage.claim(storage, study_id, key, value) for _, key, value in wanted}
+    mismatches = [
+        f"{what} was {recorded[key]!r}, now {value!r}" for what, key, value in wanted if recorded[key] != value
+    ]
+    if mismatches:
+        raise UserError(
+            f"--study_name {study_name} names a study in {sweep_storage.shown_storage(storage.url)} that searched "
+            "something else ("
+            + "; ".join(mismatches)
+            + "). Resume it with its own options, or pick a new --study_name."
+        )
     return study
+
+
+def trial_sampler(config: SweepConfig, number: int) -> optuna.samplers.BaseSampler:
+    """TPE seeded by ``--seed`` and the trial's number: reproducible, and never the same draw in two workers."""
+    return optuna.samplers.TPESampler(seed=config.seed + number)
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -93,96 +109,151 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 def run(config: SweepConfig) -> str:
-    """Run (or resume) the study with every trial a nested run; log the outcome on the parent; return its id."""
+    """Run (or resume, or join) the study, every trial a nested run; log the outcome on the parent; return its id."""
     space = search_space.search_space(config.stage, config.search_space)
-    storage = sweep_storage.resolve_storage(config.optuna_storage, mlflow.get_tracking_uri())
+    url = sweep_storage.resolve_storage(config.optuna_storage, mlflow.get_tracking_uri())
+    storage = sweep_storage.open_storage(url, config.heartbeat)
+    shown = sweep_storage.shown_storage(url)
     splits = data.load_splits(subset(config, DataConfig))
     study_name = config.study_name or f"sweep-{config.stage}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     study = open_study(config, storage, study_name, search_space.space_description(space), splits.digest)
+    study_id = storage.get_study_id_from_name(study_name)
     previous_parent = study.user_attrs.get("parent_run_id")
-    reopened = _parent_to_reopen(previous_parent)
-    interrupted = fail_interrupted_trials(study, previous_parent)
-    if interrupted:
-        print(
-            f"sweep: trial(s) {', '.join(map(str, interrupted))} of study {study_name!r} were cut off (their process "
-            "is gone): marked FAIL, and run again."
-        )
+    parent_to_open, created = _parent_run(storage, study_id, previous_parent)
     # The parent holds the data (its inputs, and the label distribution drawn once); every trial gets the same splits.
     # Every reader of the run sees its params: the storage's password stays out of them.
     masked = sweep_storage.shown_storage(config.optuna_storage) if config.optuna_storage else ""
     logged = dataclasses.replace(config, optuna_storage=masked)
-    with open_stage("sweep", logged, splits=splits, run_id=reopened, label_plot=False) as parent:
+    with open_stage("sweep", logged, splits=splits, run_id=parent_to_open, label_plot=False) as parent:
         parent_id = parent.run_id
-        if reopened is None:
+        if created:
+            log_dataset(splits)
             log_figure(
                 plots.label_distribution(splits.train["label"], splits.label_names), "plots/label_distribution.png"
             )
-        else:  # the interruption is over: its reason and hint no longer describe the run
-            stale = {"error", "resume_hint"} & set(MlflowClient().get_run(parent_id).data.tags)
-            for tag in sorted(stale):
-                MlflowClient().delete_tag(parent_id, tag)
-        study.set_user_attr("parent_run_id", parent_id)
+        if parent_to_open is None:  # `mlflow run`'s own run is this worker's parent
+            study.set_user_attr("parent_run_id", parent_id)
         sweep_outcome.set_tags(
-            {
-                "study_name": study_name,
-                "optuna_storage": sweep_storage.shown_storage(storage),
-                "search_space": search_space.space_description(space),
-            }
+            {"study_name": study_name, "optuna_storage": shown, "search_space": search_space.space_description(space)}
         )
         if previous_parent and previous_parent != parent_id:
             sweep_outcome.set_tags({"continues_run_id": previous_parent})
         probe_features = catalog.STAGES[config.stage].reads_features
         features_run_id = extract.run(subset(config, ExtractConfig), splits=splits) if probe_features else ""
-        objective = _objective(config, space, study_name, features_run_id, splits)
-        missing = config.n_trials - finished_trials(study)
-        shown = sweep_storage.shown_storage(storage)
+        current = _CurrentTrial()
+        objective = _objective(config, space, study_name, features_run_id, splits, current)
+        missing = config.n_trials - sum(trial.state in COUNTED_STATES for trial in study.trials)
         print(f"sweep: study {study_name!r} in {shown}: {max(missing, 0)} trial(s) to run.")
         try:
             with interrupts.stop_on_signals():
-                if missing > 0:
-                    study.optimize(objective, n_trials=missing, timeout=config.timeout or None)
+                run_trials(study, storage, objective, config)
         except KeyboardInterrupt:
-            sweep_outcome.log_study(study)
+            current.give_up(study)
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                sweep_outcome.log_study(study)  # else a worker still running writes it when the study is done
             hint = resume_hint(config, study_name, study)
             sweep_outcome.set_tags({"resume_hint": hint})
             print(f"\n{hint}", file=sys.stderr, flush=True)
             raise
+        for stale in sorted({"error", "resume_hint"} & set(MlflowClient().get_run(parent_id).data.tags)):
+            MlflowClient().delete_tag(parent_id, stale)  # another worker's interruption no longer describes the run
         sweep_outcome.log_study(study)
         best = sweep_outcome.best_trial(study, study_name)
-        sweep_outcome.score_best(best, splits, config, config.registered_model, config.stage)
+        _score_once(storage, study_id, best, parent_id, splits, config)
         return parent_id
 
 
-def _parent_to_reopen(previous_parent: str | None) -> str | None:
-    """The earlier parent run, reopened when resuming from the CLI (``mlflow run`` brings its own run)."""
-    if not previous_parent or tracking.launcher_run_id():
-        return None
-    record = tracking.find_run(previous_parent)
-    if record is None:
-        return None  # the study outlived its tracking store: the trials go under a new parent
-    state, detail = tracking.process_state(record.tags)
-    if record.status == "RUNNING" and state == tracking.ALIVE:
-        raise UserError(
-            f"The study's sweep run {previous_parent} is still RUNNING and its {detail}; two processes would "
-            "run one study. Stop it first (Ctrl-C ends its current trial), then resume."
-        )
-    return previous_parent
+def _parent_run(storage: optuna.storages.RDBStorage, study_id: int, previous: str | None) -> tuple[str | None, bool]:
+    """The run to open as the study's parent, and whether this worker has just created it.
 
-
-def fail_interrupted_trials(study: optuna.Study, previous_parent: str | None) -> list[int]:
-    """Mark FAIL the trials a killed process left RUNNING in ``study``; return their numbers.
-
-    A trial killed outright (``kill -9``, out of memory) never reports, and Optuna keeps it
-    RUNNING for ever. Only when the study's parent run has no live owner: a process that still
-    runs the study (an ``mlflow run`` started elsewhere) owns its running trials.
+    Under ``mlflow run`` the launcher's run (None here: the stage attaches to it). Otherwise the
+    study's parent when the tracking store still has it, whatever its state (another worker may
+    be running under it); else a new run, which becomes the parent only if this worker's claim
+    wins: a worker that lost deletes its own and adopts the winner's.
     """
-    record = tracking.find_run(previous_parent) if previous_parent else None
-    if record is not None and record.status == "RUNNING" and tracking.process_state(record.tags)[0] == tracking.ALIVE:
-        return []
-    running = [trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for number in running:
-        study.tell(number, state=TrialState.FAIL)
-    return running
+    if tracking.launcher_run_id():
+        return None, False
+    if previous and tracking.find_run(previous) is not None:
+        return previous, False
+    created = tracking.create_run("sweep")
+    parent = sweep_storage.claim(storage, study_id, "parent_run_id", created, replacing=previous)
+    if parent != created:
+        MlflowClient().set_terminated(created, "KILLED")
+        MlflowClient().delete_run(created)
+    return parent, parent == created
+
+
+class _CurrentTrial:
+    """The trial this worker runs now, so that an interruption never leaves it RUNNING."""
+
+    number: int | None = None
+
+    def give_up(self, study: optuna.Study) -> None:
+        """Mark this worker's trial FAIL if the interruption struck outside Optuna's own handling of it."""
+        if self.number is None:
+            return
+        [trial] = [t for t in study.get_trials(deepcopy=False) if t.number == self.number]
+        if trial.state == TrialState.RUNNING:
+            study.tell(self.number, state=TrialState.FAIL)
+
+
+def run_trials(
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    objective: Callable[[optuna.Trial], float],
+    config: SweepConfig,
+) -> None:
+    """Run trials until the study holds ``--n_trials`` complete or pruned ones, between all its workers.
+
+    Before each trial the study's complete, pruned and running trials are counted; with enough,
+    the worker waits while others' trials run (one that fails is run again here) and leaves when
+    none is left. Trials of killed workers are failed first (their heartbeat stopped).
+    """
+    deadline = time.monotonic() + config.timeout if config.timeout else None
+    waiting_for: list[int] = []
+    while True:
+        dead = sweep_storage.fail_dead_trials(study, storage)
+        if dead:
+            print(
+                f"sweep: trial(s) {', '.join(map(str, dead))} of study {study.study_name!r} were cut off (no heartbeat "
+                f"from their worker for {2 * config.heartbeat} s): marked FAIL, and run again."
+            )
+        trials = study.get_trials(deepcopy=False)
+        running = [trial.number for trial in trials if trial.state == TrialState.RUNNING]
+        if sum(trial.state in COUNTED_STATES for trial in trials) >= config.n_trials:
+            if not running:
+                return
+            if running != waiting_for:
+                print(f"sweep: waiting for trial(s) {', '.join(map(str, running))}, run by other workers.")
+                waiting_for = running
+            time.sleep(POLL_S)
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        study.optimize(objective, n_trials=1, catch=(Surplus,))
+
+
+def _score_once(
+    storage: optuna.storages.RDBStorage,
+    study_id: int,
+    best: optuna.trial.FrozenTrial,
+    parent_id: str,
+    splits: DatasetSplits,
+    config: SweepConfig,
+) -> None:
+    """Score the best trial on test and register it, once per parent and best trial whatever the workers."""
+    key, mine = f"scored:{parent_id}:{best.number}", f"worker {tracking.owner_tags()['pid']} {uuid.uuid4().hex}"
+    if sweep_storage.claim(storage, study_id, key, mine) != mine:
+        print(
+            f"sweep: best trial {best.number} is scored on the test split once, under this parent, by another "
+            "worker of the study (or by an earlier run of it)."
+        )
+        return
+    try:
+        sweep_outcome.score_best(best, splits, config, config.registered_model, config.stage)
+    except BaseException:
+        sweep_storage.release(storage, study_id, key, mine)  # a later run scores it
+        raise
 
 
 def _objective(
@@ -191,6 +262,7 @@ def _objective(
     study_name: str,
     features_run_id: str,
     splits: DatasetSplits,
+    current: _CurrentTrial,
 ) -> Callable[[optuna.Trial], float]:
     stage = catalog.STAGES[config.stage]
     base = dataclasses.replace(subset(config, STAGE_CONFIGS[config.stage]), registered_model="")
@@ -198,6 +270,15 @@ def _objective(
         base = dataclasses.replace(base, features_run_id=features_run_id)
 
     def objective(trial: optuna.Trial) -> float:
+        current.number = trial.number
+        ahead = [
+            t for t in trial.study.get_trials(deepcopy=False) if t.state in COUNTED_STATES and t.number < trial.number
+        ]
+        if len(ahead) >= config.n_trials:  # another worker created the last trial at the same moment
+            reason = f"the study already had {len(ahead)} trials when this one was created"
+            trial.set_user_attr("given_up", reason)
+            raise Surplus(reason)
+        trial.study.sampler = trial_sampler(config, trial.number)
         params = {name: search_space.suggest(trial, name, distribution) for name, distribution in space.items()}
         trial_config = dataclasses.replace(base, **params)
         labels = tracking.RunLabels(tags={"trial_number": trial.number, "study_name": study_name})

@@ -1,10 +1,31 @@
-"""Where a sweep's Optuna study lives: its own database, never the tracking store's; passwords masked when shown."""
+"""Where a sweep's Optuna study lives: its own database, never the tracking store's; passwords masked when shown.
+
+Several workers share one study through this database, so what must be decided once (the
+study's parent run, who scores the best trial) is claimed by an insert that the table's unique
+key lets only one worker win, and a worker killed outright is found by Optuna's heartbeat.
+"""
 
 from __future__ import annotations
 
+import json
+import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
 
 from emotion_exp.errors import UserError
+
+# Optuna's own tables, named as its schema (kept by alembic) names them: a study's user attributes
+# are unique by (study_id, key), and a trial's heartbeat is one row per trial.
+_USER_ATTRS = sqlalchemy.table(
+    "study_user_attributes", sqlalchemy.column("study_id"), sqlalchemy.column("key"), sqlalchemy.column("value_json")
+)
+_HEARTBEATS = sqlalchemy.table("trial_heartbeats", sqlalchemy.column("trial_id"))
+_SCHEMA_ATTEMPTS = 3
 
 
 def resolve_storage(optuna_storage: str, tracking_uri: str) -> str:
@@ -56,3 +77,95 @@ def shown_storage(storage: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(storage).render_as_string(hide_password=True)
+
+
+def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    """The study's database, with each running trial's worker recording a heartbeat every ``heartbeat_s``.
+
+    A trial whose heartbeat is older than twice that (its worker was killed outright) is failed
+    by the next worker that looks (``fail_dead_trials``), so it neither blocks the study's
+    count nor stays RUNNING for ever.
+    """
+    for _ in range(_SCHEMA_ATTEMPTS - 1):
+        try:
+            return _rdb_storage(url, heartbeat_s)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            pass  # workers started together on a new database both create its tables: the next attempt finds them
+    return _rdb_storage(url, heartbeat_s)
+
+
+def _rdb_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
+
+
+def claim(storage: optuna.storages.RDBStorage, study_id: int, key: str, value: Any, replacing: Any = None) -> Any:
+    """Set the study's user attribute ``key`` to ``value`` unless another worker did first; return what holds.
+
+    ``replacing=None``: only if the key is absent (an insert, which the unique (study_id, key)
+    key refuses to all but one worker); else only if it still holds ``replacing`` (an update
+    conditioned on the old value). Optuna's own ``set_user_attr`` would let the last writer win.
+    """
+    encoded = json.dumps(value)
+    if replacing is None:
+        statement = sqlalchemy.insert(_USER_ATTRS).values(study_id=study_id, key=key, value_json=encoded)
+    else:
+        statement = (
+            sqlalchemy.update(_USER_ATTRS)
+            .where(_USER_ATTRS.c.study_id == study_id, _USER_ATTRS.c.key == key)
+            .where(_USER_ATTRS.c.value_json == json.dumps(replacing))
+            .values(value_json=encoded)
+        )
+    try:
+        with storage.engine.begin() as connection:
+            connection.execute(statement)
+    except sqlalchemy.exc.IntegrityError:
+        pass  # another worker inserted it first: its value holds
+    return storage.get_study_user_attrs(study_id)[key]
+
+
+def release(storage: optuna.storages.RDBStorage, study_id: int, key: str, value: Any) -> None:
+    """Give up a claim this worker holds (``value``), so that another worker or a later run can take it."""
+    with storage.engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.delete(_USER_ATTRS).where(
+                _USER_ATTRS.c.study_id == study_id,
+                _USER_ATTRS.c.key == key,
+                _USER_ATTRS.c.value_json == json.dumps(value),
+            )
+        )
+
+
+def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker is gone; return their numbers.
+
+    Optuna's ``fail_stale_trials`` fails those whose heartbeat stopped for the grace period. A
+    trial with no heartbeat at all (left by an emotion-exp before heartbeats, or by a worker
+    killed between creating the trial and its first heartbeat) Optuna never fails; it is failed
+    here once it has been RUNNING for the grace period.
+    """
+    study_id = storage.get_study_id_from_name(study.study_name)
+    running = {
+        storage.get_trial_id_from_study_id_trial_number(study_id, trial.number): trial
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    }
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    with storage.engine.connect() as connection:
+        query = sqlalchemy.select(_HEARTBEATS.c.trial_id).where(_HEARTBEATS.c.trial_id.in_(list(running)))
+        beating = set(connection.execute(query).scalars())
+    cutoff = datetime.now() - timedelta(seconds=storage.grace_period or 0)  # Optuna's start times are local
+    for trial_id, trial in running.items():
+        started = trial.datetime_start
+        if trial_id not in beating and started is not None and started < cutoff:
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished (or another worker failed it) since it was read
+    return sorted(
+        trial.number for trial_id, trial in running.items() if storage.get_trial(trial_id).state == TrialState.FAIL
+    )

@@ -1,0 +1,234 @@
+"""Several sweep workers on one study: real `python -m emotion_exp sweep` processes started together on one
+Optuna storage (a SQLite file; the team server's PostgreSQL) and one tracking store run exactly --n_trials
+trials under one parent run, and a worker stopped mid-trial (Ctrl-C, or killed outright) loses nothing: the
+other runs its trial again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.tracking_server import TrackingServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WAIT_S = 180  # bound on every wait for a worker; far above the seconds each needs
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen]]:
+    """The test's workers; one still there when the test ends (it failed) is killed, also when frozen by SIGSTOP,
+    so that it holds no lock of the session's tracking store."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=WAIT_S)
+
+
+def start_worker(
+    workers: list[subprocess.Popen], study_name: str, dataset: Path, storage: str, log: Path, *options: str
+) -> subprocess.Popen:
+    """One sweep worker of the study on the tfidf stage, its output in ``log``."""
+    command = [sys.executable, "-m", "emotion_exp", "sweep", "--dataset", str(dataset), "--stage", "tfidf"]
+    command += ["--study_name", study_name, "--optuna_storage", storage, "--registered_model", "", *options]
+    # Two workers on two cores: one torch thread each.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    with log.open("w") as out:
+        workers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env))
+    return workers[-1]
+
+
+def finish(process: subprocess.Popen, log: Path) -> int:
+    try:
+        return process.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"worker still running after {WAIT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"worker exited with {process.returncode} before {what}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} within {WAIT_S} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def trial_runs(study_name: str) -> list[mlflow.entities.Run]:
+    runs = mlflow.search_runs(filter_string=f"tags.study_name = '{study_name}'", output_format="list")
+    return [run for run in runs if "trial_number" in run.data.tags]
+
+
+def finished_by(study_name: str) -> set[int]:
+    """The workers (pids) that have finished a trial of the study."""
+    return {int(run.data.tags["pid"]) for run in trial_runs(study_name) if run.info.status == "FINISHED"}
+
+
+def running_trial_of(study_name: str, pid: int) -> str | None:
+    """The trial run that worker ``pid`` has RUNNING, if any."""
+    runs = [r for r in trial_runs(study_name) if r.info.status == "RUNNING" and r.data.tags.get("pid") == str(pid)]
+    return runs[0].info.run_id if runs else None
+
+
+def status_now(tracking_uri: str, run_id: str) -> str | None:
+    """The run's status read straight from the SQLite store, waiting 0.2 s at most: None when a frozen worker
+    holds the store's lock (MLflow's own client would wait 20 s, then fail)."""
+    with contextlib.closing(sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=0.2)) as connection:
+        try:
+            return connection.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()[0]
+        except sqlite3.OperationalError:
+            return None
+
+
+def stop_mid_trial(study_name: str, worker: subprocess.Popen, log: Path, signum: int, tracking_uri: str) -> str:
+    """Send ``signum`` to ``worker`` while one of its trials runs; return that trial's run id.
+
+    A tfidf trial lasts about a second: the worker is frozen (SIGSTOP) as soon as it has a
+    RUNNING trial run, and signalled only if that run is still RUNNING once it cannot change.
+    """
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and worker.poll() is None:
+        run_id = running_trial_of(study_name, worker.pid)
+        if run_id is None:
+            time.sleep(0.05)
+            continue
+        worker.send_signal(signal.SIGSTOP)
+        if status_now(tracking_uri, run_id) == "RUNNING":
+            worker.send_signal(signum)
+            worker.send_signal(signal.SIGCONT)
+            return run_id
+        worker.send_signal(signal.SIGCONT)  # its trial ended in between, or its lock was held: try the next moment
+    pytest.fail(f"no running trial to stop within {WAIT_S} s (exit code {worker.poll()}):\n{log.read_text()[-3000:]}")
+
+
+def the_parent(study_name: str) -> mlflow.entities.Run:
+    [parent] = mlflow.search_runs(
+        filter_string=f"tags.stage = 'sweep' and tags.study_name = '{study_name}'", output_format="list"
+    )
+    return parent
+
+
+def assert_the_study_is_complete(study: optuna.Study, n_trials: int, parent_id: str) -> None:
+    """Exactly ``n_trials`` complete trials, nothing left RUNNING, every trial run once under the one parent."""
+    complete = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
+    assert len(complete) == n_trials
+    assert not [trial for trial in study.trials if trial.state == TrialState.RUNNING]
+    assert study.user_attrs["parent_run_id"] == parent_id
+    runs = {run.info.run_id: run for run in trial_runs(study.study_name)}
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs.values()} == {parent_id}
+    for trial in complete:
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run.info.status == "FINISHED" and run.data.tags["trial_number"] == str(trial.number)
+    # No trial number, and no parameter set, was run by two workers.
+    numbers = [run.data.tags["trial_number"] for run in runs.values()]
+    assert len(numbers) == len(set(numbers))
+    finished = [run for run in runs.values() if run.info.status == "FINISHED"]
+    assert len({(run.data.params["C"], run.data.params["class_weight"]) for run in finished}) == n_trials
+    # A trial given up because another worker had just created the last one never ran.
+    given_up = [trial for trial in study.trials if "given_up" in trial.user_attrs]
+    assert all(trial.state == TrialState.FAIL for trial in given_up)
+    assert not {str(trial.number) for trial in given_up} & set(numbers)
+    # The outcome: the table of every trial, the best trial scored on test once.
+    parent = mlflow.get_run(parent_id)
+    # The worker that lost the race for the parent deleted its own run.
+    deleted = MlflowClient().search_runs(
+        [parent.info.experiment_id], "tags.stage = 'sweep'", run_view_type=ViewType.DELETED_ONLY
+    )
+    assert len(deleted) <= 1 and all(run.info.status == "KILLED" for run in deleted)
+    assert parent.info.status == "FINISHED" and not {"error", "resume_hint"} & set(parent.data.tags)
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="sweep/trials.csv"))
+    assert list(table["number"]) == [trial.number for trial in study.trials]
+    assert (table["state"] == "COMPLETE").sum() == n_trials
+    evaluations = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.stage = 'evaluate'", output_format="list"
+    )
+    assert len(evaluations) == 1 and parent.data.tags["best_trial_evaluation"] == evaluations[0].info.run_id
+    assert parent.data.metrics["best_value"] == max(trial.value for trial in complete)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)], ids=["ctrl-c", "kill-9"]
+)
+def test_a_worker_stopped_mid_trial_loses_nothing_and_the_other_completes_the_study(
+    signum: int,
+    code: int,
+    workers: list[subprocess.Popen],
+    small_dataset: Path,
+    tmp_path: Path,
+    tracking_uri: str,
+    isolated_mlflow: str,
+) -> None:
+    """Ctrl-C: the stopped worker marks its trial FAIL and its run KILLED. Killed outright, it marks
+    nothing: its trial's heartbeat stops, and the other worker fails the trial after 2 heartbeats."""
+    name, storage, n_trials = f"sweep-{uuid.uuid4().hex[:8]}", f"sqlite:///{tmp_path}/optuna.db", 6
+    logs = [tmp_path / "stopped.log", tmp_path / "remaining.log"]
+    options = ("--n_trials", str(n_trials), "--heartbeat", "1")
+    stopped, remaining = (start_worker(workers, name, small_dataset, storage, log, *options) for log in logs)
+    # Both workers started together have each finished a trial of the study before one is stopped.
+    wait_for(lambda: finished_by(name) >= {stopped.pid, remaining.pid}, stopped, logs[0], "a trial of each worker")
+
+    cut_run = stop_mid_trial(name, stopped, logs[0], signum, tracking_uri)
+
+    assert finish(stopped, logs[0]) == code, logs[0].read_text()[-3000:]
+    assert finish(remaining, logs[1]) == 0, logs[1].read_text()[-3000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    cut = study.trials[int(mlflow.get_run(cut_run).data.tags["trial_number"])]
+    assert cut.state == TrialState.FAIL
+    assert_the_study_is_complete(study, n_trials, the_parent(name).info.run_id)
+    if signum == signal.SIGINT:
+        assert mlflow.get_run(cut_run).info.status == "KILLED"
+        assert "Resume the study with" in logs[0].read_text()
+    else:
+        assert f"trial(s) {cut.number} of study {name!r} were cut off" in logs[1].read_text()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_on_the_team_servers_postgresql(
+    tracking_server: TrackingServer,
+    on_server: str,
+    workers: list[subprocess.Popen],
+    small_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The team recipe: the server as tracking URI, its `optuna` database as storage, the password in a pgpass file."""
+    password = (tracking_server.folder / "secrets" / "optuna-password").read_text().strip()
+    pg_port = json.loads((tracking_server.folder / "server.json").read_text())["pg_port"]
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg_port}:optuna:optuna:{password}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))  # the workers' and this test's
+    name, n_trials = f"sweep-{uuid.uuid4().hex[:8]}", 2  # a trial through the server takes 10 to 20 s
+    storage = f"postgresql+psycopg://optuna@127.0.0.1:{pg_port}/optuna"
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    for log in logs:
+        start_worker(workers, name, small_dataset, storage, log, "--n_trials", str(n_trials))
+
+    codes = [finish(worker, log) for worker, log in zip(workers, logs, strict=True)]
+
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    assert_the_study_is_complete(
+        optuna.load_study(study_name=name, storage=storage), n_trials, the_parent(name).info.run_id
+    )
