@@ -355,7 +355,10 @@ class SweepConfig(EncoderConfig):
 
     stage: str = option("tfidf", "Stage whose parameters are searched.", choices=SWEPT_STAGES)
     n_trials: int = option(
-        20, "Trials the study should hold (complete or pruned); a resumed study runs only the missing ones.", minimum=1
+        20,
+        "Trials the study should hold (complete or pruned), between all its workers; a resumed study runs only the "
+        "missing ones.",
+        minimum=1,
     )
     timeout: float = option(0, "Start no new trial after this many seconds (0 = no limit).", minimum=0)
     study_name: str = option("", "Optuna study to create or, if it exists in the storage, resume ('' = a new name).")
@@ -368,6 +371,12 @@ class SweepConfig(EncoderConfig):
         "",
         "Override parts of the stage's search space: comma-separated NAME=LOW..HIGH (add :log for log-uniform), "
         "NAME=A|B|C (a choice) or NAME=VALUE (fixed), e.g. 'C=0.01..10:log,class_weight=balanced'.",
+    )
+    heartbeat: int = option(
+        30,
+        "Seconds between a worker's signs of life for its running trial: a trial silent for twice as long "
+        "(its worker killed outright) is marked FAIL by the next worker that looks, and run again.",
+        minimum=1,
     )
     pruner_startup_trials: int = option(
         5, "finetune: the median pruner prunes nothing until this many trials have finished.", minimum=0
