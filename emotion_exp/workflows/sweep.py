@@ -211,8 +211,9 @@ def run_trials(
     """
     deadline = time.monotonic() + config.timeout if config.timeout else None
     waiting_for: list[int] = []
+    silent_since: dict[int, float] = {}
     while True:
-        dead = sweep_storage.fail_dead_trials(study, storage)
+        dead = sweep_storage.fail_dead_trials(study, storage, silent_since)
         if dead:
             print(
                 f"sweep: trial(s) {', '.join(map(str, dead))} of study {study.study_name!r} were cut off (no heartbeat "

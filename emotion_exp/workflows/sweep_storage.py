@@ -8,8 +8,8 @@ key lets only one worker win, and a worker killed outright is found by Optuna's 
 from __future__ import annotations
 
 import json
+import time
 import warnings
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,17 @@ def release(storage: optuna.storages.RDBStorage, study_id: int, key: str, value:
         )
 
 
-def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> list[int]:
+def fail_dead_trials(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, silent_since: dict[int, float]
+) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker is gone; return their numbers.
 
     Optuna's ``fail_stale_trials`` fails those whose heartbeat stopped for the grace period. A
     trial with no heartbeat at all (left by an emotion-exp before heartbeats, or by a worker
     killed between creating the trial and its first heartbeat) Optuna never fails; it is failed
-    here once it has been RUNNING for the grace period.
+    here once this worker has seen it without one for the grace period (``silent_since``: when
+    it first did, by this machine's monotonic clock; other machines' clocks and time zones, in
+    which Optuna records start times, play no part).
     """
     study_id = storage.get_study_id_from_name(study.study_name)
     running = {
@@ -158,10 +162,9 @@ def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -
     with storage.engine.connect() as connection:
         query = sqlalchemy.select(_HEARTBEATS.c.trial_id).where(_HEARTBEATS.c.trial_id.in_(list(running)))
         beating = set(connection.execute(query).scalars())
-    cutoff = datetime.now() - timedelta(seconds=storage.grace_period or 0)  # Optuna's start times are local
-    for trial_id, trial in running.items():
-        started = trial.datetime_start
-        if trial_id not in beating and started is not None and started < cutoff:
+    now = time.monotonic()
+    for trial_id in running.keys() - beating:
+        if now - silent_since.setdefault(trial_id, now) >= (storage.grace_period or 0):
             try:
                 storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
