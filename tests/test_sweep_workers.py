@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -15,7 +16,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import optuna
@@ -25,7 +28,10 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.tracking_server import TrackingServer
+from emotion_exp.workflows import sweep_storage
+
+if TYPE_CHECKING:  # its import in a spawned process would import conftest, which imports it back
+    from tests.tracking_server import TrackingServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 180  # bound on every wait for a worker; far above the seconds each needs
@@ -165,6 +171,33 @@ def assert_the_study_is_complete(study: optuna.Study, n_trials: int, parent_id: 
     )
     assert len(evaluations) == 1 and parent.data.tags["best_trial_evaluation"] == evaluations[0].info.run_id
     assert parent.data.metrics["best_value"] == max(trial.value for trial in complete)
+
+
+def claim_at(url: str, study_id: int, value: str, replacing: str | None, start: float) -> str:
+    """In a process of its own: claim the study's parent for ``value`` at the wall-clock time ``start``."""
+    storage = sweep_storage.open_storage(url, 1)
+    time.sleep(max(0.0, start - time.time()))
+    return sweep_storage.claim(storage, study_id, "parent_run_id", value, replacing)
+
+
+@pytest.mark.slow
+def test_a_claim_made_by_four_processes_at_once_is_won_by_one_and_all_see_it(tmp_path: Path) -> None:
+    """Optuna's own set_user_attr lets the last writer win: four workers would each keep their own parent."""
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    storage = sweep_storage.open_storage(url, 1)
+    study_id = storage.get_study_id_from_name(optuna.create_study(storage=storage, study_name="claims").study_name)
+    proposals = [f"run-{i}" for i in range(4)]
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        start = time.time() + 3  # every process has imported and connected by then
+        first = list(pool.map(claim_at, [url] * 4, [study_id] * 4, proposals, [None] * 4, [start] * 4))
+        # A parent gone from the tracking store is replaced: only a worker that still saw the old one wins.
+        start = time.time() + 1
+        replacements = [f"new-{i}" for i in range(4)]
+        second = list(pool.map(claim_at, [url] * 4, [study_id] * 4, replacements, [first[0]] * 4, [start] * 4))
+
+    assert len(set(first)) == 1 and first[0] in proposals
+    assert len(set(second)) == 1 and second[0] in replacements
+    assert storage.get_study_user_attrs(study_id)["parent_run_id"] == second[0]
 
 
 @pytest.mark.slow
