@@ -39,7 +39,9 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 DATABASES = (server.TRACKING_DB, server.AUTH_DB)
 CHUNK = 1 << 20
-ARTIFACT_SOURCES = ("folder", "external")  # external: a store of the operator's, not archived
+# external: an s3:// (or other) destination, not archived yet; `up --object-store`'s bucket is one until this
+# module reads and refills it (boto3, imported in that one function).
+ARTIFACT_SOURCES = ("folder", "external")
 # label: (migrations folder inside the mlflow package, alembic's version table, the command that migrates)
 SCHEMAS = {
     "tracking database": ("store/db_migrations", "alembic_version", ["-m", "mlflow", "db", "upgrade"]),
@@ -108,7 +110,7 @@ def backup(args: argparse.Namespace) -> int:
     if artifacts["source"] == "external":
         print(
             f"the artifacts in {settings['artifacts_destination']} are not in the archive: back them up with that "
-            "store's own tools (a restore keeps using that destination)."
+            "store's own tools."
         )
     return 0
 
@@ -241,7 +243,7 @@ def restore(args: argparse.Namespace) -> int:
     if installed != manifest["mlflow_version"]:
         print(f"MLflow here is {installed}: run `deploy/tracking-server upgrade --dir {layout.root}` before `up`.")
     if artifacts["source"] == "external":
-        print(f"the artifacts stay in {settings['artifacts_destination']}: they were not in the archive.")
+        print(f"the artifacts in {settings['artifacts_destination']} were not in the archive: copy them yourself.")
     print(f"start it: deploy/tracking-server up --dir {layout.root} [--port PORT] (the users log in as before)")
     return 0
 
