@@ -112,8 +112,8 @@ def new_folder() -> Iterator[Path]:
 
 def test_the_archive_is_private_and_its_manifest_lists_both_databases_and_every_artifact(archived: Archived) -> None:
     assert stat.S_IMODE(archived.archive.stat().st_mode) == 0o600
+    manifest = manifest_of(archived.archive)
     with tarfile.open(archived.archive, "r:gz") as tar:
-        manifest = json.loads(tar.extractfile("manifest.json").read())
         digests = {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
 
     assert manifest["databases"] == ["mlflow", "mlflow_auth"]
@@ -158,6 +158,28 @@ def test_a_restored_server_holds_every_run_model_user_and_permission(archived: A
         assert MlflowClient().get_run(archived.run_id).info.run_id == archived.run_id
 
     check_upgrade(new_folder)
+    check_backup_of_a_stopped_server(new_folder, archived.archive)
+
+
+def check_backup_of_a_stopped_server(folder: Path, first: Path) -> None:
+    """`backup` of a stopped server starts its PostgreSQL and stops it again; the artifacts make the round trip."""
+    assert run_script("down", "--dir", str(folder)).returncode == 0
+    second = folder.parent / "second.tar.gz"
+
+    result = run_script("backup", "--dir", str(folder), "--to", str(second))
+
+    assert result.returncode == 0, result.stderr
+    assert pids_of(folder) == []
+    artifacts = [
+        {name: digest for name, digest in manifest_of(archive)["members"].items() if name.startswith("artifacts/")}
+        for archive in (first, second)
+    ]
+    assert artifacts[0] and artifacts[1] == artifacts[0]
+
+
+def manifest_of(archive: Path) -> dict:
+    with tarfile.open(archive, "r:gz") as tar:
+        return json.loads(tar.extractfile("manifest.json").read())
 
 
 def check_upgrade(folder: Path) -> None:
