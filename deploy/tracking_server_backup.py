@@ -59,7 +59,11 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 package = Path(importlib.util.find_spec("mlflow").submodule_search_locations[0])
 found = {}
-for label, (uri, folder, table) in json.loads(os.environ["TRACKING_SERVER_SCHEMAS"]).items():
+for label, (uri, password, folder, table) in json.loads(os.environ.pop("TRACKING_SERVER_SCHEMAS")).items():
+    if password is None:
+        os.environ.pop("PGPASSWORD", None)
+    else:
+        os.environ["PGPASSWORD"] = password  # libpq reads it when it connects
     engine = sqlalchemy.create_engine(uri)
     with engine.connect() as connection:
         current = MigrationContext.configure(connection, opts={"version_table": table}).get_current_revision()
@@ -90,7 +94,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def backup(args: argparse.Namespace) -> int:
     layout = server.Layout(Path(args.dir))
-    settings = managed_settings(layout, "back up")
+    settings = managed_settings(layout)
     target = Path(args.to).absolute()
     if not target.parent.is_dir():
         raise server.SetupError(
@@ -348,8 +352,8 @@ def upgrade(args: argparse.Namespace) -> int:
     if not settings:
         raise server.SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
     with running_postgres(layout, settings):
-        uris, environment = schema_uris(layout, settings)
-        before = revisions(uris, environment)
+        uris = schema_uris(layout, settings)
+        before = revisions(uris)
         stale = [label for label, (current, head) in before.items() if current != head]
         if not stale:
             at = "; ".join(f"{label} at {current}" for label, (current, _) in before.items())
@@ -362,26 +366,28 @@ def upgrade(args: argparse.Namespace) -> int:
             )
         for label in stale:
             _, _, command = SCHEMAS[label]
+            uri, password = uris[label]
             result = subprocess.run(
-                [sys.executable, *command, uris[label]], env=environment, capture_output=True, text=True, check=False
+                [sys.executable, *command, uri],
+                env=password_environment(password),
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if result.returncode != 0:
                 raise server.SetupError(
                     f"the {label}'s migration failed (restore the backup you took before it):\n"
                     f"{(result.stderr or result.stdout).strip()[-3000:]}"
                 )
-        after = revisions(uris, environment)
+        after = revisions(uris)
     for label in stale:
         print(f"{label}: upgraded from {before[label][0] or 'an empty schema'} to {after[label][0]}")
     print(f"start the server: deploy/tracking-server up --dir {layout.root}")
     return 0
 
 
-def schema_uris(layout: server.Layout, settings: dict) -> tuple[dict[str, str], dict[str, str]]:
-    """Each database's URI without its password, and the environment that carries the password (PGPASSWORD)."""
-    environment = (
-        {**os.environ, **pg_environment(layout)} if settings.get("backend_store_uri") is None else dict(os.environ)
-    )
+def schema_uris(layout: server.Layout, settings: dict) -> dict[str, tuple[str, str | None]]:
+    """Each database's URI without its password, and that password (given to libpq as PGPASSWORD)."""
     wanted = {"tracking database": ("backend_store_uri", server.TRACKING_DB)}
     if settings["auth"]:
         wanted["user database"] = ("auth_database_uri", server.AUTH_DB)
@@ -389,17 +395,21 @@ def schema_uris(layout: server.Layout, settings: dict) -> tuple[dict[str, str], 
     for label, (key, database) in wanted.items():
         uri = server.external_uri(layout, settings, key)
         if uri is None:
-            uris[label] = server.database_uri(settings["pg_port"], database)
+            uris[label] = (server.database_uri(settings["pg_port"], database), server.secret(layout.pg_password))
             continue
-        uris[label], password = without_password(uri)
-        if password is not None:
-            if not uri.startswith("postgresql"):
-                raise server.SetupError(
-                    f"the {label} ({server.mask_password(uri)}) has a password and is not PostgreSQL: migrate it "
-                    "yourself with `mlflow db upgrade` as its documentation says."
-                )
-            environment["PGPASSWORD"] = password
-    return uris, environment
+        uris[label] = without_password(uri)
+        if uris[label][1] is not None and not uri.startswith("postgresql"):
+            raise server.SetupError(
+                f"the {label} ({server.mask_password(uri)}) has a password and is not PostgreSQL: migrate it "
+                "yourself with `mlflow db upgrade` as its documentation says."
+            )
+    return uris
+
+
+def password_environment(password: str | None) -> dict[str, str]:
+    """The environment of a child that connects: the password by PGPASSWORD, never on its command line."""
+    environment = {key: value for key, value in os.environ.items() if key != "PGPASSWORD"}
+    return {**environment, "PGPASSWORD": password} if password is not None else environment
 
 
 def without_password(uri: str) -> tuple[str, str | None]:
@@ -410,12 +420,12 @@ def without_password(uri: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(netloc=f"{parts.username}@{location}")), unquote(parts.password)
 
 
-def revisions(uris: dict[str, str], environment: dict[str, str]) -> dict[str, tuple[str | None, str]]:
+def revisions(uris: dict[str, tuple[str, str | None]]) -> dict[str, tuple[str | None, str]]:
     """Each database's alembic revision and the installed MLflow's head, read by the server's Python."""
-    schemas = {label: [uri, *SCHEMAS[label][:2]] for label, uri in uris.items()}
+    schemas = {label: [uri, password, *SCHEMAS[label][:2]] for label, (uri, password) in uris.items()}
     result = subprocess.run(
         [sys.executable, "-c", REVISIONS],
-        env={**environment, "TRACKING_SERVER_SCHEMAS": json.dumps(schemas)},
+        env={**password_environment(None), "TRACKING_SERVER_SCHEMAS": json.dumps(schemas)},
         capture_output=True,
         text=True,
         check=False,
@@ -428,14 +438,14 @@ def revisions(uris: dict[str, str], environment: dict[str, str]) -> dict[str, tu
 # ---------------------------------------------------------------- PostgreSQL in DIR
 
 
-def managed_settings(layout: server.Layout, verb: str) -> dict:
+def managed_settings(layout: server.Layout) -> dict:
     settings = server.load_settings(layout)
     if not settings:
         raise server.SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
     if settings.get("backend_store_uri") is not None:
         raise server.SetupError(
             f"{layout.root} uses an external database ({server.mask_password(settings['backend_store_uri'])}): "
-            f"{verb} it with its own tools (pg_dump), and the artifacts with it."
+            "back it up with its own tools (pg_dump), and the artifacts with it."
         )
     return settings
 
@@ -455,7 +465,7 @@ def running_postgres(layout: server.Layout, settings: dict) -> Iterator[None]:
 
 def pg_environment(layout: server.Layout) -> dict[str, str]:
     """The superuser's password for PostgreSQL's client tools, by environment (never their command line)."""
-    return {**os.environ, "PGPASSWORD": server.secret(layout.pg_password)}
+    return password_environment(server.secret(layout.pg_password))
 
 
 def pg_tool(
