@@ -1,0 +1,272 @@
+"""ONNX Runtime as a second engine for the encoder: export once, cache on disk, run exactly.
+
+On a CPU without native bf16 torch runs fp32, and ONNX Runtime's fp32 is about twice as fast on
+the same texts with the same features (``benchmarks.engines``). A model is exported with
+``torch.onnx.export`` (TorchScript exporter: dynamic batch and token axes, exact to ~1e-6),
+pooling (extraction) or logits (a sequence classifier) inside the graph, and cached under the
+user's cache folder by its weights digest, kind, pooling and precision; ``onnx-int8`` is
+``quantize_dynamic`` of that fp32 export, cached the same way. Files land by ``os.replace``, so
+two processes exporting the same model at once never leave a half-written file. This module
+never imports mlflow; the fine-tuned model's serving can reuse ``export`` for its logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from emotion_exp import batching, inference, models
+from emotion_exp.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+KINDS = ("pooled", "logits")
+OPSET = 17
+INSTALL_HINT = "pip install onnxruntime onnx"
+
+
+def available() -> bool:
+    """Whether onnxruntime and onnx import here."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(runtime: str) -> tuple[str, str]:
+    """The runtime to use for ``runtime`` and why: ``auto`` once, where a run opens.
+
+    ``auto`` is torch where bf16 is native or a GPU is present (torch bf16 is as fast there), else
+    ONNX Runtime fp32, else torch fp32 when onnxruntime is missing; never int8 (it changes labels).
+    """
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
+    if runtime in ("onnx", "onnx-int8"):
+        if not available():
+            raise UserError(f"--runtime {runtime} needs onnxruntime and onnx, not installed here: {INSTALL_HINT}.")
+        return runtime, "asked for"
+    if runtime == "torch":
+        return "torch", "asked for"
+    if batching.best_device().type != "cpu":
+        return "torch", "a GPU is present: torch"
+    if models.native_bf16():
+        return "torch", "native bf16 on this CPU: torch bf16"
+    if not available():
+        return "torch", f"no native bf16 on this CPU, onnxruntime not installed ({INSTALL_HINT}): torch fp32"
+    return "onnx", "no native bf16 on this CPU: ONNX Runtime fp32"
+
+
+def precision_for(runtime: str, precision: str) -> str:
+    """The resolved precision a resolved ``runtime`` runs in: ONNX runs fp32 (int8: fp32 activations)."""
+    if runtime == "torch":
+        return models.resolve_precision(precision)
+    if precision == "bf16":
+        raise UserError(
+            f"--runtime {runtime} runs fp32, but --precision bf16 was asked for; pass --precision auto or fp32, "
+            "or --runtime torch for bf16."
+        )
+    return "fp32"
+
+
+def cache_dir() -> Path:
+    """Where exports are kept: ``$XDG_CACHE_HOME/emotion-exp/onnx`` (``~/.cache`` by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "emotion-exp" / "onnx"
+
+
+def weights_digest(model: PreTrainedModel) -> str:
+    """sha256 of the model's class, config and every weight: a changed weight is another export."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _graph(model: PreTrainedModel, kind: str, pooling: str) -> torch.nn.Module:
+    """The exported module: the model with pooling (or fp32 logits) inside the graph."""
+    import torch
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            if kind == "logits":
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+            # A classifier's encoder is its base model; a bare encoder is its own.
+            output = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+            return inference.pool(output.last_hidden_state, attention_mask, pooling)
+
+    return Graph().eval()
+
+
+def export(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    kind: str,
+    pooling: str = "cls",
+    quantized: bool = False,
+    folder: Path | None = None,
+) -> Path:
+    """The cached ONNX file of ``model`` (``kind``: pooled hidden states or logits), exported on a miss.
+
+    ``quantized`` gives the int8 dynamic quantisation of the fp32 export (cached too).
+    """
+    import torch
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    folder = folder or cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{weights_digest(model)[:32]}-{kind}-{pooling if kind == 'pooled' else 'none'}-fp32"
+    path = folder / f"{stem}.onnx"
+    if not path.exists():
+        sample = tokenizer(["a first text", "and a second, longer one"], padding=True, return_tensors="pt")
+        axes = {0: "batch", 1: "tokens"}
+        with _landing(path) as partial, torch.inference_mode(False):
+            torch.onnx.export(
+                _graph(_fp32_cpu(model), kind, pooling),
+                (sample["input_ids"], sample["attention_mask"]),
+                str(partial),
+                input_names=["input_ids", "attention_mask"],
+                output_names=[kind],
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, kind: {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    if not quantized:
+        return path
+    int8 = folder / f"{stem.removesuffix('-fp32')}-int8.onnx"
+    if not int8.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with _landing(int8) as partial:
+            quantize_dynamic(str(path), str(partial), weight_type=QuantType.QInt8)
+    return int8
+
+
+def _fp32_cpu(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` itself where it is fp32 on the CPU, else an fp32 CPU copy (the caller's stays as it is)."""
+    import copy
+
+    import torch
+
+    parameter = next(model.parameters())
+    if parameter.dtype == torch.float32 and parameter.device.type == "cpu":
+        return model
+    return copy.deepcopy(model).float().cpu()
+
+
+class _landing:
+    """A temporary name next to ``path``, moved onto it only when the block succeeds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".onnx")
+        os.close(handle)
+        self.partial = Path(name)
+
+    def __enter__(self) -> Path:
+        return self.partial
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Session:
+    """An ONNX Runtime session over one export and what it outputs."""
+
+    session: Any  # onnxruntime.InferenceSession
+    kind: str
+    pooling: str
+    path: Path
+    threads: int
+
+
+def open_session(path: Path, kind: str, pooling: str = "cls", threads: int = 1) -> Session:
+    """A CPU session with all graph optimisations on ``threads`` intra-op threads.
+
+    Pass the count torch got (``features.Encoder.threads``, resolved once by the ``threads`` module),
+    so both engines run on the same count.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Session(session, kind, pooling, path, threads)
+
+
+def load(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    runtime: str,
+    kind: str,
+    pooling: str = "cls",
+    threads: int = 1,
+    folder: Path | None = None,
+) -> Session:
+    """Export (or find) ``model`` for a resolved ONNX ``runtime`` and open a session on it."""
+    if runtime not in ("onnx", "onnx-int8"):
+        raise ValueError(f"expected a resolved ONNX runtime, onnx or onnx-int8; got {runtime!r}")
+    path = export(model, tokenizer, kind=kind, pooling=pooling, quantized=runtime == "onnx-int8", folder=folder)
+    return open_session(path, kind, pooling, threads)
+
+
+def run(
+    session: Session,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int,
+    temperature: float = 1.0,
+) -> inference.Outputs:
+    """The session's outputs over ``texts`` in ``inference.run``'s length-sorted batches, in input order.
+
+    A pooled export fills ``pooled``; a logits export fills ``logits`` and ``probabilities``
+    (softmax of logits / ``temperature`` in fp32, as torch's).
+    """
+    start = time.perf_counter()
+    count = len(texts)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    truncated = 0
+    if count:
+        tokenized = batching.tokenize(texts, tokenizer, max_length)
+        truncated = tokenized.truncated
+        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size):
+            feeds = {name: batch[name].numpy().astype(np.int64) for name in ("input_ids", "attention_mask")}
+            parts.append((np.asarray(positions), session.session.run(None, feeds)[0]))
+    width = parts[0][1].shape[1] if parts else 0
+    result = np.empty((count, width), dtype=np.float32)
+    for positions, values in parts:
+        result[positions] = values
+    seconds = time.perf_counter() - start
+    if session.kind == "pooled":
+        return inference.Outputs(None, None, result, truncated, seconds)
+    scaled = result / temperature
+    exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return inference.Outputs(result, exp / exp.sum(axis=1, keepdims=True), None, truncated, seconds)

@@ -1,0 +1,104 @@
+"""ONNX Runtime against torch fp32 on the same texts: labels, probabilities, features, the cache, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emotion_exp import features, inference, models, onnx_runtime
+from emotion_exp.errors import UserError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "emotion_exp" / "sample"
+
+
+def sample_texts(count: int) -> list[str]:
+    """Real-length texts of the bundled sample, shortest to longest mixed as in the data."""
+    frame = pd.concat(pd.read_csv(SAMPLE / f"{split}.csv") for split in ("train", "validation", "test"))
+    return frame["text"].astype(str).tolist()[:count]
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_dir: Path) -> tuple[object, object]:
+    """The tiny encoder with a seeded six-label head, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=6).eval()
+    return model, models.load_tokenizer(models.resolve(str(tiny_model_dir)))
+
+
+def test_onnx_logits_give_torch_fp32_labels_and_probabilities(
+    classifier: tuple[object, object], tmp_path: Path
+) -> None:
+    model, tokenizer = classifier
+    texts = sample_texts(2000)
+    options = {"max_length": 128, "batch_size": 32}
+    torch_out = inference.run(model, tokenizer, texts, precision="fp32", logits=True, probabilities=True, **options)
+    session = onnx_runtime.load(model, tokenizer, runtime="onnx", kind="logits", folder=tmp_path)
+    onnx_out = onnx_runtime.run(session, tokenizer, texts, **options)
+    agreement = float(np.mean(onnx_out.logits.argmax(1) == torch_out.logits.argmax(1)))
+    assert agreement >= 0.999, agreement
+    assert np.abs(onnx_out.probabilities - torch_out.probabilities).max() <= 1e-4
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_onnx_pooled_features_equal_torch_fp32(tiny_model_dir: Path, tmp_path: Path, pooling: str) -> None:
+    resolved = models.resolve(str(tiny_model_dir))
+    torch_encoder = features.load_encoder(resolved, "fp32", 1)
+    session = onnx_runtime.load(
+        torch_encoder.model, torch_encoder.tokenizer, runtime="onnx", kind="pooled", pooling=pooling, folder=tmp_path
+    )
+    texts = sample_texts(500)
+    ours = features.extract(texts, torch_encoder, pooling=pooling, progress=False).features
+    theirs = onnx_runtime.run(session, torch_encoder.tokenizer, texts, max_length=128, batch_size=32).pooled
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_the_export_is_cached_by_weights_and_int8_runs(
+    classifier: tuple[object, object], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    model, tokenizer = classifier
+    first = onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path)
+    written = first.stat().st_mtime_ns
+    assert onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path) == first
+    assert first.stat().st_mtime_ns == written, "a cache hit exported again"
+    assert onnx_runtime.export(model, tokenizer, kind="pooled", folder=tmp_path) != first
+
+    int8 = onnx_runtime.load(model, tokenizer, runtime="onnx-int8", kind="logits", folder=tmp_path)
+    assert int8.path.stem.endswith("-int8") and int8.path.stat().st_size < first.stat().st_size
+    texts = sample_texts(1000)
+    fp32 = onnx_runtime.run(onnx_runtime.open_session(first, "logits"), tokenizer, texts, max_length=128, batch_size=32)
+    quantized = onnx_runtime.run(int8, tokenizer, texts, max_length=128, batch_size=32)
+    agreement = float(np.mean(quantized.logits.argmax(1) == fp32.logits.argmax(1)))
+    print(f"int8 labels agree with fp32 on {agreement:.1%} of {len(texts)} texts (tiny random model)")
+    assert agreement >= 0.5
+
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    assert onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path) != first
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".onnx"] * 4, "a temporary file was left behind"
+
+
+def test_onnx_without_onnxruntime_is_one_clear_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_runtime, "available", lambda: False)
+    with pytest.raises(UserError, match=r"pip install onnxruntime onnx"):
+        onnx_runtime.resolve_runtime("onnx")
+    monkeypatch.setattr(models, "native_bf16", lambda: False)
+    runtime, reason = onnx_runtime.resolve_runtime("auto")
+    assert runtime == "torch" and "onnxruntime not installed" in reason
+
+
+@pytest.mark.slow
+def test_onnx_features_of_the_packaged_encoder_equal_torch_fp32(tmp_path: Path) -> None:
+    encoder = features.load_encoder(models.resolve(models.DEFAULT_MODEL), "fp32", "auto")
+    session = onnx_runtime.load(encoder.model, encoder.tokenizer, runtime="onnx", kind="pooled", folder=tmp_path)
+    texts = sample_texts(500)
+    ours = features.extract(texts, encoder, progress=False).features
+    theirs = onnx_runtime.run(session, encoder.tokenizer, texts, max_length=128, batch_size=32).pooled
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
