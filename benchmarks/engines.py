@@ -4,9 +4,11 @@ the encoder and ONNX Runtime.
 Every engine runs the extract stage's tokenization and length-sorted batches and takes the [CLS]
 state. ``torch.compile`` (dynamic shapes) is timed with its compile time, the first pass, and
 after it; it pays only on inputs large enough to earn that back, which the output says. ONNX
-Runtime runs an fp32 export of the encoder (``torch.onnx.export``); it needs ``onnxruntime`` and
-``onnx`` (``pip install onnxruntime onnx``), and is skipped with that hint without them. Passes
-are interleaved and the best counts; max |diff| is against ours in fp32.
+Runtime runs the package's fp32 export of the encoder and its int8 quantisation
+(``emotion_exp.onnx_runtime``, as ``--runtime onnx`` and ``onnx-int8`` do); without ``onnxruntime``
+it is skipped with the install hint. Passes are interleaved and the best counts; max |diff| is
+against ours in fp32. Last, a probe trained on ours fp32 train features of the bundled sample is
+scored on each engine's test features: the accuracy change int8 costs.
 
     python -m benchmarks.engines [--texts N] [--repeats N]
 """
@@ -27,47 +29,22 @@ from emotion_exp.config import DEFAULT_MODEL
 from emotion_exp.threads import prefer_passive_openmp
 
 
-def onnx_runner(encoder: object, folder: Path, max_length: int, batch_size: int) -> Callable[[list[str]], np.ndarray]:
-    """[CLS] states of ``encoder`` exported to ONNX and run by ONNX Runtime on our batches."""
-    import onnxruntime
-    import torch
+def probe_accuracy(encoders: dict[str, object]) -> dict[str, float]:
+    """Test accuracy on the bundled sample of one probe trained on the first encoder's train features."""
+    from emotion_exp import baselines, data, features
+    from emotion_exp.config import BUNDLED_SAMPLE, DataConfig
 
-    from emotion_exp import batching
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    sample = encoder.tokenizer(["a first text", "and a second, longer one"], padding=True, return_tensors="pt")
-    path = folder / "encoder.onnx"
-    axes = {0: "batch", 1: "tokens"}
-    torch.onnx.export(
-        LastHiddenState(encoder.model).eval(),
-        (sample["input_ids"], sample["attention_mask"]),
-        str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["last_hidden_state"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
-        opset_version=17,
-        dynamo=False,
-    )
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(texts: list[str]) -> np.ndarray:
-        tokenized = batching.tokenize(texts, encoder.tokenizer, max_length)
-        states = np.empty((len(texts), encoder.model.config.hidden_size), dtype=np.float32)
-        for positions, batch in batching.sorted_batches(tokenized, encoder.tokenizer, batch_size):
-            feeds = {name: batch[name].numpy() for name in ("input_ids", "attention_mask")}
-            states[positions] = session.run(None, feeds)[0][:, 0]
-        return states
-
-    return run
+    splits = data.load_splits(DataConfig(dataset=BUNDLED_SAMPLE))
+    first = next(iter(encoders.values()))
+    train = features.extract(splits.train["text"].tolist(), first, progress=False).features
+    probe = baselines.fit_probe(train, splits.train["label"].to_numpy())
+    truth = splits.test["label"].to_numpy()
+    return {
+        name: float(
+            np.mean(probe.predict(features.extract(splits.test["text"].tolist(), e, progress=False).features) == truth)
+        )
+        for name, e in encoders.items()
+    }
 
 
 def main() -> None:
@@ -84,7 +61,7 @@ def main() -> None:
 
     from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
-    from emotion_exp import features, models
+    from emotion_exp import features, models, onnx_runtime
     from emotion_exp.threads import ThreadTuner, available_cores
 
     cores = available_cores()
@@ -103,10 +80,21 @@ def main() -> None:
     compile_seconds = time.perf_counter() - start
     engines[f"torch.compile {ours.precision}"] = extraction(compiled)
     with tempfile.TemporaryDirectory(prefix="emotion-bench-engines-") as folder:
-        try:
-            engines["onnxruntime fp32"] = onnx_runner(ours_fp32, Path(folder), args.max_length, args.batch_size)
-        except ImportError as missing:
-            print(f"onnxruntime skipped ({missing.name} missing): pip install onnxruntime onnx")
+        onnx_encoders: dict[str, features.Encoder] = {}
+        if onnx_runtime.available():
+            for runtime, name in (("onnx", "onnxruntime fp32"), ("onnx-int8", "onnxruntime int8")):
+                session = onnx_runtime.load(
+                    ours_fp32.model,
+                    ours_fp32.tokenizer,
+                    runtime=runtime,
+                    kind="pooled",
+                    threads=cores,
+                    folder=Path(folder),
+                )
+                onnx_encoders[name] = dataclasses.replace(ours_fp32, session=session)
+                engines[name] = extraction(onnx_encoders[name])
+        else:
+            print(f"onnxruntime skipped (not installed): {onnx_runtime.INSTALL_HINT}")
         for run in engines.values():
             run(texts[:64])  # warm-up
         best: dict[str, float] = {}
@@ -116,6 +104,7 @@ def main() -> None:
                 start = time.perf_counter()
                 outputs[name] = run(texts)
                 best[name] = max(best.get(name, 0.0), len(texts) / (time.perf_counter() - start))
+        accuracy = probe_accuracy({"ours fp32": ours_fp32, **onnx_encoders})
 
     machine_peak = peak.matmul_peak(cores)
     per_text = peak.flops_per_text(
@@ -139,6 +128,9 @@ def main() -> None:
         print(f"torch.compile: first pass {compile_seconds:.1f} s; pays after {break_even:,.0f} texts")
     else:
         print(f"torch.compile: first pass {compile_seconds:.1f} s; no faster after it, so it never pays")
+    print("bundled sample, probe trained on ours fp32 train features, test accuracy with each engine's features:")
+    for name, value in accuracy.items():
+        print(f"  {name:<22}{value:.2%} ({(value - accuracy['ours fp32']) * 100:+.2f} points)")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,13 @@ class ExtractConfig(EncoderConfig):
     pooling: str = option(
         "cls", "Pool the last hidden state by the [CLS] token or by the masked mean.", choices=("cls", "mean")
     )
+    runtime: str = option(
+        "auto",
+        "Engine of the forward passes: auto (torch where bf16 is native or a GPU is present, else ONNX "
+        "Runtime fp32), torch, onnx (an fp32 export, cached) or onnx-int8 (its int8 quantisation: faster, "
+        "labels may change).",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
+    )
 
 
 @dataclass(frozen=True)
@@ -591,6 +598,7 @@ class MainConfig:
     threads: str = study_field(ExtractConfig, "threads")
     umap_max_points: int = study_field(ExtractConfig, "umap_max_points")
     pooling: str = study_field(ExtractConfig, "pooling")
+    runtime: str = study_field(ExtractConfig, "runtime")
     strategy: str = study_field(DummyConfig, "strategy")
     seeds: str = study_field(ProbeConfig, "seeds")
     probe_C: float = study_field(ProbeConfig, "C", stage="probe")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emotion_exp import batching, inference, models, threads
+from emotion_exp import batching, inference, models, onnx_runtime, threads
 from emotion_exp.data import SPLITS
 
 if TYPE_CHECKING:
@@ -37,6 +37,15 @@ class Encoder:
     device: torch.device
     tuner: threads.ThreadTuner = dataclasses.field(default_factory=threads.ThreadTuner, compare=False)
     """Picks the intra-op thread count batch by batch; kept across calls, so measurements carry over."""
+    session: onnx_runtime.Session | None = None
+    """An ONNX Runtime session over the model's pooled export: the forward passes run there, not in torch."""
+
+    @property
+    def runtime(self) -> str:
+        """``torch``, or the ONNX runtime its session's export came from."""
+        if self.session is None:
+            return "torch"
+        return "onnx-int8" if self.session.path.stem.endswith("-int8") else "onnx"
 
     @property
     def hidden_size(self) -> int:
@@ -61,9 +70,26 @@ class Extraction:
         return len(self.features) / self.seconds if self.seconds > 0 else 0.0
 
 
-def load_encoder(resolved: models.ResolvedModel, precision: str, threads: str | int = "auto") -> Encoder:
-    """Load tokenizer and encoder for a resolved ``precision`` (fp32 or bf16) and ``threads``."""
-    return encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision, threads)
+def load_encoder(
+    resolved: models.ResolvedModel,
+    precision: str,
+    threads: str | int = "auto",
+    *,
+    runtime: str = "torch",
+    pooling: str = "cls",
+) -> Encoder:
+    """Load tokenizer and encoder for a resolved ``precision`` (fp32 or bf16), ``threads`` and ``runtime``.
+
+    An ONNX ``runtime`` (resolved: onnx or onnx-int8) exports the model with ``pooling`` in the graph
+    (cached, ``onnx_runtime.export``) and runs that on the tuner's current thread count.
+    """
+    encoder = encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision, threads)
+    if runtime == "torch":
+        return encoder
+    session = onnx_runtime.load(
+        encoder.model, encoder.tokenizer, runtime=runtime, kind="pooled", pooling=pooling, threads=encoder.tuner.threads
+    )
+    return dataclasses.replace(encoder, session=session)
 
 
 def encoder_from(
@@ -79,17 +105,21 @@ def encoder_from(
     return Encoder(tokenizer, model.to(device).eval(), models.check_resolved(precision), device, tuner)
 
 
-def feature_key(resolved: models.ResolvedModel, pooling: str, max_length: int, precision: str) -> dict[str, str]:
+def feature_key(
+    resolved: models.ResolvedModel, pooling: str, max_length: int, precision: str, runtime: str
+) -> dict[str, str]:
     """What features depend on besides the data: an extract run with the same key is reused.
 
     A local folder counts by its absolute path (a relative spec means another folder elsewhere);
-    ``precision`` is the resolved one (``auto`` counts as what it resolved to on this hardware).
+    ``precision`` and ``runtime`` are the resolved ones (``auto`` counts as what it resolved to on
+    this hardware).
     """
     return {
         "model": resolved.location if resolved.source == "local" else resolved.spec,
         "pooling": pooling,
         "max_length": str(max_length),
         "precision": models.check_resolved(precision),
+        "runtime": runtime,
     }
 
 
@@ -104,6 +134,13 @@ def extract(
     progress: bool = True,
 ) -> Extraction:
     """Pooled last hidden states of ``texts`` as float32, in input order."""
+    if encoder.session is not None:
+        if encoder.session.kind != "pooled" or pooling != encoder.session.pooling:
+            raise ValueError(f"the encoder's ONNX export pools by {encoder.session.pooling}, not {pooling}")
+        outputs = onnx_runtime.run(
+            encoder.session, encoder.tokenizer, texts, max_length=max_length, batch_size=batch_size
+        )
+        return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, [encoder.session.threads])
     outputs = inference.run(
         encoder.model,
         encoder.tokenizer,

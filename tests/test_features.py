@@ -72,10 +72,17 @@ def test_the_feature_key_uses_the_absolute_folder_and_the_resolved_precision(
     monkeypatch.chdir(tiny_model_dir.parent)
     resolved = models.resolve(tiny_model_dir.name)
     monkeypatch.setattr(models, "native_bf16", lambda: False)
-    key = features.feature_key(resolved, "mean", 64, models.resolve_precision("auto"))
-    assert key == {"model": str(tiny_model_dir.resolve()), "pooling": "mean", "max_length": "64", "precision": "fp32"}
+    key = features.feature_key(resolved, "mean", 64, models.resolve_precision("auto"), "torch")
+    assert key == {
+        "model": str(tiny_model_dir.resolve()),
+        "pooling": "mean",
+        "max_length": "64",
+        "precision": "fp32",
+        "runtime": "torch",
+    }
     assert (
-        features.feature_key(models.resolve(models.DEFAULT_MODEL), "cls", 128, "bf16")["model"] == models.DEFAULT_MODEL
+        features.feature_key(models.resolve(models.DEFAULT_MODEL), "cls", 128, "bf16", "torch")["model"]
+        == models.DEFAULT_MODEL
     )
 
 

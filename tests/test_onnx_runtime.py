@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
-from emotion_exp import features, inference, models, onnx_runtime
+from emotion_exp import baselines, features, inference, models, onnx_runtime
+from emotion_exp.cli import cli
 from emotion_exp.errors import UserError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "emotion_exp" / "sample"
@@ -58,6 +61,30 @@ def test_onnx_pooled_features_equal_torch_fp32(tiny_model_dir: Path, tmp_path: P
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
 
 
+def test_a_probe_trained_on_torch_features_scores_the_same_on_onnx_features(
+    small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    resolved = models.resolve(str(tiny_model_dir))
+    torch_encoder = features.load_encoder(resolved, "fp32", 1)
+    onnx_encoder = features.load_encoder(resolved, "fp32", 1, runtime="onnx")
+    assert onnx_encoder.runtime == "onnx" and onnx_runtime.cache_dir().is_relative_to(tmp_path)
+    train = pd.read_csv(small_dataset / "train.csv")
+    test = pd.read_csv(small_dataset / "test.csv")
+    probe = baselines.fit_probe(
+        features.extract(train["text"].tolist(), torch_encoder, progress=False).features,
+        train["label"].astype("category").cat.codes.to_numpy(),
+    )
+    codes = dict(enumerate(train["label"].astype("category").cat.categories))
+    truth = test["label"].to_numpy()
+
+    def accuracy(encoder: features.Encoder) -> float:
+        predicted = probe.predict(features.extract(test["text"].tolist(), encoder, progress=False).features)
+        return float(np.mean(np.array([codes[p] for p in predicted]) == truth))
+
+    assert abs(accuracy(onnx_encoder) - accuracy(torch_encoder)) <= 0.001
+
+
 def test_the_export_is_cached_by_weights_and_int8_runs(
     classifier: tuple[object, object], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -92,6 +119,44 @@ def test_onnx_without_onnxruntime_is_one_clear_error_and_auto_falls_back(monkeyp
     monkeypatch.setattr(models, "native_bf16", lambda: False)
     runtime, reason = onnx_runtime.resolve_runtime("auto")
     assert runtime == "torch" and "onnxruntime not installed" in reason
+
+
+def _extract(dataset: Path, model: Path, *extra: str) -> mlflow.entities.Run:
+    result = CliRunner().invoke(
+        cli, ["extract", "--dataset", str(dataset), "--model", str(model), "--umap_max_points", "100", *extra]
+    )
+    assert result.exit_code == 0, result.output
+    return mlflow.search_runs(output_format="list", order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def _features(run: mlflow.entities.Run) -> np.ndarray:
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="features/features.npz")
+    return np.concatenate(list(features.load(Path(path)).features.values()))
+
+
+def test_extract_runtime_onnx_logs_the_runtime_and_torch_features(
+    small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    onnx_run = _extract(small_dataset, tiny_model_dir, "--runtime", "onnx")
+    assert onnx_run.data.tags["runtime"] == "onnx" and onnx_run.data.tags["features_runtime"] == "onnx"
+    torch_run = _extract(small_dataset, tiny_model_dir, "--runtime", "torch", "--precision", "fp32")
+    assert torch_run.data.tags["features_run_id"] == torch_run.info.run_id, "the onnx features were reused"
+    np.testing.assert_allclose(_features(onnx_run), _features(torch_run), atol=1e-4, rtol=1e-4)
+
+
+def test_extract_runtime_auto_is_torch_with_native_bf16_else_onnx(
+    small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    if models.native_bf16():
+        native = _extract(small_dataset, tiny_model_dir)
+        assert native.data.tags["runtime"] == "torch" and "native bf16" in native.data.tags["runtime_reason"]
+    monkeypatch.setattr(models, "native_bf16", lambda: False)
+    emulated = _extract(small_dataset, tiny_model_dir)
+    tags = emulated.data.tags
+    assert tags["runtime"] == "onnx" and tags["runtime_reason"] == "no native bf16 on this CPU: ONNX Runtime fp32"
+    assert tags["features_precision"] == "fp32"
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import features, models, plots, tracking
+from emotion_exp import features, models, onnx_runtime, plots, tracking
 from emotion_exp.config import ExtractConfig
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
@@ -21,22 +21,24 @@ def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
     """Extract (or reuse) the features of every split; return the id of the run that holds them.
 
     A FINISHED extract run of the same data and feature key (model, pooling, max_length,
-    resolved precision) in this experiment is reused: this run then records which one and
+    resolved precision and runtime) in this experiment is reused: this run then records which one and
     computes nothing.
     """
     with open_stage("extract", config, splits=splits, label_plot=False) as stage:
         splits = stage.splits
         resolved = models.resolve(config.model)
-        precision = models.resolve_precision(config.precision)  # once, for the key and the encoder
-        key = features.feature_key(resolved, config.pooling, config.max_length, precision)
+        runtime, reason = onnx_runtime.resolve_runtime(config.runtime)  # once, like the precision
+        precision = onnx_runtime.precision_for(runtime, config.precision)
+        key = features.feature_key(resolved, config.pooling, config.max_length, precision, runtime)
         log_model_source(resolved, key["precision"])
+        mlflow.set_tags({"runtime": runtime, "runtime_reason": reason})
         found = find_extract_run(splits.digest, key)
         if found:
             set_feature_key(key, found)
             mlflow.set_tag("reused_features", "true")
             return found
 
-        encoder = features.load_encoder(resolved, precision, config.threads)
+        encoder = features.load_encoder(resolved, precision, config.threads, runtime=runtime, pooling=config.pooling)
         extractions = features.extract_splits(
             splits, encoder, pooling=config.pooling, max_length=config.max_length, batch_size=config.batch_size
         )

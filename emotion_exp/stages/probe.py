@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from emotion_exp import baselines, data, features, models, pyfunc, subsets
+from emotion_exp import baselines, data, features, models, onnx_runtime, pyfunc, subsets
 from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
@@ -41,9 +41,9 @@ def run(
     with open_stage("probe", config, splits=trained_on, labels=labels) as stage:
         splits = stage.splits if splits is None else splits  # the whole splits, whose features are logged
         resolved = models.resolve(config.model)
-        key = features.feature_key(
-            resolved, config.pooling, config.max_length, models.resolve_precision(config.precision)
-        )
+        runtime, _ = onnx_runtime.resolve_runtime(config.runtime)  # the extract stage tags why
+        precision = onnx_runtime.precision_for(runtime, config.precision)
+        key = features.feature_key(resolved, config.pooling, config.max_length, precision, runtime)
         log_model_source(resolved, key["precision"])
         if config.features_run_id:
             features_run_id = extract.check_extract_run(config.features_run_id, splits.digest, key)
