@@ -121,6 +121,16 @@ def test_onnx_without_onnxruntime_is_one_clear_error_and_auto_falls_back(monkeyp
     assert runtime == "torch" and "onnxruntime not installed" in reason
 
 
+def test_onnx_with_bf16_asked_for_is_one_clear_error(small_dataset: Path, tiny_model_dir: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["extract", "--dataset", str(small_dataset), "--model", str(tiny_model_dir)]
+        + ["--runtime", "onnx", "--precision", "bf16"],
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--runtime onnx runs fp32, but --precision bf16 was asked for" in result.output
+
+
 def _extract(dataset: Path, model: Path, *extra: str) -> mlflow.entities.Run:
     result = CliRunner().invoke(
         cli, ["extract", "--dataset", str(dataset), "--model", str(model), "--umap_max_points", "100", *extra]
