@@ -1,13 +1,15 @@
-"""A real team tracking server for the session: PostgreSQL and `mlflow server --app-name basic-auth`.
+"""A real team tracking server for the session: PostgreSQL, SeaweedFS and `mlflow server --app-name basic-auth`.
 
-`deploy/tracking-server up` starts both on free loopback ports in a fresh temporary folder (never
-one left over from an earlier run); `down` stops them at the end of the session, also when tests
-failed, and the fixture checks that no process of theirs is left. Tests reach it with the
+`deploy/tracking-server up --auth --object-store` starts them on free loopback ports in a fresh
+temporary folder (never one left over from an earlier run), every artifact in SeaweedFS's S3 bucket,
+so that each team-server test also runs against S3; `down` stops them at the end of the session,
+also when tests failed, and the fixture checks that no process of theirs is left. Tests reach it with the
 ``on_server`` fixture, which points MLflow at it with the admin's credentials.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -44,6 +46,22 @@ class TrackingServer:
             "MLFLOW_TRACKING_PASSWORD": self.admin_password if password is None else password,
         }
 
+    def bucket_keys(self, prefix: str) -> list[str]:
+        """The object keys under ``prefix`` in the server's S3 bucket, listed through the S3 API with DIR's keys."""
+        import boto3
+
+        settings = json.loads((self.folder / "server.json").read_text())
+        keys = self.folder / "secrets"
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{settings['object_store']['s3.port']}",
+            aws_access_key_id=(keys / "s3-access-key").read_text().strip(),
+            aws_secret_access_key=(keys / "s3-secret-key").read_text().strip(),
+            region_name="us-east-1",
+        )
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket="mlflow", Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
     def add_user(self, permission: str, *, experiment_id: str, registered_model: str) -> tuple[str, str]:
         """A new user with ``permission`` (READ, EDIT, ...) on the experiment and the registered model,
         made the way the README says; returns its name and password."""
@@ -77,15 +95,16 @@ def run_script(*args: str, env: dict[str, str] | None = None, timeout: int = 300
 
 
 def pids_of(folder: Path) -> list[int]:
-    """Every process whose command line names the folder (the postmaster and `mlflow server`)."""
+    """Every process whose command line names the folder or that works in it (postmaster, weed, `mlflow server`)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 command = (entry / "cmdline").read_bytes()
+                cwd = os.readlink(entry / "cwd")
             except OSError:
                 continue
-            if str(folder).encode() in command:
+            if str(folder).encode() in command or Path(cwd).is_relative_to(folder):
                 found.append(int(entry.name))
     return found
 
@@ -101,7 +120,9 @@ def tracking_server() -> Iterator[TrackingServer]:
     )
     port = server.url.rsplit(":", 1)[1]
     try:
-        started = server.script("up", "--port", port, "--pg-port", str(free_port()), "--auth", "--workers", "2")
+        started = server.script(
+            "up", "--port", port, "--pg-port", str(free_port()), "--auth", "--object-store", "--workers", "2"
+        )
         assert started.returncode == 0, f"deploy/tracking-server up failed:\n{started.stdout}\n{started.stderr}"
         yield server
     finally:

@@ -1,0 +1,106 @@
+"""`deploy/tracking-server up --object-store`: artifacts in SeaweedFS's S3 bucket, its keys kept secret.
+
+The session's server runs with `--object-store`, so every team-server test already goes through S3;
+these check where the artifacts land, what `status` says, that the keys appear in no command line,
+settings file or output, and that `down` (or a failed `up`) leaves no SeaweedFS running.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.tracking_server import TrackingServer, pids_of, run_script
+
+pytestmark = pytest.mark.slow
+
+
+def keys_of(folder: Path) -> list[str]:
+    return [(folder / "secrets" / name).read_text().strip() for name in ("s3-access-key", "s3-secret-key")]
+
+
+def command_lines() -> str:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:  # a process that ended meanwhile
+                continue
+    return "\n".join(found)
+
+
+def test_a_runs_artifacts_are_in_the_bucket_and_not_on_the_servers_disk(
+    tracking_server: TrackingServer, on_server: str
+) -> None:
+    with mlflow.start_run() as run:
+        mlflow.log_text("kept in S3", "notes/s3.txt")
+
+    prefix = f"{run.info.experiment_id}/{run.info.run_id}/"
+    assert tracking_server.bucket_keys(prefix) == [f"{prefix}artifacts/notes/s3.txt"]
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes/s3.txt") == "kept in S3"
+    assert not (tracking_server.folder / "artifacts").exists()
+    assert not list(tracking_server.folder.rglob("s3.txt"))  # SeaweedFS keeps it in its volumes, not as a file
+
+
+def test_status_shows_the_object_store_and_no_key_is_shown_anywhere(tracking_server: TrackingServer) -> None:
+    settings = json.loads((tracking_server.folder / "server.json").read_text())
+    status = tracking_server.script("status")
+    again = tracking_server.script("up")  # already running: says so
+
+    assert status.returncode == 0, status.stderr
+    assert settings["artifacts_destination"] == "s3://mlflow"
+    port = settings["object_store"]["s3.port"]
+    assert "object store:  SeaweedFS running, pid " in status.stdout
+    assert f"S3 at http://127.0.0.1:{port}, bucket mlflow" in status.stdout
+    shown = f"{status.stdout}\n{status.stderr}\n{again.stdout}\n{again.stderr}\n{command_lines()}"
+    for key in keys_of(tracking_server.folder):
+        assert key not in shown and key not in json.dumps(settings)
+
+
+def test_up_starts_seaweedfs_down_stops_it_and_a_plain_up_restarts_it(tmp_path: Path) -> None:
+    folder = tmp_path / "server"
+    backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        up = run_script("up", "--dir", str(folder), "--object-store", "--backend-store-uri", backend, "--workers", "1")
+        assert up.returncode == 0, up.stderr
+        assert "artifacts: SeaweedFS running" in up.stdout
+        down = run_script("down", "--dir", str(folder))
+        assert down.returncode == 0 and "stopped SeaweedFS pid" in down.stdout, down.stderr
+        assert pids_of(folder) == []
+        stopped = run_script("status", "--dir", str(folder))
+        assert stopped.returncode == 3 and "object store:  SeaweedFS stopped" in stopped.stdout
+        again = run_script("up", "--dir", str(folder))  # the setting is remembered in server.json
+
+        assert again.returncode == 0, again.stderr
+        assert "artifacts: SeaweedFS running" in again.stdout
+        shown = "\n".join([up.stdout, up.stderr, again.stdout, again.stderr, (folder / "server.json").read_text()])
+        assert not any(key in shown for key in keys_of(folder))
+    finally:
+        run_script("down", "--dir", str(folder))
+    assert pids_of(folder) == []
+
+
+def test_a_failed_up_leaves_no_seaweedfs_running(tmp_path: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: SeaweedFS starts, then `mlflow server` cannot bind.
+    folder = tmp_path / "server"
+    backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_script(
+        "up", "--dir", str(folder), "--object-store", "--backend-store-uri", backend, "--host", "192.0.2.1",
+        "--port", "5999", "--workers", "1", "--timeout", "60",
+    )  # fmt: skip
+
+    assert result.returncode == 1 and "mlflow server exited" in result.stderr
+    assert pids_of(folder) == []
+    assert not (folder / "seaweedfs.pid").exists()
+
+
+def test_object_store_with_an_artifacts_destination_is_refused(tmp_path: Path) -> None:
+    result = run_script(
+        "up", "--dir", str(tmp_path / "server"), "--object-store", "--artifacts-destination", "s3://elsewhere"
+    )
+    assert result.returncode == 1 and "drop --artifacts-destination" in result.stderr
+    assert "Traceback" not in result.stderr
