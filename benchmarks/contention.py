@@ -1,13 +1,13 @@
-"""Threads under contention: extraction and a short fine-tune on 1 thread, all threads, torch's own
-default count and ``auto``, on the machine as it is and with a bounded background load.
+"""Threads under contention: extraction and a short fine-tune on 1 thread, on all available cores
+and on ``auto`` (the default: torch's own count, capped by the usable cores), on the machine as it
+is and with a bounded background load.
 
 The background load is one busy Python process per available core, started before and stopped
 after the loaded measurements (always, also on Ctrl-C). Settings alternate within each round and
-the median of the rounds counts, so a burst of other work slows all settings alike. ``auto`` pays
-for its own measuring: each pass starts with a fresh ``ThreadTuner``. ``torch`` is the count torch
-picks by itself (read before anything sets one; OpenMP's passive wait policy either way). Goals:
-``auto`` at least 0.9x of the best fixed setting in both conditions, and the tuner keeps its place
-as the default only where ``auto`` beats torch's default by at least 10% (``auto/torch``).
+the median of the rounds counts, so a burst of other work slows all settings alike; OpenMP's
+passive wait policy as the CLI sets it. Goal: ``auto`` at least 0.9x of the best fixed setting in
+both conditions. A measuring tuner was the default until it never beat torch's own count by 10%
+(docs/performance.md keeps that evidence).
 
     python -m benchmarks.contention [--quick] [--texts N] [--rounds N] [--model SPEC]
 """
@@ -59,17 +59,17 @@ def load_average() -> str:
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def extraction_rate(texts: list[str], encoder: object, setting: str) -> tuple[float, list[int]]:
-    """Texts/s of the extract stage's extraction with a fresh tuner for ``setting``; and the counts chosen."""
+def extraction_rate(texts: list[str], encoder: object, setting: str) -> tuple[float, int]:
+    """Texts/s of the extract stage's extraction on ``setting`` threads; and the count used."""
     from emotion_exp import features, threads
 
-    encoder = dataclasses.replace(encoder, tuner=threads.ThreadTuner(setting))
+    encoder = dataclasses.replace(encoder, threads=threads.use(setting))
     result = features.extract(texts, encoder, progress=False)
     return result.texts_per_second, result.threads
 
 
-def training_rate(texts: list[str], config: FinetuneConfig, setting: str, workdir: Path) -> tuple[float, list[int]]:
-    """Training texts/s over one epoch with the stage's Trainer and a fresh tuner for ``setting``."""
+def training_rate(texts: list[str], config: FinetuneConfig, setting: str, workdir: Path) -> tuple[float, int]:
+    """Training texts/s over one epoch with the stage's Trainer on ``setting`` threads; and the count used."""
     from transformers import PrinterCallback, set_seed
 
     from emotion_exp import finetune, models, threads
@@ -92,17 +92,17 @@ def training_rate(texts: list[str], config: FinetuneConfig, setting: str, workdi
         logging_first_step=False,
         disable_tqdm=True,
     )
-    stopwatch, tuner = finetune.Stopwatch(), threads.ThreadTuner(setting, rounds=threads.TRAINING_ROUNDS)
-    trainer = finetune.make_trainer(model, tokenizer, args, rows, callbacks=[stopwatch], tuner=tuner)
+    count, stopwatch = threads.use(setting), finetune.Stopwatch()
+    trainer = finetune.make_trainer(model, tokenizer, args, rows, callbacks=[stopwatch])
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return stopwatch.rate(len(rows)), list(tuner.chosen)
+    return stopwatch.rate(len(rows)), count
 
 
-def measure(name: str, settings: list[str], rounds: int, run: object) -> dict[str, tuple[float, list[int]]]:
-    """Median rate per setting over ``rounds`` interleaved rounds, with the counts auto chose last."""
+def measure(name: str, settings: list[str], rounds: int, run: object) -> dict[str, tuple[float, int]]:
+    """Median rate per setting over ``rounds`` interleaved rounds, with the thread count each used."""
     rates: dict[str, list[float]] = {s: [] for s in settings}
-    chosen: dict[str, list[int]] = {}
+    chosen: dict[str, int] = {}
     for round_ in range(rounds):
         for setting in settings:
             rate, chosen[setting] = run(setting)
@@ -119,8 +119,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--texts", type=int, default=1000, help="Texts extracted per pass.")
-    # 60 steps: a pass of 20 paid a whole measurement (warm-up and trials, the longest steps among
-    # them) in 5 s, where a real fine-tune pays one per 30 s.
     parser.add_argument("--train-texts", type=int, default=960, help="Texts per training epoch (batches of 16).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="300 texts, 160 training texts, 2 rounds.")
@@ -129,16 +127,13 @@ def main() -> None:
     prefer_passive_openmp()  # as the CLI does, before torch loads
     count, train_count, rounds = (300, 160, 2) if args.quick else (args.texts, args.train_texts, args.rounds)
 
-    import torch
-
     from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models, threads
 
-    torch_default = torch.get_num_threads()  # what torch chose by itself: nothing has set a count yet
+    torch_default = threads.torch_default()  # read before anything sets a count
     cores = threads.available_cores()
-    settings = list(dict.fromkeys(["1", str(cores)])) + ["torch", "auto"]
-    fixed = {"torch": str(torch_default)}  # torch's own count, set as such
+    settings = list(dict.fromkeys(["1", str(cores)])) + ["auto"]
     texts = emotion_like_texts(count, 42)
     train_texts = texts[:train_count] if train_count <= count else emotion_like_texts(train_count, 43)
     encoder = features.load_encoder(models.resolve(args.model), models.resolve_precision("auto"))
@@ -156,7 +151,7 @@ def main() -> None:
         ),
     }
 
-    results: dict[str, dict[str, dict[str, tuple[float, list[int]]]]] = {}
+    results: dict[str, dict[str, dict[str, tuple[float, int]]]] = {}
     loads: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="emotion-bench-contention-") as folder:
         for condition in ("as is", f"+{cores} busy"):
@@ -167,14 +162,14 @@ def main() -> None:
                 results[condition] = {}
                 if args.work in ("both", "extraction"):
                     results[condition]["extraction"] = measure(
-                        "extract", settings, rounds, lambda s: extraction_rate(texts, encoder, fixed.get(s, s))
+                        "extract", settings, rounds, lambda s: extraction_rate(texts, encoder, s)
                     )
                 if args.work in ("both", "fine-tune"):
                     results[condition]["fine-tune"] = measure(
                         "train",
                         settings,
                         rounds,
-                        lambda s: training_rate(train_texts, config, fixed.get(s, s), Path(folder)),
+                        lambda s: training_rate(train_texts, config, s, Path(folder)),
                     )
                 loads[condition] = load_average()
 
@@ -187,19 +182,18 @@ def main() -> None:
     print(
         f"{'condition':<12}{'work':<12}"
         + "".join(f"{'threads=' + s:>14}" for s in settings)
-        + f"{'auto/best':>11}{'auto/torch':>11}  auto chose   {'auto: of the peak':<22}load (1/5/15 min)"
+        + f"{'auto/best':>11}  auto used  {'auto: of the peak':<22}load (1/5/15 min)"
     )
     for condition, works in results.items():
         for work, by_setting in works.items():
             best_fixed = max(rate for s, (rate, _) in by_setting.items() if s != "auto")
-            auto_rate, auto_chose = by_setting["auto"]
-            torch_rate = by_setting["torch"][0]
+            auto_rate, auto_used = by_setting["auto"]
             per_text, precision = work_flops[work]
-            of_peak = peak.achieved(auto_rate, per_text, machine_peak, precision, max(auto_chose))
+            of_peak = peak.achieved(auto_rate, per_text, machine_peak, precision, auto_used)
             print(
                 f"{condition:<12}{work:<12}"
                 + "".join(f"{by_setting[s][0]:>14.1f}" for s in settings)
-                + f"{auto_rate / best_fixed:>10.2f}x{auto_rate / torch_rate:>10.2f}x  {auto_chose!s:<11} "
+                + f"{auto_rate / best_fixed:>10.2f}x  {auto_used!s:<10} "
                 + f"{of_peak:<22}{loads[condition]}"
             )
 

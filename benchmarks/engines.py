@@ -62,11 +62,11 @@ def main() -> None:
     from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models, onnx_runtime
-    from emotion_exp.threads import ThreadTuner, available_cores
+    from emotion_exp.threads import available_cores
 
     cores = available_cores()
     ours = features.load_encoder(models.resolve(args.model), models.resolve_precision("auto"), threads=cores)
-    ours_fp32 = dataclasses.replace(ours, precision="fp32", tuner=ThreadTuner(cores))
+    ours_fp32 = dataclasses.replace(ours, precision="fp32")
     texts = emotion_like_texts(args.texts, 42)
 
     def extraction(encoder: features.Encoder) -> Callable[[list[str]], np.ndarray]:
@@ -74,7 +74,7 @@ def main() -> None:
         return lambda batch: features.extract(batch, encoder, pooling="cls", **options).features
 
     engines = {f"ours {ours.precision}": extraction(ours), "ours fp32": extraction(ours_fp32)}
-    compiled = dataclasses.replace(ours, model=torch.compile(ours.model, dynamic=True), tuner=ThreadTuner(cores))
+    compiled = dataclasses.replace(ours, model=torch.compile(ours.model, dynamic=True))
     start = time.perf_counter()
     extraction(compiled)(texts)
     compile_seconds = time.perf_counter() - start

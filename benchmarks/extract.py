@@ -108,7 +108,7 @@ def main() -> None:
         "emotion data's length spread (longest about 90 tokens; benchmarks.finetune's generator).",
     )
     parser.add_argument(
-        "--threads", default="auto", help="Our intra-op threads: auto (measured, as the stage does) or a number."
+        "--threads", default="auto", help="Our intra-op threads: auto (torch's own count, as the stage) or N."
     )
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
@@ -132,7 +132,7 @@ def main() -> None:
             quantize_int8(models.load_encoder(resolved)),
             "fp32",
             torch.device("cpu"),
-            threads.ThreadTuner(args.threads),
+            threads.use(args.threads),
         ),
     }
     if args.lengths == "emotion":
@@ -176,8 +176,8 @@ def main() -> None:
         for name in results
     }
     print(
-        f"matmul peak GFLOP/s: {peak.describe(machine_peak)}; our threads chosen: "
-        f"fp32 {encoders['fp32'].tuner.chosen}, auto {encoders['auto'].tuner.chosen}"
+        f"matmul peak GFLOP/s: {peak.describe(machine_peak)}; our threads: "
+        f"fp32 {encoders['fp32'].threads}, auto {encoders['auto'].threads}"
     )
     print(
         f"\n{'method':<20}{'texts/s':>10}{'ratio':>8}{'max |diff|':>12}{'min cosine':>12}{'GFLOP/s':>9}{'of peak':>9}"
@@ -192,7 +192,7 @@ def main() -> None:
         ratio = result.texts_per_second / reference.texts_per_second
         gflops = flops[result.name] * result.texts_per_second / count / 1e9
         precision = auto if "auto" in result.name else "fp32"
-        used = max(encoders["auto" if "auto" in result.name else "fp32"].tuner.chosen or [torch.get_num_threads()])
+        used = encoders["auto" if "auto" in result.name else "fp32"].threads
         if result.name.startswith("study"):
             used = torch.get_num_threads()
         of_peak = "       -" if "int8" in result.name else f"{peak.share(gflops, machine_peak, precision, used):>8.0%}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import statistics
@@ -45,10 +44,8 @@ def child(model: str, texts: int, threads: int, interop: bool) -> None:
     from benchmarks import peak
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models
-    from emotion_exp.threads import ThreadTuner
 
-    encoder = features.load_encoder(models.resolve(model), models.resolve_precision("auto"))
-    encoder = dataclasses.replace(encoder, tuner=ThreadTuner(threads))
+    encoder = features.load_encoder(models.resolve(model), models.resolve_precision("auto"), threads)
     sample = emotion_like_texts(texts, 42)
     features.extract(sample[:32], encoder, progress=False)  # warm-up: kernels, thread pool
     result = features.extract(sample, encoder, progress=False)

@@ -119,19 +119,16 @@ def main() -> None:
         agreement = sum(a == b for a, b in zip(ours_labels, their_labels)) / len(ours_labels)
 
         precision = models.resolve_precision(logged.precision)
-        machine_peak = peak.matmul_peak(max(encoder.tuner.chosen or [1]))
+        machine_peak = peak.matmul_peak(encoder.threads)
         flops_per_text = peak.flops_per_text(
             encoder.tokenizer, encoder.model.config, texts, max_length=max_length, batch_size=batch_size
         )
-        print(
-            f"cpu: {models.cpu_description()}; threads chosen: extraction {encoder.tuner.chosen}, "
-            f"pyfunc {logged.chosen_threads}"
-        )
+        print(f"cpu: {models.cpu_description()}; threads: extraction {encoder.threads}, pyfunc {logged.threads_used}")
         print(f"model: {uri}; {count} texts, batch size {batch_size}, max length {max_length}, median of {repeats}")
         print(f"matmul peak GFLOP/s: {peak.describe(machine_peak)}")
         for name in ("extraction", "pyfunc"):
             gflops = flops_per_text * rates[name] / 1e9
-            share = peak.share(gflops, machine_peak, precision, max(encoder.tuner.chosen or [1]))
+            share = peak.share(gflops, machine_peak, precision, encoder.threads)
             print(f"{name} ({precision}): {rates[name]:8.1f} texts/s, {gflops:.1f} GFLOP/s, {share:.0%} of peak")
         print(
             f"pyfunc / extraction: {ours / rates['extraction']:.2f}x (goal 0.9x); predict stage, file to file: "

@@ -56,14 +56,12 @@ def _truncate(ids: list[int], max_length: int, tokenizer: PreTrainedTokenizerBas
 def sorted_batches(
     tokenized: TokenizedTexts, tokenizer: PreTrainedTokenizerBase, batch_size: int
 ) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
-    """Yield ``(positions, padded batch)`` of texts of similar length: the longest batch, then from the shortest up.
+    """Yield ``(positions, padded batch)`` of texts of similar length, longest first.
 
-    The longest first so that an out-of-memory batch fails at once rather than at the end; then the
-    shortest, so that the thread tuner's trials (``threads.ThreadTuner``) run on the cheapest batches.
+    The longest first so that an out-of-memory batch fails at once rather than at the end.
     """
     order = np.argsort(-tokenized.lengths, kind="stable")
-    starts = list(range(0, len(order), batch_size))
-    for start in starts[:1] + starts[:0:-1]:
+    for start in range(0, len(order), batch_size):
         positions = order[start : start + batch_size]
         batch = tokenizer.pad(
             {"input_ids": [tokenized.input_ids[i] for i in positions]},

@@ -75,8 +75,8 @@ def threads_option() -> Any:
     """The ``--threads`` field of every stage that runs the encoder."""
     return option(
         threads.AUTO,
-        "Intra-op CPU threads: auto (measured: the fastest count from 1 to the available cores, "
-        "measured again now and then) or a whole number.",
+        "Intra-op CPU threads: auto (torch's own count, one per core, capped by the cores this "
+        "process may use) or a whole number.",
         check=lambda flag, value: threads.parse(value),
     )
 

@@ -35,8 +35,8 @@ class Encoder:
     model: PreTrainedModel
     precision: str  # resolved: fp32 or bf16
     device: torch.device
-    tuner: threads.ThreadTuner = dataclasses.field(default_factory=threads.ThreadTuner, compare=False)
-    """Picks the intra-op thread count batch by batch; kept across calls, so measurements carry over."""
+    threads: int = 1
+    """The intra-op thread count it runs on (``threads.use``)."""
     session: onnx_runtime.Session | None = None
     """An ONNX Runtime session over the model's pooled export: the forward passes run there, not in torch."""
 
@@ -62,8 +62,8 @@ class Extraction:
     features: np.ndarray
     truncated: int
     seconds: float
-    threads: list[int] = dataclasses.field(default_factory=list)
-    """The thread counts the tuner settled on while extracting (``ThreadTuner.chosen``)."""
+    threads: int = 1
+    """The intra-op thread count it ran on."""
 
     @property
     def texts_per_second(self) -> float:
@@ -81,13 +81,13 @@ def load_encoder(
     """Load tokenizer and encoder for a resolved ``precision`` (fp32 or bf16), ``threads`` and ``runtime``.
 
     An ONNX ``runtime`` (resolved: onnx or onnx-int8) exports the model with ``pooling`` in the graph
-    (cached, ``onnx_runtime.export``) and runs that on the tuner's current thread count.
+    (cached, ``onnx_runtime.export``) and runs that.
     """
     encoder = encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision, threads)
     if runtime == "torch":
         return encoder
     session = onnx_runtime.load(
-        encoder.model, encoder.tokenizer, runtime=runtime, kind="pooled", pooling=pooling, threads=encoder.tuner.threads
+        encoder.model, encoder.tokenizer, runtime=runtime, kind="pooled", pooling=pooling, threads=encoder.threads
     )
     return dataclasses.replace(encoder, session=session)
 
@@ -101,8 +101,8 @@ def encoder_from(
     loaded model starts): fp32 or bf16.
     """
     device = batching.best_device()
-    tuner = threads.ThreadTuner(threads_spec)
-    return Encoder(tokenizer, model.to(device).eval(), models.check_resolved(precision), device, tuner)
+    count = threads.use(threads_spec)
+    return Encoder(tokenizer, model.to(device).eval(), models.check_resolved(precision), device, count)
 
 
 def feature_key(
@@ -133,14 +133,15 @@ def extract(
     description: str = "extract",
     progress: bool = True,
 ) -> Extraction:
-    """Pooled last hidden states of ``texts`` as float32, in input order."""
+    """Pooled last hidden states of ``texts`` as float32, in input order, on the encoder's thread count."""
+    threads.use(encoder.threads)  # torch's count is global: another encoder may have set its own since
     if encoder.session is not None:
         if encoder.session.kind != "pooled" or pooling != encoder.session.pooling:
             raise ValueError(f"the encoder's ONNX export pools by {encoder.session.pooling}, not {pooling}")
         outputs = onnx_runtime.run(
             encoder.session, encoder.tokenizer, texts, max_length=max_length, batch_size=batch_size
         )
-        return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, [encoder.session.threads])
+        return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, encoder.threads)
     outputs = inference.run(
         encoder.model,
         encoder.tokenizer,
@@ -149,11 +150,10 @@ def extract(
         batch_size=batch_size,
         precision=encoder.precision,
         pooling=pooling,
-        tuner=encoder.tuner,
         description=description,
         progress=progress,
     )
-    return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, list(encoder.tuner.chosen))
+    return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, encoder.threads)
 
 
 def extract_splits(

@@ -76,8 +76,8 @@ class FinetuneResult:
     global_step: int
     truncated: dict[str, int]
     """Texts per split that ``max_length`` cut."""
-    threads: list[int]
-    """The intra-op thread counts chosen while training and predicting (``ThreadTuner.chosen``), in order."""
+    threads: int
+    """The intra-op thread count it trained and predicted on (``threads.use``)."""
 
 
 def last_checkpoint(folder: str | Path) -> str | None:
@@ -296,17 +296,6 @@ class _Trainer(Trainer):
         return sampler
 
 
-def _counting(collator: DataCollatorWithPadding, tokens: threads.TokenCounts) -> Callable[[list], Any]:
-    """The collator, recording each batch's padded token count."""
-
-    def collate(rows: list) -> Any:
-        batch = collator(rows)
-        tokens.add(batch["input_ids"].numel())
-        return batch
-
-    return collate
-
-
 def make_trainer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -316,19 +305,13 @@ def make_trainer(
     eval_rows: list[dict[str, Any]] | None = None,
     label_names: Sequence[str] = (),
     callbacks: Sequence[TrainerCallback] = (),
-    tuner: threads.ThreadTuner | None = None,
 ) -> Trainer:
     """A Trainer that pads each batch to its longest text and scores accuracy and weighted F1.
 
-    With a ``tuner``, every optimizer step runs with the thread count it picks (re-measured at
-    step boundaries, each step weighted by its padded tokens). Its progress bar is ours
+    Its progress bar is ours
     (``console.trainer_progress``): a line per evaluation, not raw log dictionaries.
     """
     collator = DataCollatorWithPadding(tokenizer)
-    if tuner is not None:
-        tokens = threads.TokenCounts()
-        callbacks = [*callbacks, threads.trainer_callback(tuner, tokens)]
-        collator = _counting(collator, tokens)
     trainer = _Trainer(
         model=model,
         args=args,
@@ -411,7 +394,6 @@ def predict_splits(
     splits: DatasetSplits,
     config: FinetuneConfig,
     precision: str,
-    tuner: threads.ThreadTuner | None = None,
     names: Sequence[str] = ("validation", "test"),
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
     """Class logits of the ``names`` splits, the validation [CLS] states, and texts cut per split."""
@@ -428,23 +410,11 @@ def predict_splits(
             precision=precision,
             logits=True,
             pooling="cls" if split == "validation" else None,
-            tuner=tuner,
         )
         logits[split], truncated[split] = outputs.logits, outputs.truncated
         if split == "validation":
             embeddings = outputs.pooled
     return logits, embeddings, truncated
-
-
-def _thread_setting(config: FinetuneConfig) -> str | int:
-    """``--threads``, except that under torchrun ``auto`` keeps each process's own count.
-
-    That count is torchrun's ``OMP_NUM_THREADS`` (1 unless set): DDP makes every step wait for
-    the slowest process, so one process timing its thread counts would measure the others' waits.
-    """
-    if distributed.world_size() > 1 and threads.parse(config.threads) is None:
-        return torch.get_num_threads()
-    return config.threads
 
 
 def train(
@@ -469,7 +439,7 @@ def train(
     steps_per_epoch = math.ceil(len(prepared.train_rows) / config.batch_size)
     args = training_arguments(config, checkpoint_dir, precision, steps_per_epoch=steps_per_epoch)
     stopwatch, stopper = Stopwatch(), _StopOnRequest()
-    tuner = threads.ThreadTuner(_thread_setting(config), rounds=threads.TRAINING_ROUNDS)
+    thread_count = threads.use(config.threads)  # under torchrun, auto keeps its OMP_NUM_THREADS
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = make_trainer(
         prepared.model,
@@ -479,14 +449,11 @@ def train(
         eval_rows=prepared.eval_rows,
         label_names=splits.label_names,
         callbacks=[*callbacks, *extra, stopwatch, stopper],
-        tuner=tuner,
     )
     train_seconds = fit(trainer, stopper, resume_from)
     model_dir = checkpoint_dir / MODEL_FOLDER
     model, global_step = save_and_release(trainer, model_dir)
-    logits, embeddings, truncated = predict_splits(
-        model, prepared.tokenizer, splits, config, precision, tuner, scored_splits
-    )
+    logits, embeddings, truncated = predict_splits(model, prepared.tokenizer, splits, config, precision, scored_splits)
     return FinetuneResult(
         model_dir=model_dir,
         logits=logits,
@@ -496,5 +463,5 @@ def train(
         train_samples_per_second=stopwatch.rate(len(prepared.train_rows)),
         global_step=global_step,
         truncated={"train": prepared.truncated_train, **truncated},
-        threads=list(tuner.chosen),
+        threads=thread_count,
     )

@@ -10,7 +10,6 @@ imports mlflow.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from emotion_exp.threads import ThreadTuner
 
 POOLINGS = ("cls", "mean")
 
@@ -70,7 +68,6 @@ def run(
     probabilities: bool = False,
     temperature: float = 1.0,
     pooling: str | None = None,
-    tuner: ThreadTuner | None = None,
     description: str = "",
     progress: bool = False,
 ) -> Outputs:
@@ -78,9 +75,8 @@ def run(
 
     ``logits`` and ``probabilities`` need a sequence classifier; the probabilities are the softmax of
     the logits divided by ``temperature`` (1 = the raw softmax; calibration fits it). ``pooling`` (``cls`` or ``mean``)
-    pools the last hidden state of a bare encoder or of a classifier's encoder. ``tuner`` sets
-    the intra-op thread count batch by batch (``threads.ThreadTuner``, each batch weighted by
-    its padded tokens); without one, torch's current setting holds.
+    pools the last hidden state of a bare encoder or of a classifier's encoder. torch's current
+    intra-op thread count holds (``threads.use``).
     """
     import torch
 
@@ -106,14 +102,13 @@ def run(
     ):
         for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size):
             batch = batch.to(device)
-            with tuner.measure(batch["input_ids"].numel()) if tuner else contextlib.nullcontext():
-                output = model(**batch, output_hidden_states=True) if all_hidden else model(**batch)
-                if raw is not None:
-                    raw[positions] = output.logits.float().cpu().numpy()
-                if probs is not None:
-                    probs[positions] = torch.softmax(output.logits.float() / temperature, dim=-1).cpu().numpy()
-                if pooled is not None:
-                    hidden = output.hidden_states[-1] if all_hidden else output.last_hidden_state
-                    pooled[positions] = pool(hidden, batch["attention_mask"], pooling).cpu().numpy()
+            output = model(**batch, output_hidden_states=True) if all_hidden else model(**batch)
+            if raw is not None:
+                raw[positions] = output.logits.float().cpu().numpy()
+            if probs is not None:
+                probs[positions] = torch.softmax(output.logits.float() / temperature, dim=-1).cpu().numpy()
+            if pooled is not None:
+                hidden = output.hidden_states[-1] if all_hidden else output.last_hidden_state
+                pooled[positions] = pool(hidden, batch["attention_mask"], pooling).cpu().numpy()
             bar.update(len(positions))
     return Outputs(raw, probs, pooled, tokenized.truncated, time.perf_counter() - start)

@@ -383,7 +383,7 @@ class TransformerClassifier(_EncoderModel):
     length-sorted batches under ``torch.inference_mode``, in bf16 where the hardware runs it
     natively (``precision="auto"``), with probabilities computed in fp32 from the logits divided
     by ``temperature`` (fitted on validation by the finetune stage; 1 = the raw softmax), on the
-    intra-op thread count that ``threads`` asks for (``auto``: measured, and measured again now and then).
+    intra-op thread count that ``threads`` asks for (``auto``: torch's own, see ``threads.use``).
     """
 
     ARTIFACT = "classifier"
@@ -421,14 +421,10 @@ class TransformerClassifier(_EncoderModel):
         self.set_threads(getattr(self, "threads", "auto"))  # models logged before the option had none
 
     def set_threads(self, threads: str | int) -> None:
-        """Use ``threads`` intra-op threads from now on (``auto``: measured); ``chosen_threads`` says which."""
-        from emotion_exp.threads import ThreadTuner
+        """Use ``threads`` intra-op threads from now on; ``threads_used`` says how many."""
+        from emotion_exp.threads import use
 
-        self._tuner = ThreadTuner(threads)
-
-    @property
-    def chosen_threads(self) -> list[int]:
-        return list(self._tuner.chosen)
+        self.threads_used = use(threads)
 
     @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -443,7 +439,6 @@ class TransformerClassifier(_EncoderModel):
             precision=self._precision,
             probabilities=True,
             temperature=self.temperature,
-            tuner=self._tuner,
         )
         return predictions_frame(outputs.probabilities, self._label_names)
 
@@ -495,16 +490,16 @@ class ProbeClassifier(_EncoderModel):
         )
 
     def set_threads(self, threads: str | int) -> None:
-        """Use ``threads`` intra-op threads from now on (``auto``: measured); ``chosen_threads`` says which."""
+        """Use ``threads`` intra-op threads from now on; ``threads_used`` says how many."""
         import dataclasses
 
-        from emotion_exp.threads import ThreadTuner
+        from emotion_exp.threads import use
 
-        self._encoder = dataclasses.replace(self._encoder, tuner=ThreadTuner(threads))
+        self._encoder = dataclasses.replace(self._encoder, threads=use(threads))
 
     @property
-    def chosen_threads(self) -> list[int]:
-        return list(self._encoder.tuner.chosen)
+    def threads_used(self) -> int:
+        return self._encoder.threads
 
     @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -121,8 +121,8 @@ def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
     [single] = runs.values()  # the other ranks opened no run
     assert resumed.info.status == single.info.status == "FINISHED"
     assert resumed.data.params["world_size"] == "2" and single.data.params["world_size"] == "1"
-    # --threads auto under torchrun keeps each process's OMP_NUM_THREADS (torchrun's 1 unless set), unmeasured.
-    assert resumed.data.tags["threads_chosen"] == os.environ.get("OMP_NUM_THREADS", "1")
+    # --threads auto under torchrun keeps each process's OMP_NUM_THREADS (torchrun's 1 unless set).
+    assert resumed.data.tags["threads_used"] == os.environ.get("OMP_NUM_THREADS", "1")
     epochs = [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
     assert history_steps(run_id, "eval_accuracy") == history_steps(single.info.run_id, "eval_accuracy") == epochs
     assert len(MlflowClient().get_metric_history(run_id, "eval_accuracy")) == EPOCHS  # logged once per epoch

@@ -75,7 +75,7 @@ def test_one_epoch_logs_everything_in_one_run_and_registers_a_model_that_predict
     assert {m: run.data.metrics[m] for m in expected} == pytest.approx(expected)
     assert run.data.metrics["train_samples_per_second"] > 0
     assert run.data.metrics["train_seconds"] > 0
-    assert all(1 <= int(n) <= len(os.sched_getaffinity(0)) for n in run.data.tags["threads_chosen"].split(","))
+    assert 1 <= int(run.data.tags["threads_used"]) <= len(os.sched_getaffinity(0))
     steps_per_epoch = -(-TRAIN_ROWS // config.batch_size)
     assert steps(run_id, "train_loss")[0] == 1 and steps(run_id, "train_loss")[-1] == steps_per_epoch
     for metric in ("eval_loss", "eval_accuracy", "eval_f1_weighted"):

@@ -62,15 +62,15 @@ def test_an_unknown_pooling_is_refused(classifier) -> None:
         inference.run(model, tokenizer, TEXTS, max_length=8, batch_size=8, precision="fp32", pooling="max")
 
 
-def test_batches_run_longest_first_then_from_the_shortest_up(classifier) -> None:
+def test_batches_run_by_length_longest_first(classifier) -> None:
     from emotion_exp import batching
 
     tokenizer, _ = classifier
     texts = ["a " * n for n in (5, 1, 9, 3, 7, 2, 8)]
     tokenized = batching.tokenize(texts, tokenizer, 128)
     batches = [positions.tolist() for positions, _ in batching.sorted_batches(tokenized, tokenizer, 2)]
-    # By length, longest first: 9 8 | 7 5 | 3 2 | 1; run as 9 8, then 1, 3 2, 7 5.
-    assert batches == [[2, 6], [1], [3, 5], [4, 0]]
+    # By length, longest first: 9 8 | 7 5 | 3 2 | 1.
+    assert batches == [[2, 6], [4, 0], [3, 5], [1]]
 
 
 def test_logits_come_raw_and_probabilities_are_their_softmax_over_the_temperature(classifier) -> None:

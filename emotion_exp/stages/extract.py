@@ -55,7 +55,7 @@ def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
 
 def log_extractions(extractions: dict[str, features.Extraction]) -> None:
     """Throughput over all splits (tokenization and forward passes only), seconds and truncations per split,
-    and the thread counts chosen (tag ``threads_chosen``, in order)."""
+    and the intra-op thread count (tag ``threads_used``)."""
     texts = sum(len(e.features) for e in extractions.values())
     seconds = sum(e.seconds for e in extractions.values())
     mlflow.log_metrics(
@@ -67,8 +67,7 @@ def log_extractions(extractions: dict[str, features.Extraction]) -> None:
             **{f"truncated_{SPLIT_PREFIX[name]}": e.truncated for name, e in extractions.items()},
         }
     )
-    chosen = list(extractions.values())[-1].threads
-    mlflow.set_tags({"threads_chosen": ",".join(map(str, chosen))})
+    mlflow.set_tags({"threads_used": str(list(extractions.values())[-1].threads)})
 
 
 def log_plots(train_features: np.ndarray, splits: DatasetSplits, *, seed: int, max_points: int) -> None:

@@ -134,7 +134,7 @@ def _launch(config: FinetuneConfig) -> str:
             f"--nproc_per_node={config.nproc_per_node}", "-m", "emotion_exp", "finetune", *options,
         ]  # fmt: skip
         env = {**os.environ, distributed.RUN_ID_FILE: str(run_id_file)}
-        # torchrun sets 1 where it is unset, with a banner the user cannot act on; the thread tuner picks from there.
+        # torchrun sets 1 where it is unset, with a banner the user cannot act on; --threads auto keeps it.
         env.setdefault("OMP_NUM_THREADS", "1")
         with subprocess.Popen(command, env=env) as process:
             previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signal.SIGTERM))
@@ -182,7 +182,7 @@ def log_result(
     """
     splits = stage.splits
     tracking.log_params({"resolved_precision": result.precision})
-    mlflow.set_tags({"threads_chosen": ",".join(map(str, result.threads))})
+    mlflow.set_tags({"threads_used": str(result.threads)})
     temperature = calibrate(result.logits, splits) if config.calibrate else 1.0
     evaluations = stage.score(
         lambda split: analysis.scaled_probabilities(result.logits[split], temperature),

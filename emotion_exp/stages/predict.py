@@ -80,8 +80,8 @@ def run(config: PredictConfig) -> str:
                 "texts_per_second": keep.sum() / max(seconds, 1e-9),
             }
         )
-        if hasattr(python_model, "chosen_threads"):
-            mlflow.set_tags({"threads_chosen": ",".join(map(str, python_model.chosen_threads))})
+        if hasattr(python_model, "threads_used"):
+            mlflow.set_tags({"threads_used": str(python_model.threads_used)})
         mlflow.log_artifact(str(target), "predictions")
         print(f"predict: wrote {len(frame):,} predictions to {target}.")
         return predict_run.info.run_id
