@@ -53,16 +53,31 @@ def _truncate(ids: list[int], max_length: int, tokenizer: PreTrainedTokenizerBas
     return ids[:max_length]
 
 
-def sorted_batches(
-    tokenized: TokenizedTexts, tokenizer: PreTrainedTokenizerBase, batch_size: int
-) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
-    """Yield ``(positions, padded batch)`` of texts of similar length, longest first.
+def batch_positions(lengths: np.ndarray, batch_size: int, token_budget: int = 0) -> list[np.ndarray]:
+    """Positions of each batch, longest texts first: ``batch_size`` texts each, or, with a ``token_budget``,
+    as many as keep the padded batch (its longest text's length times its count) within the budget.
 
-    The longest first so that an out-of-memory batch fails at once rather than at the end.
+    A budget spends the same compute on every batch, so short texts come in big batches (fewer, larger
+    matrix multiplies) and long ones in small ones; a text longer than the budget goes alone. The
+    longest first so that an out-of-memory batch fails at once rather than at the end.
     """
-    order = np.argsort(-tokenized.lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        positions = order[start : start + batch_size]
+    order = np.argsort(-lengths, kind="stable")
+    if not token_budget:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = []
+    start = 0
+    while start < len(order):
+        count = max(1, token_budget // max(1, int(lengths[order[start]])))
+        batches.append(order[start : start + count])
+        start += count
+    return batches
+
+
+def sorted_batches(
+    tokenized: TokenizedTexts, tokenizer: PreTrainedTokenizerBase, batch_size: int, token_budget: int = 0
+) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
+    """Yield ``(positions, padded batch)`` of texts of similar length, longest first (``batch_positions``)."""
+    for positions in batch_positions(tokenized.lengths, batch_size, token_budget):
         batch = tokenizer.pad(
             {"input_ids": [tokenized.input_ids[i] for i in positions]},
             padding="longest",

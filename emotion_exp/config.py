@@ -233,6 +233,12 @@ class ExtractConfig(EncoderConfig):
         "labels may change).",
         choices=("auto", "torch", "onnx", "onnx-int8"),
     )
+    batch_tokens: int = option(
+        0,
+        "Batch by tokens instead of --batch_size texts: each batch holds about this many padded tokens "
+        "(longest text's length times the count), texts sorted longest first; 0 = --batch_size texts a batch.",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -599,6 +605,7 @@ class MainConfig:
     umap_max_points: int = study_field(ExtractConfig, "umap_max_points")
     pooling: str = study_field(ExtractConfig, "pooling")
     runtime: str = study_field(ExtractConfig, "runtime")
+    batch_tokens: int = study_field(ExtractConfig, "batch_tokens")
     strategy: str = study_field(DummyConfig, "strategy")
     seeds: str = study_field(ProbeConfig, "seeds")
     probe_C: float = study_field(ProbeConfig, "C", stage="probe")

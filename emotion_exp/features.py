@@ -130,16 +130,25 @@ def extract(
     pooling: str = "cls",
     max_length: int = 128,
     batch_size: int = 32,
+    batch_tokens: int = 0,
     description: str = "extract",
     progress: bool = True,
 ) -> Extraction:
-    """Pooled last hidden states of ``texts`` as float32, in input order, on the encoder's thread count."""
+    """Pooled last hidden states of ``texts`` as float32, in input order, on the encoder's thread count.
+
+    Batches hold ``batch_size`` texts, or with ``batch_tokens`` about that many padded tokens each.
+    """
     threads.use(encoder.threads)  # torch's count is global: another encoder may have set its own since
     if encoder.session is not None:
         if encoder.session.kind != "pooled" or pooling != encoder.session.pooling:
             raise ValueError(f"the encoder's ONNX export pools by {encoder.session.pooling}, not {pooling}")
         outputs = onnx_runtime.run(
-            encoder.session, encoder.tokenizer, texts, max_length=max_length, batch_size=batch_size
+            encoder.session,
+            encoder.tokenizer,
+            texts,
+            max_length=max_length,
+            batch_size=batch_size,
+            batch_tokens=batch_tokens,
         )
         return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, encoder.threads)
     outputs = inference.run(
@@ -148,6 +157,7 @@ def extract(
         texts,
         max_length=max_length,
         batch_size=batch_size,
+        batch_tokens=batch_tokens,
         precision=encoder.precision,
         pooling=pooling,
         description=description,
@@ -163,6 +173,7 @@ def extract_splits(
     pooling: str,
     max_length: int,
     batch_size: int,
+    batch_tokens: int = 0,
 ) -> dict[str, Extraction]:
     """Features of every split, with one progress bar per split."""
     return {
@@ -172,6 +183,7 @@ def extract_splits(
             pooling=pooling,
             max_length=max_length,
             batch_size=batch_size,
+            batch_tokens=batch_tokens,
             description=f"extract {name}",
         )
         for name in SPLITS

@@ -64,6 +64,7 @@ def run(
     max_length: int,
     batch_size: int,
     precision: str,
+    batch_tokens: int = 0,
     logits: bool = False,
     probabilities: bool = False,
     temperature: float = 1.0,
@@ -73,6 +74,8 @@ def run(
 ) -> Outputs:
     """Run ``model`` over ``texts`` in length-sorted batches; return the outputs asked for.
 
+    Batches hold ``batch_size`` texts, or with ``batch_tokens`` about that many padded tokens each
+    (``batching.batch_positions``).
     ``logits`` and ``probabilities`` need a sequence classifier; the probabilities are the softmax of
     the logits divided by ``temperature`` (1 = the raw softmax; calibration fits it). ``pooling`` (``cls`` or ``mean``)
     pools the last hidden state of a bare encoder or of a classifier's encoder. torch's current
@@ -100,7 +103,7 @@ def run(
         batching.autocast(precision, device),
         console.progress(count, description, enabled=progress) as bar,
     ):
-        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size):
+        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens):
             batch = batch.to(device)
             output = model(**batch, output_hidden_states=True) if all_hidden else model(**batch)
             if raw is not None:

@@ -243,6 +243,7 @@ def run(
     *,
     max_length: int,
     batch_size: int,
+    batch_tokens: int = 0,
     temperature: float = 1.0,
 ) -> inference.Outputs:
     """The session's outputs over ``texts`` in ``inference.run``'s length-sorted batches, in input order.
@@ -257,7 +258,7 @@ def run(
     if count:
         tokenized = batching.tokenize(texts, tokenizer, max_length)
         truncated = tokenized.truncated
-        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size):
+        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens):
             feeds = {name: batch[name].numpy().astype(np.int64) for name in ("input_ids", "attention_mask")}
             parts.append((np.asarray(positions), session.session.run(None, feeds)[0]))
     width = parts[0][1].shape[1] if parts else 0

@@ -73,6 +73,41 @@ def test_batches_run_by_length_longest_first(classifier) -> None:
     assert batches == [[2, 6], [4, 0], [3, 5], [1]]
 
 
+@pytest.mark.parametrize("budget", [1, 40, 100, 257, 4096])
+def test_a_token_budget_bounds_every_batch_and_takes_every_text_once_longest_first(budget: int) -> None:
+    from emotion_exp import batching
+
+    lengths = np.random.default_rng(budget).integers(2, 130, size=300)
+    batches = batching.batch_positions(lengths, batch_size=32, token_budget=budget)
+    for positions in batches:
+        padded = lengths[positions].max() * len(positions)
+        assert padded <= budget or len(positions) == 1, (budget, lengths[positions].tolist())
+    taken = np.concatenate(batches)
+    assert sorted(taken.tolist()) == list(range(len(lengths)))
+    assert (np.diff(lengths[taken]) <= 0).all()  # longest first, across batches too
+    # Full batches: a batch that stopped below the budget could not take its next text.
+    for positions in batches[:-1]:
+        assert (len(positions) + 1) * lengths[positions].max() > budget
+
+
+def test_without_a_budget_batches_hold_batch_size_texts() -> None:
+    from emotion_exp import batching
+
+    batches = batching.batch_positions(np.array([5, 1, 9, 3, 7, 2, 8]), batch_size=3)
+    assert [b.tolist() for b in batches] == [[2, 6, 4], [0, 3, 5], [1]]
+
+
+def test_token_batches_give_the_same_outputs_in_input_order(classifier) -> None:
+    tokenizer, model = classifier
+    texts = [*TEXTS, "a " * 60, "b", *TEXTS[::-1]]
+    common = {"max_length": 128, "precision": "fp32", "probabilities": True, "pooling": "mean"}
+    fixed = inference.run(model, tokenizer, texts, batch_size=32, **common)
+    # 30 tokens: the 62-token text goes alone, the others in batches of one to six.
+    budget = inference.run(model, tokenizer, texts, batch_size=32, batch_tokens=30, **common)
+    np.testing.assert_allclose(budget.probabilities, fixed.probabilities, atol=1e-5)
+    np.testing.assert_allclose(budget.pooled, fixed.pooled, atol=1e-5)
+
+
 def test_logits_come_raw_and_probabilities_are_their_softmax_over_the_temperature(classifier) -> None:
     import torch
 

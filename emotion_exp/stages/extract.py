@@ -40,7 +40,12 @@ def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
 
         encoder = features.load_encoder(resolved, precision, config.threads, runtime=runtime, pooling=config.pooling)
         extractions = features.extract_splits(
-            splits, encoder, pooling=config.pooling, max_length=config.max_length, batch_size=config.batch_size
+            splits,
+            encoder,
+            pooling=config.pooling,
+            max_length=config.max_length,
+            batch_size=config.batch_size,
+            batch_tokens=config.batch_tokens,
         )
         log_extractions(extractions)
         with tempfile.TemporaryDirectory() as folder:
