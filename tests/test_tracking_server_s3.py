@@ -8,11 +8,17 @@ settings file or output, and that `down` (or a failed `up`) leaves no SeaweedFS 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
+from tests.conftest import REPO_ROOT
+from tests.pyfunc_models import LABELS, log_keyword_model
 from tests.tracking_server import TrackingServer, pids_of, run_script
 
 pytestmark = pytest.mark.slow
@@ -44,6 +50,35 @@ def test_a_runs_artifacts_are_in_the_bucket_and_not_on_the_servers_disk(
     assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/notes/s3.txt") == "kept in S3"
     assert not (tracking_server.folder / "artifacts").exists()
     assert not list(tracking_server.folder.rglob("s3.txt"))  # SeaweedFS keeps it in its volumes, not as a file
+
+
+def test_the_spark_engine_scores_the_champion_read_from_the_bucket(
+    tracking_server: TrackingServer, on_server: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
+    name = f"spark-s3-{on_server[-8:]}"
+    with mlflow.start_run():
+        logged = log_keyword_model(input_example=False)  # models:/<model id>
+        version = mlflow.register_model(logged, name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version.version)
+    source = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["i feel so happy today", "this waiting makes me anxious"] * 50}).to_csv(source, index=False)
+    # A fresh process as a user runs it: the keyword model is defined in tests/, which the workers must import.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "emotion_exp", "predict", "--engine", "spark", "--input", str(source)]
+    command += ["--output", str(tmp_path / "out"), "--model_uri", f"models:/{name}@champion"]
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    predictions = pd.read_parquet(tmp_path / "out")  # Spark writes a folder of parquet parts
+    assert len(predictions) == 100 and set(predictions["label"]) <= set(LABELS)
+    [run] = mlflow.search_runs(filter_string="tags.stage = 'predict'", output_format="list")
+    assert run.info.status == "FINISHED" and run.data.params["engine"] == "spark"
+    # The model the workers scored with came from the bucket: the server keeps no artifact on its disk.
+    stored = tracking_server.bucket_keys(f"{run.info.experiment_id}/")
+    assert f"{run.info.experiment_id}/models/{logged.rsplit('/', 1)[1]}/artifacts/MLmodel" in stored, stored
+    assert not (tracking_server.folder / "artifacts").exists()
 
 
 def test_status_shows_the_object_store_and_no_key_is_shown_anywhere(tracking_server: TrackingServer) -> None:
