@@ -6,9 +6,10 @@
 
 The archive (tar.gz, mode 0600: the user database holds the users' password hashes) holds
 `manifest.json`, a `pg_dump` (custom format) of the tracking and user databases
-(`databases/<name>.dump`) and every artifact (`artifacts/<path>`); the manifest gives the sha256
-of each member, which `restore` checks before it makes anything. Secrets are not in it: `restore`
-generates new ones. The script imports this module to add these commands (docs/team-server.md).
+(`databases/<name>.dump`) and every artifact (`artifacts/<path>`: a file of DIR/artifacts, or an
+object of the `up --object-store` bucket by its key); the manifest gives the sha256 of each member,
+which `restore` checks before it makes anything. Secrets are not in it: `restore` generates new ones.
+The script imports this module to add these commands (docs/team-server.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -39,9 +40,9 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 DATABASES = (server.TRACKING_DB, server.AUTH_DB)
 CHUNK = 1 << 20
-# external: an s3:// (or other) destination, not archived yet; `up --object-store`'s bucket is one until this
-# module reads and refills it (boto3, imported in that one function).
-ARTIFACT_SOURCES = ("folder", "external")
+# folder: DIR/artifacts; bucket: the S3 bucket of `up --object-store` (read and refilled through its S3 API);
+# external: an operator's own s3:// (or other) destination, not archived.
+ARTIFACT_SOURCES = ("folder", "bucket", "external")
 # label: (migrations folder inside the mlflow package, alembic's version table, the command that migrates)
 SCHEMAS = {
     "tracking database": ("store/db_migrations", "alembic_version", ["-m", "mlflow", "db", "upgrade"]),
@@ -100,18 +101,20 @@ def backup(args: argparse.Namespace) -> int:
         raise server.SetupError(
             f"cannot write {target}: {target.parent} is not a folder; create it or pick another --to."
         )
-    with running_postgres(layout, settings):
+    source = artifact_source(settings)
+    with running_postgres(layout, settings), running_object_store(layout, settings, source):
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # mode 0700: dumps are private
         try:
-            manifest = write_archive(layout, settings, target, staging)
+            manifest = write_archive(layout, settings, source, target, staging)
         finally:
             shutil.rmtree(staging)
     artifacts = manifest["artifacts"]
+    where = f" (from the bucket {server.BUCKET} of its object store)" if source == "bucket" else ""
     print(
         f"backed up {layout.root} to {target} (mode 0600: it holds the users' password hashes): databases "
-        f"{', '.join(DATABASES)}; {artifacts['objects']} artifacts, {artifacts['bytes']} bytes"
+        f"{', '.join(DATABASES)}; {artifacts['objects']} artifacts{where}, {artifacts['bytes']} bytes"
     )
-    if artifacts["source"] == "external":
+    if source == "external":
         print(
             f"the artifacts in {settings['artifacts_destination']} are not in the archive: back them up with that "
             "store's own tools."
@@ -119,7 +122,7 @@ def backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_archive(layout: server.Layout, settings: dict, target: Path, staging: Path) -> dict:
+def write_archive(layout: server.Layout, settings: dict, source: str, target: Path, staging: Path) -> dict:
     """The archive, written to a temporary file (mode 0600) renamed over the target once whole."""
     environment = pg_environment(layout)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
@@ -131,11 +134,10 @@ def write_archive(layout: server.Layout, settings: dict, target: Path, staging: 
                 for database in DATABASES:
                     dump = staging / f"{database}.dump"
                     pg_tool(layout, settings, "pg_dump", ["-Fc", "-f", str(dump), database], environment)
-                    with dump.open("rb") as source:
-                        add_member(tar, checksums, f"databases/{database}.dump", source, dump.stat().st_size)
+                    with dump.open("rb") as reader:
+                        add_member(tar, checksums, f"databases/{database}.dump", reader, dump.stat().st_size)
                 count = size = 0
-                source = artifact_source(settings)
-                for relative, reader, length in artifact_objects(settings, source):
+                for relative, reader, length in artifact_objects(layout, settings, source, staging):
                     add_member(tar, checksums, f"artifacts/{relative}", reader, length)
                     count, size = count + 1, size + length
                 manifest = {
@@ -160,13 +162,21 @@ def write_archive(layout: server.Layout, settings: dict, target: Path, staging: 
 
 
 def artifact_source(settings: dict) -> str:
-    """Where the artifacts are: a folder of this machine, or a store of its own (`external`: not archived)."""
+    """Where the artifacts are: a folder of this machine, DIR's own bucket, or a store of the operator's (`external`:
+    not archived)."""
+    if settings.get("object_store"):
+        return "bucket"
     return "external" if "://" in settings["artifacts_destination"] else "folder"
 
 
-def artifact_objects(settings: dict, source: str) -> Iterator[tuple[str, BinaryIO, int]]:
-    """Each artifact as (path relative to the destination, an open reader, its size)."""
+def artifact_objects(
+    layout: server.Layout, settings: dict, source: str, staging: Path
+) -> Iterator[tuple[str, BinaryIO, int]]:
+    """Each artifact as (path relative to the destination, or its key in the bucket; an open reader; its size)."""
     if source == "external":
+        return
+    if source == "bucket":
+        yield from bucket_objects(layout, settings, staging)
         return
     folder = Path(settings["artifacts_destination"])
     if not folder.is_dir():  # no artifact was ever logged
@@ -177,6 +187,36 @@ def artifact_objects(settings: dict, source: str) -> Iterator[tuple[str, BinaryI
         if path.is_file():
             with path.open("rb") as reader:
                 yield path.relative_to(folder).as_posix(), reader, os.fstat(reader.fileno()).st_size
+
+
+def bucket_objects(layout: server.Layout, settings: dict, staging: Path) -> Iterator[tuple[str, BinaryIO, int]]:
+    """Every object of DIR's bucket, read through its S3 API into a private file of ``staging`` one at a time, so
+    that the archive gets exactly the size it is told and an S3 error is one line here, not mid-member."""
+    from botocore.exceptions import BotoCoreError, ClientError  # the server extra, like boto3 in s3_client
+
+    client = server.s3_client(layout, settings)
+    copy = staging / "object"
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.BUCKET):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                parts = PurePosixPath(key).parts
+                if key.startswith("/") or ".." in parts or PurePosixPath(key).as_posix() != key:
+                    raise server.SetupError(
+                        f"the bucket {server.BUCKET} holds {key!r}, which is not a plain path (MLflow never writes "
+                        "one): move or remove that object, then run backup again."
+                    )
+                body = client.get_object(Bucket=server.BUCKET, Key=key)["Body"]
+                fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as target:
+                    shutil.copyfileobj(body, target, CHUNK)
+                with copy.open("rb") as reader:
+                    yield key, reader, os.fstat(reader.fileno()).st_size
+                copy.unlink()
+    except (BotoCoreError, ClientError) as error:
+        raise server.SetupError(
+            f"cannot read the bucket {server.BUCKET} at {server.s3_endpoint(settings)}: {error}"
+        ) from error
 
 
 class _Hashing:
@@ -223,14 +263,18 @@ def restore(args: argparse.Namespace) -> int:
     created = not layout.root.exists()
     server.make_folder(layout)
     settings = {**manifest["settings"], "pg_port": args.pg_port or server.free_port()}
-    if manifest["artifacts"]["source"] == "folder":
+    source = manifest["artifacts"]["source"]
+    if source == "folder":
         settings["artifacts_destination"] = str(layout.artifacts)
+    if source == "bucket":  # a SeaweedFS of its own: free ports now, new keys when it first starts
+        settings["object_store"] = server.object_store_ports()
     try:
         server.init_postgres(layout)
         server.start_postgres(layout, settings["pg_port"])
         try:
             server.create_databases(layout, settings["pg_port"])
-            unpack(layout, settings, archive, manifest)
+            with running_object_store(layout, settings, source):
+                unpack(layout, settings, archive, manifest)
         finally:
             server.stop_postgres(layout)
         server.save_settings(layout, settings)
@@ -239,9 +283,11 @@ def restore(args: argparse.Namespace) -> int:
             shutil.rmtree(layout.root, ignore_errors=True)
         raise
     artifacts = manifest["artifacts"]
+    where = f" (in the bucket {server.BUCKET} of a new object store, new keys)" if source == "bucket" else ""
     print(
         f"restored {archive} (made {manifest['created']}, MLflow {manifest['mlflow_version']}) into {layout.root}: "
-        f"databases {', '.join(manifest['databases'])}; {artifacts['objects']} artifacts, {artifacts['bytes']} bytes"
+        f"databases {', '.join(manifest['databases'])}; {artifacts['objects']} artifacts{where}, "
+        f"{artifacts['bytes']} bytes"
     )
     installed = importlib.metadata.version("mlflow")
     if installed != manifest["mlflow_version"]:
@@ -315,20 +361,44 @@ def sha256(source: BinaryIO) -> str:
 def unpack(layout: server.Layout, settings: dict, archive: Path, manifest: dict) -> None:
     """Restore both databases and put the artifacts back, checking each member again as it is written."""
     environment = pg_environment(layout)
+    to_bucket = manifest["artifacts"]["source"] == "bucket"
     with (
         tempfile.TemporaryDirectory(prefix=".restore-", dir=layout.root) as staging,
         tarfile.open(archive, "r:gz") as tar,
     ):
+        upload = bucket_uploader(layout, settings) if to_bucket else None
         for member in tar:
             if member.name == MANIFEST:
                 continue
             top, relative = member.name.split("/", 1)
-            destination = Path(staging) / relative if top == "databases" else layout.artifacts / relative
+            if top == "databases":
+                destination = Path(staging) / relative
+            else:  # an object goes to the bucket through a private file, checked before it is uploaded
+                destination = Path(staging) / "object" if upload else layout.artifacts / relative
             write_member(tar.extractfile(member), destination, manifest["members"][member.name], archive)
+            if top == "artifacts" and upload:
+                upload(relative, destination)
+                destination.unlink()
         for database in manifest["databases"]:
             dump = str(Path(staging) / f"{database}.dump")
             restore_options = ["--exit-on-error", "--single-transaction", "--no-owner", "-d", database, dump]
             pg_tool(layout, settings, "pg_restore", restore_options, environment)
+
+
+def bucket_uploader(layout: server.Layout, settings: dict) -> Callable[[str, Path], None]:
+    """A function that puts a file into DIR's bucket under a key (one PUT each, like the MLflow server's)."""
+    from botocore.exceptions import BotoCoreError, ClientError  # the server extra, like boto3 in s3_client
+
+    client = server.s3_client(layout, settings)
+
+    def upload(key: str, path: Path) -> None:
+        try:
+            with path.open("rb") as body:
+                client.put_object(Bucket=server.BUCKET, Key=key, Body=body)
+        except (BotoCoreError, ClientError) as error:
+            raise server.SetupError(f"cannot put {key} into the bucket {server.BUCKET}: {error}") from error
+
+    return upload
 
 
 def write_member(source: BinaryIO, destination: Path, checksum: str, archive: Path) -> None:
@@ -461,6 +531,20 @@ def running_postgres(layout: server.Layout, settings: dict) -> Iterator[None]:
     finally:
         if started:
             server.stop_postgres(layout)
+
+
+@contextlib.contextmanager
+def running_object_store(layout: server.Layout, settings: dict, source: str) -> Iterator[None]:
+    """SeaweedFS of DIR running for the block when the artifacts are in its bucket: started (and stopped after)
+    when it was not running, as running_postgres does for PostgreSQL, so that a stopped server backs up too."""
+    started = None
+    if source == "bucket" and server.weed_pid(layout) is None:
+        started = server.start_seaweedfs(layout, settings, server.HEALTH_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        if started:
+            server.stop_seaweedfs(layout, settings, started)
 
 
 def pg_environment(layout: server.Layout) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """`deploy/tracking-server backup`, `restore` and `upgrade` against the session's real team server.
 
-One archive of the running server is restored into a new folder and brought `up` once: every run,
-metric, artifact, registered version, alias, user and permission is found there, and the champion
-loads from it. `upgrade` is a no-op on a current folder, refuses while the server runs on an older
+One archive of the running server (its artifacts read from its object store's bucket) is restored
+into a new folder, with an object store of its own, and brought `up` once: every run, metric,
+artifact (in the new bucket), registered version, alias, user and permission is found there, and
+the champion loads from it. `upgrade` is a no-op on a current folder, refuses while the server runs on an older
 schema and migrates it once stopped. A tampered archive is refused before anything is made.
 """
 
@@ -121,7 +122,7 @@ def test_the_archive_is_private_and_its_manifest_lists_both_databases_and_every_
     assert manifest["mlflow_version"] == mlflow.__version__ and manifest["postgresql_version"][:2].isdigit()
     assert manifest["settings"]["auth"] is True and manifest["settings"]["admin_username"] == ADMIN
     note = next(name for name in manifest["members"] if name.endswith(f"{archived.run_id}/artifacts/{NOTE_PATH}"))
-    assert manifest["artifacts"]["source"] == "folder" and manifest["artifacts"]["objects"] >= 2
+    assert manifest["artifacts"]["source"] == "bucket" and manifest["artifacts"]["objects"] >= 2
     assert digests.pop("manifest.json") and digests == manifest["members"] and note in digests
     secret_files = (archived.server.folder / "secrets").iterdir()
     tar_bytes = gzip.decompress(archived.archive.read_bytes())  # the dumps' data is compressed again by pg_dump
@@ -139,6 +140,7 @@ def test_a_restored_server_holds_every_run_model_user_and_permission(archived: A
     url = f"http://127.0.0.1:{free_port()}"  # the admin exists: `up` needs no credentials
     started = run_script(*docs_command("up", {**paths, "5001": url.rsplit(":", 1)[1]}), "--workers", "1")
     assert started.returncode == 0, started.stderr
+    check_a_bucket_of_its_own(archived, TrackingServer(url, new_folder, archived.server.admin_password))
 
     with pytest.MonkeyPatch.context() as patch:
         login(patch, url, ADMIN, archived.server.admin_password)
@@ -160,6 +162,17 @@ def test_a_restored_server_holds_every_run_model_user_and_permission(archived: A
 
     check_upgrade(new_folder)
     check_backup_of_a_stopped_server(new_folder, archived.archive)
+
+
+def check_a_bucket_of_its_own(archived: Archived, restored: TrackingServer) -> None:
+    """The restored server's artifacts are in the bucket of its own object store, reached with new keys at new ports."""
+    prefix = f"{archived.experiment_id}/{archived.run_id}/"
+    assert f"{prefix}artifacts/{NOTE_PATH}" in restored.bucket_keys(prefix)
+    assert restored.bucket_keys(prefix) == archived.server.bucket_keys(prefix)
+    ports = [json.loads((s.folder / "server.json").read_text())["object_store"] for s in (archived.server, restored)]
+    assert not set(ports[0].values()) & set(ports[1].values())
+    keys = [(s.folder / "secrets" / "s3-secret-key").read_text() for s in (archived.server, restored)]
+    assert keys[0] != keys[1]
 
 
 def check_backup_of_a_stopped_server(folder: Path, first: Path) -> None:
