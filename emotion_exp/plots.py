@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +64,7 @@ def umap_embedding(
     import umap
     from sklearn.preprocessing import MinMaxScaler
 
+    _cache_umap_compilation()
     labels = np.asarray(labels)
     if len(features) > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(len(features), size=max_points, replace=False))
@@ -75,6 +78,20 @@ def umap_embedding(
         n_neighbors=min(15, len(features) - 1),
     )
     return reducer.fit_transform(scaled), labels
+
+
+@functools.cache
+def _cache_umap_compilation() -> None:
+    """Keep UMAP's numba-compiled functions in numba's on-disk cache: compiling them costs 10-30 s of CPU,
+    which every run that draws a UMAP (each stage, each sweep trial, each test's subprocess) paid again.
+    Numba keys the cache by source file and CPU, so a changed umap or machine compiles afresh."""
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in ("umap", "pynndescent") and module is not None:
+            for value in list(vars(module).values()):
+                if isinstance(value, CPUDispatcher):
+                    value.enable_caching()
 
 
 def _cmap(index: int) -> str:
