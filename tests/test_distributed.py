@@ -15,7 +15,7 @@ from emotion_exp import distributed, finetune
 from emotion_exp.config import FinetuneConfig
 from emotion_exp.errors import UserError
 from tests import test_interrupt as interrupt
-from tests.test_interrupt import complete_checkpoints, emotion_exp, finish, history_steps, wait_for
+from tests.helpers import complete_checkpoints, emotion_exp, finish, history_steps, wait_for
 
 EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 8, 120
 STEPS_PER_EPOCH = TRAIN_ROWS // BATCH_SIZE

@@ -11,47 +11,28 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pytest
 from click.testing import CliRunner
-from mlflow.tracking import MlflowClient
 
 from emotion_exp import tracking
 from emotion_exp.cli import cli
-
-EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 4, 120
-STEPS_PER_EPOCH = TRAIN_ROWS // BATCH_SIZE
-WAIT_S = 240  # bound on every wait for a process; far above what each step needs
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-def owned_by(pid: int, **changes: str) -> dict[str, str]:
-    """The owner tags a run started now by process ``pid`` on this machine would carry, with ``changes``."""
-    tags = tracking.owner_tags()
-    if pid != os.getpid():
-        tags.update(pid=str(pid), pid_started="1")  # a process that started right after boot
-    return {**tags, **changes}
-
-
-def make_run(tags: dict[str, str], status: str = "RUNNING") -> str:
-    client = MlflowClient()
-    experiment_id = mlflow.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"]).experiment_id
-    run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    if status != "RUNNING":
-        client.set_terminated(run_id, status)
-    return run_id
+from tests.helpers import (
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    complete_checkpoints,
+    dead_pid,
+    emotion_exp,
+    finish,
+    history_steps,
+    make_run,
+    owned_by,
+    run_of_pid,
+    tiny_finetune,
+    wait_for,
+)
 
 
 def test_clean_stale_fails_only_runs_whose_process_is_gone() -> None:
@@ -131,70 +112,6 @@ def test_mlflow_run_clean_stale_fails_a_stale_run(tracking_uri: str, isolated_ml
 
 
 # --- real processes ----------------------------------------------------------------------------
-
-
-def emotion_exp(*args: str, log: Path) -> subprocess.Popen:
-    """Start the `emotion-exp` console script (or ``python -m emotion_exp``), output to ``log``."""
-    script = Path(sys.executable).with_name("emotion-exp")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "emotion_exp"]
-    # Two of these run at once on two cores: one torch thread each, or their spinning threads starve each other.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with log.open("w") as out:
-        return subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path, what: str) -> None:
-    """Poll until ``condition`` holds; fail if the process exits first or the bound runs out."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"exited with {process.returncode} before {what}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no {what} within {WAIT_S} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-def finish(process: subprocess.Popen, log: Path) -> int:
-    try:
-        return process.wait(timeout=WAIT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"still running after {WAIT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def complete_checkpoints(folder: Path) -> list[int]:
-    """Steps of the checkpoints whose save finished (the Trainer writes trainer_state.json last)."""
-    return sorted(int(p.parent.name.split("-")[1]) for p in folder.glob("*/checkpoint-*/trainer_state.json"))
-
-
-def run_of_pid(pid: int) -> str | None:
-    """The id of the run that process ``pid`` has open, if it has one yet."""
-    runs = mlflow.search_runs(filter_string=f"tags.pid = '{pid}'", output_format="list")
-    return runs[0].info.run_id if runs else None
-
-
-def tiny_finetune(dataset: Path, model: Path, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE) -> list[str]:
-    """The finetune command line of the tiny model on small data that the interrupt tests start."""
-    return [
-        "finetune",
-        "--dataset",
-        str(dataset),
-        "--model",
-        str(model),
-        "--epochs",
-        str(epochs),
-        "--batch_size",
-        str(batch_size),
-        "--max_length",
-        "16",
-        "--umap_max_points",
-        "50",
-    ]
-
-
-def history_steps(run_id: str, metric: str) -> list[int]:
-    return sorted({m.step for m in MlflowClient().get_metric_history(run_id, metric)})
 
 
 @pytest.mark.slow

@@ -22,8 +22,7 @@ from sqlalchemy.engine import Engine
 
 from emotion_exp import interrupts
 from emotion_exp.errors import Terminated
-from tests.helpers import mlflow_run_command
-from tests.test_interrupt import WAIT_S, emotion_exp, finish, run_of_pid, wait_for
+from tests.helpers import WAIT_S, emotion_exp, finish, mlflow_run_command, run_of_pid, wait_for
 
 
 def running_stage_run(experiment: str, stage: str) -> str | None:

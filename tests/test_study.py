@@ -13,23 +13,9 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
 from emotion_exp.cli import cli
-from tests.helpers import mlflow_run
+from tests.helpers import STAGES, mlflow_run, study_params
 
-STAGES = {"extract", "dummy", "probe", "tfidf", "finetune", "promote", "evaluate"}
 COMPARED = ["extract", "dummy", "probe", "tfidf", "finetune"]
-
-
-def study_params(small_dataset: Path, tiny_model_dir: Path, registered_model: str) -> dict[str, str]:
-    """The smallest study: tiny encoder, small data, one epoch, short texts."""
-    return {
-        "dataset": str(small_dataset),
-        "model": str(tiny_model_dir),
-        "epochs": "1",
-        "max_length": "32",
-        "batch_size": "16",
-        "umap_max_points": "200",
-        "registered_model": registered_model,
-    }
 
 
 def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:

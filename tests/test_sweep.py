@@ -292,7 +292,7 @@ def trial_runs_of_study(study_name: str) -> list[mlflow.entities.Run]:
 def test_ctrl_c_ends_the_current_trial_cleanly_and_the_hint_resumes_the_study(
     small_dataset: Path, tmp_path: Path, isolated_mlflow: str
 ) -> None:
-    from tests.test_interrupt import emotion_exp, finish, wait_for
+    from tests.helpers import emotion_exp, finish, wait_for
 
     name = f"sweep-{uuid.uuid4().hex[:8]}"
     options = ["sweep", "--dataset", str(small_dataset), "--n_trials", "3", "--registered_model", ""]

@@ -27,21 +27,22 @@ from emotion_exp import data, tracking
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig
 from tests.conftest import REPO_ROOT
-from tests.helpers import mlflow_run
-from tests.model_server import serving
-from tests.pyfunc_models import LABELS, log_keyword_model
-from tests.test_interrupt import (
+from tests.helpers import (
+    STAGES,
     complete_checkpoints,
     dead_pid,
     emotion_exp,
     finish,
     make_run,
+    mlflow_run,
     owned_by,
     run_of_pid,
+    study_params,
     tiny_finetune,
     wait_for,
 )
-from tests.test_study import STAGES, study_params
+from tests.model_server import serving
+from tests.pyfunc_models import LABELS, log_keyword_model
 from tests.tracking_server import ADMIN, TrackingServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:An input example was not provided")]
