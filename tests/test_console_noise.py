@@ -169,6 +169,7 @@ def test_the_team_servers_log_has_no_starlette_deprecation_warning(tracking_serv
     assert "StarletteDeprecationWarning" not in log, log[-3000:]
 
 
+@pytest.mark.slow  # a Python process per snippet, each importing MLflow's server app
 def test_the_docs_admin_snippets_print_no_starlette_deprecation_warning() -> None:
     # Their client imports MLflow's fastapi_app, which imports starlette.middleware.wsgi: a warning to every admin.
     import sys

@@ -13,6 +13,10 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
+
+# Each test starts a Python process that imports MLflow and torch: seconds each, so CI runs them, not the fast loop.
+pytestmark = pytest.mark.slow
 
 MISMATCH = "MLFLOW_EXPERIMENT_ID environment variable value `99999` does not match the experiment id"
 
