@@ -3,8 +3,9 @@
 The study tokenized each whole split padded to its longest text and ran batches of 1,000 in
 fp32, taking the [CLS] state. Ours sorts texts by token length and pads per batch, under
 ``torch.inference_mode``, in exact fp32 and in the precision ``auto`` picks here (bf16 where the
-CPU runs it natively), plus dynamic int8 (measured only: it costs too much accuracy to offer).
-Throughput counts tokenization and forward passes.
+CPU runs it natively), plus dynamic int8 (measured only: it costs too much accuracy to offer);
+batches of ``--batch_size`` texts and, in the same run, batches of ``--batch_tokens`` padded tokens
+(the stage's ``--batch_tokens``). Throughput counts tokenization and forward passes.
 
     python -m benchmarks.extract            # 16,000 texts (the bundled sample resampled)
     python -m benchmarks.extract --quick    # 1,000 texts, CI-sized
@@ -71,8 +72,12 @@ def study_method(texts: list[str], encoder: features.Encoder) -> tuple[float, np
     return len(texts) / seconds, np.concatenate(outputs)
 
 
-def our_method(texts: list[str], encoder: features.Encoder, batch_size: int) -> tuple[float, np.ndarray]:
-    extraction = features.extract(texts, encoder, pooling="cls", batch_size=batch_size, progress=False)
+def our_method(
+    texts: list[str], encoder: features.Encoder, batch_size: int, batch_tokens: int = 0
+) -> tuple[float, np.ndarray]:
+    extraction = features.extract(
+        texts, encoder, pooling="cls", batch_size=batch_size, batch_tokens=batch_tokens, progress=False
+    )
     return extraction.texts_per_second, extraction.features
 
 
@@ -95,6 +100,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="A CI-sized run: 1,000 texts.")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--batch_size", type=int, default=32, help="Our batch size (the study's is 1,000).")
+    parser.add_argument(
+        "--batch_tokens",
+        default="2048,8192",
+        help="Token budgets to batch by as well, comma-separated (fp32 and auto each; '' = none).",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the best counts.")
     parser.add_argument("--accuracy", action="store_true", help="Also fit the probe per precision (cls and mean).")
     parser.add_argument(
@@ -114,6 +124,12 @@ def main() -> None:
     args = parser.parse_args()
     prefer_passive_openmp()  # as the CLI does, before torch loads
     count = 1000 if args.quick else args.texts
+    try:
+        budgets = [int(part) for part in args.batch_tokens.split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"--batch_tokens takes whole numbers separated by commas; got {args.batch_tokens!r}")
+    if any(budget < 1 for budget in budgets):
+        parser.error(f"--batch_tokens budgets must be at least 1; got {args.batch_tokens!r}")
 
     import torch
 
@@ -154,14 +170,20 @@ def main() -> None:
     for encoder in encoders.values():
         our_method(warmup, encoder, args.batch_size)
 
-    results = {name: Result(name) for name in ("study fp32", "ours fp32", f"ours auto ({auto})", "ours int8")}
+    runs = {
+        "study fp32": lambda: study_method(texts, encoders["fp32"]),
+        "ours fp32": lambda: our_method(texts, encoders["fp32"], args.batch_size),
+        f"ours auto ({auto})": lambda: our_method(texts, encoders["auto"], args.batch_size),
+        "ours int8": lambda: our_method(texts, encoders["int8"], args.batch_size),
+    }
+    budget_of = {name: 0 for name in runs}
+    for budget in budgets:
+        for key in ("fp32", "auto"):
+            name = f"ours {key} {budget} tok"
+            runs[name] = lambda key=key, budget=budget: our_method(texts, encoders[key], args.batch_size, budget)
+            budget_of[name] = budget
+    results = {name: Result(name) for name in runs}
     for _ in range(args.repeats):
-        runs = {
-            "study fp32": lambda: study_method(texts, encoders["fp32"]),
-            "ours fp32": lambda: our_method(texts, encoders["fp32"], args.batch_size),
-            f"ours auto ({auto})": lambda: our_method(texts, encoders["auto"], args.batch_size),
-            "ours int8": lambda: our_method(texts, encoders["int8"], args.batch_size),
-        }
         for name, method in runs.items():
             speed, values = method()
             if speed > results[name].texts_per_second:
@@ -172,7 +194,7 @@ def main() -> None:
     flops = {  # the study pads every text to the longest of the split and runs batches of 1,000
         name: peak.encoder_flops(model.config, [truncated.max()] * count, STUDY_BATCH)
         if name.startswith("study")
-        else peak.encoder_flops(model.config, truncated, args.batch_size)
+        else peak.encoder_flops(model.config, truncated, args.batch_size, token_budget=budget_of[name])
         for name in results
     }
     print(
@@ -200,6 +222,12 @@ def main() -> None:
             f"{result.name:<20}{result.texts_per_second:>10.1f}{ratio:>7.1f}x"
             f"{diff:>12.2e}{cosine:>12.5f}{gflops:>9.1f} {of_peak}"
         )
+    for budget in budgets:
+        cells = [
+            f"{results[f'ours {key} {budget} tok'].texts_per_second / results[fixed].texts_per_second:.2f}x ({label})"
+            for key, fixed, label in (("fp32", "ours fp32", "fp32"), ("auto", f"ours auto ({auto})", auto))
+        ]
+        print(f"{budget} tokens a batch against {args.batch_size} texts: {', '.join(cells)}")
 
     accuracy = {}
     if args.accuracy:
@@ -218,6 +246,11 @@ def main() -> None:
         }
         metrics = {f"{name}_texts_per_second": rate for name, rate in speeds.items()}
         metrics |= {f"{name}_speedup": rate / speeds["study"] for name, rate in speeds.items() if name != "study"}
+        metrics |= {
+            f"{key}_{budget}_tokens_texts_per_second": results[f"ours {key} {budget} tok"].texts_per_second
+            for budget in budgets
+            for key in ("fp32", "auto")
+        }
         metrics |= {f"probe_val_accuracy_{name}": value for name, value in accuracy.items()}
         with harness.store(track=True):
             harness.log(
@@ -227,6 +260,7 @@ def main() -> None:
                     "texts": count,
                     "lengths": args.lengths,
                     "batch_size": args.batch_size,
+                    "batch_tokens": args.batch_tokens,
                     "repeats": args.repeats,
                     "threads": args.threads,
                     "auto_precision": auto,

@@ -47,22 +47,27 @@ def matmul_peak(cores: int) -> dict[tuple[str, int], float]:
     return {(p, n): matmul_gflops(p, n) for p in precisions for n in counts}
 
 
-def encoder_flops(model_config: object, lengths: Sequence[int], batch_size: int, *, training: bool = False) -> float:
+def encoder_flops(
+    model_config: object, lengths: Sequence[int], batch_size: int, *, training: bool = False, token_budget: int = 0
+) -> float:
     """Floating-point operations of a BERT-style encoder over length-sorted batches of ``lengths``.
 
     Per layer and token: the Q, K, V and output projections (4 h^2 multiply-adds) and the feed-forward
     block (2 h i); per layer and pair of tokens in a batch row: scores and weighted sum (2 h). Each
-    batch pads to its longest text, as ``batching.sorted_batches`` does. Training costs three forward
-    passes (the backward pass is about twice the forward). Embeddings, norms and heads are left out.
+    batch pads to its longest text, as ``batching.sorted_batches`` does (``batch_size`` texts, or
+    ``token_budget`` padded tokens, a batch). Training costs three forward passes (the backward pass is
+    about twice the forward). Embeddings, norms and heads are left out.
     """
+    from emotion_exp import batching
+
     h, i = model_config.hidden_size, model_config.intermediate_size
     layers = model_config.num_hidden_layers
-    ordered = np.sort(np.asarray(lengths))[::-1]
+    lengths = np.asarray(lengths)
     macs = 0.0
-    for start in range(0, len(ordered), batch_size):
-        rows = ordered[start : start + batch_size]
-        padded = int(rows[0])
-        macs += len(rows) * padded * layers * (4 * h * h + 2 * h * i) + len(rows) * layers * 2 * padded * padded * h
+    for positions in batching.batch_positions(lengths, batch_size, token_budget):
+        padded = int(lengths[positions].max())
+        rows = len(positions)
+        macs += rows * padded * layers * (4 * h * h + 2 * h * i) + rows * layers * 2 * padded * padded * h
     return 2 * macs * (3 if training else 1)
 
 
