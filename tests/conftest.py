@@ -114,6 +114,24 @@ def registered_tfidf(tracking_uri: str, small_dataset: Path) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
+def extract_run(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path) -> str:
+    """The tiny encoder's features of the small data (cls pooling, fp32), extracted once per session; its run id.
+
+    The run lives in its own experiment, so no test's own extract finds it for reuse; tests pass it
+    as ``features_run_id``.
+    """
+    import mlflow
+
+    from emotion_exp.config import ExtractConfig
+    from emotion_exp.stages import extract
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(f"session-extract-{uuid.uuid4().hex[:8]}")  # the test's own is set after this
+    config = ExtractConfig(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100)
+    return extract.run(config)
+
+
+@pytest.fixture(scope="session")
 def finetuned_champion(
     tracking_uri: str, small_dataset: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, str]:

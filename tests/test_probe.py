@@ -71,18 +71,13 @@ def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text
     assert mlflow.get_run(second_id).data.tags["features_run_id"] == extract_run.info.run_id
 
 
-def test_an_explicit_features_run_id_is_used(small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str) -> None:
-    from emotion_exp.config import subset
-
-    config = _config(small_dataset, tiny_model_dir, pooling="mean", max_iter=1)
-    features_run = extract.run(subset(config, ExtractConfig))
-    probe_id = probe.run(
-        _config(small_dataset, tiny_model_dir, pooling="mean", max_iter=1, features_run_id=features_run)
-    )
+def test_an_explicit_features_run_id_is_used(small_dataset: Path, tiny_model_dir: Path, extract_run: str) -> None:
+    probe_id = probe.run(_config(small_dataset, tiny_model_dir, max_iter=1, features_run_id=extract_run))
     run = mlflow.get_run(probe_id)
-    assert run.data.tags["features_run_id"] == features_run
+    assert run.data.tags["features_run_id"] == extract_run
     assert "did not converge in 1 iterations" in run.data.tags["warning"]
-    assert "mlflow.parentRunId" not in mlflow.get_run(features_run).data.tags
+    assert "mlflow.parentRunId" not in mlflow.get_run(extract_run).data.tags
+    assert not [r for r in mlflow.search_runs(output_format="list") if r.data.tags.get("stage") == "extract"]
 
 
 def test_a_features_run_id_that_does_not_exist_fails_with_the_reason(
@@ -95,7 +90,7 @@ def test_a_features_run_id_that_does_not_exist_fails_with_the_reason(
 
 
 def test_a_features_run_id_of_another_dataset_or_key_or_stage_is_refused(
-    small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
+    small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str, extract_run: str
 ) -> None:
     other_data = extract.run(
         ExtractConfig(model=str(tiny_model_dir), precision="fp32", umap_max_points=100, max_samples=60)
@@ -103,11 +98,8 @@ def test_a_features_run_id_of_another_dataset_or_key_or_stage_is_refused(
     with pytest.raises(UserError, match=r"holds features of another dataset \(emotion-sample, digest"):
         probe.run(_config(small_dataset, tiny_model_dir, features_run_id=other_data))
 
-    cls_run = extract.run(
-        ExtractConfig(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100)
-    )
     with pytest.raises(UserError, match=r"made its features with pooling=cls \(not mean\); pass the same values"):
-        probe.run(_config(small_dataset, tiny_model_dir, pooling="mean", features_run_id=cls_run))
+        probe.run(_config(small_dataset, tiny_model_dir, pooling="mean", features_run_id=extract_run))
 
     probe_run = _runs(isolated_mlflow, "probe")[0].info.run_id
     with pytest.raises(UserError, match=r"is a FAILED 'probe' run, not a finished extract run"):
