@@ -74,14 +74,21 @@ def batch_positions(lengths: np.ndarray, batch_size: int, token_budget: int = 0)
 
 
 def sorted_batches(
-    tokenized: TokenizedTexts, tokenizer: PreTrainedTokenizerBase, batch_size: int, token_budget: int = 0
+    tokenized: TokenizedTexts,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    token_budget: int = 0,
+    tensors: str = "pt",
 ) -> Iterator[tuple[np.ndarray, BatchEncoding]]:
-    """Yield ``(positions, padded batch)`` of texts of similar length, longest first (``batch_positions``)."""
+    """Yield ``(positions, padded batch)`` of texts of similar length, longest first (``batch_positions``).
+
+    ``tensors`` is ``pt`` (torch) or ``np``: ONNX Runtime takes numpy, where torch may not be installed.
+    """
     for positions in batch_positions(tokenized.lengths, batch_size, token_budget):
         batch = tokenizer.pad(
             {"input_ids": [tokenized.input_ids[i] for i in positions]},
             padding="longest",
-            return_tensors="pt",
+            return_tensors=tensors,
         )
         yield positions, batch
 

@@ -7,13 +7,21 @@ pooling (extraction) or logits (a sequence classifier) inside the graph, and cac
 user's cache folder by its weights digest, kind, pooling and precision; ``onnx-int8`` is
 ``quantize_dynamic`` of that fp32 export, cached the same way. Files land by ``os.replace``, so
 two processes exporting the same model at once never leave a half-written file. This module
-never imports mlflow; the fine-tuned model's serving can reuse ``export`` for its logits.
+never imports mlflow.
+
+A fine-tuned classifier is logged with a serving folder (``write_serving_folder``: its logits
+export, tokenizer.json and settings); ``open_serving_folder`` and ``run`` serve it with
+onnxruntime, tokenizers and numpy only, so this module imports torch and transformers only
+inside the functions that export.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -153,13 +161,25 @@ def export(
             )
     if not quantized:
         return path
-    int8 = folder / f"{stem.removesuffix('-fp32')}-int8.onnx"
-    if not int8.exists():
+    return quantize(path, folder / f"{stem.removesuffix('-fp32')}-int8.onnx")
+
+
+def quantize(path: Path, target: Path | None = None) -> Path:
+    """The int8 dynamic quantisation of the fp32 export at ``path``, written to ``target`` once.
+
+    ``target`` defaults to the cache, named by the export file's digest (a logged model's folder may
+    be read-only).
+    """
+    if target is None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+        target = cache_dir() / f"{digest}-file-int8.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        with _landing(int8) as partial:
+        with _landing(target) as partial:
             quantize_dynamic(str(path), str(partial), weight_type=QuantType.QInt8)
-    return int8
+    return target
 
 
 def _fp32_cpu(model: PreTrainedModel) -> PreTrainedModel:
@@ -238,7 +258,7 @@ def load(
 
 def run(
     session: Session,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase | FastTokenizer,
     texts: Sequence[str],
     *,
     max_length: int,
@@ -258,8 +278,8 @@ def run(
     if count:
         tokenized = batching.tokenize(texts, tokenizer, max_length)
         truncated = tokenized.truncated
-        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens):
-            feeds = {name: batch[name].numpy().astype(np.int64) for name in ("input_ids", "attention_mask")}
+        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens, tensors="np"):
+            feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in ("input_ids", "attention_mask")}
             parts.append((np.asarray(positions), session.session.run(None, feeds)[0]))
     width = parts[0][1].shape[1] if parts else 0
     result = np.empty((count, width), dtype=np.float32)
@@ -271,3 +291,114 @@ def run(
     scaled = result / temperature
     exp = np.exp(scaled - scaled.max(axis=1, keepdims=True))
     return inference.Outputs(result, exp / exp.sum(axis=1, keepdims=True), None, truncated, seconds)
+
+
+# A logged classifier's serving folder: what a served model needs to run without torch and transformers.
+SERVING_EXPORT = "model.onnx"
+SERVING_TOKENIZER = "tokenizer.json"
+SERVING_SETTINGS = "serving.json"
+
+
+def importable(name: str) -> bool:
+    """Whether ``name`` can be imported here, without importing it (torch alone takes seconds)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
+
+
+def resolve_loaded(runtime: str, exported: bool) -> tuple[str, str]:
+    """``resolve_runtime`` for a logged classifier, ``exported`` when it carries its ONNX serving folder.
+
+    Where torch is not installed, the logged export serves (``auto`` and ``onnx``); elsewhere the
+    rule of ``resolve_runtime`` holds, and a model logged without an export is exported at load.
+    """
+    if runtime not in RUNTIMES:
+        raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
+    if importable("torch") and importable("transformers"):
+        return resolve_runtime(runtime)
+    if runtime == "torch":
+        raise UserError("runtime torch needs torch and transformers, not installed here: pass runtime auto or onnx.")
+    if not exported:
+        raise UserError(
+            "This model was logged without its ONNX export, and torch is not installed here: install torch and "
+            "transformers, or log the model again (the finetune stage logs the export)."
+        )
+    if not importable("onnxruntime") or (runtime == "onnx-int8" and not importable("onnx")):
+        raise UserError(f"runtime {runtime} needs onnxruntime (and onnx for onnx-int8), not installed here.")
+    if runtime == "auto":
+        return "onnx", "torch is not installed here: the logged ONNX export"
+    return runtime, "asked for"
+
+
+def write_serving_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
+    """Write ``model``'s fp32 logits export, its tokenizer.json and the settings a torch-free load needs.
+
+    The export comes from the cache (``export``); the settings are the padding and truncation the
+    transformers tokenizer applies and the label names, so ``FastTokenizer`` batches as torch does.
+    """
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(export(model, tokenizer, kind="logits"), folder / SERVING_EXPORT)
+    tokenizer.backend_tokenizer.save(str(folder / SERVING_TOKENIZER))
+    settings = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "padding_side": tokenizer.padding_side,
+        "truncation_side": tokenizer.truncation_side,
+        "label_names": [model.config.id2label[i] for i in range(model.config.num_labels)],
+    }
+    (folder / SERVING_SETTINGS).write_text(json.dumps(settings, indent=2))
+    return folder
+
+
+class FastTokenizer:
+    """A saved tokenizer.json run by the ``tokenizers`` package: what ``batching`` asks of a transformers tokenizer.
+
+    Same truncation (``max_length`` counting the special tokens) and padding (the pad id, the side)
+    as the transformers tokenizer it was saved from, so a served model needs no transformers.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        settings = json.loads((folder / SERVING_SETTINGS).read_text())
+        self._tokenizer = Tokenizer.from_file(str(folder / SERVING_TOKENIZER))
+        self._tokenizer.no_padding()
+        self._truncation_side = settings["truncation_side"]
+        self._padding_side = settings["padding_side"]
+        self.pad_token_id: int = settings["pad_token_id"]
+        self.sep_token_id: int | None = settings["sep_token_id"]
+        self.label_names: list[str] = settings["label_names"]
+
+    def __call__(
+        self, texts: list[str], *, truncation: bool, max_length: int, add_special_tokens: bool
+    ) -> dict[str, list[list[int]]]:
+        if truncation:
+            self._tokenizer.enable_truncation(max_length, direction=self._truncation_side)
+        else:
+            self._tokenizer.no_truncation()
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return {"input_ids": [encoding.ids for encoding in encodings]}
+
+    def pad(self, encoded: dict[str, list[list[int]]], *, padding: str, return_tensors: str) -> dict[str, np.ndarray]:
+        """Pad to the longest (the only ``padding`` batching asks for) as numpy arrays."""
+        if padding != "longest" or return_tensors != "np":
+            raise ValueError(f"FastTokenizer pads to the longest as numpy only; got {padding!r}, {return_tensors!r}")
+        rows = encoded["input_ids"]
+        width = max((len(ids) for ids in rows), default=0)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        for row, ids in enumerate(rows):
+            span = slice(width - len(ids), width) if self._padding_side == "left" else slice(0, len(ids))
+            input_ids[row, span] = ids
+            attention_mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def open_serving_folder(folder: Path, runtime: str, threads: int) -> tuple[Session, FastTokenizer]:
+    """A session on a serving folder's export (``onnx-int8``: its quantisation, cached) and its tokenizer."""
+    path = folder / SERVING_EXPORT
+    if runtime == "onnx-int8":
+        path = quantize(path)
+    return open_session(path, "logits", threads=threads), FastTokenizer(folder)

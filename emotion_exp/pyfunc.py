@@ -32,12 +32,18 @@ SKIP_EMPTY = "skip_empty"
 MAX_TEXTS = "max_texts"
 DEFAULT_MAX_TEXTS = 10_000
 MAX_CHARS = "max_chars"
-MODEL_CONFIG = {MAX_TEXTS: DEFAULT_MAX_TEXTS, MAX_CHARS: text_rule.DEFAULT_MAX_CHARS}
-"""Logged with every model: texts one call may hold (a request to ``mlflow models serve``), characters per text.
+RUNTIME = "runtime"
+MODEL_CONFIG = {MAX_TEXTS: DEFAULT_MAX_TEXTS, MAX_CHARS: text_rule.DEFAULT_MAX_CHARS, RUNTIME: "auto"}
+"""Logged with every model: texts one call may hold (a request to ``mlflow models serve``), characters per text,
+and the runtime the encoder models run on (``auto``, ``torch``, ``onnx`` or ``onnx-int8``; see
+``onnx_runtime.resolve_loaded``), chosen where the model loads.
 
 MLflow lets a loader override only keys the logged config has (``load_model(uri, model_config=...)``,
 ``SERVING_MODEL_CONFIG`` or ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` as JSON for a served model).
 """
+ONNX_SERVE_PACKAGES = ("onnxruntime", "tokenizers")
+"""What a fine-tuned model's torch-free environment needs beyond mlflow, pandas and numpy (``requirements``):
+the ``[onnx-serve]`` extra of pyproject.toml names the same packages."""
 SERVED_PART = 512
 """Texts a served request predicts between two checks of its deadline."""
 # Set by MLflow's scoring server (mlflow.environment_variables), read here without importing its internals.
@@ -378,15 +384,22 @@ class _EncoderModel(TextModel):
 class TransformerClassifier(_EncoderModel):
     """A fine-tuned transformers sequence classifier with its tokenizer: texts in, label and probabilities out.
 
-    Its one artifact (``classifier``) is the folder ``save_pretrained`` wrote, so loading needs
-    no hub; the label names come from the model's ``id2label``. Texts are predicted in
-    length-sorted batches under ``torch.inference_mode``, in bf16 where the hardware runs it
-    natively (``precision="auto"``), with probabilities computed in fp32 from the logits divided
-    by ``temperature`` (fitted on validation by the finetune stage; 1 = the raw softmax), on the
-    intra-op thread count that ``threads`` asks for (``auto``: torch's own, see ``threads.use``).
+    Its artifact ``classifier`` is the folder ``save_pretrained`` wrote, so loading needs no hub;
+    the label names come from the model's ``id2label``. Texts are predicted in length-sorted
+    batches, with probabilities computed in fp32 from the logits divided by ``temperature``
+    (fitted on validation by the finetune stage; 1 = the raw softmax), on the intra-op thread
+    count that ``threads`` asks for (``auto``: torch's own, see ``threads.use``).
+
+    The model_config ``runtime`` picks the engine where the model loads (``runtime`` and
+    ``runtime_reason`` say which and why): torch (bf16 where the hardware runs it natively,
+    ``precision="auto"``) or ONNX Runtime fp32 (``onnx-int8``: its int8 quantisation). Models
+    logged with the artifact ``onnx`` (``serving_artifacts``) carry their export and tokenizer.json,
+    and where torch is not installed they serve from it with onnxruntime and tokenizers only
+    (``ONNX_SERVE_PACKAGES``): this class imports torch and transformers only on the torch path.
     """
 
     ARTIFACT = "classifier"
+    ONNX_ARTIFACT = "onnx"
     # Models logged before temperature scaling unpickle without the attribute: they keep the raw softmax.
     temperature: float = 1.0
 
@@ -403,6 +416,25 @@ class TransformerClassifier(_EncoderModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         super().load_context(context)
+        from emotion_exp import onnx_runtime
+
+        serving = context.artifacts.get(self.ONNX_ARTIFACT)
+        asked = str((context.model_config or {}).get(RUNTIME, "auto"))
+        self.runtime, self.runtime_reason = onnx_runtime.resolve_loaded(asked, exported=serving is not None)
+        self._session: onnx_runtime.Session | None = None
+        if self.runtime != "torch" and serving is not None:
+            self._serving = Path(serving)
+            self._tokenizer = onnx_runtime.FastTokenizer(self._serving)
+            self._label_names = self._tokenizer.label_names
+            self.set_threads(getattr(self, "threads", "auto"))
+            return
+        self._load_torch(context.artifacts[self.ARTIFACT])
+        if self.runtime != "torch":  # logged without its export: exported here, cached
+            self._session = onnx_runtime.load(
+                self._model, self._tokenizer, runtime=self.runtime, kind="logits", threads=self.threads_used
+            )
+
+    def _load_torch(self, folder: str) -> None:
         from emotion_exp.threads import prefer_passive_openmp
 
         prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
@@ -410,37 +442,68 @@ class TransformerClassifier(_EncoderModel):
 
         from emotion_exp import batching, models
 
-        folder = context.artifacts[self.ARTIFACT]
         with quietly_loading():
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
             loaded = AutoModelForSequenceClassification.from_pretrained(folder)
         self._model = loaded.eval().to(batching.best_device())
         config = self._model.config
         self._label_names = [config.id2label[i] for i in range(config.num_labels)]
-        self._precision = models.resolve_precision(self.precision)
+        self._precision = models.resolve_precision(self.precision) if self.runtime == "torch" else "fp32"
         self.set_threads(getattr(self, "threads", "auto"))  # models logged before the option had none
 
     def set_threads(self, threads: str | int) -> None:
-        """Use ``threads`` intra-op threads from now on; ``threads_used`` says how many."""
-        from emotion_exp.threads import use
+        """Use ``threads`` intra-op threads from now on; ``threads_used`` says how many.
 
-        self.threads_used = use(threads)
+        ONNX Runtime fixes its count per session: a served export's session is opened again (it
+        loads in well under a second); torch's count is set in place.
+        """
+        from emotion_exp import onnx_runtime
+        from emotion_exp import threads as thread_rule
+
+        if self.runtime == "torch" or not hasattr(self, "_serving"):
+            self.threads_used = thread_rule.use(threads)
+            if self._session is not None:
+                self._session = onnx_runtime.open_session(self._session.path, "logits", threads=self.threads_used)
+            return
+        self.threads_used = thread_rule.parse(threads) or thread_rule.available_cores()
+        self._session = onnx_runtime.open_serving_folder(self._serving, self.runtime, self.threads_used)[0]
 
     @text_input
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from emotion_exp import inference
+        texts = model_input  # text_input hands over the checked, non-empty texts as a list
+        if not texts:
+            return predictions_frame(np.zeros((0, len(self._label_names))), self._label_names)
+        options = {"max_length": self.max_length, "batch_size": self.batch_size, "temperature": self.temperature}
+        if self._session is not None:
+            from emotion_exp import onnx_runtime
 
-        outputs = inference.run(
-            self._model,
-            self._tokenizer,
-            model_input,  # text_input hands over the checked, non-empty texts as a list
-            max_length=self.max_length,
-            batch_size=self.batch_size,
-            precision=self._precision,
-            probabilities=True,
-            temperature=self.temperature,
-        )
+            outputs = onnx_runtime.run(self._session, self._tokenizer, texts, **options)
+        else:
+            from emotion_exp import inference
+
+            outputs = inference.run(
+                self._model, self._tokenizer, texts, precision=self._precision, probabilities=True, **options
+            )
         return predictions_frame(outputs.probabilities, self._label_names)
+
+    @staticmethod
+    def serving_artifacts(folder: Path) -> dict[str, str]:
+        """The artifacts of a classifier saved in ``folder``: the folder, and its ONNX serving folder beside it.
+
+        The serving folder, ``onnx`` beside ``folder`` (``onnx_runtime.write_serving_folder``), also holds
+        ``requirements.txt``: the pinned ``[onnx-serve]`` packages a torch-free environment installs to serve it.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from emotion_exp import onnx_runtime
+
+        with quietly_loading():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        onnx = TransformerClassifier.ONNX_ARTIFACT
+        serving = onnx_runtime.write_serving_folder(model, tokenizer, folder.parent / onnx)
+        (serving / "requirements.txt").write_text("\n".join(requirements(*ONNX_SERVE_PACKAGES)) + "\n")
+        return {TransformerClassifier.ARTIFACT: str(folder), onnx: str(serving)}
 
 
 class ProbeClassifier(_EncoderModel):

@@ -49,16 +49,18 @@ def local_server(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    bin_dir: Path | None = None,
 ) -> Iterator[str]:
     """Run ``command(port)`` until the block ends; yield ``http://127.0.0.1:<port>`` once ``ready_path`` answers.
 
-    The environment's bin folder goes first on PATH (``mlflow models serve`` starts uvicorn from
-    PATH); output goes to ``log_path``; the whole process group is stopped afterwards.
+    The environment's bin folder (``bin_dir``, default this interpreter's: another virtual
+    environment's serves from there) goes first on PATH (``mlflow models serve`` starts uvicorn
+    from PATH); output goes to ``log_path``; the whole process group is stopped afterwards.
     """
     import requests
 
     env = {**(os.environ if env is None else env)}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{bin_dir or Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:

@@ -214,7 +214,8 @@ def log_result(
         pyfunc.TransformerClassifier(
             max_length=config.max_length, batch_size=config.batch_size, temperature=temperature
         ),
-        artifacts={pyfunc.TransformerClassifier.ARTIFACT: str(result.model_dir)},
+        # The torch weights, and the ONNX export with tokenizer.json that serves where torch is not installed.
+        artifacts=pyfunc.TransformerClassifier.serving_artifacts(result.model_dir),
         packages=("torch", "transformers"),
     )
     registered_model = config.registered_model

@@ -1,0 +1,202 @@
+"""The fine-tuned model's runtime, chosen where it loads, and its ONNX export serving where torch is not installed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import tomllib
+
+from emotion_exp import batching, onnx_runtime, pyfunc
+from emotion_exp.serving import local_server, model_server_command
+from tests.helpers import LABELS
+from tests.test_onnx_runtime import sample_texts
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROBABILITIES = [f"prob_{label}" for label in LABELS]
+# What a torch-free environment lacks, made so in a subprocess of this one: importing them fails.
+WITHOUT_TORCH = "import sys\nfor name in ('torch', 'transformers'):\n    sys.modules[name] = None\n"
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny encoder with a seeded six-label head, saved with its tokenizer (``save_pretrained``)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=len(LABELS), id2label=dict(enumerate(LABELS))
+    )
+    folder = tmp_path_factory.mktemp("tiny-classifier") / "classifier"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def logged(classifier_folder: Path, tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The tiny classifier logged as the finetune stage logs it (torch weights and ONNX serving folder); its URI."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))  # the export cache
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment("onnx-serving")
+        with mlflow.start_run():
+            yield pyfunc.log_model(
+                pyfunc.TransformerClassifier(max_length=32, batch_size=16, precision="fp32"),
+                LABELS,
+                artifacts=pyfunc.TransformerClassifier.serving_artifacts(classifier_folder),
+                packages=("torch", "transformers"),
+            )
+
+
+def predictions(uri: str, texts: list[str], runtime: str) -> tuple[pd.DataFrame, object]:
+    model = mlflow.pyfunc.load_model(uri, model_config={pyfunc.RUNTIME: runtime})
+    return model.predict(pd.DataFrame({"text": texts})), pyfunc.python_model_of(model)
+
+
+def assert_same_predictions(theirs: pd.DataFrame, torch_fp32: pd.DataFrame) -> None:
+    """Labels equal on at least 99.9% of texts, probabilities within 1e-4 (issue 25's exactness)."""
+    assert len(theirs) == len(torch_fp32)
+    assert float((theirs["label"] == torch_fp32["label"]).mean()) >= 0.999
+    assert np.abs(theirs[PROBABILITIES].to_numpy() - torch_fp32[PROBABILITIES].to_numpy()).max() <= 1e-4
+
+
+def test_the_onnx_serve_extra_names_what_the_served_model_logs() -> None:
+    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {requirement.split(">")[0].split("=")[0] for requirement in extra["onnx-serve"]}
+    assert names == {"mlflow", "pandas", "numpy", *pyfunc.ONNX_SERVE_PACKAGES}
+
+
+def test_the_tokenizer_json_batches_as_the_transformers_tokenizer(classifier_folder: Path, logged: str) -> None:
+    from transformers import AutoTokenizer
+
+    serving = Path(mlflow.artifacts.download_artifacts(logged)) / "artifacts" / "onnx"
+    transformers_tokenizer = AutoTokenizer.from_pretrained(classifier_folder)
+    fast = onnx_runtime.FastTokenizer(serving)
+    texts = [*sample_texts(200), "so " * 300, "ok"]
+    ours, theirs = batching.tokenize(texts, fast, 32), batching.tokenize(texts, transformers_tokenizer, 32)
+    assert ours == theirs and ours.truncated >= 1
+    assert fast.label_names == list(LABELS)
+    for (positions, batch), (their_positions, their_batch) in zip(
+        batching.sorted_batches(ours, fast, 16, tensors="np"),
+        batching.sorted_batches(theirs, transformers_tokenizer, 16, tensors="np"),
+    ):
+        assert positions.tolist() == their_positions.tolist()
+        for name in ("input_ids", "attention_mask"):
+            np.testing.assert_array_equal(batch[name], their_batch[name])
+
+
+def test_the_runtime_is_chosen_at_load_and_onnx_predicts_as_torch(logged: str) -> None:
+    texts = sample_texts(1000)
+    torch_fp32, torch_model = predictions(logged, texts, "torch")
+    assert (torch_model.runtime, torch_model.runtime_reason) == ("torch", "asked for")
+    onnx, onnx_model = predictions(logged, texts, "onnx")
+    assert onnx_model.runtime == "onnx" and onnx_model._session is not None
+    assert_same_predictions(onnx, torch_fp32)
+    int8, int8_model = predictions(logged, texts[:50], "onnx-int8")
+    assert int8_model.runtime == "onnx-int8" and int8_model._session.path.name.endswith("-int8.onnx")
+    assert set(int8["label"]) <= set(LABELS)
+
+
+def test_a_model_logged_without_its_export_is_exported_at_load(classifier_folder: Path, logged: str) -> None:
+    with mlflow.start_run():
+        uri = pyfunc.log_model(
+            pyfunc.TransformerClassifier(max_length=32, batch_size=16, precision="fp32"),
+            LABELS,
+            artifacts={pyfunc.TransformerClassifier.ARTIFACT: str(classifier_folder)},
+        )
+    texts = sample_texts(100)
+    onnx, model = predictions(uri, texts, "onnx")
+    assert model.runtime == "onnx" and model._session is not None
+    assert_same_predictions(onnx, predictions(logged, texts, "torch")[0])
+
+
+def test_without_torch_the_logged_export_serves_and_asking_for_torch_is_one_clear_error(
+    logged: str, tracking_uri: str, tmp_path: Path
+) -> None:
+    texts = sample_texts(300)
+    script = WITHOUT_TORCH + (
+        "import json, mlflow, pandas as pd\n"
+        "from emotion_exp import pyfunc\n"
+        f"model = mlflow.pyfunc.load_model({logged!r})\n"
+        f"model.predict(pd.DataFrame({{'text': {texts!r}}})).to_parquet('served.parquet')\n"
+        "served = pyfunc.python_model_of(model)\n"
+        "try:\n"
+        f"    mlflow.pyfunc.load_model({logged!r}, model_config={{'runtime': 'torch'}})\n"
+        "    refused = ''\n"
+        "except Exception as error:\n"
+        "    refused = f'{type(error).__name__}: {error}'\n"
+        "print(json.dumps({'runtime': served.runtime, 'reason': served.runtime_reason, 'refused': refused,\n"
+        "    'torch_loaded': sys.modules.get('torch') is not None}))\n"
+    )
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["runtime"] == "onnx" and "torch is not installed" in report["reason"]
+    assert not report["torch_loaded"]
+    assert report["refused"] == (
+        "UserError: runtime torch needs torch and transformers, not installed here: pass runtime auto or onnx."
+    )
+    assert_same_predictions(pd.read_parquet(tmp_path / "served.parquet"), predictions(logged, texts, "torch")[0])
+
+
+def onnx_serve_venv(requirements: Path) -> Path:
+    """A virtual environment with only ``requirements`` (the model's pinned ``[onnx-serve]``), built once.
+
+    Kept under ``~/.cache/emotion-exp/venvs`` by the requirements' digest, so CI pays the install once;
+    a build that did not finish (no ``complete`` marker) is built again.
+    """
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+    venv = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "emotion-exp" / "venvs" / digest
+    if (venv / "complete").exists():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r", str(requirements)]
+    subprocess.run(pip, check=True, timeout=1200)
+    (venv / "complete").write_text(requirements.read_text())
+    return venv
+
+
+@pytest.mark.slow
+def test_a_fresh_environment_without_torch_serves_the_finetuned_model(
+    finetuned_champion: tuple[str, str], tracking_uri: str, tmp_path: Path
+) -> None:
+    name, _ = finetuned_champion
+    uri = f"models:/{name}@champion"
+    model_folder = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+    venv = onnx_serve_venv(model_folder / "artifacts" / "onnx" / "requirements.txt")
+    python = str(venv / "bin" / "python")
+    missing = subprocess.run([python, "-c", "import torch"], check=False, capture_output=True, text=True)
+    assert missing.returncode != 0 and "No module named 'torch'" in missing.stderr
+    texts = sample_texts(200)
+    # The folder, not the registry: the served environment knows nothing of this one (no emotion-exp installed).
+    command = model_server_command(str(model_folder))
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "PYTHON"))}
+    log = tmp_path / "server.log"
+    with local_server(command, "/ping", log, env=environment, cwd=tmp_path, bin_dir=venv / "bin") as url:
+        answer = requests.post(f"{url}/invocations", json={"inputs": texts}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    # No torch in that environment: the answer came from the logged ONNX export.
+    assert_same_predictions(pd.DataFrame(answer.json()["predictions"]), predictions(uri, texts, "torch")[0])
