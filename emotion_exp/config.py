@@ -81,6 +81,23 @@ def threads_option() -> Any:
     )
 
 
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def runtime_option(about: str = "") -> Any:
+    """The ``--runtime`` field of every stage that runs the encoder (``about``: where it applies)."""
+    return option(
+        "auto",
+        f"Engine of the forward passes{about}: auto (torch where bf16 is native or a GPU is present, else ONNX "
+        "Runtime fp32), torch, onnx (an fp32 export, cached) or onnx-int8 (its int8 quantisation: faster, "
+        "labels may change).",
+        choices=RUNTIMES,
+    )
+
+
+MODEL_RUNTIME = " of a fine-tuned or probe model (a TF-IDF model runs neither), chosen where it loads"
+
+
 def _check(config: Any) -> None:
     """Validate every field against its metadata; raise ``UserError`` on the first bad value."""
     for spec in dataclasses.fields(config):
@@ -226,13 +243,7 @@ class ExtractConfig(EncoderConfig):
     pooling: str = option(
         "cls", "Pool the last hidden state by the [CLS] token or by the masked mean.", choices=("cls", "mean")
     )
-    runtime: str = option(
-        "auto",
-        "Engine of the forward passes: auto (torch where bf16 is native or a GPU is present, else ONNX "
-        "Runtime fp32), torch, onnx (an fp32 export, cached) or onnx-int8 (its int8 quantisation: faster, "
-        "labels may change).",
-        choices=("auto", "torch", "onnx", "onnx-int8"),
-    )
+    runtime: str = runtime_option()
     batch_tokens: int = option(
         0,
         "Batch by tokens instead of --batch_size texts: each batch holds about this many padded tokens "
@@ -347,6 +358,7 @@ class PredictConfig:
         "the file.",
     )
     threads: str = threads_option()
+    runtime: str = runtime_option(MODEL_RUNTIME)
     engine: str = option(
         "local",
         "local: this process; spark: read, score and write with Apache Spark (a Parquet folder at OUTPUT, "
@@ -473,6 +485,7 @@ class EvaluateConfig:
         "", "Rename the data's labels to the model's: old=new,old2=new2 ('' = the data uses the model's names)."
     )
     batch_size: int = option(64, "Texts per batch.", minimum=1)
+    runtime: str = runtime_option(MODEL_RUNTIME)
 
     def __post_init__(self) -> None:
         _check(self)

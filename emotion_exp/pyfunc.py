@@ -512,7 +512,9 @@ class ProbeClassifier(_EncoderModel):
     Its one artifact (``encoder``) is the encoder and tokenizer folder ``save_pretrained``
     wrote, so loading needs no hub; the pipeline travels pickled inside the model. Features are
     made exactly as at training time (same pooling and max_length; length-sorted batches under
-    ``torch.inference_mode``); ``precision="auto"`` resolves on the machine that loads the model.
+    ``torch.inference_mode``); ``precision="auto"`` resolves on the machine that loads the model,
+    and so does the model_config ``runtime`` (``onnx_runtime.resolve_runtime``: an ONNX runtime
+    exports the encoder with its pooling at load, cached).
     """
 
     ARTIFACT = "encoder"
@@ -540,17 +542,38 @@ class ProbeClassifier(_EncoderModel):
         prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
         from transformers import AutoModel, AutoTokenizer
 
-        from emotion_exp import features, models
+        from emotion_exp import features, onnx_runtime
 
         folder = context.artifacts[self.ARTIFACT]
+        asked = str((context.model_config or {}).get(RUNTIME, "auto"))
+        self.runtime, self.runtime_reason = onnx_runtime.resolve_runtime(asked)  # on the machine that loads it
         with quietly_loading():
             tokenizer, encoder = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
         self._encoder = features.encoder_from(
             tokenizer,
             encoder,
-            models.resolve_precision(self.precision),  # on the machine that loads the model
+            onnx_runtime.precision_for(self.runtime, self.precision),
             getattr(self, "threads", "auto"),  # models logged before the option had none
         )
+        self._open_session()
+
+    def _open_session(self) -> None:
+        """For an ONNX runtime: the encoder's pooled export (cached) in a session on the encoder's thread count."""
+        import dataclasses
+
+        from emotion_exp import onnx_runtime
+
+        if self.runtime == "torch":
+            return
+        session = onnx_runtime.load(
+            self._encoder.model,
+            self._encoder.tokenizer,
+            runtime=self.runtime,
+            kind="pooled",
+            pooling=self.pooling,
+            threads=self._encoder.threads,
+        )
+        self._encoder = dataclasses.replace(self._encoder, session=session)
 
     def set_threads(self, threads: str | int) -> None:
         """Use ``threads`` intra-op threads from now on; ``threads_used`` says how many."""
@@ -559,6 +582,7 @@ class ProbeClassifier(_EncoderModel):
         from emotion_exp.threads import use
 
         self._encoder = dataclasses.replace(self._encoder, threads=use(threads))
+        self._open_session()
 
     @property
     def threads_used(self) -> int:
@@ -607,6 +631,23 @@ def python_model_of(model: mlflow.pyfunc.PyFuncModel) -> mlflow.pyfunc.PythonMod
         return model.unwrap_python_model()
     except mlflow.exceptions.MlflowException:  # not a PythonModel: it predicts as it was logged
         return None
+
+
+def runtime_config(runtime: str) -> dict[str, str] | None:
+    """The ``model_config`` that asks a model for ``runtime`` where it loads (``--runtime`` of predict, evaluate).
+
+    None for ``auto``, the logged default: MLflow warns of a key the logged config lacks (models
+    logged before the runtime was in it), and they run as auto would.
+    """
+    return None if runtime == "auto" else {RUNTIME: runtime}
+
+
+def runtime_tags(model: mlflow.pyfunc.PyFuncModel) -> dict[str, str]:
+    """The ``runtime`` and ``runtime_reason`` tags of a loaded encoder model; none for another model (TF-IDF)."""
+    python_model = python_model_of(model)
+    if not hasattr(python_model, "runtime_reason"):
+        return {}
+    return {"runtime": python_model.runtime, "runtime_reason": python_model.runtime_reason}
 
 
 def requirements(*packages: str) -> list[str]:

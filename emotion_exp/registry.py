@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlflow
 from mlflow.entities import LoggedModelStatus
@@ -309,15 +309,16 @@ class LoadedModel:
     """``model_name``, ``model_version`` (for a registered model) and ``model_run_id``, as tags to record."""
 
 
-def load_model(model_uri: str) -> LoadedModel:
+def load_model(model_uri: str, model_config: dict[str, Any] | None = None) -> LoadedModel:
     """Load an emotion-exp text classifier; a missing model, alias, version or run, or another model: ``UserError``.
 
     A registered model's alias is resolved to its version first, and that version is loaded, so
     what is recorded is what predicted even if the alias moves meanwhile. The message of an error
-    says what the registry does hold and how to create the missing piece.
+    says what the registry does hold and how to create the missing piece. ``model_config``
+    overrides keys of the logged one (``pyfunc.MODEL_CONFIG``: the runtime, the limits).
     """
     uri, source = resolve(model_uri)
-    model = _existing(model_uri, uri, mlflow.pyfunc.load_model)
+    model = _existing(model_uri, uri, lambda found: mlflow.pyfunc.load_model(found, model_config=model_config))
     _check_text_classifier(model_uri, model)
     return LoadedModel(model, source)
 

@@ -391,7 +391,9 @@ def _spread(frame: DataFrame, partitions: int) -> DataFrame:
     )
 
 
-def score(df: DataFrame, model_uri: str, text_column: str = "text", skip_empty: bool = False) -> DataFrame:
+def score(
+    df: DataFrame, model_uri: str, text_column: str = "text", skip_empty: bool = False, runtime: str = "auto"
+) -> DataFrame:
     """``df``'s columns plus ``label`` and one ``prob_<label>`` column per label, from ``model_uri``.
 
     The columns are those of ``predict --engine local``: an input column named like an output
@@ -399,7 +401,8 @@ def score(df: DataFrame, model_uri: str, text_column: str = "text", skip_empty: 
     type, so the probabilities come back as double columns. Bad texts are the caller's to
     check (``read_texts`` does); the model refuses a null text when Spark runs it. With
     ``skip_empty`` the model gives empty texts an empty label and null probabilities (its
-    ``skip_empty`` param), as ``predict --skip_empty`` does.
+    ``skip_empty`` param), as ``predict --skip_empty`` does. ``runtime`` is the encoder models'
+    (``pyfunc.runtime_config``), chosen where each worker loads the model.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructField, StructType
@@ -422,6 +425,7 @@ def score(df: DataFrame, model_uri: str, text_column: str = "text", skip_empty: 
         result_type=result_type,
         env_manager="local",
         params={pyfunc.SKIP_EMPTY: True} if skip_empty else None,
+        model_config=pyfunc.runtime_config(runtime),
     )
     predicted = set(result_type.fieldNames())
     renamed = [F.col(f"`{name}`").alias(f"{name}_input" if name in predicted else name) for name in df.columns]

@@ -200,3 +200,31 @@ def test_a_fresh_environment_without_torch_serves_the_finetuned_model(
     assert answer.status_code == 200, answer.text
     # No torch in that environment: the answer came from the logged ONNX export.
     assert_same_predictions(pd.DataFrame(answer.json()["predictions"]), predictions(uri, texts, "torch")[0])
+
+
+def _stage_run(*args: str) -> mlflow.entities.Run:
+    from click.testing import CliRunner
+
+    from emotion_exp.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return mlflow.search_runs(output_format="list", order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def test_predict_and_evaluate_run_the_runtime_asked_for_and_tag_it(logged: str, small_dataset: Path) -> None:
+    source = small_dataset / "test.csv"
+    outputs = {}
+    for runtime in ("torch", "onnx"):
+        target = Path(f"{runtime}.csv")
+        run = _stage_run("predict", "--input", str(source), "--output", str(target), "--model_uri", logged,
+                         "--runtime", runtime)  # fmt: skip
+        assert (run.data.tags["runtime"], run.data.tags["runtime_reason"]) == (runtime, "asked for")
+        outputs[runtime] = pd.read_csv(target)
+    assert_same_predictions(outputs["onnx"], outputs["torch"])
+    scores = {}
+    for runtime in ("torch", "onnx"):
+        run = _stage_run("evaluate", "--model_uri", logged, "--dataset", str(small_dataset), "--runtime", runtime)
+        assert run.data.tags["runtime"] == runtime
+        scores[runtime] = run.data.metrics["test_accuracy"]
+    assert scores["onnx"] == scores["torch"]

@@ -58,14 +58,14 @@ def run(config: PredictConfig) -> str:
         return _run_on_spark(config)
     target = output_path(config)
     texts = data.read_texts(config.input, config.text_column, skip_empty=config.skip_empty)
-    loaded = registry.load_model(config.model_uri)
-    # Only our encoder models take --threads and --batch_size; any other model predicts as it was logged.
+    loaded = registry.load_model(config.model_uri, pyfunc.runtime_config(config.runtime))
+    # Only our encoder models take --threads, --runtime and --batch_size; any other predicts as it was logged.
     python_model = pyfunc.python_model_of(loaded.model)
     if hasattr(python_model, "set_threads"):  # the encoder models; TF-IDF runs no torch
         python_model.set_threads(config.threads)
         python_model.batch_size = config.batch_size
     with tracking.stage_run("predict", config) as predict_run:
-        mlflow.set_tags(loaded.source)  # the version an alias pointed to when this ran
+        mlflow.set_tags(loaded.source | pyfunc.runtime_tags(loaded.model))  # the version an alias pointed to
         start = time.perf_counter()
         values = texts[_text_column(config)]
         keep = values.str.strip().ne("").to_numpy()
@@ -130,9 +130,12 @@ def _run_on_spark(config: PredictConfig) -> str:
         texts, total = spark.read_counted_texts(session, config.input, config.text_column, skip_empty=config.skip_empty)
         model_uri, source = registry.resolve(config.model_uri)
         with tracking.stage_run("predict", config) as predict_run:
-            mlflow.set_tags(source)
+            # Each Spark worker resolves the runtime where it loads the model: the tag says what was asked.
+            mlflow.set_tags(source | {"runtime": config.runtime, "runtime_reason": "each worker resolves it"})
             start = time.perf_counter()
-            scored = spark.score(texts, model_uri, _text_column(config), skip_empty=config.skip_empty)
+            scored = spark.score(
+                texts, model_uri, _text_column(config), skip_empty=config.skip_empty, runtime=config.runtime
+            )
             with spark.scoring_progress(session, total, texts.rdd.getNumPartitions()):
                 rows = spark.write_parquet(scored, target)
             seconds = time.perf_counter() - start
