@@ -62,8 +62,13 @@ def logged(classifier_folder: Path, tracking_uri: str, tmp_path_factory: pytest.
 
 
 def predictions(uri: str, texts: list[str], runtime: str) -> tuple[pd.DataFrame, object]:
+    """``uri``'s predictions on ``runtime``; torch runs fp32, the reference (the finetune stage logs precision auto,
+    which is bf16 where the CPU has it)."""
     model = mlflow.pyfunc.load_model(uri, model_config={pyfunc.RUNTIME: runtime})
-    return model.predict(pd.DataFrame({"text": texts})), pyfunc.python_model_of(model)
+    python_model = pyfunc.python_model_of(model)
+    if runtime == "torch":
+        python_model._precision = "fp32"
+    return model.predict(pd.DataFrame({"text": texts})), python_model
 
 
 def assert_same_predictions(theirs: pd.DataFrame, torch_fp32: pd.DataFrame) -> None:
