@@ -233,3 +233,32 @@ def test_predict_and_evaluate_run_the_runtime_asked_for_and_tag_it(logged: str, 
         assert run.data.tags["runtime"] == runtime
         scores[runtime] = run.data.metrics["test_accuracy"]
     assert scores["onnx"] == scores["torch"]
+
+
+def test_the_probe_model_runs_its_encoder_on_the_runtime_asked_for(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from emotion_exp import features, models
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the export cache
+    texts = sample_texts(300)
+    encoder = features.load_encoder(models.resolve(str(tiny_model_dir)), "fp32", 1)
+    train = features.extract(texts, encoder, pooling="mean", max_length=32, progress=False).features
+    labels = np.arange(len(texts)) % len(LABELS)
+    with mlflow.start_run():
+        uri = pyfunc.log_model(
+            pyfunc.ProbeClassifier(
+                LogisticRegression(max_iter=200).fit(train, labels), LABELS, pooling="mean", max_length=32,
+                precision="fp32",
+            ),
+            LABELS,
+            artifacts={pyfunc.ProbeClassifier.ARTIFACT: str(tiny_model_dir)},
+        )  # fmt: skip
+    by_runtime = {}
+    for runtime in ("torch", "onnx"):
+        frame, model = predictions(uri, texts, runtime)
+        assert (model.runtime, model._encoder.runtime) == (runtime, runtime)
+        by_runtime[runtime] = frame
+    assert_same_predictions(by_runtime["onnx"], by_runtime["torch"])
