@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from emotion_exp.cli import cli
-from emotion_exp.config import PredictConfig, TfidfConfig
+from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
-from emotion_exp.stages import predict, tfidf
+from emotion_exp.stages import predict
 from tests.conftest import REPO_ROOT
 from tests.pyfunc_models import LABELS, log_keyword_model
 
@@ -78,8 +78,10 @@ def texts() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def models(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path, tmp_path_factory) -> dict[str, str]:
-    """A registered TF-IDF model, a tiny transformer classifier (fp32) and the keyword models."""
+def models(
+    tracking_uri: str, registered_tfidf: tuple[str, str], tiny_model_dir: Path, tmp_path_factory
+) -> dict[str, str]:
+    """The session's registered TF-IDF model, a tiny transformer classifier (fp32) and the keyword models."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -87,8 +89,7 @@ def models(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path, tmp_pat
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(f"spark-setup-{uuid.uuid4().hex[:8]}")
-    name = f"spark-tfidf-{uuid.uuid4().hex[:8]}"
-    tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
+    name, _ = registered_tfidf
 
     torch.manual_seed(0)
     classifier = AutoModelForSequenceClassification.from_pretrained(
