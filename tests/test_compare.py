@@ -36,8 +36,10 @@ def by_hand(run_a: str, run_b: str, split: str) -> tuple[float, float, int, int,
     return a_right.mean() - b_right.mean(), f1_delta, only_a, only_b, binomtest(only_a, only_a + only_b).pvalue
 
 
-def test_two_runs_are_compared_text_by_text_on_validation_and_test(small_dataset: Path, isolated_mlflow: str) -> None:
-    strong = tfidf.run(TfidfConfig(dataset=str(small_dataset)))
+def test_two_runs_are_compared_text_by_text_on_validation_and_test(
+    small_dataset: Path, registered_tfidf: tuple[str, str]
+) -> None:
+    _, strong = registered_tfidf  # a TF-IDF run of the small data, in another experiment
     floor = dummy.run(DummyConfig(dataset=str(small_dataset)))
     result = CliRunner().invoke(cli, ["compare", strong, floor])
     assert result.exit_code == 0, result.output
@@ -88,8 +90,10 @@ def test_model_uris_and_a_studys_stages_name_the_runs(small_dataset: Path, isola
         compare.resolve_pair(CompareConfig(run_a="probe", run_b="tfidf", parent=parent.info.run_id))
 
 
-def test_runs_on_other_data_are_refused_naming_both_digests(small_dataset: Path, isolated_mlflow: str) -> None:
-    whole = tfidf.run(TfidfConfig(dataset=str(small_dataset)))
+def test_runs_on_other_data_are_refused_naming_both_digests(
+    small_dataset: Path, registered_tfidf: tuple[str, str]
+) -> None:
+    _, whole = registered_tfidf
     capped = dummy.run(DummyConfig(dataset=str(small_dataset), max_samples=60))
     digests = [MlflowClient().get_run(r).data.tags["dataset_digest"][:12] for r in (whole, capped)]
     result = CliRunner().invoke(cli, ["compare", whole, capped])
