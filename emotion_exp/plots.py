@@ -84,14 +84,18 @@ def umap_embedding(
 def _cache_umap_compilation() -> None:
     """Keep UMAP's numba-compiled functions in numba's on-disk cache: compiling them costs 10-30 s of CPU,
     which every run that draws a UMAP (each stage, each sweep trial, each test's subprocess) paid again.
-    Numba keys the cache by source file and CPU, so a changed umap or machine compiles afresh."""
+    Numba keys the cache by source file and CPU, so a changed umap or machine compiles afresh. Where numba
+    finds no writable folder (umap's own, the user's cache, NUMBA_CACHE_DIR) it compiles in memory as before."""
     from numba.core.registry import CPUDispatcher
 
     for name, module in list(sys.modules.items()):
         if name.split(".")[0] in ("umap", "pynndescent") and module is not None:
             for value in list(vars(module).values()):
                 if isinstance(value, CPUDispatcher):
-                    value.enable_caching()
+                    try:
+                        value.enable_caching()
+                    except RuntimeError:  # "cannot cache function ...: no locator available"
+                        return
 
 
 def _cmap(index: int) -> str:
