@@ -54,16 +54,19 @@ def available() -> bool:
     return True
 
 
-def resolve_runtime(runtime: str) -> tuple[str, str]:
+def resolve_runtime(runtime: str, onnx_ready: bool | None = None) -> tuple[str, str]:
     """The runtime to use for ``runtime`` and why: ``auto`` once, where a run opens.
 
     ``auto`` is torch where bf16 is native or a GPU is present (torch bf16 is as fast there), else
     ONNX Runtime fp32, else torch fp32 when onnxruntime is missing; never int8 (it changes labels).
+    ``onnx_ready`` says whether ONNX can run here (default ``available()``: onnxruntime and onnx to
+    export; a logged export needs onnxruntime only).
     """
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
+    ready = available() if onnx_ready is None else onnx_ready
     if runtime in ("onnx", "onnx-int8"):
-        if not available():
+        if not ready:
             raise UserError(f"--runtime {runtime} needs onnxruntime and onnx, not installed here: {INSTALL_HINT}.")
         return runtime, "asked for"
     if runtime == "torch":
@@ -72,7 +75,7 @@ def resolve_runtime(runtime: str) -> tuple[str, str]:
         return "torch", "a GPU is present: torch"
     if models.native_bf16():
         return "torch", "native bf16 on this CPU: torch bf16"
-    if not available():
+    if not ready:
         return "torch", f"no native bf16 on this CPU, onnxruntime not installed ({INSTALL_HINT}): torch fp32"
     return "onnx", "no native bf16 on this CPU: ONNX Runtime fp32"
 
@@ -315,7 +318,9 @@ def resolve_loaded(runtime: str, exported: bool) -> tuple[str, str]:
     if runtime not in RUNTIMES:
         raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
     if importable("torch") and importable("transformers"):
-        return resolve_runtime(runtime)
+        # The logged fp32 export needs onnxruntime only; int8 (quantize_dynamic) and an export at load need onnx.
+        exported_ready = exported and runtime != "onnx-int8" and importable("onnxruntime")
+        return resolve_runtime(runtime, onnx_ready=exported_ready or available())
     if runtime == "torch":
         raise UserError("runtime torch needs torch and transformers, not installed here: pass runtime auto or onnx.")
     if not exported:

@@ -41,9 +41,10 @@ and the runtime the encoder models run on (``auto``, ``torch``, ``onnx`` or ``on
 MLflow lets a loader override only keys the logged config has (``load_model(uri, model_config=...)``,
 ``SERVING_MODEL_CONFIG`` or ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` as JSON for a served model).
 """
-ONNX_SERVE_PACKAGES = ("onnxruntime", "tokenizers")
-"""What a fine-tuned model's torch-free environment needs beyond mlflow, pandas and numpy (``requirements``):
-the ``[onnx-serve]`` extra of pyproject.toml names the same packages."""
+ONNX_SERVE_PACKAGES = ("mlflow-skinny", "pandas", "numpy", "onnxruntime", "tokenizers")
+"""All a fine-tuned model's torch-free environment needs, the ``[onnx-serve]`` extra of pyproject.toml: MLflow's
+skinny package serves a model (its scoring server, uvicorn) without the tracking server's dependencies,
+less than half the disk of ``mlflow``'s."""
 SERVED_PART = 512
 """Texts a served request predicts between two checks of its deadline."""
 # Set by MLflow's scoring server (mlflow.environment_variables), read here without importing its internals.
@@ -502,7 +503,7 @@ class TransformerClassifier(_EncoderModel):
             model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         onnx = TransformerClassifier.ONNX_ARTIFACT
         serving = onnx_runtime.write_serving_folder(model, tokenizer, folder.parent / onnx)
-        (serving / "requirements.txt").write_text("\n".join(requirements(*ONNX_SERVE_PACKAGES)) + "\n")
+        (serving / "requirements.txt").write_text("\n".join(pinned(ONNX_SERVE_PACKAGES)) + "\n")
         return {TransformerClassifier.ARTIFACT: str(folder), onnx: str(serving)}
 
 
@@ -655,9 +656,14 @@ def requirements(*packages: str) -> list[str]:
 
     Given explicitly, MLflow skips inferring them, which loads the model once more in a subprocess.
     """
+
+    return pinned(("mlflow", "pandas", "numpy", *packages))
+
+
+def pinned(names: Sequence[str]) -> list[str]:
+    """``name==version`` of each installed package in ``names``."""
     from importlib.metadata import version
 
-    names = ("mlflow", "pandas", "numpy", *packages)
     # Local version labels (torch's "+cpu") are not on the public index.
     return [f"{name}=={version(name).split('+')[0]}" for name in names]
 

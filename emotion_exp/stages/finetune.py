@@ -216,7 +216,7 @@ def log_result(
         ),
         # The torch weights, and the ONNX export with tokenizer.json that serves where torch is not installed.
         artifacts=pyfunc.TransformerClassifier.serving_artifacts(result.model_dir),
-        packages=("torch", "transformers"),
+        packages=("torch", "transformers", "onnxruntime"),  # onnxruntime: the export runs where bf16 is not native
     )
     registered_model = config.registered_model
     if registered_model and not asked:
