@@ -189,8 +189,8 @@ def peak_line(local: Path, texts: list[str], served: list[Variant], batch_size: 
     from benchmarks import peak
     from emotion_exp import threads
 
-    artifact = Model.load(local).flavors["python_function"]["artifacts"]
-    folder = local / next(iter(artifact.values()))["path"]
+    artifacts = Model.load(local).flavors["python_function"]["artifacts"]
+    folder = local / artifacts[python_model(local).ARTIFACT]["path"]  # the encoder's save_pretrained folder
     per_text = peak.flops_per_text(
         AutoTokenizer.from_pretrained(folder), AutoConfig.from_pretrained(folder), texts, batch_size=batch_size
     )
