@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,11 @@ def export(
     if not path.exists():
         sample = tokenizer(["a first text", "and a second, longer one"], padding=True, return_tensors="pt")
         axes = {0: "batch", 1: "tokens"}
-        with _landing(path) as partial, torch.inference_mode(False):
+        with _landing(path) as partial, torch.inference_mode(False), warnings.catch_warnings():
+            # The tracer's notes on Python branches and advanced indexing, printed at every export (a finetune
+            # run's console): the export is checked against torch on varying batch and token counts instead.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator")
             torch.onnx.export(
                 _graph(_fp32_cpu(model), kind, pooling),
                 (sample["input_ids"], sample["attention_mask"]),
