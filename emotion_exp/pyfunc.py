@@ -543,7 +543,7 @@ class ProbeClassifier(_EncoderModel):
         prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
         from transformers import AutoModel, AutoTokenizer
 
-        from emotion_exp import features, onnx_runtime
+        from emotion_exp import features, models, onnx_runtime
 
         folder = context.artifacts[self.ARTIFACT]
         asked = str((context.model_config or {}).get(RUNTIME, "auto"))
@@ -553,7 +553,8 @@ class ProbeClassifier(_EncoderModel):
         self._encoder = features.encoder_from(
             tokenizer,
             encoder,
-            onnx_runtime.precision_for(self.runtime, self.precision),
+            # ONNX runs fp32 whatever precision the model was logged with (bf16 was the logging machine's choice).
+            models.resolve_precision(self.precision) if self.runtime == "torch" else "fp32",
             getattr(self, "threads", "auto"),  # models logged before the option had none
         )
         self._open_session()
