@@ -7,9 +7,10 @@ OMP_WAIT_POLICY=PASSIVE unless it is set (``threads.prefer_passive_openmp``). Op
 settings when torch loads it, so every pass runs in a fresh child process of this script
 (``--child``), the settings interleaved round by round; the median of the rounds counts. Model
 loading happens before the clock starts. ``--interop`` also pins torch's inter-op pool to one
-thread in every child, the other knob that could matter.
+thread in every child, the other knob that could matter. ``--runtime onnx`` measures ONNX Runtime's sessions,
+whose idle threads spin only under OMP_WAIT_POLICY=ACTIVE (``onnx_runtime.open_session``).
 
-    python -m benchmarks.openmp [--texts N] [--rounds N] [--interop] [--policies unset,PASSIVE]
+    python -m benchmarks.openmp [--texts N] [--rounds N] [--interop] [--policies unset,PASSIVE] [--runtime onnx]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ POLICIES = {
 }
 
 
-def child(model: str, texts: int, threads: int, interop: bool) -> None:
+def child(model: str, texts: int, threads: int, interop: bool, runtime: str) -> None:
     """One pass in this process: print {"rate": texts/s, "gflops": ...} of the extract stage's extraction."""
     import torch
 
@@ -45,7 +46,8 @@ def child(model: str, texts: int, threads: int, interop: bool) -> None:
     from benchmarks.finetune import emotion_like_texts
     from emotion_exp import features, models
 
-    encoder = features.load_encoder(models.resolve(model), models.resolve_precision("auto"), threads)
+    precision = models.resolve_precision("auto") if runtime == "torch" else "fp32"
+    encoder = features.load_encoder(models.resolve(model), precision, threads, runtime=runtime)
     sample = emotion_like_texts(texts, 42)
     features.extract(sample[:32], encoder, progress=False)  # warm-up: kernels, thread pool
     result = features.extract(sample, encoder, progress=False)
@@ -58,7 +60,8 @@ def one_pass(args: argparse.Namespace, policy: str, threads: int) -> tuple[float
     env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(POLICIES[policy])
     command = [sys.executable, "-m", "benchmarks.openmp", "--child", "--threads", str(threads)]
-    command += ["--model", args.model, "--texts", str(args.texts)] + (["--interop"] if args.interop else [])
+    command += ["--model", args.model, "--texts", str(args.texts), "--runtime", args.runtime]
+    command += ["--interop"] if args.interop else []
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"child pass failed ({policy}, {threads} threads):\n{done.stderr[-3000:]}")
@@ -73,11 +76,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interop", action="store_true", help="Also pin torch's inter-op pool to one thread.")
     parser.add_argument("--policies", default=",".join(POLICIES), help="Comma-separated settings to compare.")
+    parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="The engine measured.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.model, args.texts, args.threads, args.interop)
+        child(args.model, args.texts, args.threads, args.interop, args.runtime)
         return
 
     from benchmarks import peak
@@ -87,7 +91,10 @@ def main() -> None:
     cores = threads.available_cores()
     counts = sorted({1, cores})
     machine_peak = peak.matmul_peak(cores)  # in this process, before any pass or load
-    print(f"cpu: {models.cpu_description()}; {cores} available cores; {args.texts} texts per pass", flush=True)
+    print(
+        f"cpu: {models.cpu_description()}; {cores} available cores; {args.texts} texts per pass; {args.runtime}",
+        flush=True,
+    )
     print(f"matmul peak GFLOP/s: {peak.describe(machine_peak)}; each cell: median texts/s (its share of the peak)")
     print(f"{'condition':<10}{'OpenMP setting':<17}" + "".join(f"{f'{n} thread(s)':>18}" for n in counts) + "  load")
     for condition in ("as is", f"+{cores} busy"):

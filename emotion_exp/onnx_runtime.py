@@ -34,6 +34,7 @@ import numpy as np
 
 from emotion_exp import batching, inference, models
 from emotion_exp.errors import UserError
+from emotion_exp.threads import WAIT_POLICY
 
 if TYPE_CHECKING:
     import torch
@@ -242,6 +243,10 @@ def open_session(path: Path, kind: str, pooling: str = "cls", threads: int = 1) 
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    # ONNX Runtime's idle threads spin by default, as OpenMP's did: follow the one wait policy the
+    # project sets (threads.prefer_passive_openmp), so they sleep unless OMP_WAIT_POLICY=ACTIVE.
+    spinning = os.environ.get(WAIT_POLICY, "").upper() == "ACTIVE"
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return Session(session, kind, pooling, path, threads)

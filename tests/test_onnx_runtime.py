@@ -177,3 +177,24 @@ def test_onnx_features_of_the_packaged_encoder_equal_torch_fp32(tmp_path: Path) 
     ours = features.extract(texts, encoder, progress=False).features
     theirs = onnx_runtime.run(session, encoder.tokenizer, texts, max_length=128, batch_size=32).pooled
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("policy", "spinning"), [(None, "0"), ("PASSIVE", "0"), ("ACTIVE", "1")])
+def test_sessions_follow_openmps_wait_policy(
+    classifier: tuple[object, object],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str | None,
+    spinning: str,
+) -> None:
+    # ONNX Runtime's threads spin while idle by default; they sleep unless the user asked OpenMP to spin.
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    model, tokenizer = classifier
+    session = onnx_runtime.load(model, tokenizer, runtime="onnx", kind="logits", threads=2, folder=tmp_path)
+
+    options = session.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+    assert options.intra_op_num_threads == 2
