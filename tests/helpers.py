@@ -246,3 +246,10 @@ def study_params(small_dataset: Path, tiny_model_dir: Path, registered_model: st
         "umap_max_points": "200",
         "registered_model": registered_model,
     }
+
+
+def sample_texts(count: int) -> list[str]:
+    """Real-length texts of the bundled sample, shortest to longest mixed as in the data."""
+    sample = REPO_ROOT / "emotion_exp" / "sample"
+    frame = pd.concat(pd.read_csv(sample / f"{split}.csv") for split in ("train", "validation", "test"))
+    return frame["text"].astype(str).tolist()[:count]

@@ -13,14 +13,7 @@ from click.testing import CliRunner
 from emotion_exp import baselines, features, inference, models, onnx_runtime
 from emotion_exp.cli import cli
 from emotion_exp.errors import UserError
-
-SAMPLE = Path(__file__).resolve().parents[1] / "emotion_exp" / "sample"
-
-
-def sample_texts(count: int) -> list[str]:
-    """Real-length texts of the bundled sample, shortest to longest mixed as in the data."""
-    frame = pd.concat(pd.read_csv(SAMPLE / f"{split}.csv") for split in ("train", "validation", "test"))
-    return frame["text"].astype(str).tolist()[:count]
+from tests.helpers import sample_texts
 
 
 @pytest.fixture(scope="module")

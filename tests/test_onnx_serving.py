@@ -20,8 +20,7 @@ import tomllib
 
 from emotion_exp import batching, onnx_runtime, pyfunc
 from emotion_exp.serving import local_server, model_server_command
-from tests.helpers import LABELS
-from tests.test_onnx_runtime import sample_texts
+from tests.helpers import LABELS, sample_texts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBABILITIES = [f"prob_{label}" for label in LABELS]
