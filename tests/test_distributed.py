@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from emotion_exp import distributed, finetune
 from emotion_exp.config import FinetuneConfig
 from emotion_exp.errors import UserError
-from tests import test_interrupt as interrupt
-from tests.helpers import complete_checkpoints, emotion_exp, finish, history_steps, wait_for
+from tests import helpers
+from tests.helpers import complete_checkpoints, emotion_exp, finish, history_steps, tiny_finetune, wait_for
 
 EPOCHS, BATCH_SIZE, TRAIN_ROWS = 3, 8, 120
 STEPS_PER_EPOCH = TRAIN_ROWS // BATCH_SIZE
@@ -75,9 +75,9 @@ def test_two_gloo_processes_train_into_one_run_that_stops_and_resumes(
     tmp_path: Path, small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # torchrun, two workers and the reference run share two cores: a wider bound on each wait.
-    monkeypatch.setattr(interrupt, "WAIT_S", 600)
+    monkeypatch.setattr(helpers, "WAIT_S", 600)
     name = f"ddp-{uuid.uuid4().hex[:8]}"
-    options = [*interrupt.tiny_finetune(small_dataset, tiny_model_dir, EPOCHS, BATCH_SIZE), "--learning_rate", "0.001"]
+    options = [*tiny_finetune(small_dataset, tiny_model_dir, EPOCHS, BATCH_SIZE), "--learning_rate", "0.001"]
     # The single-process reference run goes on alongside, on the same data and seed.
     reference = emotion_exp(
         *options, "--registered_model", "", "--output_dir", str(tmp_path / "reference"), log=tmp_path / "reference.log"

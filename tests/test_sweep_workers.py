@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from emotion_exp.workflows import sweep_storage
+from tests.helpers import finish, wait_for
 
 if TYPE_CHECKING:  # its import in a spawned process would import conftest, which imports it back
     from tests.tracking_server import TrackingServer
@@ -60,25 +61,6 @@ def start_worker(
     with log.open("w") as out:
         workers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env))
     return workers[-1]
-
-
-def finish(process: subprocess.Popen, log: Path) -> int:
-    try:
-        return process.wait(timeout=WAIT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"worker still running after {WAIT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"worker exited with {process.returncode} before {what}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no {what} within {WAIT_S} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
 
 
 def trial_runs(study_name: str) -> list[mlflow.entities.Run]:
