@@ -182,6 +182,39 @@ def test_a_claim_made_by_four_processes_at_once_is_won_by_one_and_all_see_it(tmp
     assert storage.get_study_user_attrs(study_id)["parent_run_id"] == second[0]
 
 
+def open_at(url: str, start: float) -> int:
+    """In a process of its own: open the study's storage at the wall-clock time ``start``; the alembic revision rows."""
+    time.sleep(max(0.0, start - time.time()))
+    storage = sweep_storage.open_storage(url, 1)
+    with storage.engine.connect() as connection:
+        return connection.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one()
+
+
+@pytest.mark.slow
+def test_workers_opening_a_new_postgresql_database_at_once_all_get_one_schema(
+    tracking_server: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each creates Optuna's tables; PostgreSQL refuses all but one CREATE TABLE with DuplicateTable (a CI failure)."""
+    import psycopg
+
+    password = (tracking_server.folder / "secrets" / "postgres-password").read_text().strip()
+    pg_port = json.loads((tracking_server.folder / "server.json").read_text())["pg_port"]
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg_port}:*:mlflow:{password}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))  # inherited by the spawned processes
+    databases = [f"race_{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    with psycopg.connect(host="127.0.0.1", port=pg_port, user="mlflow", dbname="postgres", autocommit=True) as admin:
+        for database in databases:
+            admin.execute(f'CREATE DATABASE "{database}"')
+    urls = [f"postgresql+psycopg://mlflow@127.0.0.1:{pg_port}/{database}" for database in databases]
+
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for url in urls:
+            start = time.time() + 3  # every process has imported optuna by then
+            assert list(pool.map(open_at, [url] * 4, [start] * 4)) == [1] * 4, url
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)], ids=["ctrl-c", "kill-9"]

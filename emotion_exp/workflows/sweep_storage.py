@@ -26,6 +26,7 @@ _USER_ATTRS = sqlalchemy.table(
 )
 _HEARTBEATS = sqlalchemy.table("trial_heartbeats", sqlalchemy.column("trial_id"))
 _SCHEMA_ATTEMPTS = 3
+_SCHEMA_RACES = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError)
 
 
 def resolve_storage(optuna_storage: str, tracking_uri: str) -> str:
@@ -86,11 +87,14 @@ def open_storage(url: str, heartbeat_s: int) -> optuna.storages.RDBStorage:
     by the next worker that looks (``fail_dead_trials``), so it neither blocks the study's
     count nor stays RUNNING for ever.
     """
-    for _ in range(_SCHEMA_ATTEMPTS - 1):
+    for attempt in range(_SCHEMA_ATTEMPTS - 1):
         try:
             return _rdb_storage(url, heartbeat_s)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            pass  # workers started together on a new database both create its tables: the next attempt finds them
+        except _SCHEMA_RACES:
+            # Workers started together on a new database each create its tables, types and alembic
+            # revision; all but one are refused (SQLite: "already exists"; PostgreSQL: DuplicateTable,
+            # DuplicateObject or a unique violation). The next attempt finds the winner's schema.
+            time.sleep(0.5 * (attempt + 1))
     return _rdb_storage(url, heartbeat_s)
 
 
