@@ -24,6 +24,7 @@ import mlflow
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -182,9 +183,8 @@ def test_a_claim_made_by_four_processes_at_once_is_won_by_one_and_all_see_it(tmp
     assert storage.get_study_user_attrs(study_id)["parent_run_id"] == second[0]
 
 
-def open_at(url: str, start: float) -> int:
-    """In a process of its own: open the study's storage at the wall-clock time ``start``; the alembic revision rows."""
-    time.sleep(max(0.0, start - time.time()))
+def open_storage_alembic_rows(url: str) -> int:
+    """In a process of its own: open the study's storage; the rows of its alembic revision table."""
     storage = sweep_storage.open_storage(url, 1)
     with storage.engine.connect() as connection:
         return connection.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one()
@@ -194,8 +194,12 @@ def open_at(url: str, start: float) -> int:
 def test_workers_opening_a_new_postgresql_database_at_once_all_get_one_schema(
     tracking_server: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each creates Optuna's tables; PostgreSQL refuses all but one CREATE TABLE with DuplicateTable (a CI failure)."""
+    """Workers started together each create Optuna's tables and types. One that finds the first's CREATE
+    uncommitted waits for it, then fails with a unique violation; one that checked just before the first
+    committed fails with DuplicateObject or DuplicateTable (a CI failure; that window is too short to force
+    here). The first is this test, holding its CREATEs uncommitted until three workers wait on them."""
     import psycopg
+    from optuna.storages._rdb import models
 
     password = (tracking_server.folder / "secrets" / "postgres-password").read_text().strip()
     pg_port = json.loads((tracking_server.folder / "server.json").read_text())["pg_port"]
@@ -203,16 +207,24 @@ def test_workers_opening_a_new_postgresql_database_at_once_all_get_one_schema(
     pgpass.write_text(f"127.0.0.1:{pg_port}:*:mlflow:{password}\n")
     pgpass.chmod(0o600)
     monkeypatch.setenv("PGPASSFILE", str(pgpass))  # inherited by the spawned processes
-    databases = [f"race_{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    database = f"race_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(host="127.0.0.1", port=pg_port, user="mlflow", dbname="postgres", autocommit=True) as admin:
-        for database in databases:
-            admin.execute(f'CREATE DATABASE "{database}"')
-    urls = [f"postgresql+psycopg://mlflow@127.0.0.1:{pg_port}/{database}" for database in databases]
-
-    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for url in urls:
-            start = time.time() + 3  # every process has imported optuna by then
-            assert list(pool.map(open_at, [url] * 4, [start] * 4)) == [1] * 4, url
+        admin.execute(f'CREATE DATABASE "{database}"')
+        url = f"postgresql+psycopg://mlflow@127.0.0.1:{pg_port}/{database}"
+        engine = sqlalchemy.create_engine(url)
+        with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with engine.connect() as first:
+                created = first.begin()
+                models.BaseModel.metadata.create_all(first)
+                workers = [pool.submit(open_storage_alembic_rows, url) for _ in range(3)]
+                waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+                deadline = time.monotonic() + WAIT_S
+                while admin.execute(waiting, [database]).fetchone()[0] < 3 and not any(w.done() for w in workers):
+                    assert time.monotonic() < deadline, f"the workers did not reach the schema within {WAIT_S} s"
+                    time.sleep(0.05)
+                created.commit()
+            assert [worker.result(timeout=WAIT_S) for worker in workers] == [1, 1, 1]
+        engine.dispose()
 
 
 @pytest.mark.slow
