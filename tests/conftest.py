@@ -159,22 +159,24 @@ def finetuned_champion(
 from tests.tracking_server import on_server, tracking_server  # noqa: F401
 
 
-@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Mark what a test needs beyond Python: ``postgres`` (the team server's tests), ``java`` (Spark's).
 
-    Then put the longest files first, each file's tests in their own order, so that no xdist worker
+    Marked as each test is collected, so that ``-m "not postgres"`` sees the marks.
+    """
+    if "tracking_server" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.postgres)
+    if item.path.name == "test_spark.py" or item.name.endswith("[spark]"):
+        item.add_marker(pytest.mark.java)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the longest files first, each file's tests in their own order, so that no xdist worker
     idles at the end while another runs a long file alone: with slow tests, by the seconds of the
     last full run (tests/durations.py); without, the fast loop, by the number of tests.
     """
-    tests_per_file: Counter[str] = Counter()
-    for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        if "tracking_server" in fixtures:
-            item.add_marker(pytest.mark.postgres)
-        if item.path.name == "test_spark.py" or item.name.endswith("[spark]"):
-            item.add_marker(pytest.mark.java)
-        tests_per_file[_file_of(item)] += 1
+    tests_per_file = Counter(_file_of(item) for item in items)
     if any(item.get_closest_marker("slow") for item in items):
         seconds = file_seconds()
         items.sort(key=lambda item: -seconds.get(_file_of(item), 0.0))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests import durations
+from tests.conftest import REPO_ROOT
 
 REPORT = """\
 ============================= slowest durations =============================
@@ -44,3 +47,27 @@ def test_the_committed_record_names_only_files_that_exist() -> None:
     """A renamed file would silently lose its place at the front."""
     root = Path(__file__).resolve().parents[1]
     assert durations.file_seconds() and all((root / file).is_file() for file in durations.file_seconds())
+
+
+@pytest.mark.slow
+def test_the_ordering_keeps_the_marks_that_select_what_needs_postgresql_or_java() -> None:
+    """The marks are set as tests are collected, before `-m` deselects (it ran after the ordering hook once)."""
+    files = ["tests/test_spark.py", "tests/test_tracking_server_s3.py", "tests/test_durations.py"]
+    collected = {}
+    for expression in ("not postgres and not java", "postgres", "java"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "no:cacheprovider"]
+            + ["-m", expression, *files],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        collected[expression] = {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
+
+    assert "tests/test_durations.py" in collected["not postgres and not java"]
+    assert not {"tests/test_spark.py"} & collected["not postgres and not java"]
+    assert collected["postgres"] == {"tests/test_tracking_server_s3.py"}
+    assert collected["java"] == {"tests/test_spark.py"}
