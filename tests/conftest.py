@@ -176,11 +176,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     idles at the end while another runs a long file alone: with slow tests, by the seconds of the
     last full run (tests/durations.py); without, the fast loop, by the number of tests.
     """
-    tests_per_file = Counter(_file_of(item) for item in items)
     if any(item.get_closest_marker("slow") for item in items):
         seconds = file_seconds()
         items.sort(key=lambda item: -seconds.get(_file_of(item), 0.0))
     else:
+        tests_per_file = Counter(_file_of(item) for item in items)
         items.sort(key=lambda item: -tests_per_file[_file_of(item)])
 
 

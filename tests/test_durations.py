@@ -45,8 +45,7 @@ def test_output_without_durations_is_refused_saying_what_to_pipe(
 
 def test_the_committed_record_names_only_files_that_exist() -> None:
     """A renamed file would silently lose its place at the front."""
-    root = Path(__file__).resolve().parents[1]
-    assert durations.file_seconds() and all((root / file).is_file() for file in durations.file_seconds())
+    assert durations.file_seconds() and all((REPO_ROOT / file).is_file() for file in durations.file_seconds())
 
 
 @pytest.mark.slow

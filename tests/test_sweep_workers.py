@@ -192,7 +192,7 @@ def open_storage_alembic_rows(url: str) -> int:
 
 @pytest.mark.slow
 def test_workers_opening_a_new_postgresql_database_at_once_all_get_one_schema(
-    tracking_server: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tracking_server: TrackingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Workers started together each create Optuna's tables and types. One that finds the first's CREATE
     uncommitted waits for it, then fails with a unique violation; one that checked just before the first
@@ -201,12 +201,9 @@ def test_workers_opening_a_new_postgresql_database_at_once_all_get_one_schema(
     import psycopg
     from optuna.storages._rdb import models
 
-    password = (tracking_server.folder / "secrets" / "postgres-password").read_text().strip()
     pg_port = json.loads((tracking_server.folder / "server.json").read_text())["pg_port"]
-    pgpass = tmp_path / "pgpass"
-    pgpass.write_text(f"127.0.0.1:{pg_port}:*:mlflow:{password}\n")
-    pgpass.chmod(0o600)
-    monkeypatch.setenv("PGPASSFILE", str(pgpass))  # inherited by the spawned processes
+    # The server's own pgpass (the mlflow role, any database), inherited by the spawned processes.
+    monkeypatch.setenv("PGPASSFILE", str(tracking_server.folder / "secrets" / "pgpass"))
     database = f"race_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(host="127.0.0.1", port=pg_port, user="mlflow", dbname="postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
