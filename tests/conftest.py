@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from tests.durations import file_seconds
 
@@ -155,6 +156,15 @@ def finetuned_champion(
     return name, run_id
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One garbage collection when the session ends, not pytest's five (for unraisable exceptions): with
+    torch, transformers and MLflow loaded each takes about half a second, in every xdist worker."""
+    from _pytest import unraisableexception
+
+    if hasattr(unraisableexception, "gc_collect_iterations_key"):  # pytest >= 8.4; older ones collect nothing here
+        config.stash[unraisableexception.gc_collect_iterations_key] = 1
+
+
 # The session's team tracking server (PostgreSQL + mlflow server with logins), for the tests that need one.
 from tests.tracking_server import on_server, tracking_server  # noqa: F401
 
@@ -170,18 +180,60 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.java)
 
 
+# The files that use the session's team tracking server: one xdist worker runs them all, so the server
+# (PostgreSQL, SeaweedFS and MLflow's server, about 20 s to start on two busy cores) starts once a run.
+TEAM_SERVER = "team tracking server"
+TEAM_SERVER_FILES = frozenset(
+    f"tests/{name}.py"
+    for name in (
+        "test_grants",
+        "test_sweep_workers",
+        "test_tracking_server",
+        "test_tracking_server_backup",
+        "test_tracking_server_defects",
+        "test_tracking_server_s3",
+        "test_tracking_server_stages",
+    )
+)
+
+
+def unit_of(file: str) -> str:
+    """The work unit xdist hands out whole: the team server's files together, any other file alone."""
+    return TEAM_SERVER if file in TEAM_SERVER_FILES else file
+
+
+class TeamServerFilesTogether(LoadFileScheduling):
+    """xdist's ``--dist loadfile``, with the team server's files as one unit."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return unit_of(super()._split_scope(nodeid))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadFileScheduling | None:
+    if config.getoption("dist") != "loadfile":
+        return None  # another --dist the user asked for
+    return TeamServerFilesTogether(config, log)
+
+
 @pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the longest files first, each file's tests in their own order, so that no xdist worker
-    idles at the end while another runs a long file alone: with slow tests, by the seconds of the
-    last full run (tests/durations.py); without, the fast loop, by the number of tests.
+    """Put the longest units first (a unit is a file, or the team server's files), each unit's files
+    and tests in their own order, so that no xdist worker idles at the end while another runs a long
+    unit alone: with slow tests, by the seconds of the last full run (tests/durations.py); without,
+    the fast loop, by the number of tests.
     """
+    if strays := sorted(
+        {_file_of(item) for item in items if "tracking_server" in getattr(item, "fixturenames", ())} - TEAM_SERVER_FILES
+    ):
+        raise pytest.UsageError(f"{', '.join(strays)} use(s) the team tracking server: add them to TEAM_SERVER_FILES")
     if any(item.get_closest_marker("slow") for item in items):
-        seconds = file_seconds()
-        items.sort(key=lambda item: -seconds.get(_file_of(item), 0.0))
+        file_weight: dict[str, float] = file_seconds()
     else:
-        tests_per_file = Counter(_file_of(item) for item in items)
-        items.sort(key=lambda item: -tests_per_file[_file_of(item)])
+        file_weight = Counter(_file_of(item) for item in items)
+    unit_weight: Counter[str] = Counter()
+    for file in {_file_of(item) for item in items}:
+        unit_weight[unit_of(file)] += file_weight.get(file, 0.0)
+    items.sort(key=lambda item: (-unit_weight[unit_of(_file_of(item))], -file_weight.get(_file_of(item), 0.0)))
 
 
 def _file_of(item: pytest.Item) -> str:

@@ -161,14 +161,6 @@ def test_a_stage_on_a_tracking_server_prints_its_closing_line_and_nothing_else(t
     assert len(lines) == 1 and lines[0].startswith("dummy: val accuracy "), lines  # no "🏃 View run" pair
 
 
-@pytest.mark.slow
-def test_the_team_servers_log_has_no_starlette_deprecation_warning(tracking_server) -> None:
-    # MLflow's server imports starlette.middleware.wsgi, which warns in every worker: nothing an operator can act on.
-    log = (tracking_server.folder / "mlflow.log").read_text()
-    assert "Uvicorn running on" in log or "Listening at" in log or "Application startup complete" in log, log[-2000:]
-    assert "StarletteDeprecationWarning" not in log, log[-3000:]
-
-
 @pytest.mark.slow  # a Python process per snippet, each importing MLflow's server app
 def test_the_docs_admin_snippets_print_no_starlette_deprecation_warning() -> None:
     # Their client imports MLflow's fastapi_app, which imports starlette.middleware.wsgi: a warning to every admin.

@@ -89,6 +89,13 @@ def test_status_of_an_empty_folder_says_nothing_runs(tmp_path: Path) -> None:
     assert result.returncode == 3 and "no tracking server" in result.stdout
 
 
+def test_the_team_servers_log_has_no_starlette_deprecation_warning(tracking_server: TrackingServer) -> None:
+    # MLflow's server imports starlette.middleware.wsgi, which warns in every worker: nothing an operator can act on.
+    log = (tracking_server.folder / "mlflow.log").read_text()
+    assert "Uvicorn running on" in log or "Listening at" in log or "Application startup complete" in log, log[-2000:]
+    assert "StarletteDeprecationWarning" not in log, log[-3000:]
+
+
 # --- logins --------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.server import get_app_client
 from mlflow.tracking import MlflowClient
 
 from emotion_exp.serving import free_port
@@ -130,6 +129,8 @@ def test_the_archive_is_private_and_its_manifest_lists_both_databases_and_every_
 
 
 def test_a_restored_server_holds_every_run_model_user_and_permission(archived: Archived, new_folder: Path) -> None:
+    from mlflow.server import get_app_client  # the server's app: seconds to import, for this test only
+
     paths = {"/backups/mlflow.tar.gz": archived.archive, "/srv/mlflow-restored": new_folder}
     restored = run_script(*docs_command("restore", paths))
     assert restored.returncode == 0, restored.stderr
