@@ -1,6 +1,6 @@
 """What several test modules share (test modules import from here, never from each other): a run's artifacts,
-`mlflow run` in a subprocess, a model's own scores, the tiny fine-tune, real `emotion-exp` processes and the
-smallest study."""
+`mlflow run` in a subprocess, a model's own scores, the tiny fine-tune, real `emotion-exp` processes, and the
+smallest study with the checks of what it leaves in the store."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
 
 from emotion_exp import tracking
@@ -253,3 +254,82 @@ def sample_texts(count: int) -> list[str]:
     sample = REPO_ROOT / "emotion_exp" / "sample"
     frame = pd.concat(pd.read_csv(sample / f"{split}.csv") for split in ("train", "validation", "test"))
     return frame["text"].astype(str).tolist()[:count]
+
+
+COMPARED = ["extract", "dummy", "probe", "tfidf", "finetune"]
+
+
+def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
+    """The parent and its children in the store, the comparison on the parent and the champion."""
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    [parent] = [r for r in runs if r.data.tags.get("stage") == "main"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["stage"] for r in children} == STAGES
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert len(parent.data.tags["dataset_digest"]) == 64
+    trained = [r for r in children if r.data.tags["stage"] != "evaluate"]
+    assert {r.data.tags.get("dataset_digest") for r in trained} == {parent.data.tags["dataset_digest"]}
+
+    client = MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert artifacts == {"comparison/comparison.md", "comparison/comparison.csv"}
+    assert "plots/comparison.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    table = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison/comparison.csv")
+    )
+    assert [s for s in table["stage"] if s in COMPARED] == [s for s in COMPARED if s in set(table["stage"])]
+    assert {"dummy", "probe", "tfidf", "finetune"} <= set(table["stage"])
+    markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/comparison/comparison.md")
+    assert "| finetune" in markdown and "val_f1_weighted" in markdown
+    check_paired_comparison(table, parent)
+    for stage in ("dummy", "probe", "tfidf", "finetune"):
+        assert 0 <= parent.data.metrics[f"{stage}_val_accuracy"] <= 1
+        assert 0 <= parent.data.metrics[f"{stage}_val_f1_weighted"] <= 1
+
+    champion = client.get_model_version_by_alias(registered_model, "champion")
+    # main ends with an evaluate of the new champion on the study's test split, reported on the parent.
+    [evaluated] = [r for r in children if r.data.tags["stage"] == "evaluate"]
+    assert evaluated.data.tags["registered_version"] == str(champion.version)
+    assert evaluated.data.metrics["test_rows"] == len(pd.read_csv(Path(parent.data.params["dataset"]) / "test.csv"))
+    assert parent.data.tags["champion_evaluation"] == evaluated.info.run_id
+    for metric in ("test_accuracy", "test_f1_weighted", "test_loss", "test_ece", "test_brier"):
+        assert parent.data.metrics[f"champion_{metric}"] == evaluated.data.metrics[metric]
+    [trained_champion] = [r for r in children if r.info.run_id == champion.run_id]
+    assert evaluated.data.metrics["test_accuracy"] == pytest.approx(trained_champion.data.metrics["test_accuracy"])
+    candidates = {r.info.run_id for r in children if r.data.tags["stage"] in ("probe", "tfidf", "finetune")}
+    assert champion.run_id in candidates
+    [promote_run] = [r for r in children if r.data.tags["stage"] == "promote"]
+    assert promote_run.data.params["candidate_run_id"] == champion.run_id
+    return parent
+
+
+def check_paired_comparison(table: pd.DataFrame, parent: mlflow.entities.Run) -> None:
+    """Every model stage against the best other one, recomputed by hand from the two runs' per-text predictions."""
+    by_stage = table.set_index("stage")
+    models = ["dummy", "probe", "tfidf", "finetune"]
+    for stage in models:
+        row = by_stage.loc[stage]
+        others = {other: by_stage.loc[other, "val_accuracy"] for other in models if other != stage}
+        assert row["versus"] == max(others, key=others.get)
+        assert row["val_accuracy_ci_low"] <= row["val_accuracy"] <= row["val_accuracy_ci_high"]
+        assert parent.data.tags[f"{stage}_versus"] == row["versus"]
+        mine, theirs = (
+            pd.read_parquet(
+                mlflow.artifacts.download_artifacts(
+                    run_id=by_stage.loc[name, "run_id"], artifact_path="predictions/per_text.parquet"
+                )
+            )
+            for name in (stage, row["versus"])
+        )
+        for split, prefix in (("validation", "val"), ("test", "test")):
+            a, b = (t[t["split"] == split].sort_values("row") for t in (mine, theirs))
+            a_right = (a["gold"] == a["predicted"]).to_numpy()
+            b_right = (b["gold"] == b["predicted"]).to_numpy()
+            only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
+            expected_p = 1.0 if only_a + only_b == 0 else binomtest(only_a, only_a + only_b).pvalue
+            assert row[f"{prefix}_accuracy_delta"] == pytest.approx(a_right.mean() - b_right.mean())
+            assert row[f"{prefix}_mcnemar_pvalue"] == pytest.approx(expected_p)
+            assert row[f"{prefix}_accuracy_delta_ci_low"] <= row[f"{prefix}_accuracy_delta"]
+            assert row[f"{prefix}_accuracy_delta"] <= row[f"{prefix}_accuracy_delta_ci_high"]
+            assert parent.data.metrics[f"{stage}_{prefix}_mcnemar_pvalue"] == pytest.approx(expected_p)

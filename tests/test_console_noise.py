@@ -7,6 +7,7 @@ import io
 import re
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,7 @@ import pytest
 
 from emotion_exp import catalog, console
 from emotion_exp.stages import finetune
-from tests.helpers import mlflow_run_command, tiny_finetune_config
+from tests.helpers import check_study, mlflow_run_command, study_params, tiny_finetune_config
 
 STUDY = [name for name, spec in catalog.STAGES.items() if spec.in_study] + ["evaluate"]  # the champion, scored
 PROGRESS = re.compile(r"^(\w+)(?: (?:train|validation|test))?: +\d+% \([\d,]+/[\d,]+ \w+, .+ \w+/s(?:, .+ left)?\)$")
@@ -61,12 +62,15 @@ def test_durations_read_at_a_glance() -> None:
 
 
 @pytest.mark.slow
-def test_the_first_command_prints_stage_lines_progress_and_the_summary_only(
+def test_the_first_command_runs_the_whole_study_printing_stage_lines_progress_and_the_summary_only(
     small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str
 ) -> None:
-    # The README's first command, `mlflow run . --env-manager local`, on a small dataset and a tiny encoder.
-    parameters = [f"dataset={small_dataset}", f"model={tiny_model_dir}", "epochs=2", "max_length=32"]
-    command, env = mlflow_run_command("main", isolated_mlflow, tracking_uri, *parameters, "umap_max_points=200")
+    # The README's first command, `mlflow run . --env-manager local`, on a small dataset and a tiny encoder:
+    # the one `mlflow run` of the whole study, so it checks what the study leaves in the store too.
+    registered_model = f"study-{uuid.uuid4().hex[:8]}"
+    study = study_params(small_dataset, tiny_model_dir, registered_model)
+    parameters = [f"{key}={value}" for key, value in study.items()]
+    command, env = mlflow_run_command("main", isolated_mlflow, tracking_uri, *parameters)
     for name in (console.VERBOSE_ENV, "EMOTION_EXP_DEBUG", *console.QUIET_ENVIRONMENT):
         env.pop(name, None)  # a user's shell has none of them
     finished = subprocess.run(  # noqa: PLW1510 - the return code is asserted with the output
@@ -98,6 +102,9 @@ def test_the_first_command_prints_stage_lines_progress_and_the_summary_only(
     for line in summary:
         assert line == "" or line.startswith(SUMMARY_LABELS) or line.split()[0] in STUDY, line
     assert sum(line.startswith(("Champion: ", "Store: ", "Open it: ")) for line in summary) == 3, summary
+
+    parent = check_study(isolated_mlflow, registered_model)
+    assert parent.data.tags["mlflow.project.entryPoint"] == "main"
 
 
 @pytest.fixture
