@@ -11,6 +11,7 @@ thread in every child, the other knob that could matter. ``--runtime onnx`` meas
 whose idle threads spin only under OMP_WAIT_POLICY=ACTIVE (``onnx_runtime.open_session``).
 
     python -m benchmarks.openmp [--texts N] [--rounds N] [--interop] [--policies unset,PASSIVE] [--runtime onnx]
+                                [--conditions "as is"]
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def main() -> None:
     parser.add_argument("--interop", action="store_true", help="Also pin torch's inter-op pool to one thread.")
     parser.add_argument("--policies", default=",".join(POLICIES), help="Comma-separated settings to compare.")
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="The engine measured.")
+    parser.add_argument(
+        "--conditions",
+        default="as is,busy",
+        help="Comma-separated: 'as is' (the machine as it is), 'busy' (one busy process per core).",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -88,6 +94,9 @@ def main() -> None:
     from emotion_exp import models, threads
 
     policies = args.policies.split(",")
+    conditions = args.conditions.split(",")
+    if unknown := set(conditions) - {"as is", "busy"}:
+        parser.error(f"--conditions: expected 'as is' and/or 'busy', got {', '.join(sorted(unknown))}")
     cores = threads.available_cores()
     counts = sorted({1, cores})
     machine_peak = peak.matmul_peak(cores)  # in this process, before any pass or load
@@ -97,10 +106,11 @@ def main() -> None:
     )
     print(f"matmul peak GFLOP/s: {peak.describe(machine_peak)}; each cell: median texts/s (its share of the peak)")
     print(f"{'condition':<10}{'OpenMP setting':<17}" + "".join(f"{f'{n} thread(s)':>18}" for n in counts) + "  load")
-    for condition in ("as is", f"+{cores} busy"):
+    for condition in conditions:
+        busy = condition == "busy"
         rates: dict[tuple[str, int], list[tuple[float, float]]] = {(p, n): [] for p in policies for n in counts}
-        with background_load(cores) if condition != "as is" else contextlib.nullcontext():
-            time.sleep(1 if condition != "as is" else 0)
+        with background_load(cores) if busy else contextlib.nullcontext():
+            time.sleep(1 if busy else 0)
             for round_ in range(args.rounds):
                 for key, measured in rates.items():
                     rate, gflops, precision = one_pass(args, *key)
@@ -112,7 +122,8 @@ def main() -> None:
             for n in counts:
                 rate, gflops = statistics.median_low(rates[policy, n])  # by rate: work per text is the same
                 cells += f"{rate:>11.1f} ({peak.share(gflops, machine_peak, precision, n):.0%})"
-            print(f"{condition:<10}{policy:<17}{cells}  {load}", flush=True)
+            label = f"+{cores} busy" if busy else condition
+            print(f"{label:<10}{policy:<17}{cells}  {load}", flush=True)
 
 
 if __name__ == "__main__":
