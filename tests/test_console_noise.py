@@ -66,9 +66,10 @@ def test_the_first_command_runs_the_whole_study_printing_stage_lines_progress_an
     small_dataset: Path, tiny_model_dir: Path, tracking_uri: str, isolated_mlflow: str
 ) -> None:
     # The README's first command, `mlflow run . --env-manager local`, on a small dataset and a tiny encoder:
-    # the one `mlflow run` of the whole study, so it checks what the study leaves in the store too.
+    # the one run of the whole study in a process of its own, so it checks what the study prints line by
+    # line, its summary's layout and what it leaves in the store.
     registered_model = f"study-{uuid.uuid4().hex[:8]}"
-    study = study_params(small_dataset, tiny_model_dir, registered_model)
+    study = {**study_params(small_dataset, tiny_model_dir, registered_model), "epochs": "2"}
     parameters = [f"{key}={value}" for key, value in study.items()]
     command, env = mlflow_run_command("main", isolated_mlflow, tracking_uri, *parameters)
     for name in (console.VERBOSE_ENV, "EMOTION_EXP_DEBUG", *console.QUIET_ENVIRONMENT):
@@ -102,6 +103,24 @@ def test_the_first_command_runs_the_whole_study_printing_stage_lines_progress_an
     for line in summary:
         assert line == "" or line.startswith(SUMMARY_LABELS) or line.split()[0] in STUDY, line
     assert sum(line.startswith(("Champion: ", "Store: ", "Open it: ")) for line in summary) == 3, summary
+
+    # What each line says: 120 training texts, 8 steps an epoch, the summary's table and its last lines.
+    assert any(line.startswith("extract train: 100% (120/120 texts, ") for line in kinds["progress"])
+    assert any(line.startswith("finetune: 100% (16/16 steps, ") for line in kinds["progress"])
+    assert any(line.startswith("epoch 1/2: validation loss ") for line in kinds["progress"])
+    assert any(line.startswith("epoch 2/2: validation loss ") for line in kinds["progress"])
+    assert any("a new, randomly initialised classification head for 6 labels" in line for line in kinds["said"])
+    header = ["stage", "val", "accuracy", "val", "F1", "test", "accuracy", "seconds", "val", "accuracy", "minus"]
+    assert summary[1].split()[:11] == header, summary
+    stages = ["extract", "dummy", "probe", "tfidf", "finetune", "evaluate"]  # evaluate: the new champion on test
+    assert [line.split()[0] for line in summary[2:8]] == stages, summary
+    interval = r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]"
+    paired = r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] vs (dummy|probe|tfidf|finetune), p=\S+"
+    for line in summary[3:7]:  # the model stages: scores with intervals and their paired difference
+        assert re.fullmatch(rf"\w+\s+{interval}\s+{interval}\s+{interval}\s+\d+\s+{paired}", line), line
+    assert summary[9].startswith("Champion: promoted ("), summary
+    assert summary[9].endswith(f"(models:/{registered_model}@champion)"), summary
+    assert summary[10:12] == [f"Store: {tracking_uri}", f"Open it: mlflow ui --backend-store-uri {tracking_uri}"]
 
     parent = check_study(isolated_mlflow, registered_model)
     assert parent.data.tags["mlflow.project.entryPoint"] == "main"
