@@ -19,8 +19,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 
 from emotion_exp import tracking
+from emotion_exp.cli import cli
 from emotion_exp.serving import local_server
 
 VIRTUAL_TIME_BUDGET_MS = 20_000
@@ -39,29 +41,21 @@ def rendered_text(url: str, profile: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
-def test_the_study_links_open_the_training_runs_and_their_comparison(tmp_path: Path) -> None:
+def test_the_study_links_open_the_training_runs_and_their_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Without the session's MLFLOW_EXPERIMENT_ID: mlflow.set_experiment exports it (the conftest's experiment in
-    # the session store), and in this fresh store it names another experiment, or none. In CI, after the
-    # earlier tests, it read 8 where "landing" is 1 and the first stage failed on the mismatch.
-    inherited = {
-        name: value for name, value in os.environ.items() if name not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
-    }
-    env = {**inherited, "MLFLOW_TRACKING_URI": store, "MLFLOW_EXPERIMENT_NAME": "landing"}
-    for stage in ("dummy", "tfidf"):
-        done = subprocess.run(
-            [sys.executable, "-m", "emotion_exp", "--debug", stage],
-            env=env,
-            cwd=tmp_path,
-            check=False,  # the return code is asserted with the output
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, f"{stage} failed:\n{done.stdout[-2000:]}\n{done.stderr[-6000:]}"
+    # Two stages in this process, into a fresh store's "landing" experiment (the links are what is checked).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "landing")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment exported the session's
     mlflow.set_tracking_uri(store)
-    experiment_id = mlflow.get_experiment_by_name("landing").experiment_id
+    experiment_id = mlflow.set_experiment("landing").experiment_id
+    for stage in ("dummy", "tfidf"):
+        done = CliRunner().invoke(cli, [stage])
+        assert done.exit_code == 0, f"{stage} failed:\n{done.output[-3000:]}"
     run_ids = [run.info.run_id for run in mlflow.search_runs([experiment_id], output_format="list")]
+    env = {name: value for name, value in os.environ.items() if name not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
 
     def ui(port: int) -> list[str]:
         return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "-h", "127.0.0.1", "-p", str(port)]
