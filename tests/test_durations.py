@@ -1,4 +1,5 @@
-"""The per-file seconds that order the files for xdist: summed from pytest's --durations lines."""
+"""How xdist's work is cut and ordered: the team server's files as one unit, and the per-file seconds
+that put the longest units first, summed from pytest's --durations lines."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tests import durations
+from tests import conftest, durations
 from tests.conftest import REPO_ROOT
 
 REPORT = """\
@@ -70,3 +72,44 @@ def test_the_ordering_keeps_the_marks_that_select_what_needs_postgresql_or_java(
     assert not {"tests/test_spark.py"} & collected["not postgres and not java"]
     assert collected["postgres"] == {"tests/test_tracking_server_s3.py"}
     assert collected["java"] == {"tests/test_spark.py"}
+
+
+def fake_item(file: str, name: str, *, server: bool = False, slow: bool = True) -> SimpleNamespace:
+    marks = {"slow": pytest.mark.slow} if slow else {}
+    return SimpleNamespace(
+        nodeid=f"{file}::{name}",
+        fixturenames=("tracking_server",) if server else (),
+        get_closest_marker=marks.get,
+    )
+
+
+def test_the_team_servers_files_are_one_unit_ordered_by_their_summed_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    seconds = {"tests/test_grants.py": 50.0, "tests/test_tracking_server.py": 20.0, "tests/test_spark.py": 60.0}
+    monkeypatch.setattr(conftest, "file_seconds", lambda: seconds)
+    items = [
+        fake_item("tests/test_spark.py", "a"),
+        fake_item("tests/test_tracking_server.py", "b", server=True),
+        fake_item("tests/test_data.py", "c", slow=False),
+        fake_item("tests/test_grants.py", "d", server=True),
+    ]
+
+    conftest.pytest_collection_modifyitems(items)
+
+    # The server's unit (70 s) before Spark's file (60 s); inside it, the longer file first.
+    assert [item.nodeid for item in items] == [
+        "tests/test_grants.py::d",
+        "tests/test_tracking_server.py::b",
+        "tests/test_spark.py::a",
+        "tests/test_data.py::c",
+    ]
+    scheduler = object.__new__(conftest.TeamServerFilesTogether)  # its scopes need no workers
+    server_tests = ("tests/test_grants.py::d", "tests/test_tracking_server.py::b")
+    assert [scheduler._split_scope(nodeid) for nodeid in server_tests] == [conftest.TEAM_SERVER] * 2
+    assert scheduler._split_scope("tests/test_spark.py::a[x]") == "tests/test_spark.py"
+
+
+def test_a_file_that_uses_the_team_server_outside_the_unit_is_refused_by_name() -> None:
+    items = [fake_item("tests/test_newcomer.py", "a", server=True)]
+
+    with pytest.raises(pytest.UsageError, match=r"tests/test_newcomer\.py use\(s\) the team tracking server"):
+        conftest.pytest_collection_modifyitems(items)
