@@ -161,7 +161,8 @@ def pytest_configure(config: pytest.Config) -> None:
     torch, transformers and MLflow loaded each takes about half a second, in every xdist worker."""
     from _pytest import unraisableexception
 
-    if hasattr(unraisableexception, "gc_collect_iterations_key"):  # pytest >= 8.4; older ones collect nothing here
+    # The key came with pytest's PR #13525 (mid 2025); a pytest without it keeps its own count.
+    if hasattr(unraisableexception, "gc_collect_iterations_key"):
         config.stash[unraisableexception.gc_collect_iterations_key] = 1
 
 
