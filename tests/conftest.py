@@ -223,9 +223,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     unit alone: with slow tests, by the seconds of the last full run (tests/durations.py); without,
     the fast loop, by the number of tests.
     """
-    if strays := sorted(
-        {_file_of(item) for item in items if "tracking_server" in getattr(item, "fixturenames", ())} - TEAM_SERVER_FILES
-    ):
+    # The postgres mark is set, by pytest_itemcollected, exactly on the tests that use the team server.
+    if strays := sorted({_file_of(item) for item in items if item.get_closest_marker("postgres")} - TEAM_SERVER_FILES):
         raise pytest.UsageError(f"{', '.join(strays)} use(s) the team tracking server: add them to TEAM_SERVER_FILES")
     if any(item.get_closest_marker("slow") for item in items):
         file_weight: dict[str, float] = file_seconds()
@@ -234,7 +233,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     unit_weight: Counter[str] = Counter()
     for file in {_file_of(item) for item in items}:
         unit_weight[unit_of(file)] += file_weight.get(file, 0.0)
-    items.sort(key=lambda item: (-unit_weight[unit_of(_file_of(item))], -file_weight.get(_file_of(item), 0.0)))
+
+    def longest_first(item: pytest.Item) -> tuple[float, float]:
+        file = _file_of(item)
+        return -unit_weight[unit_of(file)], -file_weight.get(file, 0.0)
+
+    items.sort(key=longest_first)
 
 
 def _file_of(item: pytest.Item) -> str:
