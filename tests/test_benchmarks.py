@@ -57,3 +57,17 @@ def test_the_benchmark_runs_and_prints_its_share_of_the_peak(
     assert done.returncode == 0, done.stderr[-3000:]
     _, peak_line, after = done.stdout.partition("matmul peak GFLOP/s")
     assert peak_line and re.search(r"\d+%", after), done.stdout[-3000:]  # the peak, then shares of it
+
+
+def test_an_unknown_openmp_condition_is_refused_naming_the_ones_there_are(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import openmp
+
+    monkeypatch.setattr(sys, "argv", ["openmp", "--conditions", "as is,sunny"])
+
+    with pytest.raises(SystemExit) as exit_info:
+        openmp.main()
+
+    assert exit_info.value.code == 2
+    assert "--conditions: expected 'as is' and/or 'busy', got sunny" in capsys.readouterr().err
