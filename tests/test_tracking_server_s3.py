@@ -120,15 +120,16 @@ def test_up_starts_seaweedfs_down_stops_it_and_a_plain_up_restarts_it(tmp_path: 
 
 
 def test_a_failed_up_leaves_no_seaweedfs_running(tmp_path: Path) -> None:
-    # 192.0.2.1 (TEST-NET-1) is no address of this machine: SeaweedFS starts, then `mlflow server` cannot bind.
+    # SeaweedFS starts, then `mlflow server` refuses the admin's short password and exits.
     folder = tmp_path / "server"
-    backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_script(
-        "up", "--dir", str(folder), "--object-store", "--backend-store-uri", backend, "--host", "192.0.2.1",
-        "--port", "5999", "--workers", "1", "--timeout", "60",
+        "up", "--dir", str(folder), "--object-store", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--auth", "--auth-database-uri", f"sqlite:///{tmp_path / 'users.db'}", "--workers", "1", "--timeout", "120",
+        env={"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "short"},
     )  # fmt: skip
 
-    assert result.returncode == 1 and "mlflow server exited" in result.stderr
+    assert result.returncode == 1 and "mlflow server exited" in result.stderr, result.stderr
+    assert (folder / "seaweedfs.log").exists()  # it had started
     assert pids_of(folder) == []
     assert not (folder / "seaweedfs.pid").exists()
 
