@@ -45,6 +45,19 @@ def stopped_afterwards() -> Iterator[list[Path]]:
         assert pids_of(folder) == [], f"processes left in {folder}"
 
 
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of one server on SQLite, started once for the tests that only read it or copy it."""
+    folder = tmp_path_factory.mktemp("sqlite-server") / "server"
+    started = sqlite_up(folder, free_port())
+    try:
+        assert started.returncode == 0, started.stderr
+        yield folder
+    finally:
+        run_script("down", "--dir", str(folder))
+    assert pids_of(folder) == [], f"processes left in {folder}"
+
+
 def no_traceback(result: subprocess.CompletedProcess) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
@@ -129,11 +142,8 @@ def test_a_decoy_in_the_pid_file_is_neither_reported_nor_stopped(tmp_path: Path,
         decoy.wait()
 
 
-def test_down_in_a_copied_folder_stops_nothing(tmp_path: Path, stopped_afterwards) -> None:
-    original, copy = tmp_path / "s1", tmp_path / "s1-copy"
-    stopped_afterwards.append(original)
-    started = sqlite_up(original, free_port())
-    assert started.returncode == 0, started.stderr
+def test_down_in_a_copied_folder_stops_nothing(sqlite_server: Path, tmp_path: Path) -> None:
+    original, copy = sqlite_server, tmp_path / "server-copy"
     shutil.copytree(original, copy, symlinks=True)
 
     status = run_script("status", "--dir", str(copy))
@@ -217,14 +227,10 @@ def test_an_empty_pid_file_and_a_truncated_settings_file_give_one_clear_line(tmp
         assert f"{settings} is damaged" in result.stderr
 
 
-def test_settings_and_pid_files_are_written_whole_with_mode_0600(tmp_path: Path, stopped_afterwards) -> None:
-    folder = tmp_path / "server"
-    stopped_afterwards.append(folder)
-    assert sqlite_up(folder, free_port()).returncode == 0
-
+def test_settings_and_pid_files_are_written_whole_with_mode_0600(sqlite_server: Path) -> None:
     for name in ("server.json", "mlflow.pid"):
-        assert (folder / name).stat().st_mode & 0o777 == 0o600, name
-    assert [path.name for path in folder.iterdir() if path.name.endswith(".tmp")] == []
+        assert (sqlite_server / name).stat().st_mode & 0o777 == 0o600, name
+    assert [path.name for path in sqlite_server.iterdir() if path.name.endswith(".tmp")] == []
 
 
 # --- 4. passwords ---------------------------------------------------------------------------------
