@@ -9,7 +9,6 @@ an interrupted run continues from its last checkpoint.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import signal
 import sys
@@ -379,12 +378,17 @@ def fit(trainer: Trainer, stopper: _StopOnRequest, resume_from: str | None) -> f
 
 def save_and_release(trainer: Trainer, model_dir: Path) -> tuple[PreTrainedModel, int]:
     """Save the model and tokenizer to ``model_dir``, then free the optimizer state (twice the weights)
-    before predicting; return the model in eval mode and the optimizer steps taken."""
+    before predicting; return the model in eval mode and the optimizer steps taken.
+
+    Every reference to the optimizer goes, so it is freed at once: the Trainer's, its callback
+    handler's (set by ``train``; kept, it held the state alive to the end of the stage) and the
+    accelerator's (``free_memory``).
+    """
     trainer.save_model(str(model_dir))
     model, global_step = trainer.model.eval(), trainer.state.global_step
     trainer.optimizer = trainer.lr_scheduler = None
-    trainer.accelerator.free_memory()  # drops its own references to the optimizer, then collects
-    gc.collect()
+    trainer.callback_handler.optimizer = trainer.callback_handler.lr_scheduler = None
+    trainer.accelerator.free_memory()
     return model, global_step
 
 
