@@ -66,9 +66,12 @@ def resolve_runtime(runtime: str, onnx_ready: bool | None = None) -> tuple[str, 
     """
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
-    ready = available() if onnx_ready is None else onnx_ready
+
+    def ready() -> bool:  # imports onnx and onnxruntime (0.8 s): only where the answer depends on them
+        return available() if onnx_ready is None else onnx_ready
+
     if runtime in ("onnx", "onnx-int8"):
-        if not ready:
+        if not ready():
             raise UserError(f"--runtime {runtime} needs onnxruntime and onnx, not installed here: {INSTALL_HINT}.")
         return runtime, "asked for"
     if runtime == "torch":
@@ -77,7 +80,7 @@ def resolve_runtime(runtime: str, onnx_ready: bool | None = None) -> tuple[str, 
         return "torch", "a GPU is present: torch"
     if models.native_bf16():
         return "torch", "native bf16 on this CPU: torch bf16"
-    if not ready:
+    if not ready():
         return "torch", f"no native bf16 on this CPU, onnxruntime not installed ({INSTALL_HINT}): torch fp32"
     return "onnx", "no native bf16 on this CPU: ONNX Runtime fp32"
 

@@ -114,6 +114,17 @@ def test_onnx_without_onnxruntime_is_one_clear_error_and_auto_falls_back(monkeyp
     assert runtime == "torch" and "onnxruntime not installed" in reason
 
 
+def test_a_runtime_decided_without_onnx_does_not_import_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def imported() -> bool:
+        raise AssertionError("onnx and onnxruntime were imported (0.8 s) for a runtime that does not need them")
+
+    monkeypatch.setattr(onnx_runtime, "available", imported)
+    monkeypatch.setattr(models, "native_bf16", lambda: True)
+
+    assert onnx_runtime.resolve_runtime("torch") == ("torch", "asked for")
+    assert onnx_runtime.resolve_runtime("auto")[0] == "torch"
+
+
 def test_onnx_with_bf16_asked_for_is_one_clear_error(small_dataset: Path, tiny_model_dir: Path) -> None:
     result = CliRunner().invoke(
         cli,
