@@ -213,29 +213,38 @@ class Stopwatch(TrainerCallback):
         return self.epochs * texts_per_epoch / self.seconds if self.seconds else 0.0
 
 
+def _any_process(flag: bool) -> bool:
+    """``flag`` or-ed over every process of a torchrun job; ``flag`` itself in a single process."""
+    if distributed.world_size() == 1:
+        return flag
+    vote = torch.tensor([int(flag)])
+    torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
+    return bool(vote.item())
+
+
 class _StopOnRequest(TrainerCallback):
     """After a stop request: save a checkpoint at the end of the current step and stop training.
 
-    The epoch-end evaluation and save that would follow the early stop are skipped: the step's
-    checkpoint already holds everything a resume needs.
+    ``requested`` is this process's request (the signal handler sets it); ``stopping`` what every
+    process agreed after the step, so that all stop after the same one (in DDP the others would
+    wait forever). A request that lands after a step's vote counts at the next step: it is never
+    overwritten by the vote. The epoch-end evaluation and save that would follow the stop are
+    skipped: the step's checkpoint already holds everything a resume needs.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.stopping = False
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
-        if distributed.world_size() > 1:
-            # Every process stops after the same step, or the others would wait forever in DDP.
-            flag = torch.tensor([int(self.requested)])
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            self.requested = bool(flag.item())
-        if self.requested:
+        self.stopping = _any_process(self.requested)
+        if self.stopping:
             control.should_save = True
             control.should_training_stop = True
         return control
 
     def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.requested:
+        if self.stopping:
             control.should_evaluate = False
             control.should_save = False
         return control
@@ -371,7 +380,9 @@ def fit(trainer: Trainer, stopper: _StopOnRequest, resume_from: str | None) -> f
     with _stop_requests(stopper):
         trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
-    if stopper.requested:
+    # Every process ends the same way; a request after the last step's vote still counts (a later
+    # signal goes to the stage's own handler).
+    if _any_process(stopper.requested):
         raise TrainingInterrupted(last_checkpoint(trainer.args.output_dir))
     return seconds
 

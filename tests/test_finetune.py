@@ -184,6 +184,33 @@ def test_the_logging_callback_logs_only_on_the_main_process() -> None:
     assert history == {"train_loss": [(7, 0.5)], "eval_accuracy": [(7, 0.25)]}
 
 
+def test_a_stop_request_landing_during_the_processes_vote_stops_them_all_at_the_next_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+    from transformers import TrainerControl
+
+    from emotion_exp import distributed, finetune
+
+    stopper = finetune._StopOnRequest()
+    votes = []
+
+    def all_reduce(vote: torch.Tensor, op: object) -> None:  # the other process asked for nothing
+        votes.append(int(vote.item()))
+        if len(votes) == 1:
+            stopper.requested = True  # SIGTERM handled just after the first vote, before its result is read
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+
+    first = stopper.on_step_end(None, None, TrainerControl())
+    second = stopper.on_step_end(None, None, TrainerControl())
+
+    assert votes == [0, 1]
+    assert not first.should_training_stop  # the vote said go on: every process takes the next step
+    assert second.should_training_stop and second.should_save  # the request was kept for the next vote
+
+
 def test_training_arguments_are_our_set_up(tmp_path: Path) -> None:
     from emotion_exp.finetune import training_arguments
 
