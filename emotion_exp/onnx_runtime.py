@@ -333,7 +333,7 @@ def resolve_loaded(runtime: str, exported: bool) -> tuple[str, str]:
     if importable("torch") and importable("transformers"):
         # The logged fp32 export needs onnxruntime only; int8 (quantize_dynamic) and an export at load need onnx.
         exported_ready = exported and runtime != "onnx-int8" and importable("onnxruntime")
-        return resolve_runtime(runtime, onnx_ready=exported_ready or available())
+        return resolve_runtime(runtime, onnx_ready=True if exported_ready else None)  # None: available(), if asked
     if runtime == "torch":
         raise UserError("runtime torch needs torch and transformers, not installed here: pass runtime auto or onnx.")
     if not exported:

@@ -123,6 +123,7 @@ def test_a_runtime_decided_without_onnx_does_not_import_it(monkeypatch: pytest.M
 
     assert onnx_runtime.resolve_runtime("torch") == ("torch", "asked for")
     assert onnx_runtime.resolve_runtime("auto")[0] == "torch"
+    assert onnx_runtime.resolve_loaded("auto", exported=False)[0] == "torch"  # a logged model without its export
 
 
 def test_onnx_with_bf16_asked_for_is_one_clear_error(small_dataset: Path, tiny_model_dir: Path) -> None:
