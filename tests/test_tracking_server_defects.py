@@ -35,14 +35,19 @@ def sqlite_up(folder: Path, port: int, *extra: str) -> subprocess.CompletedProce
     )
 
 
+def stop(folder: Path) -> None:
+    """`down` in ``folder``; nothing of it may be left running."""
+    run_script("down", "--dir", str(folder))
+    assert pids_of(folder) == [], f"processes left in {folder}"
+
+
 @pytest.fixture
 def stopped_afterwards() -> Iterator[list[Path]]:
     """Folders whose servers are stopped at the end, also when the test failed."""
     folders: list[Path] = []
     yield folders
     for folder in folders:
-        run_script("down", "--dir", str(folder))
-        assert pids_of(folder) == [], f"processes left in {folder}"
+        stop(folder)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,7 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert started.returncode == 0, started.stderr
         yield folder
     finally:
-        run_script("down", "--dir", str(folder))
-    assert pids_of(folder) == [], f"processes left in {folder}"
+        stop(folder)
 
 
 def no_traceback(result: subprocess.CompletedProcess) -> None:
