@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 START_TIMEOUT_S = 180
+READY_POLL_TIMEOUT_S = 2.0  # one readiness request; a slow answer while starting is retried, not an error
 
 
 class ServerNotReady(RuntimeError):
@@ -75,9 +76,9 @@ def local_server(
                 if time.monotonic() > deadline:
                     raise ServerNotReady(f"no answer on {url}{ready_path} after {timeout_s:g} s:\n{_tail(log_path)}")
                 try:
-                    if requests.get(f"{url}{ready_path}", timeout=2).ok:
+                    if requests.get(f"{url}{ready_path}", timeout=READY_POLL_TIMEOUT_S).ok:
                         break
-                except requests.ConnectionError:
+                except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
                     pass
                 time.sleep(0.25)
             yield url
