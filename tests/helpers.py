@@ -24,6 +24,11 @@ from emotion_exp.data import DatasetSplits
 from tests.conftest import REPO_ROOT
 
 LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+# For an `mlflow server` or `mlflow ui` on a database store: MLflow 3 otherwise starts its job runner
+# (huey consumers for GenAI jobs no test uses), seven more processes importing MLflow, which made the
+# server answer 7 s later and cost about 30 CPU-s more per start on two cores (deploy/tracking-server
+# turns it off the same way).
+WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 """The study's six labels, in id order: the bundled sample's and every test dataset's."""
 
 

@@ -15,7 +15,13 @@ import pytest
 
 from emotion_exp import catalog, console
 from emotion_exp.stages import finetune
-from tests.helpers import check_study, mlflow_run_command, study_params, tiny_finetune_config
+from tests.helpers import (
+    WITHOUT_JOB_RUNNER,
+    check_study,
+    mlflow_run_command,
+    study_params,
+    tiny_finetune_config,
+)
 
 STUDY = [name for name, spec in catalog.STAGES.items() if spec.in_study] + ["evaluate"]  # the champion, scored
 PROGRESS = re.compile(r"^(\w+)(?: (?:train|validation|test))?: +\d+% \([\d,]+/[\d,]+ \w+, .+ \w+/s(?:, .+ left)?\)$")
@@ -171,7 +177,8 @@ def test_a_stage_on_a_tracking_server_prints_its_closing_line_and_nothing_else(t
         ]
 
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "EMOTION_EXP_"))}
-    with local_server(server, "/health", tmp_path / "server.log", env=env, cwd=tmp_path) as url:
+    server_env = {**env, **WITHOUT_JOB_RUNNER}
+    with local_server(server, "/health", tmp_path / "server.log", env=server_env, cwd=tmp_path) as url:
         finished = subprocess.run(
             [sys.executable, "-m", "emotion_exp", "dummy"],
             env={**env, "MLFLOW_TRACKING_URI": url},

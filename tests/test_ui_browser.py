@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from emotion_exp import tracking
 from emotion_exp.cli import cli
 from emotion_exp.serving import local_server
+from tests.helpers import WITHOUT_JOB_RUNNER
 
 VIRTUAL_TIME_BUDGET_MS = 20_000
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -56,6 +57,7 @@ def test_the_study_links_open_the_training_runs_and_their_comparison(
         assert done.exit_code == 0, f"{stage} failed:\n{done.output[-3000:]}"
     run_ids = [run.info.run_id for run in mlflow.search_runs([experiment_id], output_format="list")]
     env = {name: value for name, value in os.environ.items() if name not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env.update(WITHOUT_JOB_RUNNER)
 
     def ui(port: int) -> list[str]:
         return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "-h", "127.0.0.1", "-p", str(port)]
