@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sqlite3
@@ -156,6 +157,19 @@ def assert_the_study_is_complete(study: optuna.Study, n_trials: int, parent_id: 
     assert parent.data.metrics["best_value"] == max(trial.value for trial in complete)
 
 
+def processes(count: int) -> ProcessPoolExecutor:
+    """``count`` processes forked from a server that imported this module once: spawned, each would import
+    MLflow, Optuna and pandas again (about 4 CPU-s each). The server lives as long as this process, with the
+    environment it started with: what a worker needs goes in its arguments."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    # The server runs `python -c` in the test's folder, and Python 3.11's ignores the sys.path it is given.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+        multiprocessing.forkserver.ensure_running()
+    return ProcessPoolExecutor(count, mp_context=context)
+
+
 def claim_at(url: str, study_id: int, value: str, replacing: str | None, start: float) -> str:
     """In a process of its own: claim the study's parent for ``value`` at the wall-clock time ``start``."""
     storage = sweep_storage.open_storage(url, 1)
@@ -170,8 +184,9 @@ def test_a_claim_made_by_four_processes_at_once_is_won_by_one_and_all_see_it(tmp
     storage = sweep_storage.open_storage(url, 1)
     study_id = storage.get_study_id_from_name(optuna.create_study(storage=storage, study_name="claims").study_name)
     proposals = [f"run-{i}" for i in range(4)]
-    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
-        start = time.time() + 3  # every process has imported and connected by then
+    with processes(4) as pool:
+        list(pool.map(time.sleep, [0.5] * 4))  # each sleep busy when the next is submitted: four processes
+        start = time.time() + 1  # every process has connected by then
         first = list(pool.map(claim_at, [url] * 4, [study_id] * 4, proposals, [None] * 4, [start] * 4))
         # A parent gone from the tracking store is replaced: only a worker that still saw the old one wins.
         start = time.time() + 1
@@ -183,8 +198,9 @@ def test_a_claim_made_by_four_processes_at_once_is_won_by_one_and_all_see_it(tmp
     assert storage.get_study_user_attrs(study_id)["parent_run_id"] == second[0]
 
 
-def open_storage_alembic_rows(url: str) -> int:
+def open_storage_alembic_rows(url: str, pgpass: str) -> int:
     """In a process of its own: open the study's storage; the rows of its alembic revision table."""
+    os.environ["PGPASSFILE"] = pgpass
     storage = sweep_storage.open_storage(url, 1)
     with storage.engine.connect() as connection:
         return connection.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one()
@@ -202,18 +218,19 @@ def test_workers_opening_a_new_postgresql_database_at_once_all_get_one_schema(
     from optuna.storages._rdb import models
 
     pg_port = json.loads((tracking_server.folder / "server.json").read_text())["pg_port"]
-    # The server's own pgpass (the mlflow role, any database), inherited by the spawned processes.
-    monkeypatch.setenv("PGPASSFILE", str(tracking_server.folder / "secrets" / "pgpass"))
+    # The server's own pgpass (the mlflow role, any database), for this test and, as an argument, the workers.
+    pgpass = str(tracking_server.folder / "secrets" / "pgpass")
+    monkeypatch.setenv("PGPASSFILE", pgpass)
     database = f"race_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(host="127.0.0.1", port=pg_port, user="mlflow", dbname="postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
         url = f"postgresql+psycopg://mlflow@127.0.0.1:{pg_port}/{database}"
         engine = sqlalchemy.create_engine(url)
-        with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with processes(3) as pool:
             with engine.connect() as first:
                 created = first.begin()
                 models.BaseModel.metadata.create_all(first)
-                workers = [pool.submit(open_storage_alembic_rows, url) for _ in range(3)]
+                workers = [pool.submit(open_storage_alembic_rows, url, pgpass) for _ in range(3)]
                 waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
                 deadline = time.monotonic() + WAIT_S
                 while admin.execute(waiting, [database]).fetchone()[0] < 3 and not any(w.done() for w in workers):
