@@ -49,6 +49,32 @@ def test_up_again_keeps_the_running_server_and_status_says_where(tracking_server
     assert "postgresql:    running, pid" in status.stdout and "127.0.0.1:" in status.stdout
 
 
+def test_the_server_runs_without_mlflows_job_runner(tracking_server: TrackingServer) -> None:
+    """MLflow 3 starts a job runner (huey consumers, for GenAI jobs) beside a server on a database store
+    unless told not to: seven more processes this project never uses."""
+    leader = int((tracking_server.folder / "mlflow.pid").read_text().split()[0])
+
+    commands = [command for pid, command in session_commands(leader)]
+
+    assert any("-m uvicorn" in command for command in commands), commands  # its own processes are seen
+    assert not [command for command in commands if "huey" in command or "_job_runner" in command]
+
+
+def session_commands(leader: int) -> list[tuple[int, str]]:
+    """Every process of the session ``leader`` started (setsid), with its command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[3]) == leader:  # the session id, after state, ppid, pgrp
+                found.append((int(entry.name), command))
+    return found
+
+
 def test_up_with_auth_but_no_admin_credentials_refuses_before_starting_anything(tmp_path: Path) -> None:
     folder = tmp_path / "server"
 
