@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO_ROOT
 from tests.pyfunc_models import log_keyword_model
-from tests.tracking_server import ADMIN, TrackingServer, pids_of, run_script
+from tests.tracking_server import ADMIN, TrackingServer, pids_of, run_script, session_commands
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:An input example was not provided")]
 API = "/api/2.0/mlflow"
@@ -58,21 +58,6 @@ def test_the_server_runs_without_mlflows_job_runner(tracking_server: TrackingSer
 
     assert any("-m uvicorn" in command for command in commands), commands  # its own processes are seen
     assert not [command for command in commands if "huey" in command or "_job_runner" in command]
-
-
-def session_commands(leader: int) -> list[str]:
-    """The command line of every process in the session ``leader`` started (setsid)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[3]) == leader:  # the session id, after state, ppid, pgrp
-                found.append(command)
-    return found
 
 
 def test_up_with_auth_but_no_admin_credentials_refuses_before_starting_anything(tmp_path: Path) -> None:

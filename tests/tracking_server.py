@@ -17,15 +17,17 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from emotion_exp.serving import free_port
 from tests.conftest import REPO_ROOT
 
+T = TypeVar("T")
 SCRIPT = REPO_ROOT / "deploy" / "tracking-server"
 ADMIN = "admin"
 
@@ -121,19 +123,43 @@ def run_script(*args: str, env: dict[str, str] | None = None, timeout: int = 300
     )
 
 
-def pids_of(folder: Path) -> list[int]:
-    """Every process whose command line names the folder or that works in it (postmaster, weed, `mlflow server`)."""
+def each_process(read: Callable[[Path], T]) -> list[tuple[int, T]]:
+    """``read`` of every process's /proc folder, with its pid; a process that ends while read is skipped."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                command = (entry / "cmdline").read_bytes()
-                cwd = os.readlink(entry / "cwd")
+                found.append((int(entry.name), read(entry)))
             except OSError:
                 continue
-            if str(folder).encode() in command or Path(cwd).is_relative_to(folder):
-                found.append(int(entry.name))
     return found
+
+
+def pids_of(folder: Path) -> list[int]:
+    """Every process whose command line names the folder or that works in it (postmaster, weed, `mlflow server`)."""
+
+    def command_and_cwd(entry: Path) -> tuple[bytes, str]:
+        return (entry / "cmdline").read_bytes(), os.readlink(entry / "cwd")
+
+    return [
+        pid
+        for pid, (command, cwd) in each_process(command_and_cwd)
+        if str(folder).encode() in command or Path(cwd).is_relative_to(folder)
+    ]
+
+
+def session_commands(leader: int) -> list[str]:
+    """The command line of every process in the session ``leader`` started (setsid)."""
+
+    def session_and_command(entry: Path) -> tuple[int, bytes]:
+        # The session id is the fourth field after the command name: state, ppid, pgrp, session.
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]), (entry / "cmdline").read_bytes()
+
+    return [
+        command.replace(b"\0", b" ").decode()
+        for _, (session, command) in each_process(session_and_command)
+        if session == leader
+    ]
 
 
 @pytest.fixture(scope="session")
