@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.pyfunc_models import LABELS, log_keyword_model
-from tests.tracking_server import TrackingServer, pids_of, run_script
+from tests.tracking_server import TrackingServer, each_process, pids_of, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,10 @@ def keys_of(folder: Path) -> list[str]:
 
 
 def command_lines() -> str:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:  # a process that ended meanwhile
-                continue
-    return "\n".join(found)
+    def command_line(entry: Path) -> str:
+        return (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+    return "\n".join(command for _, command in each_process(command_line))
 
 
 def test_a_runs_artifacts_are_in_the_bucket_and_not_on_the_servers_disk(
