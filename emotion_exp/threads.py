@@ -86,8 +86,9 @@ def use(threads: str | int) -> int:
     """
     import torch
 
+    own = torch_default()  # read before the first count is set, so a later ``auto`` still finds it
     fixed = parse(threads)
-    count = fixed if fixed is not None else min(torch_default(), available_cores())
+    count = fixed if fixed is not None else min(own, available_cores())
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count

@@ -19,6 +19,21 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
+
+def threads_per_worker(cores: int, workers: int) -> int:
+    """Each xdist worker's share of the cores: its tests, and the processes they start, run torch on that many."""
+    return max(1, cores // max(1, workers))
+
+
+# Under xdist the workers already keep every core busy: one torch (and OpenBLAS) thread per core each made
+# them contend, and the fast loop used 15% more CPU. Set before any worker imports torch; a user's own
+# OMP_NUM_THREADS wins, and the tests of torch's own count set theirs (`-n 0` keeps torch's default).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault(
+        "OMP_NUM_THREADS",
+        str(threads_per_worker(len(os.sched_getaffinity(0)), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))),
+    )
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -37,8 +37,10 @@ def test_the_benchmark_runs_and_prints_its_share_of_the_peak(
 ) -> None:
     if name == "spark":
         pytest.importorskip("pyspark", reason="the [spark] extra is not installed")
-    # As a user runs it: no test store or experiment (the benchmark makes its own throw-away store)...
+    # As a user runs it: no test store or experiment (the benchmark makes its own throw-away store), torch on
+    # its own thread count rather than the xdist worker's share (several benchmarks measure threads)...
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.pop("OMP_NUM_THREADS", None)
     env["PYTHONPATH"] = str(REPO_ROOT)
     arguments = [*SMALLEST[name], "--model", str(tiny_model_dir)]
     if name in GIVEN_A_MODEL:  # ...or the session's store, where the model it is given lives

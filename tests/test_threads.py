@@ -87,11 +87,36 @@ def test_stage_processes_let_idle_openmp_threads_sleep_unless_the_user_chose(
 
 
 def test_auto_keeps_torchs_own_count_capped_by_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's own count on four cores (an xdist worker of this suite starts torch on its share of them)
+    monkeypatch.setattr(threads, "torch_default", lambda: 4)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
     assert threads.use("1") == 1 and torch.get_num_threads() == 1
-    expected = min(threads.torch_default(), threads.available_cores())
-    assert threads.use("auto") == expected and torch.get_num_threads() == expected  # not the 1 set just before
-    monkeypatch.setattr(threads, "available_cores", lambda: 1)  # a cgroup quota of one core
-    assert threads.use("auto") == 1 and torch.get_num_threads() == 1
+    assert threads.use("auto") == 4 and torch.get_num_threads() == 4  # not the 1 set just before
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)  # a cgroup quota of two cores
+    assert threads.use("auto") == 2 and torch.get_num_threads() == 2
+
+
+def test_under_xdist_torch_started_on_the_workers_share() -> None:
+    if "PYTEST_XDIST_WORKER_COUNT" not in os.environ:
+        pytest.skip("runs in an xdist worker: conftest sets OMP_NUM_THREADS there before torch loads")
+    assert threads.torch_default() == int(os.environ["OMP_NUM_THREADS"])
+
+
+def test_auto_after_a_fixed_count_is_still_torchs_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    threads.torch_default.cache_clear()
+    torch.set_num_threads(3)  # as torch started, before this module set a count
+    try:
+        assert threads.use("1") == 1 and threads.use("auto") == 3
+    finally:
+        threads.torch_default.cache_clear()
+
+
+@pytest.mark.parametrize(("cores", "workers", "share"), [(2, 2, 1), (8, 2, 4), (2, 4, 1), (4, 0, 4)])
+def test_each_xdist_worker_gets_its_share_of_the_cores(cores: int, workers: int, share: int) -> None:
+    from tests.conftest import threads_per_worker
+
+    assert threads_per_worker(cores, workers) == share
 
 
 def test_extraction_runs_on_its_encoders_count_and_reports_it(tiny_model_dir: Path) -> None:
