@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from emotion_exp.workflows import sweep_storage
-from tests.helpers import finish, wait_for
+from tests.helpers import finish
 
 if TYPE_CHECKING:  # its import in a spawned process would import conftest, which imports it back
     from tests.tracking_server import TrackingServer
@@ -70,17 +70,6 @@ def trial_runs(study_name: str) -> list[mlflow.entities.Run]:
     return [run for run in runs if "trial_number" in run.data.tags]
 
 
-def finished_by(study_name: str) -> set[int]:
-    """The workers (pids) that have finished a trial of the study."""
-    return {int(run.data.tags["pid"]) for run in trial_runs(study_name) if run.info.status == "FINISHED"}
-
-
-def running_trial_of(study_name: str, pid: int) -> str | None:
-    """The trial run that worker ``pid`` has RUNNING, if any."""
-    runs = [r for r in trial_runs(study_name) if r.info.status == "RUNNING" and r.data.tags.get("pid") == str(pid)]
-    return runs[0].info.run_id if runs else None
-
-
 def status_now(tracking_uri: str, run_id: str) -> str | None:
     """The run's status read straight from the SQLite store, waiting 0.2 s at most: None when a frozen worker
     holds the store's lock (MLflow's own client would wait 20 s, then fail)."""
@@ -91,25 +80,46 @@ def status_now(tracking_uri: str, run_id: str) -> str | None:
             return None
 
 
-def stop_mid_trial(study_name: str, worker: subprocess.Popen, log: Path, signum: int, tracking_uri: str) -> str:
-    """Send ``signum`` to ``worker`` while one of its trials runs; return that trial's run id.
+def a_trial_to_cut(study_name: str, workers: list[subprocess.Popen]) -> tuple[int, str] | None:
+    """A worker (its index) that has finished a trial and runs another now, while the other worker lives; that
+    trial's run id. Either worker may be the one: which is ahead of the other is the scheduler's choice (under
+    load one has run every trial before the other finished its first)."""
+    runs = trial_runs(study_name)
+    for index, worker in enumerate(workers):
+        mine = [run for run in runs if run.data.tags.get("pid") == str(worker.pid)]
+        running = [run.info.run_id for run in mine if run.info.status == "RUNNING"]
+        finished_one = any(run.info.status == "FINISHED" for run in mine)
+        if finished_one and running and all(process.poll() is None for process in workers):
+            return index, running[0]
+    return None
+
+
+def stop_one_mid_trial(
+    study_name: str, workers: list[subprocess.Popen], logs: list[Path], signum: int, tracking_uri: str
+) -> tuple[int, str]:
+    """Send ``signum`` to a worker while one of its trials runs, after it finished one (it has work to lose);
+    return that worker's index and that trial's run id.
 
     A tfidf trial lasts about a second: the worker is frozen (SIGSTOP) as soon as it has a
     RUNNING trial run, and signalled only if that run is still RUNNING once it cannot change.
+    With --n_trials 6 one of two workers runs at least 3 trials, so such a trial comes.
     """
     deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline and worker.poll() is None:
-        run_id = running_trial_of(study_name, worker.pid)
-        if run_id is None:
+    while time.monotonic() < deadline and all(worker.poll() is None for worker in workers):
+        found = a_trial_to_cut(study_name, workers)
+        if found is None:
             time.sleep(0.05)
             continue
+        index, run_id = found
+        worker = workers[index]
         worker.send_signal(signal.SIGSTOP)
         if status_now(tracking_uri, run_id) == "RUNNING":
             worker.send_signal(signum)
             worker.send_signal(signal.SIGCONT)
-            return run_id
+            return index, run_id
         worker.send_signal(signal.SIGCONT)  # its trial ended in between, or its lock was held: try the next moment
-    pytest.fail(f"no running trial to stop within {WAIT_S} s (exit code {worker.poll()}):\n{log.read_text()[-3000:]}")
+    shown = "\n".join(f"{log.name} (exit code {w.poll()}):\n{log.read_text()[-3000:]}" for w, log in zip(workers, logs))
+    pytest.fail(f"no trial to cut within {WAIT_S} s, or a worker ended first:\n{shown}")
 
 
 def the_parent(study_name: str) -> mlflow.entities.Run:
@@ -257,25 +267,26 @@ def test_a_worker_stopped_mid_trial_loses_nothing_and_the_other_completes_the_st
     """Ctrl-C: the stopped worker marks its trial FAIL and its run KILLED. Killed outright, it marks
     nothing: its trial's heartbeat stops, and the other worker fails the trial after 2 heartbeats."""
     name, storage, n_trials = f"sweep-{uuid.uuid4().hex[:8]}", f"sqlite:///{tmp_path}/optuna.db", 6
-    logs = [tmp_path / "stopped.log", tmp_path / "remaining.log"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
     options = ("--n_trials", str(n_trials), "--heartbeat", "1")
-    stopped, remaining = (start_worker(workers, name, small_dataset, storage, log, *options) for log in logs)
-    # Both workers started together have each finished a trial of the study before one is stopped.
-    wait_for(lambda: finished_by(name) >= {stopped.pid, remaining.pid}, stopped, logs[0], "a trial of each worker")
+    for log in logs:
+        start_worker(workers, name, small_dataset, storage, log, *options)
 
-    cut_run = stop_mid_trial(name, stopped, logs[0], signum, tracking_uri)
+    index, cut_run = stop_one_mid_trial(name, workers, logs, signum, tracking_uri)
 
-    assert finish(stopped, logs[0]) == code, logs[0].read_text()[-3000:]
-    assert finish(remaining, logs[1]) == 0, logs[1].read_text()[-3000:]
+    stopped, remaining = workers[index], workers[1 - index]
+    stopped_log, remaining_log = logs[index], logs[1 - index]
+    assert finish(stopped, stopped_log) == code, stopped_log.read_text()[-3000:]
+    assert finish(remaining, remaining_log) == 0, remaining_log.read_text()[-3000:]
     study = optuna.load_study(study_name=name, storage=storage)
     cut = study.trials[int(mlflow.get_run(cut_run).data.tags["trial_number"])]
     assert cut.state == TrialState.FAIL
     assert_the_study_is_complete(study, n_trials, the_parent(name).info.run_id)
     if signum == signal.SIGINT:
         assert mlflow.get_run(cut_run).info.status == "KILLED"
-        assert "Resume the study with" in logs[0].read_text()
+        assert "Resume the study with" in stopped_log.read_text()
     else:
-        assert f"trial(s) {cut.number} of study {name!r} were cut off" in logs[1].read_text()
+        assert f"trial(s) {cut.number} of study {name!r} were cut off" in remaining_log.read_text()
 
 
 @pytest.mark.slow
