@@ -145,13 +145,19 @@ def log_params(params: Mapping[str, Any]) -> None:
 
     ``mlflow run`` logs the entry point's parameters as the user typed them (``1e-4``), and a
     resumed run has them from its first attempt; MLflow refuses to change a param, and the
-    value is the same, so those keys are skipped instead of failing.
+    value is the same, so those keys are skipped instead of failing. Sweep workers started
+    together open the study's parent at once and both log its params: the later insert breaks
+    the params' unique key, and the retry finds the other worker's.
     """
-    run = mlflow.active_run()
-    existing = MlflowClient().get_run(run.info.run_id).data.params
-    fresh = {key: _param_value(value) for key, value in params.items() if key not in existing}
-    if fresh:
-        mlflow.log_params(fresh)
+    run_id = mlflow.active_run().info.run_id
+
+    def log_the_missing() -> None:
+        existing = MlflowClient().get_run(run_id).data.params
+        fresh = {key: _param_value(value) for key, value in params.items() if key not in existing}
+        if fresh:
+            mlflow.log_params(fresh)
+
+    retry_on_conflict(log_the_missing)
 
 
 def _param_value(value: Any) -> str:
@@ -189,7 +195,9 @@ def is_conflict(error: Exception) -> bool:
     from sqlalchemy.exc import IntegrityError
 
     code = getattr(error, "error_code", None)
-    if code == "RESOURCE_ALREADY_EXISTS" or isinstance(error.__cause__, IntegrityError):
+    # The SQL store raises its own error from the database's, or while handling it (log_batch).
+    database_error = error.__cause__ or error.__context__
+    if code == "RESOURCE_ALREADY_EXISTS" or isinstance(database_error, IntegrityError):
         return True
     return code == "BAD_REQUEST" and bool(_UNIQUE_KEY_ERROR.match(getattr(error, "message", "")))
 

@@ -1,10 +1,14 @@
-"""How a concurrent writer's broken unique key looks through a tracking server, and what is not one.
+"""How a concurrent writer's broken unique key looks in a local SQL store and through a tracking server,
+and what is not one.
 
 The server passes the SQL store's IntegrityError on as a BAD_REQUEST carrying the database's text;
 `retry_on_conflict` retries that (two studies at once log the same dataset input) and nothing else.
 """
 
 from __future__ import annotations
+
+import contextlib
+import sqlite3
 
 import pytest
 from mlflow.exceptions import RestException
@@ -53,3 +57,39 @@ def test_a_conflict_is_retried_and_another_error_is_raised_at_once() -> None:
     with pytest.raises(RestException, match="Permission denied"):
         retry_on_conflict(denied)
     assert len(calls) == 1
+
+
+def test_params_another_process_logged_first_are_kept_and_the_rest_logged(tracking_uri: str) -> None:
+    """Sweep workers started together open the study's parent at once and both log its params. MLflow's store
+    looks a run's params up, then inserts the missing ones: here another writer inserts one in between (the
+    interleaving that failed a worker under load), the params' unique key refuses the batch, and the retry
+    finds that param and logs the rest."""
+    import mlflow
+    from mlflow.store.tracking.dbmodels.models import SqlParam
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from emotion_exp import tracking
+
+    written: list[str] = []
+
+    def another_writer_first(session: Session, *_: object) -> None:
+        rows = [row for row in session.new if isinstance(row, SqlParam)]
+        if rows and not written:
+            with contextlib.closing(sqlite3.connect(tracking_uri.removeprefix("sqlite:///"))) as other:
+                other.execute(
+                    "INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
+                    (rows[0].key, rows[0].value, rows[0].run_uuid),
+                )
+                other.commit()
+            written.append(rows[0].key)
+
+    with mlflow.start_run() as run:
+        event.listen(Session, "before_flush", another_writer_first)
+        try:
+            tracking.log_params({"seed": 42, "model": "tiny"})
+        finally:
+            event.remove(Session, "before_flush", another_writer_first)
+
+    assert written, "the other writer never came first: the test did not force the conflict"
+    assert mlflow.get_run(run.info.run_id).data.params == {"seed": "42", "model": "tiny"}
