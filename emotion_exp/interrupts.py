@@ -10,6 +10,12 @@ When it lands inside a weakref callback or a ``__del__`` (run wherever the garba
 frees an object), Python drops the exception with an "Exception ignored" message and the stage
 goes on as if never stopped. Python hands such dropped exceptions to ``sys.unraisablehook``:
 there the interrupt is caught and raised again ``RETRY_S`` later, outside the callback.
+
+C code that calls back into Python and clears its errors drops it without a word (a Ctrl-C
+landed in pandas' ``dtype == self.dtype`` of an Arrow string array and vanished; the handler
+ignores further signals once it has raised). So the interrupt is also remembered until the
+outermost handler is removed, and a run that would end FINISHED raises it
+(``raise_if_swallowed``): the run that was cut ends as an interrupted run does.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ RETRY_S = 0.02
 """How often a deferred interrupt checks whether the store call it waits for has returned."""
 
 _STORE_MODULES = ("sqlalchemy.", "sqlite3", "psycopg", "mlflow.store.", "optuna.storages.")
+
+_received: BaseException | None = None
+"""The interrupt a handler raised, until the outermost ``handling`` block ends."""
+_depth = 0
+"""How many ``handling`` blocks are open (they nest: the CLI's, a sweep's, fine-tuning's)."""
 
 
 def inside_store_call(frame: FrameType | None) -> bool:
@@ -74,7 +85,9 @@ def raise_when_safe(error: BaseException, frame: FrameType | None) -> None:
     without polling from the code that was interrupted; the previous SIGALRM handler comes back
     before ``error`` is raised.
     """
+    global _received
     setattr(error, _FROM_SIGNAL, True)
+    _received = error
     if not inside_store_call(frame):
         raise error
     _raise_later(error)
@@ -100,18 +113,30 @@ def handling(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]
 
     Only the main thread can take signals; elsewhere this does nothing.
     """
+    global _depth, _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _rescuing_dropped(previous_hook)
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
+        if _depth == 0:
+            _received = None
         sys.unraisablehook = previous_hook
         for signum, earlier in previous.items():
             signal.signal(signum, earlier)
+
+
+def raise_if_swallowed() -> None:
+    """Raise the interrupt a handler raised, where a run would end FINISHED: it reaches that point only
+    when code between the two dropped it (see the module docstring)."""
+    if _received is not None:
+        raise _received
 
 
 def stop_on_signals() -> contextlib.AbstractContextManager[None]:

@@ -30,7 +30,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import __version__, catalog, console, significance, threads
+from emotion_exp import __version__, catalog, console, interrupts, significance, threads
 from emotion_exp.errors import EndedEarly, UserError
 
 T = TypeVar("T")
@@ -83,6 +83,7 @@ def stage_run(
             log_params(labels.params)
         log_params(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
         yield run
+        interrupts.raise_if_swallowed()  # a Ctrl-C dropped on its way never ends a run FINISHED
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (errors.Terminated) with its message
         _end(run, "KILLED", str(interrupt) or "interrupted by the user (Ctrl-C)")
         raise
