@@ -79,7 +79,8 @@ _FROM_SIGNAL = "_emotion_exp_from_signal"
 
 
 def raise_when_safe(error: BaseException, frame: FrameType | None) -> None:
-    """From a signal handler: raise ``error`` now, or once the store call ``frame`` is inside returns.
+    """From a signal handler: raise ``error`` now, or once the store call ``frame`` is inside returns;
+    remembered for ``raise_if_swallowed`` either way.
 
     The retry rides on SIGALRM (a one-shot timer), the only way back into the main thread
     without polling from the code that was interrupted; the previous SIGALRM handler comes back

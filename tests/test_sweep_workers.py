@@ -81,15 +81,15 @@ def status_now(tracking_uri: str, run_id: str) -> str | None:
 
 
 def a_trial_to_cut(study_name: str, workers: list[subprocess.Popen]) -> tuple[int, str] | None:
-    """A worker (its index) that has finished a trial and runs another now, while the other worker lives; that
-    trial's run id. Either worker may be the one: which is ahead of the other is the scheduler's choice (under
-    load one has run every trial before the other finished its first)."""
+    """A worker (its index) that has finished a trial and runs another now; that trial's run id. Either worker
+    may be the one: which is ahead of the other is the scheduler's choice (under load one has run every trial
+    before the other finished its first)."""
     runs = trial_runs(study_name)
     for index, worker in enumerate(workers):
         mine = [run for run in runs if run.data.tags.get("pid") == str(worker.pid)]
         running = [run.info.run_id for run in mine if run.info.status == "RUNNING"]
         finished_one = any(run.info.status == "FINISHED" for run in mine)
-        if finished_one and running and all(process.poll() is None for process in workers):
+        if finished_one and running:
             return index, running[0]
     return None
 
@@ -102,7 +102,8 @@ def stop_one_mid_trial(
 
     A tfidf trial lasts about a second: the worker is frozen (SIGSTOP) as soon as it has a
     RUNNING trial run, and signalled only if that run is still RUNNING once it cannot change.
-    With --n_trials 6 one of two workers runs at least 3 trials, so such a trial comes.
+    With --n_trials 6 one of two workers runs at least 3 trials, so such a trial comes; both
+    workers must still live (the other cannot leave while that trial runs).
     """
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline and all(worker.poll() is None for worker in workers):
