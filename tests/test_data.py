@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emotion_exp import texts
 from emotion_exp.config import DataConfig
 from emotion_exp.data import SPLITS, STUDY_LABELS, DatasetSplits, load_splits, read_texts
 from emotion_exp.errors import UserError
@@ -360,6 +361,31 @@ def test_read_texts_skip_empty_keeps_empty_rows_but_not_nulls(tmp_path):
     path.write_text('{"text": "ok"}\n{"text": null}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"1 null or non-text value\(s\) \(line 2\)"):
         read_texts(path, skip_empty=True)
+
+
+# Every mark texts.INVISIBLE lists, alone and with white space: none shows anything on its own.
+INVISIBLE_ONLY = [
+    *"\u200b\u200c\u200d\u2060\ufeff\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
+    "\u00ad\u061c\u180e\u2061\u2062\u2063\u2064",
+    " \u200b\t\u2067\u2069 ",
+]
+
+
+@pytest.mark.parametrize("text", INVISIBLE_ONLY, ids=lambda text: "+".join(f"U+{ord(c):04X}" for c in text))
+def test_a_text_of_only_invisible_marks_is_empty_to_the_text_rule(text):
+    assert texts.blank(text)
+    assert texts.problems(["visible", text]).empty == [1]
+    assert not texts.blank(f"a{text}") and not texts.blank(f"{text}😀")
+
+
+def test_training_data_and_texts_to_label_refuse_a_text_that_shows_nothing(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("text,label\nfine,joy\n\u200b\u202e,joy\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"1 empty or whitespace-only text\(s\) \(line 3\)"):
+        read_texts(path)
+    assert read_texts(path, skip_empty=True)["text"].tolist() == ["fine", "\u200b\u202e"]
+    with pytest.raises(UserError, match=r"1 empty or whitespace-only text\(s\) \(line 3\)"):
+        load(path)
 
 
 def test_read_texts_missing_file(tmp_path):
