@@ -334,7 +334,7 @@ def _read_delimited(path: Path, suffix: str) -> pd.DataFrame:
                 rows.append(record)
                 numbers.append(first_line)
         except UnicodeDecodeError as err:
-            raise _not_utf8(path, err, f"line {reader.line_num + 1}") from err
+            raise _not_utf8(path, err) from err
         except csv.Error as err:
             raise UserError(
                 f"Could not parse '{path}': the row starting on line {first_line} is malformed ({err}); "
@@ -433,9 +433,22 @@ def _empty(path: Path) -> UserError:
     return UserError(f"'{path}' is empty: it has no rows of data; fill it or point to another file.")
 
 
-def _not_utf8(path: Path, err: UnicodeDecodeError, where: str = "") -> UserError:
-    where = where or f"byte {err.start}"
-    return UserError(f"'{path}' is not UTF-8 text ({err.reason} at {where}); save it as UTF-8.")
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> UserError:
+    """Name the first byte of ``path`` that is not UTF-8 by its line, column and offset in the file.
+
+    Found again in the file's bytes: ``err`` counts from the chunk a text stream was decoding, and
+    the ``csv`` module's line count stops at the last row it parsed (it said line 1 for line 4).
+    """
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")  # a byte order mark decodes (to U+FEFF): offsets count from the file's first byte
+    except UnicodeDecodeError as first:
+        line_start = raw.rfind(b"\n", 0, first.start) + 1
+        before = raw[line_start : first.start].decode("utf-8").removeprefix("\ufeff")  # valid up to the bad byte
+        line, column = raw.count(b"\n", 0, first.start) + 1, len(before) + 1
+        where = f"line {line}, column {column}, byte {first.start} of the file"
+        return UserError(f"'{path}' is not UTF-8 text ({first.reason} at {where}); save it as UTF-8.")
+    return UserError(f"'{path}' is not UTF-8 text ({err.reason}); save it as UTF-8.")  # it changed since
 
 
 # --- validation and label encoding -----------------------------------------------------------

@@ -388,6 +388,32 @@ def test_training_data_and_texts_to_label_refuse_a_text_that_shows_nothing(tmp_p
         load(path)
 
 
+# A file's header and the pattern of one of its lines, per format.
+LINES = {
+    "in.csv": ("text,id\n", "{},1\n"),
+    "in.tsv": ("text\tid\n", "{}\t1\n"),
+    "in.jsonl": ("", '{{"text": "{}"}}\n'),
+    "in.txt": ("", "{}\n"),
+}
+
+
+@pytest.mark.parametrize("name", LINES)
+@pytest.mark.parametrize("lines_before", [2, 3000])  # 3000: past the first chunk a text stream decodes
+def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_column(tmp_path, name, lines_before):
+    """The csv module said line 1 for a bad byte on line 4; a whole-file read said only its offset."""
+    header, pattern = LINES[name]
+    good = "".join(pattern.format(f"fine text number {i} é") for i in range(lines_before)).encode()
+    bad = pattern.format("été \udcff here").encode("utf-8", "surrogateescape")  # 0xff after "été ": column 5
+    path = tmp_path / name
+    path.write_bytes("\ufeff".encode() + header.encode() + good + bad)
+    line = bool(header) + lines_before + 1
+    offset = 3 + len(header) + len(good) + bad.index(b"\xff")
+    with pytest.raises(UserError) as raised:
+        read_texts(path)
+    column = 5 + name.endswith(".jsonl") * len('{"text": "')
+    assert f"(invalid start byte at line {line}, column {column}, byte {offset} of the file)" in str(raised.value)
+
+
 def test_read_texts_missing_file(tmp_path):
     with pytest.raises(UserError, match=r"nope.csv' does not exist; expected a CSV, TSV, JSON Lines, Parquet or .txt"):
         read_texts(tmp_path / "nope.csv")
