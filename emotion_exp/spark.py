@@ -43,6 +43,8 @@ INSTALL_HINT = (
 _PREDICTION = "__emotion_exp_prediction"
 # Python's `not text.strip()`: Java's \s with (?U) matches Unicode white space too.
 _BLANK = r"(?U)^\s*$"
+# `texts.blank`: white space and the marks that show nothing on their own.
+_BLANK_TEXT = rf"(?U)^[\s{texts.INVISIBLE}]*$"
 # Spark reads an empty CSV field as null unless told another text means null (and a last empty
 # field as null all the same: filled in after reading); the local engine (Python's csv module)
 # reads it as an empty text, which --skip_empty may skip.
@@ -304,7 +306,7 @@ def _refused_text(frame: DataFrame, column: str, skip_empty: bool) -> Column:
     if not isinstance(frame.schema[column].dataType, StringType):
         return F.lit(True)
     refused = value.isNull() | value.rlike(_LONE_SURROGATE) | (F.length(value) > texts.DEFAULT_MAX_CHARS)
-    return refused if skip_empty else refused | value.rlike(_BLANK)
+    return refused if skip_empty else refused | value.rlike(_BLANK_TEXT)
 
 
 def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) -> int:

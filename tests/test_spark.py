@@ -224,6 +224,7 @@ BAD_INPUTS = {
     "missing column": pd.DataFrame({"body": ["so happy", "sad"]}),
     "null texts": pd.DataFrame({"text": ["so happy", None, "fine", None]}),
     "empty texts": pd.DataFrame({"text": ["so happy", "", "  ", "fine"] * 3}),
+    "texts that show nothing": pd.DataFrame({"text": ["so happy", "\u200b\u200f", "fine", " \u2066\u2069"] * 3}),
     "numbers": pd.DataFrame({"text": [1, 2, 3]}),
 }
 

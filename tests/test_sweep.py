@@ -3,6 +3,8 @@ the test split scored once for the best trial, the median pruner on fine-tuning,
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -94,6 +96,26 @@ def test_the_study_gets_its_own_database_beside_a_sqlite_store_and_never_mlflows
         == "postgresql://me@db/optuna"
     )
     assert "secret" not in sweep_storage.shown_storage("postgresql://me:secret@db/optuna")
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("notaurl", "--optuna_storage 'notaurl' is not a database URL: expected dialect://"),
+        ("postgresql//me:secret@db/optuna", "--optuna_storage '***@db/optuna' is not a database URL"),
+        ("redis://127.0.0.1:6379", "SQLAlchemy has no database kind 'redis'; pass a sqlite, postgresql or mysql URL"),
+        pytest.param(
+            "mysql://me:secret@db/optuna",
+            "needs the database driver 'MySQLdb', which is not installed",
+            marks=pytest.mark.skipif(importlib.util.find_spec("MySQLdb") is not None, reason="mysqlclient installed"),
+        ),
+        ("sqlite:////no/such/folder/optuna.db", "the folder /no/such/folder of the sqlite file does not exist"),
+    ],
+)
+def test_an_optuna_storage_that_is_no_usable_database_url_is_a_user_error(storage: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)) as raised:
+        sweep_storage.resolve_storage(storage, "sqlite:///mlflow.db")
+    assert "secret" not in str(raised.value)
 
 
 # --- tfidf: selection on validation, the test split once, resume --------------------------------------

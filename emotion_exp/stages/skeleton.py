@@ -43,7 +43,7 @@ import mlflow.data
 import numpy as np
 import pandas as pd
 
-from emotion_exp import analysis, data, metrics, model_card, plots, pyfunc, registry, significance, tracking
+from emotion_exp import analysis, console, data, metrics, model_card, plots, pyfunc, registry, significance, tracking
 from emotion_exp.config import DataConfig, subset
 
 if TYPE_CHECKING:
@@ -94,6 +94,27 @@ def log_dataset(splits: DatasetSplits) -> None:
     mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
     tracking.log_params({"dataset_source": splits.source, "label_names": ",".join(splits.label_names)})
     mlflow.log_metrics({f"{SPLIT_PREFIX[s]}_rows": len(splits.split(s)) for s in SPLITS})
+    log_train_overlap(splits)
+
+
+def log_train_overlap(splits: DatasetSplits) -> None:
+    """Record how many validation and test texts are training texts too: ``train_overlap_val``, ``_test`` and a tag.
+
+    Not named ``val_...``: those are scores (a sweep trial logs none of test's), and seeds average them.
+    """
+    overlap = splits.train_overlap
+    mlflow.log_metrics({f"train_overlap_{SPLIT_PREFIX[split]}": count for split, count in overlap.in_train.items()})
+    mlflow.set_tag("train_overlap", overlap.describe())
+
+
+def warn_train_overlap(stage: str, splits: DatasetSplits) -> None:
+    """One console line where validation or test texts are training texts beyond ``data.OVERLAP_WARNING_SHARE``.
+
+    Said by the stage that loaded the data, once: the nested runs of a study or sweep get its splits.
+    """
+    warning = splits.train_overlap.warning()
+    if warning:
+        console.say(f"{stage}: warning: {warning}")
 
 
 def log_labelled_input(labelled: LabelledData) -> None:
@@ -287,6 +308,8 @@ def open_stage(
         if splits is None:
             splits = data.load_splits(subset(config, DataConfig))
         stage = Stage(name, run.info.run_id, splits, loaded_data)
+        if loaded_data:
+            warn_train_overlap(name, splits)
         if run_id is None:
             log_dataset(stage.splits)
         if label_plot:

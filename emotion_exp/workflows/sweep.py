@@ -39,7 +39,7 @@ from emotion_exp import catalog, data, interrupts, plots, tracking
 from emotion_exp.config import STAGE_CONFIGS, DataConfig, ExtractConfig, SweepConfig, subset
 from emotion_exp.errors import EndedEarly, UserError
 from emotion_exp.stages import extract
-from emotion_exp.stages.skeleton import log_dataset, log_figure, open_stage
+from emotion_exp.stages.skeleton import log_dataset, log_figure, open_stage, warn_train_overlap
 from emotion_exp.workflows import search_space, sweep_outcome, sweep_storage
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ def run(config: SweepConfig) -> str:
     storage = sweep_storage.open_storage(url, config.heartbeat)
     shown = sweep_storage.shown_storage(url)
     splits = data.load_splits(subset(config, DataConfig))
+    warn_train_overlap("sweep", splits)
     study_name = config.study_name or f"sweep-{config.stage}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     study = open_study(config, storage, study_name, search_space.space_description(space), splits.digest)
     study_id = storage.get_study_id_from_name(study_name)

@@ -34,6 +34,8 @@ def resolve_storage(optuna_storage: str, tracking_uri: str) -> str:
 
     Refuses the tracking store's own database, and guesses nothing for a remote tracking store.
     """
+    if optuna_storage:
+        check_storage_url(optuna_storage)
     storage = optuna_storage or _default_storage(tracking_uri)
     if _database_of(storage) is not None and _database_of(storage) == _database_of(tracking_uri):
         raise UserError(
@@ -42,6 +44,46 @@ def resolve_storage(optuna_storage: str, tracking_uri: str) -> str:
             "database (a sqlite file such as sqlite:///optuna.db, or a second PostgreSQL database)."
         )
     return storage
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse an ``--optuna_storage`` that is no database URL this installation can open, before any work.
+
+    SQLAlchemy's own errors for these (ArgumentError, NoSuchModuleError, an ImportError, sqlite's
+    "unable to open database file") read as bugs. ``create_engine`` loads the dialect and its
+    driver without connecting; an unreachable server is found when the sweep connects.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "such as sqlite:///optuna.db or postgresql://USER:PASSWORD@HOST/optuna"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        shown = url if "@" not in url else "***@" + url.rsplit("@", 1)[1]  # never print a password
+        raise UserError(
+            f"--optuna_storage {shown!r} is not a database URL: expected dialect://[user[:password]@host]/database, "
+            f"{example}."
+        ) from None
+    try:
+        sqlalchemy.create_engine(parsed).dispose()
+    except NoSuchModuleError:
+        raise UserError(
+            f"--optuna_storage {shown_storage(url)}: SQLAlchemy has no database kind {parsed.drivername!r}; "
+            f"pass a sqlite, postgresql or mysql URL, {example}."
+        ) from None
+    except ImportError as error:
+        raise UserError(
+            f"--optuna_storage {shown_storage(url)} needs the database driver {error.name or parsed.drivername!r}, "
+            "which is not installed: install it, or name an installed driver in the URL (dialect+driver://...)."
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise UserError(
+                f"--optuna_storage {url}: the folder {folder} of the sqlite file does not exist; create it or "
+                "name a file in an existing folder."
+            )
 
 
 def _default_storage(tracking_uri: str) -> str:
