@@ -213,8 +213,8 @@ def read_texts(path: str | Path, text_column: str = "text", skip_empty: bool = F
         raise UserError(f"Input '{path}' is a folder; pass one file of texts (CSV, TSV, JSON Lines, Parquet or .txt).")
     column = "text" if _suffix(path) == ".txt" else text_column
     frame = _read_table(path, txt_columns=(column,))
-    _check_columns(frame, str(path), {column: "--text_column"})
-    _check_texts(frame[column], str(path), _unit(path), skip_empty, max_chars=DEFAULT_MAX_CHARS)
+    check_columns(frame, str(path), {column: "--text_column"})
+    check_texts(frame[column], str(path), _unit(path), skip_empty, max_chars=DEFAULT_MAX_CHARS)
     return frame.reset_index(drop=True)
 
 
@@ -330,7 +330,7 @@ def _read_table(path: Path, txt_columns: tuple[str, ...]) -> pd.DataFrame:
         )
     try:
         if path.stat().st_size == 0:
-            raise _empty(path)
+            raise empty_file_error(path)
         if suffix in (".csv", ".tsv"):
             frame = _read_delimited(path, suffix)
         elif suffix in (".jsonl", ".json"):
@@ -345,7 +345,7 @@ def _read_table(path: Path, txt_columns: tuple[str, ...]) -> pd.DataFrame:
             "somewhere readable."
         ) from err
     if frame.empty:
-        raise _empty(path)
+        raise empty_file_error(path)
     return frame
 
 
@@ -387,7 +387,7 @@ def _read_delimited(path: Path, suffix: str) -> pd.DataFrame:
                 "or remove it."
             ) from err
     if header is None:
-        raise _empty(path)
+        raise empty_file_error(path)
     if wrong:
         counts = sorted({count for _, count in wrong})
         raise UserError(
@@ -474,7 +474,8 @@ def _unit(path: Path) -> str:
     return "row" if _suffix(path) == ".parquet" else "line"
 
 
-def _empty(path: Path) -> UserError:
+def empty_file_error(path: Path) -> UserError:
+    """The error for a file without rows of data (shared with the Spark engine, which reads files itself)."""
     return UserError(f"'{path}' is empty: it has no rows of data; fill it or point to another file.")
 
 
@@ -501,9 +502,9 @@ def _not_utf8(path: Path, err: UnicodeDecodeError) -> UserError:
 
 def _validated(frame: pd.DataFrame, origin: str, unit: str, config: DataConfig) -> pd.DataFrame:
     """``text`` and normalised ``label`` columns, indexed like ``frame``, after every check."""
-    _check_columns(frame, origin, {config.text_column: "--text_column", config.label_column: "--label_column"})
+    check_columns(frame, origin, {config.text_column: "--text_column", config.label_column: "--label_column"})
     texts = frame[config.text_column]
-    _check_texts(texts, origin, unit)
+    check_texts(texts, origin, unit)
     labels = frame[config.label_column].map(_label_value)
     bad = labels.isna()
     if bad.any():
@@ -517,7 +518,8 @@ def _validated(frame: pd.DataFrame, origin: str, unit: str, config: DataConfig) 
     return validated
 
 
-def _check_columns(frame: pd.DataFrame, origin: str, flags: dict[str, str]) -> None:
+def check_columns(frame: pd.DataFrame, origin: str, flags: dict[str, str]) -> None:
+    """Refuse a frame without the columns in ``flags``, naming the option (its value) that picks each one."""
     missing = [column for column in flags if column not in frame.columns]
     if missing:
         found = ", ".join(str(column) for column in frame.columns)
@@ -527,7 +529,7 @@ def _check_columns(frame: pd.DataFrame, origin: str, flags: dict[str, str]) -> N
         )
 
 
-def _check_texts(
+def check_texts(
     texts: pd.Series, origin: str, unit: str, skip_empty: bool | None = None, max_chars: int | None = None
 ) -> None:
     """Refuse non-text values and empty texts, naming their lines (the rule of ``emotion_exp.texts``).

@@ -77,8 +77,7 @@ def test_main_names_a_clashing_field_after_its_stage_in_messages() -> None:
 
 # Bad parameter values and their messages are listed once, in test_bad_input.py, through the CLI.
 
-# names.py borrows MLflow's name rules (mlflow.utils.validation) only, never the store.
-ALLOWED_TO_IMPORT_MLFLOW = {"tracking.py", "registry.py", "pyfunc.py", "spark.py", "names.py"}
+ALLOWED_TO_IMPORT_MLFLOW = {"tracking.py", "registry.py", "pyfunc.py", "spark.py"}
 
 
 def test_only_the_edge_modules_import_mlflow() -> None:

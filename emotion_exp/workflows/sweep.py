@@ -272,6 +272,7 @@ def _objective(
         base = dataclasses.replace(base, features_run_id=features_run_id)
 
     def objective(trial: optuna.Trial) -> float:
+        sweep_storage.mark_started(trial)
         current.number = trial.number
         ahead = [
             t for t in trial.study.get_trials(deepcopy=False) if t.state in COUNTED_STATES and t.number < trial.number
