@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import subsets
-from emotion_exp.config import LearningCurveConfig
+from emotion_exp import catalog, subsets
+from emotion_exp.catalog import LearningCurveConfig
 from emotion_exp.errors import UserError
 from emotion_exp.workflows import learning_curve
 
@@ -47,12 +47,23 @@ def test_subsets_are_nested_stratified_seeded_and_hold_every_label() -> None:
         ({"fractions": "0,1"}, "--fractions must be distinct shares"),
         ({"fractions": "half"}, "--fractions must be numbers"),
         ({"fractions": ","}, "--fractions needs a comma-separated list"),
-        ({"stages": "tfidf,dummy"}, "--stages must name distinct stages among probe, tfidf, finetune"),
+        ({"stages": "tfidf,dummy"}, "--stages must name distinct stages among "),
+        ({"stages": "tfidf,tfidf"}, "--stages must name distinct stages among "),
     ],
 )
 def test_bad_fractions_and_stages_are_refused(options: dict[str, str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         LearningCurveConfig(**options)
+
+
+def test_the_curve_trains_the_registrys_stages_and_none_other() -> None:
+    curve = catalog.on_the_learning_curve()
+    assert LearningCurveConfig().stage_list == list(curve)  # '' = all of them, in registry order
+    assert LearningCurveConfig(stages=",".join(reversed(curve))).stage_list == list(reversed(curve))
+    for name, spec in catalog.STAGES.items():
+        if not spec.learning_curve:
+            with pytest.raises(UserError, match=f"among {', '.join(curve)}; got '{name}'"):
+                LearningCurveConfig(stages=name)
 
 
 def test_fractions_that_give_the_same_training_texts_are_merged_saying_so() -> None:
