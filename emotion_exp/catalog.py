@@ -141,7 +141,8 @@ class StageSpec(Generic[ConfigT]):
         """
         if not self.model_stage:
             return dict(self.set_by_the_study)
-        fields = {f.name for f in dataclasses.fields(self.config)}
+        config_class: Any = self.config
+        fields = {f.name for f in dataclasses.fields(config_class)}
         decided = {"registered_model": "", "features_run_id": features_run_id, **self.set_by_the_study}
         return {name: value for name, value in decided.items() if name in fields}
 

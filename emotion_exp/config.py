@@ -16,7 +16,6 @@ live with it (``catalog.py``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import typing
 from collections.abc import Callable, Mapping
@@ -70,17 +69,18 @@ class Interval:
         whole = self.kind is Integral
         if isinstance(value, bool) or not isinstance(value, self.kind):
             raise UserError(f"{flag} must be {'a whole number' if whole else 'a number'}; got {value!r}.")
-        if not whole and not math.isfinite(value):
+        number: Any = value  # a number of the interval's kind from here on
+        if not whole and not math.isfinite(number):
             raise UserError(f"{flag} must be a finite number; got {value!r}.")
         if self.left is not None:
-            if self.closed in ("left", "both") and value < self.left:
+            if self.closed in ("left", "both") and number < self.left:
                 raise UserError(f"{flag} must be at least {_shown(self.left)}; got {value!r}.")
-            if self.closed in ("right", "neither") and value <= self.left:
+            if self.closed in ("right", "neither") and number <= self.left:
                 raise UserError(f"{flag} must be greater than {_shown(self.left)}; got {value!r}.")
         if self.right is not None:
-            if self.closed in ("right", "both") and value > self.right:
+            if self.closed in ("right", "both") and number > self.right:
                 raise UserError(f"{flag} must be at most {_shown(self.right)}; got {value!r}.")
-            if self.closed in ("left", "neither") and value >= self.right:
+            if self.closed in ("left", "neither") and number >= self.right:
                 raise UserError(f"{flag} must be less than {_shown(self.right)}; got {value!r}.")
 
 
@@ -107,7 +107,8 @@ class Options:
 class Check:
     """A rule the others cannot describe: ``rule(flag, value)`` raises ``UserError`` (a name, a run id)."""
 
-    rule: Callable[[str, Any], None]
+    rule: Callable[[str, Any], object]
+    """Raises ``UserError`` for a bad value; what it returns is not used (``threads.parse``'s count)."""
 
     def check(self, flag: str, value: Any) -> None:
         self.rule(flag, value)
@@ -121,7 +122,7 @@ def option(
     help: str = "",
     *constraints: Constraint,
     choices: tuple[str, ...] | None = None,
-    check: Callable[[str, Any], None] | None = None,
+    check: Callable[[str, Any], object] | None = None,
     positional: bool = False,
 ) -> Any:
     """A dataclass field that also describes its command-line option.
@@ -205,10 +206,14 @@ MODEL_RUNTIME = " of a fine-tuned or probe model (a TF-IDF model runs neither), 
 _TEXT_KINDS = {str: "text", bool: "true or false"}
 
 
-@functools.cache
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
 def field_types(config_class: type) -> dict[str, Any]:
     """The types of a config's fields (``int``, ``float``, ``str``, ``bool``), read once per class."""
-    return typing.get_type_hints(config_class)
+    if config_class not in _FIELD_TYPES:
+        _FIELD_TYPES[config_class] = typing.get_type_hints(config_class)
+    return _FIELD_TYPES[config_class]
 
 
 def check(config: Any) -> None:
@@ -443,9 +448,10 @@ class ProbeConfig(FeatureHeadConfig):
 class KnnConfig(FeatureHeadConfig):
     """k nearest neighbours on extracted features."""
 
+    # 15 alike: on the sample's [CLS] features 0.500 validation accuracy, as distance weighting; k=5 gave 0.440.
     n_neighbors: int = option(15, "Training texts whose labels vote for each text's label.", AT_LEAST_ONE)
     weights: str = option(
-        "distance",
+        "uniform",
         "How the neighbours' votes count: uniform (alike) or distance (a closer neighbour counts more).",
         choices=("uniform", "distance"),
     )
