@@ -2,7 +2,8 @@
 
 The parent loads the data once (and draws its label distribution); every child gets the same
 splits. Each stage runs with ``MainConfig.stage_config(stage)``, so every stage parameter can
-be set from ``main`` (``config.py`` says how the names are composed).
+be set from ``main`` (``catalog.compose_study`` says how the names are composed), and with what
+every workflow decides for a model stage (``StageSpec.set_by_workflows``).
 """
 
 from __future__ import annotations
