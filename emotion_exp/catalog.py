@@ -114,7 +114,8 @@ class StageSpec(Generic[ConfigT]):
     compared: bool = False
     """A model stage of the study: its scores go into the study's comparison (``compared_in_study``)."""
     set_by_the_study: Mapping[str, Any] = field(default_factory=dict)
-    """What the study decides for it besides what every workflow decides (``set_by_workflows``)."""
+    """What a workflow decides for it besides what it decides for every model stage (``set_by_workflows``):
+    finetune trains in the workflow's own process. Never an option of ``main``."""
     closing: Closing | None = console.scores_closing
     """The words of the line it ends with; None: it ends with its own summary instead."""
 
@@ -137,7 +138,7 @@ class StageSpec(Generic[ConfigT]):
         """What a workflow decides for a model stage it runs, instead of the stage's own options.
 
         It registers nothing (promote, or the sweep for its best trial, registers), a feature head
-        reads the workflow's features (``features_run_id``), and the study adds ``set_by_the_study``.
+        reads the workflow's features (``features_run_id``), and ``set_by_the_study`` is added.
         """
         if not self.model_stage:
             return dict(self.set_by_the_study)
