@@ -300,11 +300,9 @@ def test_training_batches_are_length_grouped_in_an_order_seeded_by_the_epoch(
     assert all(batch == sorted(batch, reverse=True) for batch in lengths[1:])  # grouped: longest first in each
 
 
-@pytest.mark.parametrize("warmup", [1.0, 2.5])
-def test_warmup_must_be_a_fraction(warmup: float) -> None:
-    with pytest.raises(
-        UserError, match=f"--warmup is a fraction of the training steps, at least 0 and below 1; got {warmup}"
-    ):
+@pytest.mark.parametrize(("warmup", "bound"), [(1.0, "less than 1"), (2.5, "less than 1"), (-0.1, "at least 0")])
+def test_warmup_must_be_a_fraction(warmup: float, bound: str) -> None:
+    with pytest.raises(UserError, match=f"--warmup must be {bound}; got {warmup}"):
         FinetuneConfig(warmup=warmup)
 
 

@@ -36,7 +36,8 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from emotion_exp import catalog, data, interrupts, plots, tracking
-from emotion_exp.config import STAGE_CONFIGS, DataConfig, ExtractConfig, SweepConfig, subset
+from emotion_exp.catalog import SweepConfig
+from emotion_exp.config import DataConfig, ExtractConfig, subset
 from emotion_exp.errors import EndedEarly, UserError
 from emotion_exp.stages import extract
 from emotion_exp.stages.skeleton import log_dataset, log_figure, open_stage, warn_train_overlap
@@ -139,8 +140,8 @@ def run(config: SweepConfig) -> str:
         )
         if previous_parent and previous_parent != parent_id:
             sweep_outcome.set_tags({"continues_run_id": previous_parent})
-        probe_features = catalog.STAGES[config.stage].reads_features
-        features_run_id = extract.run(subset(config, ExtractConfig), splits=splits) if probe_features else ""
+        reads_features = catalog.STAGES[config.stage].reads_features
+        features_run_id = extract.run(subset(config, ExtractConfig), splits=splits) if reads_features else ""
         current = _CurrentTrial()
         objective = _objective(config, space, study_name, features_run_id, splits, current)
         missing = config.n_trials - sum(trial.state in COUNTED_STATES for trial in study.trials)
@@ -267,9 +268,7 @@ def _objective(
     current: _CurrentTrial,
 ) -> Callable[[optuna.Trial], float]:
     stage = catalog.STAGES[config.stage]
-    base = dataclasses.replace(subset(config, STAGE_CONFIGS[config.stage]), registered_model="")
-    if stage.reads_features:
-        base = dataclasses.replace(base, features_run_id=features_run_id)
+    base = dataclasses.replace(subset(config, stage.config), **stage.set_by_workflows(features_run_id))
 
     def objective(trial: optuna.Trial) -> float:
         sweep_storage.mark_started(trial)
