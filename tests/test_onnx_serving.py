@@ -183,14 +183,30 @@ def onnx_serve_venv(requirements: Path) -> Path:
     return venv
 
 
+def documented_download(model_uri: str) -> str:
+    """docs/serving.md's commands that copy the torch-free part of a model, for ``model_uri``."""
+    lines = (REPO_ROOT / "docs/serving.md").read_text().splitlines()
+    start = lines.index(f"<!-- run by: tests/test_onnx_serving.py::{FRESH_ENVIRONMENT_TEST} -->") + 2
+    end = lines.index("```", start)
+    return "\n".join(lines[start:end]).replace("models:/emotion-classifier@champion", model_uri)
+
+
+FRESH_ENVIRONMENT_TEST = "test_a_fresh_environment_without_torch_serves_the_finetuned_model"
+
+
 @pytest.mark.slow
 def test_a_fresh_environment_without_torch_serves_the_finetuned_model(
     finetuned_champion: tuple[str, str], tracking_uri: str, tmp_path: Path
 ) -> None:
     name, _ = finetuned_champion
     uri = f"models:/{name}@champion"
-    model_folder = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
-    venv = onnx_serve_venv(model_folder / "artifacts" / "onnx" / "requirements.txt")
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"  # this mlflow
+    subprocess.run(["bash", "-e", "-c", documented_download(uri)], cwd=tmp_path, env=environment, check=True)
+    model_folder = tmp_path / "served"
+    assert (model_folder / "artifacts" / "onnx" / "model.onnx").is_file()
+    assert not (model_folder / "artifacts" / "classifier").exists(), "the torch weights were downloaded"
+    venv = onnx_serve_venv(model_folder / "requirements.txt")
     python = str(venv / "bin" / "python")
     missing = subprocess.run([python, "-c", "import torch"], check=False, capture_output=True, text=True)
     assert missing.returncode != 0 and "No module named 'torch'" in missing.stderr
@@ -204,6 +220,7 @@ def test_a_fresh_environment_without_torch_serves_the_finetuned_model(
     assert answer.status_code == 200, answer.text
     # No torch in that environment: the answer came from the logged ONNX export.
     assert_same_predictions(pd.DataFrame(answer.json()["predictions"]), predictions(uri, texts, "torch")[0])
+    assert "mismatches between the model's dependencies" not in log.read_text()
 
 
 def _stage_run(*args: str) -> mlflow.entities.Run:
