@@ -33,14 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emotion_exp import batching, inference, models
-from emotion_exp.errors import UserError
 from emotion_exp.threads import WAIT_POLICY
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 KINDS = ("pooled", "logits")
 OPSET = 17
 INSTALL_HINT = "pip install onnxruntime onnx"
@@ -56,61 +54,10 @@ def available() -> bool:
     return True
 
 
-def resolve_runtime(runtime: str, onnx_ready: bool | None = None) -> tuple[str, str]:
-    """The runtime to use for ``runtime`` and why: ``auto`` once, where a run opens.
-
-    ``auto`` is torch where bf16 is native or a GPU is present (torch bf16 is as fast there), else
-    ONNX Runtime fp32, else torch fp32 when onnxruntime is missing; never int8 (it changes labels).
-    ``onnx_ready`` says whether ONNX can run here (default ``available()``: onnxruntime and onnx to
-    export; a logged export needs onnxruntime only).
-    """
-    if runtime not in RUNTIMES:
-        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
-
-    def ready() -> bool:  # imports onnx and onnxruntime (0.8 s): only where the answer depends on them
-        return available() if onnx_ready is None else onnx_ready
-
-    if runtime in ("onnx", "onnx-int8"):
-        if not ready():
-            raise UserError(f"--runtime {runtime} needs onnxruntime and onnx, not installed here: {INSTALL_HINT}.")
-        return runtime, "asked for"
-    if runtime == "torch":
-        return "torch", "asked for"
-    if batching.best_device().type != "cpu":
-        return "torch", "a GPU is present: torch"
-    if models.native_bf16():
-        return "torch", "native bf16 on this CPU: torch bf16"
-    if not ready():
-        return "torch", f"no native bf16 on this CPU, onnxruntime not installed ({INSTALL_HINT}): torch fp32"
-    return "onnx", "no native bf16 on this CPU: ONNX Runtime fp32"
-
-
-def precision_for(runtime: str, precision: str) -> str:
-    """The resolved precision a resolved ``runtime`` runs in: ONNX runs fp32 (int8: fp32 activations)."""
-    if runtime == "torch":
-        return models.resolve_precision(precision)
-    if precision == "bf16":
-        raise UserError(
-            f"--runtime {runtime} runs fp32, but --precision bf16 was asked for; pass --precision auto or fp32, "
-            "or --runtime torch for bf16."
-        )
-    return "fp32"
-
-
 def cache_dir() -> Path:
     """Where exports are kept: ``$XDG_CACHE_HOME/emotion-exp/onnx`` (``~/.cache`` by default)."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "emotion-exp" / "onnx"
-
-
-def weights_digest(model: PreTrainedModel) -> str:
-    """sha256 of the model's class, config and every weight: a changed weight is another export."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _graph(model: PreTrainedModel, kind: str, pooling: str) -> torch.nn.Module:
@@ -151,7 +98,7 @@ def export(
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
     folder = folder or cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{weights_digest(model)[:32]}-{kind}-{pooling if kind == 'pooled' else 'none'}-fp32"
+    stem = f"{models.weights_digest(model)[:32]}-{kind}-{pooling if kind == 'pooled' else 'none'}-fp32"
     path = folder / f"{stem}.onnx"
     if not path.exists():
         sample = tokenizer(["a first text", "and a second, longer one"], padding=True, return_tensors="pt")
@@ -320,32 +267,6 @@ def importable(name: str) -> bool:
     if name in sys.modules:
         return sys.modules[name] is not None
     return importlib.util.find_spec(name) is not None
-
-
-def resolve_loaded(runtime: str, exported: bool) -> tuple[str, str]:
-    """``resolve_runtime`` for a logged classifier, ``exported`` when it carries its ONNX serving folder.
-
-    Where torch is not installed, the logged export serves (``auto`` and ``onnx``); elsewhere the
-    rule of ``resolve_runtime`` holds, and a model logged without an export is exported at load.
-    """
-    if runtime not in RUNTIMES:
-        raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
-    if importable("torch") and importable("transformers"):
-        # The logged fp32 export needs onnxruntime only; int8 (quantize_dynamic) and an export at load need onnx.
-        exported_ready = exported and runtime != "onnx-int8" and importable("onnxruntime")
-        return resolve_runtime(runtime, onnx_ready=True if exported_ready else None)  # None: available(), if asked
-    if runtime == "torch":
-        raise UserError("runtime torch needs torch and transformers, not installed here: pass runtime auto or onnx.")
-    if not exported:
-        raise UserError(
-            "This model was logged without its ONNX export, and torch is not installed here: install torch and "
-            "transformers, or log the model again (the finetune stage logs the export)."
-        )
-    if not importable("onnxruntime") or (runtime == "onnx-int8" and not importable("onnx")):
-        raise UserError(f"runtime {runtime} needs onnxruntime (and onnx for onnx-int8), not installed here.")
-    if runtime == "auto":
-        return "onnx", "torch is not installed here: the logged ONNX export"
-    return runtime, "asked for"
 
 
 def write_serving_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from emotion_exp import baselines, features, inference, models, onnx_runtime
+from emotion_exp import baselines, engine, features, inference, models, onnx_runtime
 from emotion_exp.cli import cli
 from emotion_exp.errors import UserError
 from tests.helpers import sample_texts
@@ -108,10 +108,10 @@ def test_the_export_is_cached_by_weights_and_int8_runs(
 def test_onnx_without_onnxruntime_is_one_clear_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_runtime, "available", lambda: False)
     with pytest.raises(UserError, match=r"pip install onnxruntime onnx"):
-        onnx_runtime.resolve_runtime("onnx")
+        engine.resolve("onnx")
     monkeypatch.setattr(models, "native_bf16", lambda: False)
-    runtime, reason = onnx_runtime.resolve_runtime("auto")
-    assert runtime == "torch" and "onnxruntime not installed" in reason
+    chosen = engine.resolve("auto")
+    assert chosen.runtime == "torch" and "onnxruntime not installed" in chosen.reason
 
 
 def test_a_runtime_decided_without_onnx_does_not_import_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,9 +121,9 @@ def test_a_runtime_decided_without_onnx_does_not_import_it(monkeypatch: pytest.M
     monkeypatch.setattr(onnx_runtime, "available", imported)
     monkeypatch.setattr(models, "native_bf16", lambda: True)
 
-    assert onnx_runtime.resolve_runtime("torch") == ("torch", "asked for")
-    assert onnx_runtime.resolve_runtime("auto")[0] == "torch"
-    assert onnx_runtime.resolve_loaded("auto", exported=False)[0] == "torch"  # a logged model without its export
+    assert (engine.resolve("torch").runtime, engine.resolve("torch").reason) == ("torch", "asked for")
+    assert engine.resolve("auto").runtime == "torch"
+    assert engine.for_loaded_model({}, "auto", "auto", exported=False).runtime == "torch"  # no export logged
 
 
 def test_onnx_with_bf16_asked_for_is_one_clear_error(small_dataset: Path, tiny_model_dir: Path) -> None:
@@ -134,6 +134,9 @@ def test_onnx_with_bf16_asked_for_is_one_clear_error(small_dataset: Path, tiny_m
     )
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "--runtime onnx runs fp32, but --precision bf16 was asked for" in result.output
+    for command in (["predict", "--input", str(small_dataset / "test.csv")], ["evaluate"]):
+        result = CliRunner().invoke(cli, [*command, "--runtime", "onnx", "--precision", "bf16"])
+        assert result.exit_code != 0 and "--runtime onnx runs fp32, but --precision bf16 was asked for" in result.output
 
 
 def _extract(dataset: Path, model: Path, *extra: str) -> mlflow.entities.Run:

@@ -18,7 +18,7 @@ import pytest
 import requests
 import tomllib
 
-from emotion_exp import batching, onnx_runtime, pyfunc
+from emotion_exp import batching, engine, models, onnx_runtime, pyfunc
 from emotion_exp.serving import local_server, model_server_command
 from tests.helpers import LABELS, sample_texts
 
@@ -61,13 +61,10 @@ def logged(classifier_folder: Path, tracking_uri: str, tmp_path_factory: pytest.
 
 
 def predictions(uri: str, texts: list[str], runtime: str) -> tuple[pd.DataFrame, object]:
-    """``uri``'s predictions on ``runtime``; torch runs fp32, the reference (the finetune stage logs precision auto,
-    which is bf16 where the CPU has it)."""
-    model = mlflow.pyfunc.load_model(uri, model_config={pyfunc.RUNTIME: runtime})
-    python_model = pyfunc.python_model_of(model)
-    if runtime == "torch":
-        python_model._precision = "fp32"
-    return model.predict(pd.DataFrame({"text": texts})), python_model
+    """``uri``'s predictions on ``runtime`` in fp32: torch fp32 is the reference (a model logged with precision auto
+    runs bf16 where the CPU has it)."""
+    model = mlflow.pyfunc.load_model(uri, model_config={pyfunc.RUNTIME: runtime, pyfunc.PRECISION: "fp32"})
+    return model.predict(pd.DataFrame({"text": texts})), pyfunc.python_model_of(model)
 
 
 def assert_same_predictions(theirs: pd.DataFrame, torch_fp32: pd.DataFrame) -> None:
@@ -112,6 +109,29 @@ def test_the_runtime_is_chosen_at_load_and_onnx_predicts_as_torch(logged: str) -
     int8, int8_model = predictions(logged, texts[:50], "onnx-int8")
     assert int8_model.runtime == "onnx-int8" and int8_model._session.path.name.endswith("-int8.onnx")
     assert set(int8["label"]) <= set(LABELS)
+
+
+def test_a_model_keeps_the_precision_it_was_logged_with_and_auto_resolves_where_it_loads(
+    classifier_folder: Path, logged: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "native_bf16", lambda: True)  # a CPU with native bf16, as far as the engine can tell
+    with mlflow.start_run():
+        auto = pyfunc.log_model(
+            pyfunc.TransformerClassifier(max_length=32),
+            LABELS,
+            artifacts={pyfunc.TransformerClassifier.ARTIFACT: str(classifier_folder)},
+        )
+    fp32 = mlflow.pyfunc.load_model(logged)  # logged with precision fp32
+    assert fp32.model_config[pyfunc.PRECISION] == "fp32"
+    chosen = pyfunc.python_model_of(fp32).engine
+    assert (chosen.runtime, chosen.precision, chosen.reason) == ("onnx", "fp32", "fp32 asked for: ONNX Runtime fp32")
+
+    loaded = mlflow.pyfunc.load_model(auto)
+    assert loaded.model_config[pyfunc.PRECISION] == "auto"
+    chosen = pyfunc.python_model_of(loaded).engine
+    assert (chosen.runtime, chosen.precision) == ("torch", "bf16")
+    asked = mlflow.pyfunc.load_model(auto, model_config=engine.loading_config("torch", "fp32"))
+    assert pyfunc.python_model_of(asked).engine.precision == "fp32"
 
 
 def test_a_model_logged_without_its_export_is_exported_at_load(classifier_folder: Path, logged: str) -> None:
@@ -239,8 +259,9 @@ def test_predict_and_evaluate_run_the_runtime_asked_for_and_tag_it(logged: str, 
     for runtime in ("torch", "onnx"):
         target = Path(f"{runtime}.csv")
         run = _stage_run("predict", "--input", str(source), "--output", str(target), "--model_uri", logged,
-                         "--runtime", runtime)  # fmt: skip
+                         "--runtime", runtime, "--precision", "fp32")  # fmt: skip
         assert (run.data.tags["runtime"], run.data.tags["runtime_reason"]) == (runtime, "asked for")
+        assert run.data.tags["resolved_precision"] == "fp32"
         outputs[runtime] = pd.read_csv(target)
     assert_same_predictions(outputs["onnx"], outputs["torch"])
     scores = {}

@@ -14,8 +14,8 @@ from emotion_exp.pyfunc.classifiers import (
     TextModel,
     TextPipelineClassifier,
     TransformerClassifier,
+    engine_tags,
     python_model_of,
-    runtime_tags,
 )
 from emotion_exp.pyfunc.inputs import (
     INPUT_EXAMPLE,
@@ -27,13 +27,7 @@ from emotion_exp.pyfunc.inputs import (
     with_skipped_rows,
 )
 from emotion_exp.pyfunc.limits import DEFAULT_MAX_TEXTS, MAX_CHARS, MAX_TEXTS, SERVED_PART
-from emotion_exp.pyfunc.logged import (
-    MODEL_CONFIG,
-    ONNX_SERVE_PACKAGES,
-    RUNTIME,
-    log_model,
-    runtime_config,
-)
+from emotion_exp.pyfunc.logged import MODEL_CONFIG, ONNX_SERVE_PACKAGES, PRECISION, RUNTIME, log_model
 
 __all__ = [
     "DEFAULT_MAX_TEXTS",
@@ -42,6 +36,7 @@ __all__ = [
     "MAX_TEXTS",
     "MODEL_CONFIG",
     "ONNX_SERVE_PACKAGES",
+    "PRECISION",
     "RUNTIME",
     "SERVED_PART",
     "SKIP_EMPTY",
@@ -49,11 +44,10 @@ __all__ = [
     "TextModel",
     "TextPipelineClassifier",
     "TransformerClassifier",
+    "engine_tags",
     "log_model",
     "predictions_frame",
     "python_model_of",
-    "runtime_config",
-    "runtime_tags",
     "signature",
     "text_input",
     "texts_from_input",

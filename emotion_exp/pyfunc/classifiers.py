@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_exp.pyfunc.inputs import predictions_frame, text_input
-from emotion_exp.pyfunc.logged import ONNX_SERVE_PACKAGES, RUNTIME, pinned
+from emotion_exp.pyfunc.logged import ONNX_SERVE_PACKAGES, pinned
 
 
 @contextlib.contextmanager
@@ -52,13 +52,36 @@ class TextModel(mlflow.pyfunc.PythonModel):
 
 
 class _EncoderModel(TextModel):
-    """What the encoder-backed models share: how long and how many texts a batch holds, the precision, the threads."""
+    """What the encoder-backed models share: how long and how many texts a batch holds, the precision asked for
+    (``auto``, ``fp32`` or ``bf16``, kept as asked), the threads, and the engine they resolve to where they load."""
 
     def __init__(self, max_length: int, batch_size: int, precision: str, threads: str) -> None:
         self.max_length = max_length
         self.batch_size = batch_size
         self.precision = precision
         self.threads = threads
+
+    def _resolve_engine(self, context: mlflow.pyfunc.PythonModelContext, *, exported: bool) -> None:
+        """Decide the engine once, as the model loads (``engine.for_loaded_model``), before torch is imported."""
+        from emotion_exp import engine
+        from emotion_exp.threads import prefer_passive_openmp
+
+        prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
+        # Models logged before the threads option had none.
+        threads = getattr(self, "threads", "auto")
+        self.engine = engine.for_loaded_model(context.model_config or {}, self.precision, threads, exported=exported)
+
+    @property
+    def runtime(self) -> str:
+        return self.engine.runtime
+
+    @property
+    def runtime_reason(self) -> str:
+        return self.engine.reason
+
+    @property
+    def threads_used(self) -> int:
+        return self.engine.threads
 
 
 class TransformerClassifier(_EncoderModel):
@@ -67,15 +90,14 @@ class TransformerClassifier(_EncoderModel):
     Its artifact ``classifier`` is the folder ``save_pretrained`` wrote, so loading needs no hub;
     the label names come from the model's ``id2label``. Texts are predicted in length-sorted
     batches, with probabilities computed in fp32 from the logits divided by ``temperature``
-    (fitted on validation by the finetune stage; 1 = the raw softmax), on the intra-op thread
-    count that ``threads`` asks for (``auto``: torch's own, see ``threads.use``).
+    (fitted on validation by the finetune stage; 1 = the raw softmax).
 
-    The model_config ``runtime`` picks the engine where the model loads (``runtime`` and
-    ``runtime_reason`` say which and why): torch (bf16 where the hardware runs it natively,
-    ``precision="auto"``) or ONNX Runtime fp32 (``onnx-int8``: its int8 quantisation). Models
-    logged with the artifact ``onnx`` (``serving_artifacts``) carry their export and tokenizer.json,
-    and where torch is not installed they serve from it with onnxruntime and tokenizers only
-    (``ONNX_SERVE_PACKAGES``): this class imports torch and transformers only on the torch path.
+    The engine is decided where the model loads (``engine.for_loaded_model``, by the model_config
+    keys ``runtime`` and ``precision``; ``engine`` says which and why): torch (fp32 or bf16) or ONNX
+    Runtime fp32 (``onnx-int8``: its int8 quantisation). Models logged with the artifact ``onnx``
+    (``serving_artifacts``) carry their export and tokenizer.json, and where torch is not installed
+    they serve from it with onnxruntime and tokenizers only (``ONNX_SERVE_PACKAGES``): this class
+    imports torch and transformers only on the torch path.
     """
 
     ARTIFACT = "classifier"
@@ -98,14 +120,13 @@ class TransformerClassifier(_EncoderModel):
         from emotion_exp import onnx_runtime
 
         serving = context.artifacts.get(self.ONNX_ARTIFACT)
-        asked = str((context.model_config or {}).get(RUNTIME, "auto"))
-        self.runtime, self.runtime_reason = onnx_runtime.resolve_loaded(asked, exported=serving is not None)
+        self._resolve_engine(context, exported=serving is not None)
         self._session: onnx_runtime.Session | None = None
         if self.runtime != "torch" and serving is not None:
             self._serving = Path(serving)
             self._tokenizer = onnx_runtime.FastTokenizer(self._serving)
             self._label_names = self._tokenizer.label_names
-            self.set_threads(getattr(self, "threads", "auto"))
+            self._session = onnx_runtime.open_serving_folder(self._serving, self.runtime, self.threads_used)[0]
             return
         self._load_torch(context.artifacts[self.ARTIFACT])
         if self.runtime != "torch":  # logged without its export: exported here, cached
@@ -114,12 +135,9 @@ class TransformerClassifier(_EncoderModel):
             )
 
     def _load_torch(self, folder: str) -> None:
-        from emotion_exp.threads import prefer_passive_openmp
-
-        prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from emotion_exp import batching, models
+        from emotion_exp import batching
 
         with quietly_loading():
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -127,25 +145,20 @@ class TransformerClassifier(_EncoderModel):
         self._model = loaded.eval().to(batching.best_device())
         config = self._model.config
         self._label_names = [config.id2label[i] for i in range(config.num_labels)]
-        self._precision = models.resolve_precision(self.precision) if self.runtime == "torch" else "fp32"
-        self.set_threads(getattr(self, "threads", "auto"))  # models logged before the option had none
 
     def set_threads(self, threads: str | int) -> None:
         """Use ``threads`` intra-op threads from now on; ``threads_used`` says how many.
 
-        ONNX Runtime fixes its count per session: a served export's session is opened again (it
-        loads in well under a second); torch's count is set in place.
+        ONNX Runtime fixes its count per session: the session is opened again (it loads in well
+        under a second); torch's count is set in place.
         """
-        from emotion_exp import onnx_runtime
-        from emotion_exp import threads as thread_rule
+        from emotion_exp import engine, onnx_runtime
 
-        if self.runtime == "torch" or not hasattr(self, "_serving"):
-            self.threads_used = thread_rule.use(threads)
-            if self._session is not None:
-                self._session = onnx_runtime.open_session(self._session.path, "logits", threads=self.threads_used)
-            return
-        self.threads_used = thread_rule.parse(threads) or thread_rule.available_cores()
-        self._session = onnx_runtime.open_serving_folder(self._serving, self.runtime, self.threads_used)[0]
+        self.engine = engine.with_threads(self.engine, threads)
+        if hasattr(self, "_serving"):
+            self._session = onnx_runtime.open_serving_folder(self._serving, self.runtime, self.threads_used)[0]
+        elif self._session is not None:
+            self._session = onnx_runtime.open_session(self._session.path, "logits", threads=self.threads_used)
 
     @text_input
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -161,7 +174,7 @@ class TransformerClassifier(_EncoderModel):
             from emotion_exp import inference
 
             outputs = inference.run(
-                self._model, self._tokenizer, texts, precision=self._precision, probabilities=True, **options
+                self._model, self._tokenizer, texts, precision=self.engine.precision, probabilities=True, **options
             )
         return predictions_frame(outputs.probabilities, self._label_names)
 
@@ -191,9 +204,8 @@ class ProbeClassifier(_EncoderModel):
     Its one artifact (``encoder``) is the encoder and tokenizer folder ``save_pretrained``
     wrote, so loading needs no hub; the pipeline travels pickled inside the model. Features are
     made exactly as at training time (same pooling and max_length; length-sorted batches under
-    ``torch.inference_mode``); ``precision="auto"`` resolves on the machine that loads the model,
-    and so does the model_config ``runtime`` (``onnx_runtime.resolve_runtime``: an ONNX runtime
-    exports the encoder with its pooling at load, cached).
+    ``torch.inference_mode``), on the engine decided where the model loads (``engine.for_loaded_model``:
+    an ONNX runtime exports the encoder with its pooling at load, cached).
     """
 
     ARTIFACT = "encoder"
@@ -215,57 +227,26 @@ class ProbeClassifier(_EncoderModel):
         self.pooling = pooling
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from emotion_exp.threads import prefer_passive_openmp
-
-        prefer_passive_openmp()  # a server or Spark worker that has not loaded torch yet
+        self._resolve_engine(context, exported=False)
         from transformers import AutoModel, AutoTokenizer
 
-        from emotion_exp import features, models, onnx_runtime
-
         folder = context.artifacts[self.ARTIFACT]
-        asked = str((context.model_config or {}).get(RUNTIME, "auto"))
-        self.runtime, self.runtime_reason = onnx_runtime.resolve_runtime(asked)  # on the machine that loads it
         with quietly_loading():
             tokenizer, encoder = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
-        self._encoder = features.encoder_from(
-            tokenizer,
-            encoder,
-            # ONNX runs fp32 whatever precision the model was logged with (bf16 was the logging machine's choice).
-            models.resolve_precision(self.precision) if self.runtime == "torch" else "fp32",
-            getattr(self, "threads", "auto"),  # models logged before the option had none
-        )
-        self._open_session()
+        self._on_engine(tokenizer, encoder)
 
-    def _open_session(self) -> None:
-        """For an ONNX runtime: the encoder's pooled export (cached) in a session on the encoder's thread count."""
-        import dataclasses
+    def _on_engine(self, tokenizer: Any, encoder: Any) -> None:
+        from emotion_exp import features
 
-        from emotion_exp import onnx_runtime
-
-        if self.runtime == "torch":
-            return
-        session = onnx_runtime.load(
-            self._encoder.model,
-            self._encoder.tokenizer,
-            runtime=self.runtime,
-            kind="pooled",
-            pooling=self.pooling,
-            threads=self._encoder.threads,
-        )
-        self._encoder = dataclasses.replace(self._encoder, session=session)
+        loaded = features.encoder_from(tokenizer, encoder, self.engine.precision, self.threads_used)
+        self._encoder = features.on_runtime(loaded, self.runtime, self.pooling)
 
     def set_threads(self, threads: str | int) -> None:
         """Use ``threads`` intra-op threads from now on; ``threads_used`` says how many."""
-        import dataclasses
+        from emotion_exp import engine
 
-        from emotion_exp.threads import use
-
-        self._encoder = dataclasses.replace(self._encoder, threads=use(threads))
-        self._open_session()
-
-    @property
-    def threads_used(self) -> int:
-        return self._encoder.threads
+        self.engine = engine.with_threads(self.engine, threads)
+        self._on_engine(self._encoder.tokenizer, self._encoder.model)
 
     @text_input
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -312,9 +293,7 @@ def python_model_of(model: mlflow.pyfunc.PyFuncModel) -> mlflow.pyfunc.PythonMod
         return None
 
 
-def runtime_tags(model: mlflow.pyfunc.PyFuncModel) -> dict[str, str]:
-    """The ``runtime`` and ``runtime_reason`` tags of a loaded encoder model; none for another model (TF-IDF)."""
+def engine_tags(model: mlflow.pyfunc.PyFuncModel) -> dict[str, str]:
+    """The tags of a loaded encoder model's engine (``engine.Engine.tags``); none for another model (TF-IDF)."""
     python_model = python_model_of(model)
-    if not hasattr(python_model, "runtime_reason"):
-        return {}
-    return {"runtime": python_model.runtime, "runtime_reason": python_model.runtime_reason}
+    return python_model.engine.tags() if isinstance(python_model, _EncoderModel) else {}

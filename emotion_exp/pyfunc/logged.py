@@ -8,14 +8,14 @@ from pathlib import Path
 import mlflow
 
 from emotion_exp.contract import MODEL_NAME
+from emotion_exp.engine import PRECISION, RUNTIME
 from emotion_exp.pyfunc import limits
 from emotion_exp.pyfunc.inputs import INPUT_EXAMPLE, signature
 
-RUNTIME = "runtime"
-MODEL_CONFIG = {**limits.LIMITS, RUNTIME: "auto"}
+MODEL_CONFIG = {**limits.LIMITS, RUNTIME: "auto", PRECISION: "auto"}
 """Logged with every model: texts one call may hold (a request to ``mlflow models serve``), characters per text,
-and the runtime the encoder models run on (``auto``, ``torch``, ``onnx`` or ``onnx-int8``; see
-``onnx_runtime.resolve_loaded``), chosen where the model loads.
+and the runtime and precision the encoder models run on (``engine.for_loaded_model``), decided where the model
+loads. ``log_model`` logs the precision the model was asked for (``auto``, ``fp32`` or ``bf16``), not ``auto``.
 
 MLflow lets a loader override only keys the logged config has (``load_model(uri, model_config=...)``,
 ``SERVING_MODEL_CONFIG`` or ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` as JSON for a served model).
@@ -26,15 +26,6 @@ skinny package serves a model (its scoring server, uvicorn) without the tracking
 less than half the disk of ``mlflow``'s."""
 PACKAGE_FOLDER = Path(__file__).resolve().parents[1]
 """The ``emotion_exp`` package, which travels with every model (``code_paths``)."""
-
-
-def runtime_config(runtime: str) -> dict[str, str] | None:
-    """The ``model_config`` that asks a model for ``runtime`` where it loads (``--runtime`` of predict, evaluate).
-
-    None for ``auto``, the logged default: MLflow warns of a key the logged config lacks (models
-    logged before the runtime was in it), and they run as auto would.
-    """
-    return None if runtime == "auto" else {RUNTIME: runtime}
 
 
 def requirements(*packages: str) -> list[str]:
@@ -74,7 +65,7 @@ def log_model(
         code_paths=[str(PACKAGE_FOLDER)],
         signature=signature(label_names),
         input_example=INPUT_EXAMPLE,
-        model_config=MODEL_CONFIG,
+        model_config={**MODEL_CONFIG, PRECISION: getattr(python_model, "precision", "auto")},
         pip_requirements=requirements(*packages),
     )
     return info.model_uri

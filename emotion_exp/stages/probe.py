@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from emotion_exp import baselines, data, features, models, onnx_runtime, pyfunc, subsets
+from emotion_exp import baselines, data, engine, features, models, pyfunc, subsets
 from emotion_exp.config import DataConfig, ExtractConfig, ProbeConfig, subset
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
@@ -41,9 +41,10 @@ def run(
     with open_stage("probe", config, splits=trained_on, labels=labels) as stage:
         splits = stage.splits if splits is None else splits  # the whole splits, whose features are logged
         resolved = models.resolve(config.model)
-        runtime, _ = onnx_runtime.resolve_runtime(config.runtime)  # the extract stage tags why
-        precision = onnx_runtime.precision_for(runtime, config.precision)
-        key = features.feature_key(resolved, config.pooling, config.max_length, precision, runtime)
+        chosen = engine.resolve(config.runtime, config.precision, config.threads)  # the extract stage tags why
+        tokenizer, encoder = models.load_tokenizer(resolved), models.load_encoder(resolved)
+        digest = features.model_digest(tokenizer, encoder)
+        key = features.feature_key(resolved, config.pooling, config.max_length, chosen, digest)
         log_model_source(resolved, key["precision"])
         if config.features_run_id:
             features_run_id = extract.check_extract_run(config.features_run_id, splits.digest, key)
@@ -70,16 +71,15 @@ def run(
         n_labels = len(splits.label_names)
         with tempfile.TemporaryDirectory() as folder:
             # save_pretrained writes just what loading needs (also for a hub model, whose location is no folder).
-            models.load_tokenizer(resolved).save_pretrained(folder)
-            models.load_encoder(resolved).save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            encoder.save_pretrained(folder)
             classifier = pyfunc.ProbeClassifier(
                 pipeline,
                 splits.label_names,
                 pooling=config.pooling,
                 max_length=config.max_length,
                 batch_size=config.batch_size,
-                # bf16 and fp32 features agree to about 1e-2, so the loading machine picks what it runs natively.
-                precision="auto",
+                precision=config.precision,  # as asked: auto resolves on the machine that loads the model
             )
             stage.finish(
                 lambda split: baselines.predict_proba(pipeline, feature_set.features[split], n_labels),
