@@ -85,9 +85,9 @@ def test_the_export_is_cached_by_weights_and_int8_runs(
 
     model, tokenizer = classifier
     first = onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path)
-    written = first.stat().st_mtime_ns
+    written = first.stat().st_ino
     assert onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path) == first
-    assert first.stat().st_mtime_ns == written, "a cache hit exported again"
+    assert first.stat().st_ino == written, "a cache hit exported again"
     assert onnx_runtime.export(model, tokenizer, kind="pooled", folder=tmp_path) != first
 
     int8 = onnx_runtime.load(model, tokenizer, runtime="onnx-int8", kind="logits", folder=tmp_path)
@@ -103,6 +103,36 @@ def test_the_export_is_cached_by_weights_and_int8_runs(
         next(model.parameters()).add_(0.01)
     assert onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path) != first
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".onnx"] * 4, "a temporary file was left behind"
+
+
+def test_the_cache_keeps_its_size_limit_removing_the_least_recently_used_first(
+    classifier: tuple[object, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    model, tokenizer = classifier
+    logits = onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path)
+    cls = onnx_runtime.export(model, tokenizer, kind="pooled", pooling="cls", folder=tmp_path)
+    size_mb = max(logits.stat().st_size, cls.stat().st_size) / 2**20
+    monkeypatch.setenv(onnx_runtime.CACHE_LIMIT, f"{2.5 * size_mb}")  # room for two exports, not three
+    hour_ago = time.time() - 3600
+    os.utime(logits, (hour_ago - 60, hour_ago - 60))
+    os.utime(cls, (hour_ago, hour_ago))  # used after logits
+    left = tmp_path / ".export-left-by-a-killed-process.onnx"
+    left.write_bytes(b"partial")
+    os.utime(left, (hour_ago - 60, hour_ago - 60))
+
+    assert onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path) == logits  # used again: newest
+    mean = onnx_runtime.export(model, tokenizer, kind="pooled", pooling="mean", folder=tmp_path)
+
+    assert sorted(tmp_path.iterdir()) == sorted([logits, mean]), "the least recently used export (cls) stays"
+    monkeypatch.setenv(onnx_runtime.CACHE_LIMIT, "0")  # the export just made always stays
+    assert onnx_runtime.export(model, tokenizer, kind="pooled", pooling="cls", folder=tmp_path) == cls
+    assert list(tmp_path.iterdir()) == [cls]
+    monkeypatch.setenv(onnx_runtime.CACHE_LIMIT, "lots")
+    with pytest.raises(UserError, match="EMOTION_EXP_ONNX_CACHE_MB must be a number of MB, 0 or more; got 'lots'"):
+        onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path)
 
 
 def test_onnx_without_onnxruntime_is_one_clear_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:

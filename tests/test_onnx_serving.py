@@ -299,3 +299,30 @@ def test_the_probe_model_runs_its_encoder_on_the_runtime_asked_for(
         assert (model.runtime, model._encoder.runtime) == (runtime, runtime)
         by_runtime[runtime] = frame
     assert_same_predictions(by_runtime["onnx"], by_runtime["torch"])
+
+
+def test_two_loads_of_a_probe_model_export_its_encoder_once(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the export cache
+    features = np.random.default_rng(0).normal(size=(60, 32))
+    probe = pyfunc.ProbeClassifier(
+        LogisticRegression(max_iter=200).fit(features, np.arange(60) % len(LABELS)), LABELS, pooling="cls",
+        max_length=32,
+    )  # fmt: skip
+    with mlflow.start_run():
+        uri = pyfunc.log_model(probe, LABELS, artifacts={pyfunc.ProbeClassifier.ARTIFACT: str(tiny_model_dir)})
+
+    # Two downloads, as from a tracking server (each load of a runs:/ or models:/ URI gets a new folder).
+    downloads = [tmp_path / "first", tmp_path / "second"]
+    for folder in downloads:
+        folder.mkdir()
+    config = {pyfunc.RUNTIME: "onnx"}
+    loaded = [mlflow.pyfunc.load_model(uri, model_config=config, dst_path=str(folder)) for folder in downloads]
+    loads = [pyfunc.python_model_of(model) for model in loaded]
+
+    assert len({model._encoder.model.config.name_or_path for model in loads}) == 2
+    assert {model._encoder.session.path for model in loads} == set(onnx_runtime.cache_dir().glob("*.onnx"))
+    assert len(list(onnx_runtime.cache_dir().iterdir())) == 1
