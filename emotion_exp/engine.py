@@ -35,12 +35,14 @@ PRECISION = "precision"
 @dataclass(frozen=True)
 class Engine:
     """What runs the forward passes: ``runtime`` (torch, onnx or onnx-int8), ``precision`` (fp32 or bf16),
-    ``threads`` (the intra-op count) and ``reason``, why that runtime."""
+    ``threads`` (the intra-op count) and ``reason``, why that runtime. ``from_export``: it runs a logged
+    model's own ONNX export, so neither torch nor transformers is imported for it."""
 
     runtime: str
     precision: str
     threads: int
     reason: str
+    from_export: bool = False
 
     def tags(self) -> dict[str, str]:
         """The run tags that record the decision."""
@@ -53,34 +55,38 @@ def resolve(
     """The engine for ``runtime`` and ``precision`` as asked (``auto`` or a choice) on this machine.
 
     ``onnx_ready`` says whether ONNX can run here (default ``onnx_runtime.available()``: onnxruntime
-    and onnx to export; a logged export needs onnxruntime only). It is asked only where the answer
-    depends on it, since importing them takes most of a second.
+    and onnx to export). It is asked only where the answer depends on it, since importing them
+    takes most of a second.
     """
     _check(runtime, precision)
+    chosen, resolved, reason = _decide(runtime, precision, onnx_ready)
+    return Engine(chosen, resolved, thread_rule.use(threads), reason)
+
+
+def _decide(runtime: str, precision: str, onnx_ready: bool | None) -> tuple[str, str, str]:
+    """(runtime, precision, reason) by the rules above; torch is imported only where ``auto`` asks the hardware."""
 
     def ready() -> bool:
         return onnx_runtime.available() if onnx_ready is None else onnx_ready
 
-    count = thread_rule.use(threads)
     if runtime in ONNX_RUNTIMES:
         if not ready():
             raise UserError(
                 f"--runtime {runtime} needs onnxruntime and onnx, not installed here: {onnx_runtime.INSTALL_HINT}."
             )
-        return Engine(runtime, "fp32", count, "asked for")
+        return runtime, "fp32", "asked for"
     if runtime == "torch":
-        return Engine("torch", models.resolve_precision(precision), count, "asked for")
+        return "torch", models.resolve_precision(precision), "asked for"
     if batching.best_device().type != "cpu":
-        return Engine("torch", models.resolve_precision(precision), count, "a GPU is present: torch")
+        return "torch", models.resolve_precision(precision), "a GPU is present: torch"
     if precision == "bf16":
-        return Engine("torch", "bf16", count, "bf16 asked for: torch (ONNX Runtime runs fp32)")
+        return "torch", "bf16", "bf16 asked for: torch (ONNX Runtime runs fp32)"
     if precision == "auto" and models.native_bf16():
-        return Engine("torch", "bf16", count, "native bf16 on this CPU: torch bf16")
+        return "torch", "bf16", "native bf16 on this CPU: torch bf16"
     why = "fp32 asked for" if precision == "fp32" else "no native bf16 on this CPU"
     if not ready():
-        missing = f"onnxruntime not installed ({onnx_runtime.INSTALL_HINT})"
-        return Engine("torch", "fp32", count, f"{why}, {missing}: torch fp32")
-    return Engine("onnx", "fp32", count, f"{why}: ONNX Runtime fp32")
+        return "torch", "fp32", f"{why}, onnxruntime not installed ({onnx_runtime.INSTALL_HINT}): torch fp32"
+    return "onnx", "fp32", f"{why}: ONNX Runtime fp32"
 
 
 def for_training(precision: str, threads: str | int) -> Engine:
@@ -96,7 +102,8 @@ def for_loaded_model(
     serving folder.
 
     Where torch is not installed the logged export serves (runtime ``auto`` and ``onnx``); elsewhere
-    the rules of ``resolve`` hold, and a model logged without an export is exported as it loads.
+    the rules of ``resolve`` hold, and a model logged without an export is exported as it loads. An
+    ONNX runtime that runs the logged export imports neither torch nor transformers.
     """
     runtime = str(model_config.get(RUNTIME, "auto"))
     precision = str(model_config.get(PRECISION, logged_precision))
@@ -104,7 +111,10 @@ def for_loaded_model(
     if onnx_runtime.importable("torch") and onnx_runtime.importable("transformers"):
         # The logged fp32 export needs onnxruntime only; int8 (quantize_dynamic) and an export at load need onnx.
         exported_ready = exported and runtime != "onnx-int8" and onnx_runtime.importable("onnxruntime")
-        return resolve(runtime, precision, threads, onnx_ready=True if exported_ready else None)
+        chosen, resolved, reason = _decide(runtime, precision, True if exported_ready else None)
+        if exported and chosen in ONNX_RUNTIMES:
+            return Engine(chosen, resolved, _cores(threads), reason, from_export=True)
+        return Engine(chosen, resolved, thread_rule.use(threads), reason)
     if runtime == "torch":
         raise UserError("runtime torch needs torch and transformers, not installed here: pass runtime auto or onnx.")
     if precision == "bf16":
@@ -119,17 +129,19 @@ def for_loaded_model(
         )
     if not onnx_runtime.importable("onnxruntime") or (runtime == "onnx-int8" and not onnx_runtime.importable("onnx")):
         raise UserError(f"runtime {runtime} needs onnxruntime (and onnx for onnx-int8), not installed here.")
-    count = thread_rule.parse(threads) or thread_rule.available_cores()
     if runtime == "auto":
-        return Engine("onnx", "fp32", count, "torch is not installed here: the logged ONNX export")
-    return Engine(runtime, "fp32", count, "asked for")
+        return Engine("onnx", "fp32", _cores(threads), "torch is not installed here: the logged ONNX export", True)
+    return Engine(runtime, "fp32", _cores(threads), "asked for", from_export=True)
 
 
 def with_threads(engine: Engine, threads: str | int) -> Engine:
-    """``engine`` on another thread count (``threads.use`` where it runs torch or torch is installed)."""
-    if engine.runtime == "torch" or onnx_runtime.importable("torch"):
-        return dataclasses.replace(engine, threads=thread_rule.use(threads))
-    return dataclasses.replace(engine, threads=thread_rule.parse(threads) or thread_rule.available_cores())
+    """``engine`` on another thread count (set in torch too, unless it runs a logged export)."""
+    return dataclasses.replace(engine, threads=_cores(threads) if engine.from_export else thread_rule.use(threads))
+
+
+def _cores(threads: str | int) -> int:
+    """The count ``threads`` asks for without torch: a number, or ``auto``, the cores this process may use."""
+    return thread_rule.parse(threads) or thread_rule.available_cores()
 
 
 def loading_config(runtime: str = "auto", precision: str = "auto") -> dict[str, str] | None:

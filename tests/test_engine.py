@@ -67,3 +67,19 @@ def test_the_loading_config_asks_only_for_what_is_not_auto() -> None:
     assert engine.loading_config() is None
     assert engine.loading_config("onnx") == {engine.RUNTIME: "onnx"}
     assert engine.loading_config("torch", "fp32") == {engine.RUNTIME: "torch", engine.PRECISION: "fp32"}
+
+
+def test_running_a_logged_export_imports_neither_torch_nor_transformers() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from emotion_exp import engine\n"
+        "chosen = engine.for_loaded_model({'runtime': 'onnx'}, 'auto', 'auto', exported=True)\n"
+        "chosen = engine.with_threads(chosen, 1)\n"
+        "loaded = [name in sys.modules for name in ('torch', 'transformers')]\n"
+        "print(chosen.runtime, chosen.from_export, chosen.threads, *loaded)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split() == ["onnx", "True", "1", "False", "False"]

@@ -122,7 +122,7 @@ class TransformerClassifier(_EncoderModel):
         serving = context.artifacts.get(self.ONNX_ARTIFACT)
         self._resolve_engine(context, exported=serving is not None)
         self._session: onnx_runtime.Session | None = None
-        if self.runtime != "torch" and serving is not None:
+        if self.engine.from_export:
             self._serving = Path(serving)
             self._tokenizer = onnx_runtime.FastTokenizer(self._serving)
             self._label_names = self._tokenizer.label_names
