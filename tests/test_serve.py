@@ -94,14 +94,14 @@ def test_nulls_non_text_and_empty_texts_get_a_400_naming_the_rows_in_every_forma
 def test_other_shapes_get_a_400_naming_the_shape_and_parquet_is_labelled(server: str) -> None:
     import io
 
-    for payload in (
-        {"inputs": ["i am happy", ["i am sad"]]},
-        {"dataframe_records": [{"id": 1, "text": "i am happy"}]},
-        {"inputs": {"text": TEXTS}},
+    for payload, said in (
+        ({"inputs": ["i am happy", ["i am sad"]]}, "a list or an object is no text"),
+        ({"dataframe_records": [{"id": 1, "text": "i am happy"}]}, "put 'text' first"),
+        ({"inputs": {"text": TEXTS}}, "un-named  model signature"),  # MLflow's own words, before the model
     ):
         answer = invocations(server, payload)
         assert answer.status_code == 400, (payload, answer.text[:300])
-        assert "text" in answer.json()["message"]
+        assert said in answer.json()["message"]
 
     body = io.BytesIO()
     pd.DataFrame({"text": TEXTS}).to_parquet(body)
