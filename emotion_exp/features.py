@@ -161,6 +161,8 @@ def extract(
             max_length=max_length,
             batch_size=batch_size,
             batch_tokens=batch_tokens,
+            description=description,
+            progress=progress,
         )
         return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, encoder.threads)
     outputs = inference.run(

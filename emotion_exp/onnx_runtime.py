@@ -320,12 +320,17 @@ def run(
     batch_size: int,
     batch_tokens: int = 0,
     temperature: float = 1.0,
+    description: str = "",
+    progress: bool = False,
 ) -> inference.Outputs:
     """The session's outputs over ``texts`` in ``inference.run``'s length-sorted batches, in input order.
 
     A pooled export fills ``pooled``; a logits export fills ``logits`` and ``probabilities``
-    (softmax of logits / ``temperature`` in fp32, as torch's).
+    (softmax of logits / ``temperature`` in fp32, as torch's). ``progress`` shows a bar (or lines)
+    named ``description``, as ``inference.run`` does.
     """
+    from emotion_exp import console
+
     start = time.perf_counter()
     count = len(texts)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
@@ -333,9 +338,12 @@ def run(
     if count:
         tokenized = batching.tokenize(texts, tokenizer, max_length)
         truncated = tokenized.truncated
-        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens, tensors="np"):
-            feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in ("input_ids", "attention_mask")}
-            parts.append((np.asarray(positions), session.session.run(None, feeds)[0]))
+        batches = batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens, tensors="np")
+        with console.progress(count, description, enabled=progress) as bar:
+            for positions, batch in batches:
+                feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in ("input_ids", "attention_mask")}
+                parts.append((np.asarray(positions), session.session.run(None, feeds)[0]))
+                bar.update(len(positions))
     width = parts[0][1].shape[1] if parts else 0
     result = np.empty((count, width), dtype=np.float32)
     for positions, values in parts:

@@ -111,7 +111,7 @@ def test_the_first_command_runs_the_whole_study_printing_stage_lines_progress_an
     assert sum(line.startswith(("Champion: ", "Store: ", "Open it: ")) for line in summary) == 3, summary
 
     # What each line says: 120 training texts, 8 steps an epoch, the summary's table and its last lines.
-    assert any(line.startswith("extract train: 100% (120/120 texts, ") for line in kinds["progress"])
+    assert any(line.startswith("extract train: 100% (120/120 texts, ") for line in kinds["progress"]), output
     assert any(line.startswith("finetune: 100% (16/16 steps, ") for line in kinds["progress"])
     assert any(line.startswith("epoch 1/2: validation loss ") for line in kinds["progress"])
     assert any(line.startswith("epoch 2/2: validation loss ") for line in kinds["progress"])

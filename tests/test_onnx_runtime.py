@@ -54,6 +54,18 @@ def test_onnx_pooled_features_equal_torch_fp32(tiny_model_dir: Path, tmp_path: P
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_extraction_reports_its_progress_on_every_runtime(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, runtime: str
+) -> None:
+    """A user whose CPU runs ONNX (no native bf16) sees the extraction's progress as a torch user does."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    encoder = features.load_encoder(models.resolve(str(tiny_model_dir)), "fp32", 1, runtime=runtime)
+    features.extract(sample_texts(64), encoder, batch_size=8, description="extract train")
+    lines = capsys.readouterr().err.splitlines()  # not a terminal here: one line every few per cent
+    assert lines and lines[-1].startswith("extract train: 100% (64/64 texts, "), lines
+
+
 def test_a_probe_trained_on_torch_features_scores_the_same_on_onnx_features(
     small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
