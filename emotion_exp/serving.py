@@ -24,10 +24,13 @@ class ServerNotReady(RuntimeError):
     """The server exited, or did not answer in time; the message holds the end of its log."""
 
 
-def free_port() -> int:
-    """A port nothing listens on, on 127.0.0.1."""
+def free_port(preferred: int = 0) -> int:
+    """A port nothing listens on, on 127.0.0.1: ``preferred`` where it is free, else one the system picks."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:  # taken (another `mlflow ui`, a model server): any free one
+            probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
