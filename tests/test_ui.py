@@ -4,16 +4,24 @@ The pages themselves are checked in a real browser in tests/test_ui_browser.py."
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import urllib.parse
+import uuid
+from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import significance, tracking
 from emotion_exp.cli import cli
 from emotion_exp.workflows import study
+from tests.helpers import LABELS
 
 
 def test_a_stage_tags_its_experiment_so_the_ui_opens_on_training_runs(isolated_mlflow: str) -> None:
@@ -162,3 +170,41 @@ def test_the_study_summary_prints_the_store_for_every_tool_and_links_that_show_t
         f"  its stage runs, best first: {tracking.child_runs_url(address, experiment_id, parent_id, 'val_accuracy')}",
         f"  its models: {tracking.models_url(address, experiment_id)}",
     ]
+
+
+@pytest.mark.slow  # mlflow models predict in a subprocess
+def test_after_the_summarys_export_line_mlflows_own_tools_find_the_champion_from_another_folder(
+    small_dataset: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    from emotion_exp import console
+    from emotion_exp.config import PromoteConfig, TfidfConfig
+    from emotion_exp.stages import promote, tfidf
+
+    name = f"elsewhere-{uuid.uuid4().hex[:8]}"
+    tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
+    promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
+    summary = console.summary(
+        [],
+        run_id="r",
+        seconds=0,
+        experiment="e",
+        decision=None,
+        champion_uri=None,
+        tracking_uri=tracking_uri,
+        ui_port=1,
+    )
+    [export] = [line for line in summary.splitlines() if line.startswith("export MLFLOW_TRACKING_URI=")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "texts.csv").write_text("text\ni feel so happy today\nthis waiting makes me anxious\n")
+    predict = f"mlflow models predict -m models:/{name}@champion -i texts.csv -t csv -o out.json --env-manager local"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}  # a fresh shell
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+
+    shell = ["bash", "-c", f"{export} && {predict}"]
+    done = subprocess.run(shell, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = json.loads((elsewhere / "out.json").read_text())["predictions"]
+    assert len(predictions) == 2 and all(row["label"] in LABELS for row in predictions)
+    assert not (elsewhere / "mlflow.db").exists()  # no empty store of its own
