@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -116,9 +117,17 @@ class Browser:
             answer = requests.post(f"{base}/session", json=capabilities, timeout=120).json()
             browser = cls(base, answer["value"]["sessionId"])
             try:
+                browser._fit_viewport()
                 yield browser
             finally:
                 requests.delete(f"{base}/session/{browser.session}", timeout=30)
+
+    def _fit_viewport(self) -> None:
+        """Size the window so that the page gets WIDTH x HEIGHT pixels (the window's own frame comes off it)."""
+        inner = self._execute("return [window.innerWidth, window.innerHeight];")
+        rect = requests.get(f"{self.base}/session/{self.session}/window/rect", timeout=30).json()["value"]
+        size = {"width": rect["width"] + WIDTH - inner[0], "height": rect["height"] + HEIGHT - inner[1]}
+        requests.post(f"{self.base}/session/{self.session}/window/rect", json=size, timeout=30).raise_for_status()
 
     def first_screen(self, url: str, wait_for: str) -> str:
         """Open ``url``, wait (bounded) until the page shows ``wait_for`` anywhere, return the window's text."""
@@ -136,7 +145,7 @@ class Browser:
         png = requests.get(f"{self.base}/session/{self.session}/screenshot", timeout=60).json()["value"]
         output.write_bytes(base64.b64decode(png))
 
-    def _execute(self, script: str) -> str:
+    def _execute(self, script: str) -> Any:
         answer = requests.post(
             f"{self.base}/session/{self.session}/execute/sync", json={"script": script, "args": []}, timeout=60
         )

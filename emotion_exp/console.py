@@ -371,7 +371,7 @@ def ui_invocation(tracking_uri: str, port: int) -> tuple[dict[str, str], list[st
     """The environment and command line of ``mlflow ui`` on a local store, on 127.0.0.1:``port``.
 
     One worker: MLflow's default of four starts four processes that each import MLflow before the
-    first page answers (141 s against 50 s at load 10 on two cores, docs/performance.md).
+    first page answers (63 s against 24 s on two busy cores, docs/performance.md).
     """
     command = ["mlflow", "ui", "--backend-store-uri", store_uri(tracking_uri), "--port", str(port), "--workers", "1"]
     return dict(UI_ENVIRONMENT), command

@@ -80,10 +80,9 @@ def _table(**best: float) -> pd.DataFrame:
 
 def test_the_verdict_names_the_winner_its_interval_its_margin_and_whether_chance_can_make_it() -> None:
     assert study.verdict(_table()) == (
-        "tfidf best: val accuracy 0.845 [0.785, 0.890], +0.065 [+0.005, +0.130] vs probe "
-        "(p=0.06, a gap chance alone can make)"
+        "tfidf best: val accuracy 0.845 [0.785, 0.890], +0.065 [+0.005, +0.130] vs probe (p=0.06, not beyond chance)"
     )
-    assert study.verdict(_table(val_mcnemar_pvalue=0.003)).endswith("(p=0.003, better beyond chance)")
+    assert study.verdict(_table(val_mcnemar_pvalue=0.003)).endswith("(p=0.003, beyond chance)")
     assert study.verdict(_table(), markdown=True).startswith("**tfidf** best: val accuracy 0.845 [0.785, 0.890]")
     assert study.verdict(pd.DataFrame([{"stage": "extract", "val_accuracy": None}])) is None
 

@@ -167,7 +167,7 @@ def _caution(parent: mlflow.entities.Run, rows: dict[str, dict[str, Any]]) -> st
 
 def verdict(table: pd.DataFrame, *, markdown: bool = False) -> str | None:
     """Which stage won and by how much: ``finetune best: val accuracy 0.845 [0.785, 0.890], +0.065 [+0.005,
-    +0.130] vs tfidf (p=0.06, a gap chance alone can make)``; None when no stage was scored.
+    +0.130] vs tfidf (p=0.06, not beyond chance)``; None when no stage was scored.
 
     The winner has the highest validation accuracy (selection on validation only); its margin is the
     paired difference to the runner-up on the same texts.
@@ -180,7 +180,7 @@ def verdict(table: pd.DataFrame, *, markdown: bool = False) -> str | None:
     text = f"{name} best: val accuracy {console.shown_score(best, 'val_accuracy')}"
     if best.get("val_accuracy_delta") is not None:
         pvalue, low = best["val_mcnemar_pvalue"], best["val_accuracy_delta_ci_low"]
-        chance = "better beyond chance" if pvalue < 0.05 and low > 0 else "a gap chance alone can make"
+        chance = "beyond chance" if pvalue < 0.05 and low > 0 else "not beyond chance"
         difference = console.shown_difference(best, "val").rsplit(", p=", 1)[0]
         text += f", {difference} (p={pvalue:.2g}, {chance})"
     return text
