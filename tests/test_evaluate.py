@@ -71,7 +71,7 @@ def test_a_single_file_is_scored_whole_and_a_run_uri_resolves_to_its_version(
 
     evaluate.run(
         EvaluateConfig(
-            model_uri=f"runs:/{trained_id}/model",
+            model_uri=f"runs:/{trained_id}/tfidf",
             dataset=str(tmp_path / "new.csv"),
             text_column="sentence",
             label_column="emotion",
