@@ -348,7 +348,9 @@ def check_model_uri(model_uri: str) -> None:
     if model_uri.startswith("runs:/"):
         run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
         if not run_id or not path:
-            raise UserError(f"{model_uri!r} is not a model URI: expected {MODEL_URI_FORMS}, such as runs:/<id>/model.")
+            raise UserError(
+                f"{model_uri!r} is not a model URI: expected {MODEL_URI_FORMS}, such as runs:/<id>/<stage>."
+            )
         names.check_run_id(f"{model_uri}: the run id", run_id)
     elif model_uri.startswith("models:/"):
         match = re.fullmatch(r"models:/([^/@]+)(?:@[^/@]+|/[^/@]+)?", model_uri)

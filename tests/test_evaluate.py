@@ -162,7 +162,7 @@ def test_two_evaluations_of_the_same_data_are_compared_text_by_text(
     name, trained_id = registered
     evaluated = [
         evaluate.run(EvaluateConfig(model_uri=uri, dataset=str(small_dataset), split="test"))
-        for uri in (f"models:/{name}/1", f"runs:/{trained_id}/model")
+        for uri in (f"models:/{name}/1", f"runs:/{trained_id}/tfidf")
     ]
 
     result = CliRunner().invoke(cli, ["compare", *evaluated])
