@@ -207,3 +207,20 @@ def test_after_the_summarys_export_line_mlflows_own_tools_find_the_champion_from
     predictions = json.loads((elsewhere / "out.json").read_text())["predictions"]
     assert len(predictions) == 2 and all(row["label"] in LABELS for row in predictions)
     assert not (elsewhere / "mlflow.db").exists()  # no empty store of its own
+
+
+def test_a_stages_model_is_named_after_it_with_its_validation_headline_linked_first(
+    registered_tfidf: tuple[str, str],
+) -> None:
+    _, run_id = registered_tfidf
+    run = mlflow.get_run(run_id)
+    [model] = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+    assert model.name == "tfidf"  # the Models tab lists tfidf, not "model"
+    linked = {m.key: m for m in model.metrics if m.dataset_name}
+    # Linked to the validation split's dataset: MLflow's Models tab shows a model's metrics grouped by dataset,
+    # those of no dataset last, so the validation headline comes before the rows and vocabulary sizes.
+    assert set(linked) == {"val_accuracy", "val_accuracy_ci_low", "val_accuracy_ci_high", "val_f1_weighted"}
+    assert {m.dataset_name for m in linked.values()} == {f"{run.data.tags['dataset_name']}-validation"}
+    assert all(m.value == run.data.metrics[key] for key, m in linked.items())
