@@ -639,7 +639,7 @@ class CompareConfig:
     run_a: str = option(
         "",
         "The first run: a run id, a model URI (models:/<name>/<version>, models:/<name>@<alias>, "
-        "runs:/<run id>/model), or with --parent a stage name of that study.",
+        "runs:/<run id>/<stage>), or with --parent a stage name of that study.",
         positional=True,
     )
     run_b: str = option("", "The second run, as RUN_A.", positional=True)

@@ -48,10 +48,14 @@ def log_model(
     python_model: mlflow.pyfunc.PythonModel,
     label_names: Sequence[str],
     *,
+    name: str = MODEL_NAME,
     artifacts: dict[str, str] | None = None,
     packages: Sequence[str] = (),
 ) -> str:
-    """Log ``python_model`` as the active run's ``model`` with signature and input example; return its URI.
+    """Log ``python_model`` as the active run's model ``name`` with signature and input example; return its URI.
+
+    A stage names it after itself, so MLflow's Models tab lists ``finetune``, ``probe``, ``tfidf``
+    and ``runs:/<run id>/<stage>`` finds it.
 
     ``artifacts`` (name -> local path) are copied from disk, so no second copy of the weights
     is built in memory; ``packages`` are the pip packages the model needs beyond MLflow's own.
@@ -59,7 +63,7 @@ def log_model(
     emotion-exp is not installed, such as the fresh environment of ``mlflow models serve``.
     """
     info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
+        name=name,
         python_model=python_model,
         artifacts=artifacts,
         code_paths=[str(PACKAGE_FOLDER)],

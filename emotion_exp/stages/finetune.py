@@ -244,6 +244,8 @@ def log_result(
     if registered_model and not asked:
         registered_model = registered_if_best(registered_model, stage)
     stage.log_model(model, registered_model=registered_model, description=card)
+    if not config.registered_model:
+        stage.note_unregistered()
 
 
 def registered_if_best(name: str, stage: Stage) -> str:
