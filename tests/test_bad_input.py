@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
 
-from emotion_exp import registry
+from emotion_exp import catalog, registry
 from emotion_exp.cli import cli
 from tests.helpers import LABELS as SIX
 from tests.pyfunc_models import LABELS, log_keyword_model
@@ -337,6 +337,12 @@ CASES = {
     "unknown pooling": Case(
         on_small("extract", "--pooling", "max"), ("--pooling must be one of cls, mean; got 'max'",)
     ),
+    "knn with no neighbours": Case(
+        on_small("knn", "--n_neighbors", "0"), ("--n_neighbors must be at least 1; got 0.",)
+    ),
+    "knn with a fraction of a neighbour": Case(
+        on_small("knn", "--n_neighbors", "2.5"), ("expected a whole number, got '2.5'",), exit_code=2
+    ),
     "unknown dummy strategy": Case(
         lambda i: ["dummy", "--strategy", "constant"], ("--strategy must be one of most_frequent", "got 'constant'")
     ),
@@ -575,7 +581,9 @@ CASES = {
     "sweep search_space of an unknown parameter": Case(
         lambda i: ["sweep", "--search_space", "nope=1"], ("'nope' is not searchable for the tfidf stage",)
     ),
-    "sweep stage unknown": Case(lambda i: ["sweep", "--stage", "dummy"], ("--stage must be one of probe, tfidf",)),
+    "sweep stage unknown": Case(
+        lambda i: ["sweep", "--stage", "dummy"], (f"--stage must be one of {', '.join(catalog.sweepable())}",)
+    ),
     "sweep n_trials zero": Case(lambda i: ["sweep", "--n_trials", "0"], ("--n_trials must be at least 1; got 0",)),
     "learning-curve fractions out of range": Case(
         lambda i: ["learning-curve", "--fractions", "0,2"], ("--fractions must be distinct shares",)
