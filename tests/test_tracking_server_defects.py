@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from emotion_exp.serving import free_port
@@ -130,10 +131,10 @@ def test_a_decoy_in_the_pid_file_is_neither_reported_nor_stopped(tmp_path: Path,
         cwd=folder if in_the_folder else tmp_path,
     )
     try:
-        ticks = Path(f"/proc/{decoy.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        started = psutil.Process(decoy.pid).create_time()
         # Elsewhere, its true start time; in the folder, a start time `up` did not record.
-        recorded = ticks if not in_the_folder else str(int(ticks) - 100)
-        (folder / "mlflow.pid").write_text(f"{decoy.pid} {recorded}\n")
+        recorded = started if not in_the_folder else started - 60
+        (folder / "mlflow.pid").write_text(f"{decoy.pid} {recorded!r}\n")
 
         status = run_script("status", "--dir", str(folder))
         down = run_script("down", "--dir", str(folder))
@@ -229,6 +230,25 @@ def test_an_empty_pid_file_and_a_truncated_settings_file_give_one_clear_line(tmp
         result = run_script(command, "--dir", str(folder))
         no_traceback(result)
         assert f"{settings} is damaged" in result.stderr
+
+
+def test_a_pid_file_of_the_previous_version_still_names_the_running_server(sqlite_server: Path) -> None:
+    """The previous version recorded the start time in clock ticks since boot (/proc/PID/stat's 22nd field):
+    a server it started is still found after an update of the script, and a wrong start time is still refused."""
+    pid_file = sqlite_server / "mlflow.pid"
+    written = pid_file.read_text()
+    pid = int(written.split()[0])
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    try:
+        pid_file.write_text(f"{pid} {ticks}\n")
+        found = run_script("status", "--dir", str(sqlite_server))
+        pid_file.write_text(f"{pid} {ticks - 6000}\n")  # a minute earlier: another process with that pid
+        other = run_script("status", "--dir", str(sqlite_server))
+    finally:
+        pid_file.write_text(written)
+
+    assert found.returncode == 0 and f"mlflow server: running, pid {pid}" in found.stdout, found.stdout
+    assert other.returncode == 3 and "mlflow server: stopped" in other.stdout, other.stdout
 
 
 def test_settings_and_pid_files_are_written_whole_with_mode_0600(sqlite_server: Path) -> None:
