@@ -4,7 +4,9 @@ One archive of the running server (its artifacts read from its object store's bu
 into a new folder, with an object store of its own, and brought `up` once: every run, metric,
 artifact (in the new bucket), registered version, alias, user and permission is found there, and
 the champion loads from it. `upgrade` is a no-op on a current folder, refuses while the server runs on an older
-schema and migrates it once stopped. A tampered archive is refused before anything is made.
+schema and migrates it once stopped. A tampered archive is refused before anything is made, and so are
+archives crafted to write outside the new folder (`artifacts//tmp/x`, names that are not normal, a link on
+the way).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import secrets
 import shlex
 import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 import uuid
@@ -247,3 +250,96 @@ def test_a_tampered_archive_is_refused_before_anything_is_made(archived: Archive
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "does not match its checksum in the manifest" in result.stderr and NOTE_PATH in result.stderr
     assert not folder.exists()
+
+
+# --- archives made to attack `restore` (issue 36) ---------------------------------------------------------
+
+
+SETTINGS = {
+    "host": "127.0.0.1",
+    "port": 5000,
+    "pg_port": 5432,
+    "backend_store_uri": None,
+    "auth_database_uri": None,
+    "artifacts_destination": "/srv/mlflow/artifacts",
+    "workers": 4,
+    "auth": True,
+    "default_permission": "NO_PERMISSIONS",
+    "object_store": None,
+    "admin_username": "admin",
+    "admin_created": True,
+}
+
+
+def crafted_archive(path: Path, artifacts: dict[str, bytes], **settings: object) -> Path:
+    """An archive as `backup` writes one (format 1, both databases, every member with its right sha256), holding
+    ``artifacts`` under the names given and a manifest with ``settings`` over SETTINGS: what an attacker who can
+    write an archive makes. Its dumps are not PostgreSQL's: whatever restore writes before pg_restore stays."""
+    members = {f"databases/{name}.dump": b"not a dump" for name in ("mlflow", "mlflow_auth")} | artifacts
+    manifest = {
+        "format": 1,
+        "created": "2026-12-07T00:00:00+00:00",
+        "mlflow_version": mlflow.__version__,
+        "postgresql_version": "15.0",
+        "settings": {**SETTINGS, **settings},
+        "databases": ["mlflow", "mlflow_auth"],
+        "artifacts": {"source": "folder", "objects": len(artifacts), "bytes": sum(map(len, artifacts.values()))},
+        "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in [*members.items(), ("manifest.json", json.dumps(manifest).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def refused_before_anything(result: subprocess.CompletedProcess, folder: Path, *shown: str) -> None:
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "nothing was restored" in result.stderr, result.stderr
+    for text in shown:
+        assert text in result.stderr, result.stderr
+    assert not folder.exists(), f"restore made {folder}"
+
+
+@pytest.mark.parametrize("top", ["artifacts", "databases"])
+def test_a_member_named_with_a_double_slash_is_refused_before_anything_is_written(
+    top: str, new_folder: Path, tmp_path: Path
+) -> None:
+    planted = tmp_path / "planted" / "x"  # what `artifacts//tmp/x` names: an absolute path once split at its first /
+    name = f"{top}/{planted}"
+    assert "//" in name
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {name: b"planted by an archive"})
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    refused_before_anything(result, new_folder, repr(name))
+    assert not planted.parent.exists(), "restore wrote outside its --dir"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["artifacts/1/./x", "artifacts/1//x", "artifacts/1/x/", "artifacts/1/../x", "artifacts/..", "artifacts"],
+)
+def test_a_member_name_that_is_not_normal_is_refused(name: str, new_folder: Path, tmp_path: Path) -> None:
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {name: b"data"})
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    refused_before_anything(result, new_folder, repr(name))
+
+
+def test_an_artifacts_folder_that_leads_elsewhere_is_refused_before_anything_is_written(
+    new_folder: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    new_folder.mkdir(mode=0o711)
+    (new_folder / "artifacts").symlink_to(elsewhere)  # an empty --dir, but for this link
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {"artifacts/1/run/artifacts/x": b"through a link"})
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{new_folder / 'artifacts'}" in result.stderr and "outside" in result.stderr, result.stderr
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in new_folder.iterdir()) == ["artifacts"]

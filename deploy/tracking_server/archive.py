@@ -206,8 +206,7 @@ def bucket_objects(layout: Layout, settings: dict, staging: Path) -> Iterator[tu
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
             for item in page.get("Contents", []):
                 key = item["Key"]
-                parts = PurePosixPath(key).parts
-                if key.startswith("/") or ".." in parts or PurePosixPath(key).as_posix() != key:
+                if not normal(key):
                     raise SetupError(
                         f"the bucket {BUCKET} holds {key!r}, which is not a plain path (MLflow never writes "
                         "one): move or remove that object, then run backup again."
@@ -264,6 +263,10 @@ def restore(args: argparse.Namespace) -> int:
         )
     archive = Path(args.archive)
     manifest = verified_manifest(archive)  # before anything is made
+    if manifest["artifacts"]["source"] == "folder":  # a link already in --dir must not lead a file elsewhere
+        for name in manifest["members"]:
+            if name.startswith("artifacts/"):
+                destination(layout.artifacts, name, archive)
     created = not layout.root.exists()
     make_folder(layout)
     settings = {**manifest["settings"], "pg_port": args.pg_port or free_port()}
@@ -314,6 +317,8 @@ def verified_manifest(archive: Path) -> dict:
                     continue
                 if member.name not in listed or not member.isfile():
                     refuse(archive, f"it holds {member.name!r}, which its manifest does not list")
+                if member.name in seen:
+                    refuse(archive, f"it holds {member.name!r} twice")
                 if sha256(tar.extractfile(member)) != listed[member.name]:
                     refuse(archive, f"{member.name} does not match its checksum in the manifest")
                 seen.add(member.name)
@@ -341,14 +346,33 @@ def read_manifest(tar: tarfile.TarFile, archive: Path) -> dict:
         or manifest["artifacts"].get("source") not in ARTIFACT_SOURCES
     ):
         refuse(archive, f"its {MANIFEST} is not one of format {FORMAT}")
+    dumps = {f"databases/{database}.dump" for database in DATABASES}
     for name in manifest["members"]:
-        parts = PurePosixPath(name).parts
-        if name.startswith("/") or ".." in parts or parts[0] not in ("databases", "artifacts") or len(parts) < 2:
-            refuse(archive, f"its manifest names {name!r}, outside databases/ and artifacts/")
-    expected = {f"databases/{database}.dump" for database in DATABASES}
-    if set(DATABASES) != set(manifest["databases"]) or not expected <= set(manifest["members"]):
+        if not (name in dumps or (name.startswith("artifacts/") and normal(name))):
+            refuse(
+                archive,
+                f"its manifest names {name!r}, which is not {' or '.join(sorted(dumps))} nor a normal path under "
+                "artifacts/ (no empty, `.` or `..` part, no leading or trailing `/`)",
+            )
+    if set(DATABASES) != set(manifest["databases"]) or not dumps <= set(manifest["members"]):
         refuse(archive, f"it does not hold the databases {', '.join(DATABASES)}")
     return manifest
+
+
+def normal(name: str) -> bool:
+    """Whether an archive's name is a relative POSIX path written as it reads: `PurePosixPath` gives it back
+    unchanged (so no `//`, no `./`, no trailing `/`), and none of its parts is empty, `.` or `..`."""
+    path = PurePosixPath(name)
+    return path.as_posix() == name and not path.is_absolute() and not {"", ".", ".."} & set(path.parts)
+
+
+def destination(base: Path, name: str, archive: Path) -> Path:
+    """Where the member ``name`` (top folder/relative path) is written under ``base``, refused unless that path,
+    with every link already on its way followed, is still under ``base``."""
+    path = base / name.split("/", 1)[1]
+    if not path.resolve().is_relative_to(base):
+        refuse(archive, f"its member {name} would be written to {path.resolve()}, outside {base} (a link on the way?)")
+    return path
 
 
 def refuse(archive: Path, why: str) -> NoReturn:
@@ -376,13 +400,13 @@ def unpack(layout: Layout, settings: dict, archive: Path, manifest: dict) -> Non
                 continue
             top, relative = member.name.split("/", 1)
             if top == "databases":
-                destination = Path(staging) / relative
+                path = destination(Path(staging), member.name, archive)
             else:  # an object goes to the bucket through a private file, checked before it is uploaded
-                destination = Path(staging) / "object" if upload else layout.artifacts / relative
-            write_member(tar.extractfile(member), destination, manifest["members"][member.name], archive)
+                path = Path(staging) / "object" if upload else destination(layout.artifacts, member.name, archive)
+            write_member(tar.extractfile(member), path, manifest["members"][member.name], archive)
             if top == "artifacts" and upload:
-                upload(relative, destination)
-                destination.unlink()
+                upload(relative, path)
+                path.unlink()
         for database in manifest["databases"]:
             dump = str(Path(staging) / f"{database}.dump")
             restore_options = ["--exit-on-error", "--single-transaction", "--no-owner", "-d", database, dump]
@@ -406,6 +430,7 @@ def bucket_uploader(layout: Layout, settings: dict) -> Callable[[str, Path], Non
 
 
 def write_member(source: BinaryIO, destination: Path, checksum: str, archive: Path) -> None:
+    """Write a new file (never through a link, never over one) whose bytes must have ``checksum``."""
     destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
