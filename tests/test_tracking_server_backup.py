@@ -18,6 +18,7 @@ import json
 import secrets
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import tarfile
@@ -343,3 +344,20 @@ def test_an_artifacts_folder_that_leads_elsewhere_is_refused_before_anything_is_
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{new_folder / 'artifacts'}" in result.stderr and "outside" in result.stderr, result.stderr
     assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in new_folder.iterdir()) == ["artifacts"]
+
+
+@pytest.mark.parametrize("port", ["taken", "70000", "80"])
+def test_a_pg_port_that_cannot_be_used_is_refused_before_anything_starts(
+    port: str, new_folder: Path, tmp_path: Path
+) -> None:
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {})
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        number = str(holder.getsockname()[1]) if port == "taken" else port
+
+        result = run_script("restore", "--from", str(archive), "--dir", str(new_folder), "--pg-port", number)
+
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert number in result.stderr and "Examine the log output" not in result.stderr, result.stderr
+    assert not new_folder.exists()

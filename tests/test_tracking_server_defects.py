@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -359,6 +360,21 @@ def test_a_failed_up_stops_the_postgresql_it_started(reachable_base: Path, stopp
     assert result.returncode == 1, result.stdout
     assert "mlflow server exited" in result.stderr
     assert pids_of(folder) == [], "a failed up left PostgreSQL running"
+
+
+@pytest.mark.postgres
+def test_up_on_a_pg_port_another_process_holds_refuses_before_anything_starts(reachable_base: Path) -> None:
+    folder = reachable_base / "server"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+
+        result = run_script("up", "--dir", str(folder), "--port", str(free_port()), "--pg-port", str(port))
+
+    no_traceback(result)
+    assert f"PostgreSQL's port {port} on 127.0.0.1" in result.stderr and "--pg-port" in result.stderr
+    assert not (folder / "postgres").exists() and pids_of(folder) == []
 
 
 @pytest.mark.postgres

@@ -50,6 +50,7 @@ from .postgres import (
     AUTH_DB,
     PG_USER,
     TRACKING_DB,
+    check_pg_port,
     create_databases,
     database_uri,
     init_postgres,
@@ -267,6 +268,8 @@ def restore(args: argparse.Namespace) -> int:
         for name in manifest["members"]:
             if name.startswith("artifacts/"):
                 destination(layout.artifacts, name, archive)
+    if args.pg_port is not None:
+        check_pg_port(args.pg_port, "pick another --pg-port, or leave it out for a free one; nothing was restored")
     created = not layout.root.exists()
     make_folder(layout)
     settings = {**manifest["settings"], "pg_port": args.pg_port or free_port()}

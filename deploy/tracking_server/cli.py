@@ -39,9 +39,17 @@ from . import archive
 from .errors import SetupError
 from .layout import Layout
 from .mlflow_server import HEALTH_TIMEOUT_S, TRUST_WARNING, auth_environment, healthy, mlflow_pid, start_mlflow
-from .object_store import describe_object_store, s3_environment, start_seaweedfs, stop_seaweedfs, weed_pid
+from .object_store import (
+    check_object_store_ports,
+    describe_object_store,
+    s3_environment,
+    start_seaweedfs,
+    stop_seaweedfs,
+    weed_pid,
+)
 from .postgres import (
     TRACKING_DB,
+    check_pg_port,
     create_databases,
     database_uri,
     init_postgres,
@@ -51,7 +59,7 @@ from .postgres import (
     stop_postgres,
 )
 from .private_files import make_folder
-from .processes import listen_error, stop_group
+from .processes import HIGHEST_PORT, listen_error, stop_group
 from .settings import PERMISSIONS, load_settings, loopback, mask_password, resolve_settings, save_settings, url_of
 
 NOT_RUNNING = 3  # the LSB exit status of `status` for a stopped service
@@ -78,10 +86,15 @@ def up(args: argparse.Namespace) -> int:
             "machine (127.0.0.1, the address of one of its interfaces, or 0.0.0.0 for all of them); "
             "nothing was started."
         )
+    managed = settings["backend_store_uri"] is None
+    if managed and postgres_pid(layout) is None:
+        check_pg_port(settings["pg_port"], "give `up --pg-port` a free one (server.json keeps it); nothing was started")
+    if settings["object_store"] and weed_pid(layout) is None:
+        check_object_store_ports(settings)
     auth = auth_environment(args, layout, settings) if settings["auth"] else {}  # refuses before anything starts
     started_postgres, started_weed = False, None
     try:
-        if settings["backend_store_uri"] is None:
+        if managed:
             if not (layout.pgdata / "PG_VERSION").exists():
                 init_postgres(layout)
             if postgres_pid(layout) is None:
@@ -164,6 +177,17 @@ def status(args: argparse.Namespace) -> int:
     return 0 if pid and weed_ok and (not managed or postgres_pid(layout)) else NOT_RUNNING
 
 
+def port_number(text: str) -> int:
+    """argparse's type for a TCP port: 1 to 65535, told in argparse's one line otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= HIGHEST_PORT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a number from 1 to {HIGHEST_PORT}")
+    return port
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tracking-server", description=__doc__.split("\n\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -175,14 +199,14 @@ def parser() -> argparse.ArgumentParser:
         "--keep-postgres", action="store_true", help="stop only the MLflow server (for `mlflow db upgrade`)"
     )
     start = commands.choices["up"]
-    start.add_argument("--port", type=int, help="the MLflow server's port (default 5000)")
+    start.add_argument("--port", type=port_number, help="the MLflow server's port (default 5000)")
     start.add_argument("--host", help="the address to bind (default 127.0.0.1; another without --auth warns)")
     start.add_argument("--auth", action="store_true", help="require logins (MLflow's basic-auth app)")
     start.add_argument("--admin-password-file", help="the admin's password (else MLFLOW_TRACKING_PASSWORD)")
     start.add_argument(
         "--default-permission", choices=PERMISSIONS, help="what a user may do without a grant (default NO_PERMISSIONS)"
     )
-    start.add_argument("--pg-port", type=int, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
+    start.add_argument("--pg-port", type=port_number, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
     start.add_argument("--backend-store-uri", help="use this existing database instead of a PostgreSQL in DIR")
     start.add_argument("--auth-database-uri", help="the user database for --auth with --backend-store-uri")
     start.add_argument("--artifacts-destination", help="where artifacts are stored (default DIR/artifacts; s3://...)")
@@ -202,7 +226,7 @@ def parser() -> argparse.ArgumentParser:
     load.set_defaults(function=archive.restore)
     load.add_argument("--from", dest="archive", required=True, help="the archive written by `backup`")
     load.add_argument("--dir", required=True, help="the new server's folder (must not hold a server)")
-    load.add_argument("--pg-port", type=int, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
+    load.add_argument("--pg-port", type=port_number, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
     migrate = commands.add_parser("upgrade", help="migrate the databases' schemas after `pip install -U mlflow`")
     migrate.set_defaults(function=archive.upgrade)
     migrate.add_argument("--dir", required=True, help="the server's folder (its MLflow server stopped)")

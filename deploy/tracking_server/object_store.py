@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import SetupError
 from .layout import Layout
 from .private_files import secret, tail, write_secret
-from .processes import listens, record_pid, recorded_pid, start_in_session, stop_group
+from .processes import check_loopback_port, listens, record_pid, recorded_pid, start_in_session, stop_group
 
 BUCKET = "mlflow"  # the bucket of the artifacts in DIR's SeaweedFS
 WEED_PORTS = tuple(f"{part}.port{grpc}" for part in ("master", "volume", "filer", "s3") for grpc in ("", ".grpc"))
@@ -94,8 +94,17 @@ def s3_client(layout: Layout, settings: dict):  # a boto3 client: boto3 is impor
     )
 
 
+def check_object_store_ports(settings: dict) -> None:
+    """Refuse before anything starts a SeaweedFS port of server.json that is out of range or held by another
+    process, naming it."""
+    for name, port in settings["object_store"].items():
+        fix = f"stop that process, or give server.json's object_store {name!r} a free port; nothing was started"
+        check_loopback_port(port, f"SeaweedFS's {name}", fix)
+
+
 def start_seaweedfs(layout: Layout, settings: dict, timeout: int) -> int:
     """Start `weed server` with S3 on loopback in its own session, wait for its S3 API, make the bucket."""
+    check_object_store_ports(settings)
     ports = settings["object_store"]
     access_key, secret_key = s3_keys(layout)
     identity = {"name": "mlflow", "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}

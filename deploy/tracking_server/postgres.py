@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .errors import SetupError
 from .layout import Layout
-from .private_files import secret, write_private
-from .processes import STOP_TIMEOUT_S, working_in
+from .private_files import secret, tail, write_private
+from .processes import STOP_TIMEOUT_S, check_loopback_port, working_in
 
 PG_USER = "mlflow"  # the cluster's superuser, owner of both databases
 TRACKING_DB, AUTH_DB = "mlflow", "mlflow_auth"
@@ -100,9 +100,22 @@ def postgres_pid(layout: Layout) -> int | None:
 
 
 def start_postgres(layout: Layout, port: int) -> None:
+    """pg_ctl start on 127.0.0.1:port; a failure is told with the end of PostgreSQL's log, not pg_ctl's "Examine
+    the log output" (a failed restore removes the folder that holds the log)."""
     options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
     command = [str(postgres_bin() / "pg_ctl"), "-D", str(layout.pgdata), "-l", str(layout.postgres_log)]
-    run_pg([*command, "-o", options, "-w", "-t", "60", "start"])
+    try:
+        run_pg([*command, "-o", options, "-w", "-t", "60", "start"])
+    except SetupError as error:
+        raise SetupError(
+            f"PostgreSQL did not start on 127.0.0.1:{port}; the end of its log:\n{tail(layout.postgres_log)}"
+        ) from error
+
+
+def check_pg_port(port: object, fix: str) -> None:
+    """PostgreSQL runs without privileges (as the `postgres` user when run as root): its port must be one such a
+    process may listen on, and free."""
+    check_loopback_port(port, "PostgreSQL's port", fix, unprivileged=True)
 
 
 def stop_postgres(layout: Layout) -> None:

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import psutil
 
+from .errors import SetupError
 from .private_files import read_private, write_private
 
 STOP_TIMEOUT_S = 30
 # psutil's start time is the kernel's boot time plus the process's clock ticks since boot, and the boot time the
 # kernel reports moves by a second now and then (clock adjustments): within this, it is the same start.
 START_TOLERANCE_S = 1.5
+HIGHEST_PORT = 65535
 
 
 def record_pid(path: Path, pid: int) -> None:
@@ -140,3 +142,24 @@ def listen_error(host: str, port: int) -> OSError | None:
         except OSError as error:
             return error
     return None
+
+
+def unprivileged_port_start() -> int:
+    """The lowest port a process without privileges may listen on (Linux's ip_unprivileged_port_start)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    return 1024
+
+
+def check_loopback_port(port: object, what: str, fix: str, *, unprivileged: bool = False) -> None:
+    """Refuse a port out of range, below the privileged limit for a service that runs without privileges, or
+    held by another process on 127.0.0.1, naming it, before anything starts."""
+    lowest = unprivileged_port_start() if unprivileged else 1
+    if not isinstance(port, int) or isinstance(port, bool) or not lowest <= port <= HIGHEST_PORT:
+        why = " (it runs without privileges)" if unprivileged else ""
+        raise SetupError(f"{what} {port!r} cannot be used{why}: it takes one from {lowest} to {HIGHEST_PORT}: {fix}.")
+    if (error := listen_error("127.0.0.1", port)) is not None:
+        raise SetupError(
+            f"{what} {port} on 127.0.0.1 cannot be used ({error.strerror or error}: another process holds it, "
+            f"`ss -ltnp 'sport = :{port}'` names it): {fix}."
+        )
