@@ -139,6 +139,8 @@ def test_a_restored_server_holds_every_run_model_user_and_permission(archived: A
     restored = run_script(*docs_command("restore", paths))
     assert restored.returncode == 0, restored.stderr
     assert f"start it: deploy/tracking-server up --dir {new_folder}" in restored.stdout
+    assert "the users log in as before" in restored.stdout and "WARNING" not in restored.stderr
+    assert "logins on (admin 'admin', default permission NO_PERMISSIONS)" in restored.stdout
     again = run_script("restore", "--from", str(archived.archive), "--dir", str(new_folder))
     assert again.returncode == 1 and "already holds a tracking server" in again.stderr
 
@@ -346,6 +348,27 @@ def test_an_artifacts_folder_that_leads_elsewhere_is_refused_before_anything_is_
     assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in new_folder.iterdir()) == ["artifacts"]
 
 
+@pytest.mark.parametrize(
+    ("settings", "shown"),
+    [
+        ({"backend_store_uri": "postgresql://mlflow@db.example.org/mlflow"}, "backend_store_uri"),
+        ({"default_permission": "EVERYTHING"}, "default_permission"),
+        ({"port": 99999}, "port"),
+        ({"auth": "yes"}, "auth"),
+        ({"run_as": "root"}, "run_as"),
+    ],
+    ids=["external-database", "permission", "port", "auth-not-a-boolean", "unknown"],
+)
+def test_archived_settings_restore_cannot_apply_are_refused(
+    settings: dict, shown: str, new_folder: Path, tmp_path: Path
+) -> None:
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {}, **settings)
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    refused_before_anything(result, new_folder, shown)
+
+
 @pytest.mark.parametrize("port", ["taken", "70000", "80"])
 def test_a_pg_port_that_cannot_be_used_is_refused_before_anything_starts(
     port: str, new_folder: Path, tmp_path: Path
@@ -361,3 +384,31 @@ def test_a_pg_port_that_cannot_be_used_is_refused_before_anything_starts(
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert number in result.stderr and "Examine the log output" not in result.stderr, result.stderr
     assert not new_folder.exists()
+
+
+def test_archived_settings_that_open_the_server_are_shown_with_a_warning(
+    archived: Archived, new_folder: Path, tmp_path: Path
+) -> None:
+    """The manifest is outside the checksums: logins turned off and another host, edited into it, are restored
+    only with a warning, and restore no longer says the users log in as before."""
+    edited = tmp_path / "edited.tar.gz"
+    with tarfile.open(archived.archive, "r:gz") as source, tarfile.open(edited, "w:gz") as target:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name == "manifest.json":
+                manifest = json.loads(data)
+                manifest["settings"] |= {"auth": False, "host": "0.0.0.0"}
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+
+    result = run_script("restore", "--from", str(edited), "--dir", str(new_folder))
+
+    assert result.returncode == 0, result.stderr
+    assert "settings from the archive (its checksums do not cover them):" in result.stdout
+    assert "MLflow server on 0.0.0.0:" in result.stdout and "logins OFF" in result.stdout
+    assert "WARNING: the archive's settings turn logins off" in result.stderr
+    assert "WARNING: the archive's settings bind the MLflow server to 0.0.0.0" in result.stderr
+    assert "log in as before" not in result.stdout and "logins are off" in result.stdout
+    restored = json.loads((new_folder / "server.json").read_text())
+    assert (restored["auth"], restored["host"]) == (False, "0.0.0.0")  # what was shown is what was restored

@@ -22,6 +22,7 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -60,10 +61,32 @@ from .postgres import (
     stop_postgres,
 )
 from .private_files import make_folder, secret
-from .processes import free_port
-from .settings import external_uri, load_settings, mask_password, save_settings
+from .processes import HIGHEST_PORT, free_port
+from .settings import PERMISSIONS, external_uri, load_settings, loopback, mask_password, save_settings
 
 MANIFEST = "manifest.json"
+
+
+def is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= HIGHEST_PORT
+
+
+# server.json's settings as `up` writes them for a server `backup` archives, each with the check its value passes.
+SETTING_CHECKS: dict[str, Callable[[object], bool]] = {
+    "host": lambda value: isinstance(value, str) and re.fullmatch(r"[0-9A-Za-z.:-]+", value) is not None,
+    "port": is_port,
+    "pg_port": lambda value: value is None or is_port(value),
+    "backend_store_uri": lambda value: value is None,  # backup refuses a server on an external database
+    "auth_database_uri": lambda value: value is None,
+    "artifacts_destination": lambda value: isinstance(value, str) and value != "",
+    "workers": lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+    "auth": lambda value: isinstance(value, bool),
+    "default_permission": lambda value: value in PERMISSIONS,
+    "object_store": lambda value: value is None or isinstance(value, dict),  # restore picks new ports
+    "admin_username": lambda value: isinstance(value, str) and value != "",
+    "admin_created": lambda value: isinstance(value, bool),
+}
+REQUIRED_SETTINGS = ("host", "port", "artifacts_destination", "workers", "auth", "default_permission")
 FORMAT = 1
 DATABASES = (TRACKING_DB, AUTH_DB)
 CHUNK = 1 << 20
@@ -264,6 +287,7 @@ def restore(args: argparse.Namespace) -> int:
         )
     archive = Path(args.archive)
     manifest = verified_manifest(archive)  # before anything is made
+    archived = archived_settings(manifest, archive)
     if manifest["artifacts"]["source"] == "folder":  # a link already in --dir must not lead a file elsewhere
         for name in manifest["members"]:
             if name.startswith("artifacts/"):
@@ -272,7 +296,7 @@ def restore(args: argparse.Namespace) -> int:
         check_pg_port(args.pg_port, "pick another --pg-port, or leave it out for a free one; nothing was restored")
     created = not layout.root.exists()
     make_folder(layout)
-    settings = {**manifest["settings"], "pg_port": args.pg_port or free_port()}
+    settings = {**archived, "pg_port": args.pg_port or free_port()}
     source = manifest["artifacts"]["source"]
     if source == "folder":
         settings["artifacts_destination"] = str(layout.artifacts)
@@ -304,8 +328,56 @@ def restore(args: argparse.Namespace) -> int:
         print(f"MLflow here is {installed}: run `deploy/tracking-server upgrade --dir {layout.root}` before `up`.")
     if artifacts["source"] == "external":
         print(f"the artifacts in {settings['artifacts_destination']} were not in the archive: copy them yourself.")
-    print(f"start it: deploy/tracking-server up --dir {layout.root} [--port PORT] (the users log in as before)")
+    show_settings(settings)
+    logins = "the users log in as before" if settings["auth"] else "logins are off, as the archive's settings say"
+    print(f"start it: deploy/tracking-server up --dir {layout.root} [--port PORT] ({logins})")
     return 0
+
+
+def archived_settings(manifest: dict, archive: Path) -> dict:
+    """The server.json settings of the archive, refused unless each is one `up` writes for a server `backup`
+    archives (its own PostgreSQL, no external database). The manifest is outside the checksums, and whoever can
+    edit it can recompute them: restore checks these and shows them (show_settings), it cannot vouch for them."""
+    settings = manifest["settings"]
+    missing = sorted(set(REQUIRED_SETTINGS) - set(settings))
+    unknown = sorted(set(settings) - set(SETTING_CHECKS))
+    if missing or unknown:
+        refuse(archive, f"its settings lack {missing} or hold settings `up` never writes {unknown}")
+    for key, value in settings.items():
+        if not SETTING_CHECKS[key](value):
+            refuse(archive, f"its setting {key} = {json.dumps(value)} is not one `up` writes for a server it backs up")
+    return settings
+
+
+def show_settings(settings: dict) -> None:
+    """Print the restored settings, with a warning for each that opens the server: `up` starts it with them."""
+    logins = "logins OFF"
+    if settings["auth"]:
+        admin, permission = settings.get("admin_username"), settings["default_permission"]
+        logins = f"logins on (admin {admin!r}, default permission {permission})"
+    print(
+        f"settings from the archive (its checksums do not cover them): MLflow server on {settings['host']}:"
+        f"{settings['port']}, {logins}, {settings['workers']} workers; `up --host/--port/--auth` changes them"
+    )
+    if not settings["auth"]:
+        print(
+            "WARNING: the archive's settings turn logins off: once `up` runs, whoever reaches the port reads every "
+            "run and artifact and writes runs, models and aliases; check the archive's origin, and add --auth to "
+            "`up` (with the admin's credentials) to require logins.",
+            file=sys.stderr,
+        )
+    if not loopback(settings["host"]):
+        print(
+            f"WARNING: the archive's settings bind the MLflow server to {settings['host']}, not to loopback: "
+            "`up --host 127.0.0.1` keeps it on this machine.",
+            file=sys.stderr,
+        )
+    if settings["default_permission"] in ("EDIT", "MANAGE"):
+        print(
+            f"WARNING: the archive's settings give every user {settings['default_permission']} on everything "
+            "without a grant: `up --default-permission NO_PERMISSIONS` takes it back.",
+            file=sys.stderr,
+        )
 
 
 def verified_manifest(archive: Path) -> dict:
