@@ -40,6 +40,9 @@ from .layout import Layout
 from .mlflow_server import HEALTH_TIMEOUT_S, mlflow_pid
 from .object_store import (
     BUCKET,
+    MISSING_BUCKET,
+    bucket_found,
+    make_bucket,
     object_store_ports,
     s3_client,
     s3_endpoint,
@@ -224,6 +227,9 @@ def bucket_objects(layout: Layout, settings: dict, staging: Path) -> Iterator[tu
     that the archive gets exactly the size it is told and an S3 error is one line here, not mid-member."""
     from botocore.exceptions import BotoCoreError, ClientError  # the server extra, like boto3 in s3_client
 
+    if not bucket_found(layout, settings):
+        print(f"WARNING: {MISSING_BUCKET}; the archive holds the databases and no artifact.", file=sys.stderr)
+        return
     client = s3_client(layout, settings)
     copy = staging / "object"
     try:
@@ -308,6 +314,8 @@ def restore(args: argparse.Namespace) -> int:
         try:
             create_databases(layout, settings["pg_port"])
             with running_object_store(layout, settings, source):
+                if source == "bucket":
+                    make_bucket(layout, settings)
                 unpack(layout, settings, archive, manifest)
         finally:
             stop_postgres(layout)

@@ -40,8 +40,10 @@ from .errors import SetupError
 from .layout import Layout
 from .mlflow_server import HEALTH_TIMEOUT_S, TRUST_WARNING, auth_environment, healthy, mlflow_pid, start_mlflow
 from .object_store import (
+    BUCKET,
     check_object_store_ports,
     describe_object_store,
+    make_bucket,
     s3_environment,
     start_seaweedfs,
     stop_seaweedfs,
@@ -63,6 +65,7 @@ from .processes import HIGHEST_PORT, listen_error, stop_group
 from .settings import PERMISSIONS, load_settings, loopback, mask_password, resolve_settings, save_settings, url_of
 
 NOT_RUNNING = 3  # the LSB exit status of `status` for a stopped service
+BROKEN = 1  # `status` when everything runs but the object store's bucket is not found
 
 
 def up(args: argparse.Namespace) -> int:
@@ -103,8 +106,15 @@ def up(args: argparse.Namespace) -> int:
             create_databases(layout, settings["pg_port"])
         save_settings(layout, settings)
         if settings["object_store"]:
+            had_data = layout.seaweedfs.exists()
             if weed_pid(layout) is None:
                 started_weed = start_seaweedfs(layout, settings, args.timeout)
+            if make_bucket(layout, settings) and had_data:
+                print(
+                    f"WARNING: the bucket {BUCKET} was missing from the object store in {layout.seaweedfs} (deleted?): "
+                    "made a new, empty one; the artifacts logged before are gone from it (`restore` a backup).",
+                    file=sys.stderr,
+                )
             auth = {**auth, **s3_environment(layout, settings)}
         pid = start_mlflow(layout, settings, auth, args.timeout)
     except BaseException:
@@ -121,7 +131,7 @@ def up(args: argparse.Namespace) -> int:
         f"PostgreSQL {describe_postgres(layout, settings)}; logs in {layout.root}"
     )
     if settings["object_store"]:
-        print(f"artifacts: {describe_object_store(layout, settings)} (keys in {layout.secrets})")
+        print(f"artifacts: {describe_object_store(layout, settings)[0]} (keys in {layout.secrets})")
     if settings["backend_store_uri"] is None:
         print(f"sweeps: --optuna_storage {optuna_uri(settings['pg_port'])} (password in {layout.optuna_password})")
     print(f"clients: export MLFLOW_TRACKING_URI={url_of(settings)}")
@@ -166,15 +176,21 @@ def status(args: argparse.Namespace) -> int:
     state = f"running, pid {pid}, {'healthy' if healthy(url) else 'not answering /health'}" if pid else "stopped"
     print(f"mlflow server: {state}, {url}, auth {'on' if settings['auth'] else 'off'}, log {layout.mlflow_log}")
     print(f"artifacts:     {settings['artifacts_destination']}")
+    problem = None
     if settings.get("object_store"):
-        print(f"object store:  {describe_object_store(layout, settings)}")
+        line, problem = describe_object_store(layout, settings)
+        print(f"object store:  {line}")
+        if problem:
+            print(f"               WARNING: {problem}; `backup` archives no artifact while it is so.")
     print(f"postgresql:    {describe_postgres(layout, settings)}")
     managed = settings.get("backend_store_uri") is None
     if managed:
         print(f"backend store: {database_uri(settings['pg_port'], TRACKING_DB)} (password in {layout.pgpass})")
         print(f"optuna store:  {optuna_uri(settings['pg_port'])} (password in {layout.optuna_password})")
     weed_ok = not settings.get("object_store") or weed_pid(layout)
-    return 0 if pid and weed_ok and (not managed or postgres_pid(layout)) else NOT_RUNNING
+    if not (pid and weed_ok and (not managed or postgres_pid(layout))):
+        return NOT_RUNNING
+    return BROKEN if problem else 0
 
 
 def port_number(text: str) -> int:

@@ -29,3 +29,10 @@ class Layout:
         self.s3_access_key = self.secrets / "s3-access-key"
         self.s3_secret_key = self.secrets / "s3-secret-key"
         self.s3_config = self.secrets / "s3.json"  # SeaweedFS's identities: the one key pair, admin of its S3
+        # SeaweedFS's own configuration folder (its -config_dir): security.toml with the JWT signing keys and the
+        # gRPC certificate, made new at each start.
+        self.weed_config = self.secrets / "seaweedfs"
+        self.weed_security = self.weed_config / "security.toml"
+        self.weed_ca = self.weed_config / "ca.pem"
+        self.weed_certificate = self.weed_config / "seaweedfs.pem"
+        self.weed_key = self.weed_config / "seaweedfs-key.pem"

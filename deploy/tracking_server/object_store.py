@@ -1,14 +1,24 @@
 """`up --object-store`: the artifacts in the S3 bucket `mlflow` of a SeaweedFS (`weed server -s3`) of DIR.
 
-Its data in DIR/seaweedfs, its log DIR/seaweedfs.log, its pid DIR/seaweedfs.pid, every listener on 127.0.0.1
-at free ports (server.json's `object_store`), generated keys in DIR/secrets; `mlflow server` gets the
-endpoint and keys by environment only and proxies the artifacts, so clients need no S3 keys.
+Every SeaweedFS port is on 127.0.0.1, where every local user reaches it, so none may answer without a
+key: the S3 API takes DIR's access and secret key; the filer's and the master's HTTP APIs are turned off
+(`-disableHttp`: the master's hands out write tokens and deletes collections to whoever asks, and its
+white list cannot leave out loopback without stopping the S3 gateway itself); the volume server takes
+only requests signed with the JWT keys of SeaweedFS's `security.toml`; every gRPC port takes only
+clients with a certificate of a private CA (mutual TLS). The keys, the certificates and security.toml
+are made new at each start in DIR/secrets/seaweedfs (SeaweedFS's -config_dir), never on a command line.
+What stays readable without a key: the master's and the volume server's status pages (topology and disk
+figures, no object names or contents).
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
 import stat
@@ -21,12 +31,17 @@ from pathlib import Path
 
 from .errors import SetupError
 from .layout import Layout
-from .private_files import secret, tail, write_secret
+from .private_files import private_folder, secret, tail, write_secret
 from .processes import check_loopback_port, listens, record_pid, recorded_pid, start_in_session, stop_group
 
 BUCKET = "mlflow"  # the bucket of the artifacts in DIR's SeaweedFS
 WEED_PORTS = tuple(f"{part}.port{grpc}" for part in ("master", "volume", "filer", "s3") for grpc in ("", ".grpc"))
 WEED_STOP_GRACE_S = 2  # SeaweedFS's own SIGTERM takes 15 s (stop_seaweedfs says why a shorter wait is safe)
+# security.toml's JWT sections: the volume server's writes and reads (tokens the master and filer sign for the
+# S3 gateway), and the filer's writes and reads.
+JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+GRPC_PARTS = ("master", "volume", "filer", "s3", "client")  # servers with a certificate; `client` dials them
+CERTIFICATE_DAYS = 3650  # made new at each start; long enough for a server that runs for years
 
 
 def object_store_ports() -> dict[str, int]:
@@ -94,6 +109,58 @@ def s3_client(layout: Layout, settings: dict):  # a boto3 client: boto3 is impor
     )
 
 
+def write_weed_security(layout: Layout) -> None:
+    """SeaweedFS's security.toml in DIR/secrets/seaweedfs: new JWT signing keys, and a new private CA (its key
+    dropped once it has signed) with one certificate that every gRPC server and client of this weed presents."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError as error:
+        raise SetupError("cryptography is missing: install the server extra (`pip install -e '.[server]'`).") from error
+    private_folder(layout.weed_config)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, issuer: str, public_key, signing_key, *, authority: bool):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CERTIFICATE_DAYS))
+            .add_extension(x509.BasicConstraints(ca=authority, path_length=0 if authority else None), critical=True)
+        )
+        if not authority:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(signing_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+    authority_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    authority = "deploy/tracking-server SeaweedFS CA"  # a common name holds at most 64 characters
+    write_secret(
+        layout.weed_ca, certificate(authority, authority, authority_key.public_key(), authority_key, authority=True)
+    )
+    write_secret(
+        layout.weed_certificate, certificate("seaweedfs", authority, key.public_key(), authority_key, authority=False)
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_secret(layout.weed_key, pem.decode())
+
+    def quoted(value: object) -> str:  # a TOML basic string: JSON's escapes, characters beyond ASCII kept as they are
+        return json.dumps(str(value), ensure_ascii=False)
+
+    lines = ["# Made by deploy/tracking-server at each start of SeaweedFS; replaced whole at the next one."]
+    for section in JWT_SECTIONS:
+        lines += [f"[{section}]", f"key = {quoted(secrets.token_urlsafe(32))}"]
+    lines += ["[grpc]", f"ca = {quoted(layout.weed_ca)}"]
+    for part in GRPC_PARTS:
+        lines += [f"[grpc.{part}]", f"cert = {quoted(layout.weed_certificate)}", f"key = {quoted(layout.weed_key)}"]
+    write_secret(layout.weed_security, "\n".join(lines) + "\n")
+
+
 def check_object_store_ports(settings: dict) -> None:
     """Refuse before anything starts a SeaweedFS port of server.json that is out of range or held by another
     process, naming it."""
@@ -103,27 +170,32 @@ def check_object_store_ports(settings: dict) -> None:
 
 
 def start_seaweedfs(layout: Layout, settings: dict, timeout: int) -> int:
-    """Start `weed server` with S3 on loopback in its own session, wait for its S3 API, make the bucket."""
+    """Start `weed server` with S3 on loopback in its own session, with new keys and certificates, and wait until
+    its S3 API answers and its volume server has joined its master."""
     check_object_store_ports(settings)
     ports = settings["object_store"]
     access_key, secret_key = s3_keys(layout)
     identity = {"name": "mlflow", "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}
     identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
     write_secret(layout.s3_config, json.dumps({"identities": [identity]}) + "\n")
+    write_weed_security(layout)
     layout.seaweedfs.mkdir(mode=0o700, exist_ok=True)
     command = [
         weed_binary(),
         "-logtostderr",
+        f"-config_dir={layout.weed_config}",  # security.toml: a path, the keys stay in its 0600 file
         "server",
         f"-dir={layout.seaweedfs}",
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         *(f"-{flag}={port}" for flag, port in ports.items()),
+        "-disableHttp",  # the filer's and the master's HTTP APIs: only the S3 gateway and gRPC reach them
         "-filer",
         f"-filer.localSocket={layout.seaweedfs / 'filer.sock'}",
         "-s3",
         f"-s3.config={layout.s3_config}",  # a path: the keys stay in the 0600 file
         f"-s3.localSocket={layout.seaweedfs / 's3.sock'}",
+        "-s3.autoCreateBucket=false",  # a deleted bucket stays missing, for `status` and `backup` to tell
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
@@ -132,7 +204,9 @@ def start_seaweedfs(layout: Layout, settings: dict, timeout: int) -> int:
         "-volume.max=0",
         "-volume.preStopSeconds=0",
     ]
-    process = start_in_session(command, layout.weed_log, layout.seaweedfs, dict(os.environ))
+    # An operator's WEED_* variables would win over security.toml (SeaweedFS reads them first): none reach weed.
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("WEED_")}
+    process = start_in_session(command, layout.weed_log, layout.seaweedfs, environment, umask=0o077)
     record_pid(layout.weed_pid, process.pid)
     client = s3_client(layout, settings)
     from botocore.exceptions import BotoCoreError, ClientError
@@ -145,11 +219,10 @@ def start_seaweedfs(layout: Layout, settings: dict, timeout: int) -> int:
             break
         if listens(process.pid, ports["s3.port"]) and volume_server_registered(ports):
             try:
-                if BUCKET not in {bucket["Name"] for bucket in client.list_buckets()["Buckets"]}:
-                    client.create_bucket(Bucket=BUCKET)
+                client.list_buckets()
                 return process.pid
             except (BotoCoreError, ClientError) as error:  # while its filer and volumes come up
-                problem = f"the bucket could not be made ({error})"
+                problem = f"its S3 API did not answer ({error})"
         time.sleep(0.5)
     else:
         problem += f" within {timeout} s"
@@ -157,15 +230,29 @@ def start_seaweedfs(layout: Layout, settings: dict, timeout: int) -> int:
     raise SetupError(f"SeaweedFS did not start: {problem}; its log ({layout.weed_log}) ends:\n{tail(layout.weed_log)}")
 
 
-def volume_server_registered(ports: dict[str, int]) -> bool:
-    """Whether weed's master lists its volume server: until then the bucket lists but its objects do not read."""
+def make_bucket(layout: Layout, settings: dict) -> bool:
+    """Make DIR's bucket where it is missing (a new server, a restore, or one deleted); whether it was made."""
+    from botocore.exceptions import BotoCoreError, ClientError  # the server extra, like boto3 in s3_client
+
+    client = s3_client(layout, settings)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['master.port']}/dir/status", timeout=3) as response:
-            topology = json.load(response).get("Topology") or {}
-    except (urllib.error.URLError, OSError, ValueError):  # not up yet, or not its leader yet
+        if BUCKET in {bucket["Name"] for bucket in client.list_buckets()["Buckets"]}:
+            return False
+        client.create_bucket(Bucket=BUCKET)
+    except (BotoCoreError, ClientError) as error:
+        raise SetupError(f"the bucket {BUCKET} could not be made at {s3_endpoint(settings)}: {error}") from error
+    return True
+
+
+def volume_server_registered(ports: dict[str, int]) -> bool:
+    """Whether weed's master lists its volume server (until then the bucket lists but its objects do not read):
+    the master's status page, readable without a key, shows each volume server's address in its topology."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['master.port']}/", timeout=3) as response:
+            page = response.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):  # not up yet
         return False
-    racks = [rack for center in topology.get("DataCenters") or [] for rack in center.get("Racks") or []]
-    return any(rack.get("DataNodes") for rack in racks)
+    return re.search(rf"\b127\.0\.0\.1:{ports['volume.port']}(?!\d)", page) is not None
 
 
 def stop_seaweedfs(layout: Layout, settings: dict, pid: int) -> None:
@@ -189,7 +276,35 @@ def stop_seaweedfs(layout: Layout, settings: dict, pid: int) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def describe_object_store(layout: Layout, settings: dict) -> str:
+MISSING_BUCKET = f"the bucket {BUCKET} is missing (deleted?): the artifacts logged before are gone with it"
+
+
+def bucket_found(layout: Layout, settings: dict) -> bool:
+    """Whether DIR's bucket exists, asked through the S3 API with DIR's keys; an S3 API that cannot tell is an
+    error."""
+    from botocore.exceptions import BotoCoreError, ClientError  # the server extra, like boto3 in s3_client
+
+    try:
+        s3_client(layout, settings).head_bucket(Bucket=BUCKET)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+            return False
+        raise SetupError(f"cannot read the bucket {BUCKET} at {s3_endpoint(settings)}: {error}") from error
+    except BotoCoreError as error:
+        raise SetupError(f"the S3 API at {s3_endpoint(settings)} does not answer: {error}") from error
+    return True
+
+
+def describe_object_store(layout: Layout, settings: dict) -> tuple[str, str | None]:
+    """The line `status` and `up` print about the object store, and what is wrong with its bucket (None when it
+    is found, or when SeaweedFS is stopped and it was not looked at)."""
     pid = weed_pid(layout)
-    state = f"running, pid {pid}" if pid else "stopped"
-    return f"SeaweedFS {state}, S3 at {s3_endpoint(settings)}, bucket {BUCKET}, data {layout.seaweedfs}"
+    where = f"S3 at {s3_endpoint(settings)}, bucket {BUCKET}"
+    if pid is None:
+        return f"SeaweedFS stopped, {where}, data {layout.seaweedfs}", None
+    try:
+        problem = None if bucket_found(layout, settings) else MISSING_BUCKET
+    except SetupError as error:
+        problem = str(error)
+    found = "NOT FOUND" if problem else "found"
+    return f"SeaweedFS running, pid {pid}, {where} {found}, data {layout.seaweedfs}", problem
