@@ -24,13 +24,18 @@ from emotion_exp.errors import UserError
 
 
 class _WholeNumber(click.ParamType):
-    """An integer that also accepts ``3.0``: MLproject passes float-typed parameters that way."""
+    """An integer that also accepts ``3.0``: MLproject passes float-typed parameters that way.
+
+    Only here: in Python a float for a whole-number field is refused (``config.Interval``).
+    """
 
     name = "integer"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)  # exact, also beyond a float's 53 bits
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -50,8 +55,9 @@ def config_options(config_class: type) -> Callable[[Callable[..., Any]], Callabl
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for spec in reversed(dataclasses.fields(config_class)):
             help_text = spec.metadata.get("help", "")
-            if spec.metadata.get("choices"):
-                help_text += f" One of: {', '.join(spec.metadata['choices'])}."
+            choices = cfg.choices_of(spec)
+            if choices:
+                help_text += f" One of: {', '.join(map(str, choices))}."
             required = spec.default is dataclasses.MISSING
             # A bool option works alone as a flag (--dry_run) and with a value (--dry_run false, from MLproject).
             # Its metavar says so in --help, where click's would read "BOOLEAN", a value it needs.
@@ -167,12 +173,10 @@ def cli(verbose: bool, debug: bool) -> None:
     threads.prefer_passive_openmp()  # before any stage imports torch
 
 
-def _stage_command(spec: catalog.StageSpec) -> None:
-    config_class = cfg.STAGE_CONFIGS[spec.name]
-
-    @config_options(config_class)
+def _stage_command(spec: catalog.StageSpec[Any]) -> None:
+    @config_options(spec.config)
     def command(**params: Any) -> None:
-        spec.run(config_class(**params))
+        spec.run(spec.config(**params))
 
     command.__doc__ = spec.help
     cli.command(spec.name)(command)

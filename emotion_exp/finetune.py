@@ -9,6 +9,7 @@ an interrupted run continues from its last checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import sys
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForSequenceClassification,
     DataCollatorWithPadding,
@@ -31,7 +33,8 @@ from transformers import (
 )
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+from transformers.trainer_utils import seed_worker
 
 from emotion_exp import batching, console, distributed, inference, interrupts, metrics, models, threads
 from emotion_exp.errors import UserError
@@ -277,31 +280,60 @@ def _stop_requests(stopper: _StopOnRequest) -> Iterator[None]:
         yield
 
 
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from ``seed + epoch``.
+class EpochSeededLengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Length-grouped order (transformers' ``get_length_grouped_indices``) drawn from ``seed + epoch``.
 
-    transformers' sampler draws from the global RNG, so an epoch resumed mid-way would skip the
+    transformers' own sampler draws from the global RNG, so an epoch resumed mid-way would skip the
     first batches of a different order (some texts twice, some never); seeded per epoch, the
     resumed epoch replays its order, and every process of a distributed run draws the same one.
+    The Trainer sets the epoch before each pass (``set_epoch``, through accelerate's data loader).
     """
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.set_epoch(0)
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 class _Trainer(Trainer):
-    """The Trainer, with the length-grouped sampler seeded per epoch."""
+    """The Trainer, its training batches in a length-grouped order seeded per epoch."""
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        sampler = super()._get_train_sampler(train_dataset)
-        if isinstance(sampler, LengthGroupedSampler):
-            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.seed)
-        return sampler
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's documented hook for the training batches, with ``EpochSeededLengthGroupedSampler``.
+
+        The loader is built with the Trainer's own data-loader settings and prepared by its
+        accelerator, as the Trainer builds its own (which is what shards it under DDP).
+        """
+        args = self.args
+        sampler = EpochSeededLengthGroupedSampler(
+            [len(row["input_ids"]) for row in self.train_dataset],
+            args.train_batch_size * args.gradient_accumulation_steps,
+            args.seed,
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=args.train_batch_size,
+            sampler=sampler,
+            collate_fn=self.data_collator,
+            drop_last=args.dataloader_drop_last,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            worker_init_fn=functools.partial(
+                seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index
+            ),
+        )
+        return self.accelerator.prepare(loader)
 
 
 def make_trainer(

@@ -93,7 +93,7 @@ def _not_found(resolved: ResolvedModel, error: Exception) -> UserError:
         return _hub_error(resolved.spec, f"transformers could not load it: {type(error).__name__}")
     return UserError(
         f"Model folder {resolved.location} could not be loaded by transformers: "
-        f"{error}. Pass a folder written by save_pretrained (config.json, weights, tokenizer)."
+        f"{' '.join(str(error).split())}. Pass a folder written by save_pretrained (config.json, weights, tokenizer)."
     )
 
 

@@ -259,7 +259,7 @@ def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFra
                 f"Expected at most {limit} texts in one call; got {len(texts)}: send them in parts of {limit} or fewer "
                 f'(the limit is the model_config "{MAX_TEXTS}", see docs/serving.md, Limits).'
             )
-        keep = np.fromiter((text.strip() != "" for text in texts), dtype=bool, count=len(texts))
+        keep = np.fromiter((not text_rule.blank(text) for text in texts), dtype=bool, count=len(texts))
         kept = [text for text, kept in zip(texts, keep) if kept]
         deadline = _request_deadline()
         if deadline is None or len(kept) <= SERVED_PART:

@@ -21,7 +21,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import console, tracking
+from emotion_exp import console, names, tracking
 from emotion_exp.config import CHAMPION_ALIAS, FOLLOW_THE_DATA, REGISTERED_MODEL
 from emotion_exp.contract import MODEL_NAME, label_names_of
 from emotion_exp.errors import UserError
@@ -328,8 +328,32 @@ def model_info(model_uri: str) -> ModelInfo:
     return _existing(model_uri, resolve(model_uri)[0], mlflow.models.get_model_info)
 
 
+MODEL_URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run id>/<path>"
+
+
+def check_model_uri(model_uri: str) -> None:
+    """Refuse a ``models:/`` or ``runs:/`` URI that MLflow could not read (``runs:/../../etc``, ``models:/``).
+
+    MLflow raises its own error for them, which would read as a bug; other URIs (a local folder,
+    ``s3://...``) are MLflow's to check.
+    """
+    if not model_uri.strip():
+        raise UserError(f"The model URI is empty: expected {MODEL_URI_FORMS} (or a local model folder).")
+    if model_uri.startswith("runs:/"):
+        run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+        if not run_id or not path:
+            raise UserError(f"{model_uri!r} is not a model URI: expected {MODEL_URI_FORMS}, such as runs:/<id>/model.")
+        names.check_run_id(f"{model_uri}: the run id", run_id)
+    elif model_uri.startswith("models:/"):
+        match = re.fullmatch(r"models:/([^/@]+)(?:@[^/@]+|/[^/@]+)?", model_uri)
+        if match is None:
+            raise UserError(f"{model_uri!r} is not a model URI: expected {MODEL_URI_FORMS}.")
+        names.check_registered_model_name(f"{model_uri}: the model name", match.group(1))
+
+
 def resolve(model_uri: str) -> tuple[str, dict[str, str]]:
     """The URI to load (an alias resolved to its version) and the source tags of ``LoadedModel``."""
+    check_model_uri(model_uri)
     source: dict[str, str] = {}
     uri = model_uri
     if match := re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", model_uri):

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +22,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -43,6 +42,8 @@ INSTALL_HINT = (
 _PREDICTION = "__emotion_exp_prediction"
 # Python's `not text.strip()`: Java's \s with (?U) matches Unicode white space too.
 _BLANK = r"(?U)^\s*$"
+# `texts.blank`: white space and the marks that show nothing on their own.
+_BLANK_TEXT = rf"(?U)^[\s{texts.INVISIBLE}]*$"
 # Spark reads an empty CSV field as null unless told another text means null (and a last empty
 # field as null all the same: filled in after reading); the local engine (Python's csv module)
 # reads it as an empty text, which --skip_empty may skip.
@@ -62,7 +63,9 @@ def session(master: str = "local[*]") -> Iterator[SparkSession]:
 
     Python workers run this interpreter (``PYSPARK_PYTHON``), so they import the packages this
     process sees; a local master binds to 127.0.0.1 (``SPARK_LOCAL_IP``) instead of the
-    machine's external address.
+    machine's external address. Spark starts through ``SparkSession.builder`` alone, so its JVM
+    prints ``WARNING: Using incubator modules: jdk.incubator.vector`` to stderr: no JVM option
+    silences it, and filtering it would take PySpark's private gateway (docs/scaling.md).
     """
     try:
         from pyspark.sql import SparkSession
@@ -87,7 +90,6 @@ def session(master: str = "local[*]") -> Iterator[SparkSession]:
             warnings.filterwarnings(
                 "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
             )
-            _start_jvm_without_incubator_notice(conf)
         spark = SparkSession.builder.config(conf=conf).getOrCreate()
         try:
             yield spark
@@ -113,35 +115,6 @@ logger.native.level = error
 
 def _not_env_manager_advice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Calling `spark_udf()` with `env_manager=")
-
-
-INCUBATOR_NOTICE = "WARNING: Using incubator modules"
-"""The line Java prints at every start of Spark 4's JVM, which adds the jdk.incubator.vector module itself."""
-
-
-def _start_jvm_without_incubator_notice(conf: SparkConf) -> None:
-    """Start Spark's JVM (once per process) with its stderr passed on line by line, less the incubator notice.
-
-    No JVM option silences that notice (-XX:-PrintWarnings and -Xlog:disable leave it), so the
-    JVM's stderr goes through a pipe that a daemon thread forwards to ours, dropping that one line.
-    PySpark reuses a gateway it finds on ``SparkContext``; everything else the JVM says still shows.
-    """
-    from pyspark import SparkContext
-    from pyspark.java_gateway import launch_gateway
-
-    if SparkContext._gateway is not None:  # a JVM this process started already
-        return
-    gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE, "text": True})
-
-    def forward(stream: IO[str]) -> None:
-        for line in stream:
-            if not line.startswith(INCUBATOR_NOTICE):
-                sys.stderr.write(line)
-                sys.stderr.flush()
-
-    threading.Thread(target=forward, args=(gateway.proc.stderr,), name="spark-jvm-stderr", daemon=True).start()
-    SparkContext._gateway = gateway
-    SparkContext._jvm = gateway.jvm
 
 
 def _quiet(conf: SparkConf, folder: str) -> SparkConf:
@@ -190,15 +163,15 @@ def read_counted_texts(
             "or a folder of Parquet files."
         )
     if path.is_file() and path.stat().st_size == 0:
-        raise data._empty(path)
+        raise data.empty_file_error(path)
     if suffix in ("", ".parquet"):
         _check_parquet_footers(path)
     frame = _read(spark, path, suffix)
     column = "text" if suffix == ".txt" else text_column
-    data._check_columns(pd.DataFrame(columns=frame.columns), str(path), {column: "--text_column"})
+    data.check_columns(pd.DataFrame(columns=frame.columns), str(path), {column: "--text_column"})
     if suffix in (".jsonl", ".json") and _json_values_not_strings(spark, path, column):
         data.read_texts(path, column, skip_empty=skip_empty)  # raises the local engine's error, naming the lines
-    rows = _check_texts(frame, column, path, skip_empty)
+    rows = check_texts(frame, column, path, skip_empty)
     cores = spark.sparkContext.defaultParallelism
     return _spread(frame, max(cores, min(math.ceil(rows / ROWS_PER_TASK), cores * TASKS_PER_CORE))), rows
 
@@ -304,10 +277,10 @@ def _refused_text(frame: DataFrame, column: str, skip_empty: bool) -> Column:
     if not isinstance(frame.schema[column].dataType, StringType):
         return F.lit(True)
     refused = value.isNull() | value.rlike(_LONE_SURROGATE) | (F.length(value) > texts.DEFAULT_MAX_CHARS)
-    return refused if skip_empty else refused | value.rlike(_BLANK)
+    return refused if skip_empty else refused | value.rlike(_BLANK_TEXT)
 
 
-def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) -> int:
+def check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) -> int:
     """One Spark pass counting the rows and the refused texts; only on failure, the local engine's message.
 
     Returns the rows.
@@ -319,7 +292,7 @@ def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) ->
 
     rows, refused = frame.agg(F.count(F.lit(1)), F.sum(_refused_text(frame, column, skip_empty).cast("long"))).first()
     if rows == 0:
-        raise data._empty(path)
+        raise data.empty_file_error(path)
     if not refused:
         return rows
     if path.is_file():
@@ -332,7 +305,7 @@ def _check_texts(frame: DataFrame, column: str, path: Path, skip_empty: bool) ->
         .collect()
     )
     numbers = [number for number, _ in bad]
-    data._check_texts(
+    data.check_texts(
         pd.Series([value for _, value in bad], index=numbers, name=column),
         str(path),
         "row",
@@ -418,7 +391,7 @@ def score(
         [StructField(field.name, field.dataType, nullable=True) for field in outputs.outputs.as_spark_schema()]
     )
     if text_column not in df.columns:
-        data._check_columns(pd.DataFrame(columns=df.columns), "The DataFrame", {text_column: "text_column"})
+        data.check_columns(pd.DataFrame(columns=df.columns), "The DataFrame", {text_column: "text_column"})
     predict = mlflow.pyfunc.spark_udf(
         df.sparkSession,
         model_uri,

@@ -2,9 +2,10 @@
 
 Files read by ``data`` (training and ``predict``), ``mlflow.pyfunc`` and ``mlflow models serve``
 (``pyfunc.texts_from_input``) all sort their values with ``problems``: a value that is not a
-string (null, NaN, a number, a list...) or not valid Unicode is always refused; an empty or
-whitespace-only string is refused unless the caller skips such rows (``predict --skip_empty``,
-the pyfunc param ``skip_empty``), which then get an empty label and empty probabilities. A text
+string (null, NaN, a number, a list...) or not valid Unicode is always refused; a ``blank`` string
+(empty, or only whitespace and ``INVISIBLE`` marks) is refused unless the caller skips such rows
+(``predict --skip_empty``, the pyfunc param ``skip_empty``), which then get an empty label and
+empty probabilities. A text
 longer than ``max_chars`` characters (where a caller bounds them: texts to label, ``DEFAULT_MAX_CHARS``)
 is refused before any tokenizer sees it: one huge text would otherwise hold a worker for minutes.
 """
@@ -18,6 +19,14 @@ from typing import Any
 SHOWN = 5
 DEFAULT_MAX_CHARS = 100_000
 """Characters one text to label may hold: far above any real message or review, far below what stalls a worker."""
+INVISIBLE = (
+    "\u00ad\u061c\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\ufeff"
+)
+"""Marks that show nothing on their own and that ``str.strip`` keeps: the soft hyphen, zero-width characters
+(space, joiners, word joiner, byte order mark), invisible operators and the direction marks, embeddings and
+isolates. A text of only these and whitespace looks empty, and is empty to this rule."""
+_DROP_INVISIBLE = dict.fromkeys(map(ord, INVISIBLE))
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,7 @@ class TextProblems:
     invalid_unicode: list[Any]
     """A string holding a lone surrogate (JSON's ``"\\ud800"``), which no file or tokenizer can take."""
     empty: list[Any]
-    """The empty string or only whitespace."""
+    """``blank``: the empty string, or only whitespace and invisible marks."""
     too_long: list[Any] = field(default_factory=list)
     """Longer than ``max_chars`` characters."""
     max_chars: int | None = None
@@ -70,11 +79,16 @@ def problems(
             not_text.append(position)
         elif max_chars is not None and len(value) > max_chars:
             too_long.append(position)
-        elif not value.strip():
+        elif blank(value):
             empty.append(position)
         elif not _encodable(value):
             invalid_unicode.append(position)
     return TextProblems(not_text, invalid_unicode, empty, too_long, max_chars)
+
+
+def blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: empty, or only whitespace and ``INVISIBLE`` marks."""
+    return not text.strip() or not text.translate(_DROP_INVISIBLE).strip()
 
 
 def where(positions: Sequence[Any], unit: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import mlflow
 import pandas as pd
+import psutil
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import __version__, catalog, console, interrupts, significance, threads
@@ -66,9 +67,9 @@ def stage_run(
     ``EndedEarly`` tags (``pruned``) when stopped on purpose; the exception propagates either way.
     """
     nested = mlflow.active_run() is not None
+    # Two stages started at once with a new MLFLOW_EXPERIMENT_NAME both try to create it (a nested run: its parent's).
+    experiment_id = retry_on_conflict(current_experiment_id)
     if not nested:
-        # Two stages started at once with a new MLFLOW_EXPERIMENT_NAME both try to create it.
-        experiment_id = retry_on_conflict(current_experiment_id)
         require_edit(stage, experiment_id=experiment_id)
         retry_on_conflict(lambda: mark_experiment(experiment_id))  # and both tag it
     # The run is created with its owner's tags, so clean-stale never sees it RUNNING without them.
@@ -76,7 +77,13 @@ def stage_run(
     tags["omp_wait_policy"] = os.environ.get(threads.WAIT_POLICY, "default")  # timings depend on it
     if labels is not None:
         tags.update(labels.tags)
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else stage, nested=nested, tags=tags)
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=None if run_id else stage,
+        nested=nested,
+        tags=tags,
+    )
     try:
         if labels is not None:
             labels.run_id = run.info.run_id
@@ -258,10 +265,34 @@ def _auth_get(endpoint: str, params: dict[str, str]) -> dict | None:
 
 
 def current_experiment_id() -> str:
-    """The experiment new runs go to (``MLFLOW_EXPERIMENT_NAME``/``_ID`` or MLflow's default)."""
-    from mlflow.tracking.fluent import _get_experiment_id
+    """The experiment new runs go to, by MLflow's documented settings.
 
-    return _get_experiment_id()
+    The active run's experiment; else ``MLFLOW_EXPERIMENT_NAME`` (created when new), which
+    ``MLFLOW_EXPERIMENT_ID`` may not contradict; else ``MLFLOW_EXPERIMENT_ID``; else MLflow's
+    default experiment. ``mlflow.set_experiment`` exports ``MLFLOW_EXPERIMENT_ID``, so an
+    experiment set that way is found too. A stage opens its run in the experiment found here
+    (``stage_run``), the one whose grants ``require_edit`` checked.
+    """
+    from mlflow.environment_variables import MLFLOW_EXPERIMENT_ID, MLFLOW_EXPERIMENT_NAME
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.experiment_id
+    name, given_id = MLFLOW_EXPERIMENT_NAME.get(), MLFLOW_EXPERIMENT_ID.get()
+    if name:
+        experiment = MlflowClient().get_experiment_by_name(name)
+        found = experiment.experiment_id if experiment else MlflowClient().create_experiment(name)
+        if given_id and given_id != found:
+            raise MlflowException.invalid_parameter_value(
+                f"The provided MLFLOW_EXPERIMENT_ID environment variable value `{given_id}` does not match the "
+                f"experiment id `{found}` for experiment name `{name}`"
+            )
+        return found
+    if given_id:
+        return MlflowClient().get_experiment(given_id).experiment_id
+    return DEFAULT_EXPERIMENT_ID
 
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -375,25 +406,30 @@ def remove_store_if_empty(database: Path) -> bool:
     MLflow creates its default store at the first call, so a command that failed early (a
     mistyped dataset, a command run outside the project's folder) left an ``mlflow.db`` behind
     holding at most its own FAILED run. The caller knows the store is new; anything more in
-    it (a run that did not fail, a model, an artifacts folder beside it) keeps it.
+    it (a run that did not fail, a registered or logged model, an artifacts folder beside it)
+    keeps it. The store is read through MLflow's client, which answers for every schema it knows.
     """
-    import sqlite3
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     uri = mlflow.get_tracking_uri()
     if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).resolve() != database.resolve():
         return False
     if any((database.parent / folder).exists() for folder in ("mlruns", "mlartifacts")):
         return False
-    queries = (
-        "SELECT COUNT(*) FROM runs WHERE status != 'FAILED'",
-        "SELECT COUNT(*) FROM registered_models",
-        "SELECT COUNT(*) FROM logged_models",
-    )
-    with contextlib.closing(sqlite3.connect(database)) as connection:
-        try:
-            held = sum(connection.execute(query).fetchone()[0] for query in queries)
-        except sqlite3.DatabaseError:  # not MLflow's tables: not ours to remove
-            return False
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        experiments = client.search_experiments(ViewType.ALL)
+        ids = [experiment.experiment_id for experiment in experiments]
+        held = (
+            experiments.token  # more than a page of experiments: not a store a failed command just made
+            or client.search_runs(ids, "attributes.status != 'FAILED'", ViewType.ALL, max_results=1)
+            or client.search_registered_models(max_results=1)
+            or client.search_logged_models(ids, max_results=1)
+        )
+    except (MlflowException, SQLAlchemyError):  # a store MLflow cannot read: not ours to remove
+        return False
     if held:
         return False
     database.unlink()
@@ -425,32 +461,32 @@ def owner_tags() -> dict[str, str]:
     one name, where the same pid is another process or none. So a run also records the
     kernel's ``boot_id`` (one per machine and boot), the ``pid_namespace`` (one per container
     that has its own pids) and ``pid_started`` (the process's start time in clock ticks since
-    boot), where the system has them (Linux's /proc); elsewhere they are left out.
+    boot), where the system has them (Linux); elsewhere they are left out.
     """
     tags = {"host": socket.gethostname(), "pid": str(os.getpid())}
     machine = _this_machine()
-    started = _start_time(os.getpid())
-    if machine is not None and started is not None:
-        tags.update({"boot_id": machine[0], "pid_namespace": machine[1], "pid_started": started})
+    if machine is not None:
+        tags.update({"boot_id": machine[0], "pid_namespace": machine[1], "pid_started": _start_time(psutil.Process())})
     return tags
 
 
 def _this_machine() -> tuple[str, str] | None:
-    """This kernel's boot id and this process's pid namespace; None without /proc."""
+    """This kernel's boot id and this process's pid namespace; None where the kernel has neither (not Linux).
+
+    psutil, which answers for processes, has no word for either: they are the kernel's own files.
+    """
     try:
         return _BOOT_ID.read_text().strip(), os.readlink(_PID_NAMESPACE)
     except OSError:
         return None
 
 
-def _start_time(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22); None if there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: count fields after its ')'.
-    return stat.rpartition(")")[2].split()[19]
+def _start_time(process: psutil.Process) -> str:
+    """When ``process`` started, in clock ticks since boot: the kernel's count, which no clock change moves.
+
+    psutil gives both times in seconds since the epoch by the current clock, so their difference stays put.
+    """
+    return str(round((process.create_time() - psutil.boot_time()) * os.sysconf("SC_CLK_TCK")))
 
 
 def process_state(tags: Mapping[str, str]) -> tuple[str, str]:
@@ -460,7 +496,7 @@ def process_state(tags: Mapping[str, str]) -> tuple[str, str]:
     machine since its last boot, in this process namespace, can be checked: its pid is gone,
     or now belongs to a process that started at another time (GONE), or is its owner (ALIVE).
     A run from elsewhere is OTHER_HOST, and one without those tags (started by an emotion-exp
-    older than these tags, or on a system without /proc, or not by emotion-exp) UNTRACKED: both are left alone.
+    older than these tags, or on a system other than Linux, or not by emotion-exp) UNTRACKED: both are left alone.
     """
     owner, pid_text = tags.get("host"), tags.get("pid", "")
     if not owner or not pid_text.isdigit():
@@ -468,23 +504,28 @@ def process_state(tags: Mapping[str, str]) -> tuple[str, str]:
     if not all(tags.get(key) for key in ("boot_id", "pid_namespace", "pid_started")):
         return UNTRACKED, (
             f"pid {pid_text} on host {owner!r} recorded no boot id and process start time (an older emotion-exp, or a "
-            "system without /proc), so its owner cannot be told apart from a process of another machine or container "
-            "with that hostname"
+            "system other than Linux), so its owner cannot be told apart from a process of another machine or "
+            "container with that hostname"
         )
     machine = _this_machine()
     if machine is None or machine != (tags["boot_id"], tags["pid_namespace"]):
         where = "another machine or container with that name, or this machine before a restart"
         return OTHER_HOST, f"pid {pid_text} on host {owner!r} ({where}), which cannot be checked from here"
     pid = int(pid_text)
-    started = _start_time(pid)
-    if started is None:
+    hidden = ALIVE, f"process {pid} on {owner!r} is still running (another user's; its start time is hidden)"
+    try:
+        started = _start_time(psutil.Process(pid))
+    except psutil.AccessDenied:
+        return hidden
+    except psutil.NoSuchProcess:
+        # /proc may hide other users' processes (hidepid), which psutil takes for gone: ask the kernel.
         try:
-            os.kill(pid, 0)  # /proc may hide other users' processes (hidepid): ask the kernel
+            os.kill(pid, 0)
         except ProcessLookupError:
             return GONE, f"process {pid} on {owner!r} is gone"
         except PermissionError:
             pass
-        return ALIVE, f"process {pid} on {owner!r} is still running (another user's; its start time is hidden)"
+        return hidden
     if started != tags["pid_started"]:
         return GONE, f"process {pid} on {owner!r} is gone (its pid now belongs to a process started later)"
     return ALIVE, f"process {pid} on {owner!r} is still running"

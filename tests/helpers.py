@@ -4,6 +4,8 @@ smallest study with the checks of what it leaves in the store."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
 
-from emotion_exp import tracking
+from emotion_exp import catalog, registry, tracking
 from emotion_exp.config import FinetuneConfig
 from emotion_exp.data import DatasetSplits
 from tests.conftest import REPO_ROOT
@@ -237,8 +239,10 @@ def history_steps(run_id: str, metric: str) -> list[int]:
 
 # --- the smallest study (test_study and the team server's) ------------------------------------------
 
-STAGES = {"extract", "dummy", "probe", "tfidf", "finetune", "promote", "evaluate"}
-"""The child runs of a study: main's stages and the evaluate of its champion."""
+
+def study_children() -> set[str]:
+    """The stages of a study's child runs: main's stages (the registry's) and the evaluate of its champion."""
+    return {*catalog.in_the_study(), "evaluate"}
 
 
 def study_params(small_dataset: Path, tiny_model_dir: Path, registered_model: str) -> dict[str, str]:
@@ -261,16 +265,13 @@ def sample_texts(count: int) -> list[str]:
     return frame["text"].astype(str).tolist()[:count]
 
 
-COMPARED = ["extract", "dummy", "probe", "tfidf", "finetune"]
-
-
 def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
     """The parent and its children in the store, the comparison on the parent and the champion."""
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     [parent] = [r for r in runs if r.data.tags.get("stage") == "main"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED"
-    assert {r.data.tags["stage"] for r in children} == STAGES
+    assert {r.data.tags["stage"] for r in children} == study_children()
     assert all(r.info.status == "FINISHED" for r in children)
     assert len(parent.data.tags["dataset_digest"]) == 64
     trained = [r for r in children if r.data.tags["stage"] != "evaluate"]
@@ -283,12 +284,12 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
     table = pd.read_csv(
         mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="comparison/comparison.csv")
     )
-    assert [s for s in table["stage"] if s in COMPARED] == [s for s in COMPARED if s in set(table["stage"])]
-    assert {"dummy", "probe", "tfidf", "finetune"} <= set(table["stage"])
+    compared = list(catalog.compared_in_study())
+    assert list(table["stage"]) == compared  # every model stage of the registry, in its order
     markdown = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/comparison/comparison.md")
-    assert "| finetune" in markdown and "val_f1_weighted" in markdown
+    assert all(f"| {stage}" in markdown for stage in compared) and "val_f1_weighted" in markdown
     check_paired_comparison(table, parent)
-    for stage in ("dummy", "probe", "tfidf", "finetune"):
+    for stage in compared:
         assert 0 <= parent.data.metrics[f"{stage}_val_accuracy"] <= 1
         assert 0 <= parent.data.metrics[f"{stage}_val_f1_weighted"] <= 1
 
@@ -302,8 +303,8 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
         assert parent.data.metrics[f"champion_{metric}"] == evaluated.data.metrics[metric]
     [trained_champion] = [r for r in children if r.info.run_id == champion.run_id]
     assert evaluated.data.metrics["test_accuracy"] == pytest.approx(trained_champion.data.metrics["test_accuracy"])
-    candidates = {r.info.run_id for r in children if r.data.tags["stage"] in ("probe", "tfidf", "finetune")}
-    assert champion.run_id in candidates
+    logged_models = [r.info.run_id for r in children if r.data.tags["stage"] in compared]
+    assert champion.run_id in [run_id for run_id in logged_models if registry.model_of_run(run_id)]
     [promote_run] = [r for r in children if r.data.tags["stage"] == "promote"]
     assert promote_run.data.params["candidate_run_id"] == champion.run_id
     return parent
@@ -312,7 +313,7 @@ def check_study(experiment: str, registered_model: str) -> mlflow.entities.Run:
 def check_paired_comparison(table: pd.DataFrame, parent: mlflow.entities.Run) -> None:
     """Every model stage against the best other one, recomputed by hand from the two runs' per-text predictions."""
     by_stage = table.set_index("stage")
-    models = ["dummy", "probe", "tfidf", "finetune"]
+    models = list(catalog.compared_in_study())
     for stage in models:
         row = by_stage.loc[stage]
         others = {other: by_stage.loc[other, "val_accuracy"] for other in models if other != stage}
@@ -338,3 +339,29 @@ def check_paired_comparison(table: pd.DataFrame, parent: mlflow.entities.Run) ->
             assert row[f"{prefix}_accuracy_delta_ci_low"] <= row[f"{prefix}_accuracy_delta"]
             assert row[f"{prefix}_accuracy_delta"] <= row[f"{prefix}_accuracy_delta_ci_high"]
             assert parent.data.metrics[f"{stage}_{prefix}_mcnemar_pvalue"] == pytest.approx(expected_p)
+
+
+def run_contract_violations(spec: catalog.StageSpec) -> list[str]:
+    """Where a model stage's ``run`` differs from ``catalog.StageRun`` (what every workflow passes it): [] if nowhere.
+
+    The config comes first; every argument of the contract is a keyword with the contract's
+    default; anything else it takes has a default, and a stage that reports epochs takes ``callbacks``.
+    """
+    contract = list(inspect.signature(catalog.StageRun.__call__).parameters.values())[1:]
+    run = importlib.import_module(spec.module).run
+    parameters = inspect.signature(run).parameters
+    found = list(parameters.values())
+    wrong = []
+    if not found or found[0].kind not in (found[0].POSITIONAL_ONLY, found[0].POSITIONAL_OR_KEYWORD):
+        wrong.append(f"{spec.name}: run takes no config first")
+    for expected in contract[1:]:
+        given = parameters.get(expected.name)
+        if given is None or given.kind == given.POSITIONAL_ONLY or given.default != expected.default:
+            wrong.append(f"{spec.name}: run takes no {expected.name} (keyword, default {expected.default})")
+    names = {p.name for p in contract}
+    for extra in found[1:]:
+        if extra.name not in names and extra.default is extra.empty:
+            wrong.append(f"{spec.name}: run requires {extra.name}, which no workflow passes")
+    if spec.reports_epochs and "callbacks" not in parameters:
+        wrong.append(f"{spec.name}: reports epochs but its run takes no callbacks")
+    return wrong

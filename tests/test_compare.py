@@ -113,3 +113,26 @@ def test_a_run_without_predictions_or_runs_is_refused(small_dataset: Path, isola
         compare.run(CompareConfig(run_a=scored, run_b="../x"))
     with pytest.raises(UserError, match="compare needs two runs"):
         CompareConfig(run_a=scored)
+
+
+@pytest.mark.parametrize("second", ["{run}", "runs:/{run}/model"])
+def test_a_run_compared_with_itself_is_a_mistake_in_one_line(small_dataset: Path, second: str) -> None:
+    scored = dummy.run(DummyConfig(dataset=str(small_dataset)))
+    result = CliRunner().invoke(cli, ["compare", scored, second.format(run=scored)], env={"EMOTION_EXP_DEBUG": None})
+
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith(f"Error: '{scored}' and '{second.format(run=scored)}' are the same run, {scored}:")
+    assert "unexpected" not in line
+    assert [r.data.tags["stage"] for r in mlflow.search_runs(output_format="list")] == ["dummy"]
+
+
+def test_a_deleted_run_is_named_as_deleted(small_dataset: Path) -> None:
+    kept, deleted = (dummy.run(DummyConfig(dataset=str(small_dataset))) for _ in range(2))
+    MlflowClient().delete_run(deleted)
+
+    result = CliRunner().invoke(cli, ["compare", kept, deleted])
+
+    assert result.exit_code == 1
+    assert f"Error: Run {deleted} is deleted" in result.output
+    assert f"mlflow runs restore --run-id {deleted}" in result.output

@@ -118,15 +118,20 @@ def test_the_first_command_runs_the_whole_study_printing_stage_lines_progress_an
     assert any("a new, randomly initialised classification head for 6 labels" in line for line in kinds["said"])
     header = ["stage", "val", "accuracy", "val", "F1", "test", "accuracy", "seconds", "val", "accuracy", "minus"]
     assert summary[1].split()[:11] == header, summary
-    stages = ["extract", "dummy", "probe", "tfidf", "finetune", "evaluate"]  # evaluate: the new champion on test
-    assert [line.split()[0] for line in summary[2:8]] == stages, summary
+    compared = list(catalog.compared_in_study())
+    stages = ["extract", *compared, "evaluate"]  # the registry's model stages; evaluate: the new champion on test
+    rows = 2 + len(stages)
+    assert [line.split()[0] for line in summary[2:rows]] == stages, summary
     interval = r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]"
-    paired = r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] vs (dummy|probe|tfidf|finetune), p=\S+"
-    for line in summary[3:7]:  # the model stages: scores with intervals and their paired difference
+    paired = rf"[+-]\d\.\d{{3}} \[[+-]\d\.\d{{3}}, [+-]\d\.\d{{3}}\] vs ({'|'.join(compared)}), p=\S+"
+    for line in summary[3 : rows - 1]:  # the model stages: scores with intervals and their paired difference
         assert re.fullmatch(rf"\w+\s+{interval}\s+{interval}\s+{interval}\s+\d+\s+{paired}", line), line
-    assert summary[9].startswith("Champion: promoted ("), summary
-    assert summary[9].endswith(f"(models:/{registered_model}@champion)"), summary
-    assert summary[10:12] == [f"Store: {tracking_uri}", f"Open it: mlflow ui --backend-store-uri {tracking_uri}"]
+    assert summary[rows + 1].startswith("Champion: promoted ("), summary
+    assert summary[rows + 1].endswith(f"(models:/{registered_model}@champion)"), summary
+    assert summary[rows + 2 : rows + 4] == [
+        f"Store: {tracking_uri}",
+        f"Open it: mlflow ui --backend-store-uri {tracking_uri}",
+    ]
 
     parent = check_study(isolated_mlflow, registered_model)
     assert parent.data.tags["mlflow.project.entryPoint"] == "main"

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emotion_exp import texts
 from emotion_exp.config import DataConfig
 from emotion_exp.data import SPLITS, STUDY_LABELS, DatasetSplits, load_splits, read_texts
 from emotion_exp.errors import UserError
@@ -360,6 +361,57 @@ def test_read_texts_skip_empty_keeps_empty_rows_but_not_nulls(tmp_path):
     path.write_text('{"text": "ok"}\n{"text": null}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"1 null or non-text value\(s\) \(line 2\)"):
         read_texts(path, skip_empty=True)
+
+
+# Every mark texts.INVISIBLE lists, alone and with white space: none shows anything on its own.
+INVISIBLE_ONLY = [
+    *"\u200b\u200c\u200d\u2060\ufeff\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
+    "\u00ad\u061c\u180e\u2061\u2062\u2063\u2064",
+    " \u200b\t\u2067\u2069 ",
+]
+
+
+@pytest.mark.parametrize("text", INVISIBLE_ONLY, ids=lambda text: "+".join(f"U+{ord(c):04X}" for c in text))
+def test_a_text_of_only_invisible_marks_is_empty_to_the_text_rule(text):
+    assert texts.blank(text)
+    assert texts.problems(["visible", text]).empty == [1]
+    assert not texts.blank(f"a{text}") and not texts.blank(f"{text}😀")
+
+
+def test_training_data_and_texts_to_label_refuse_a_text_that_shows_nothing(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("text,label\nfine,joy\n\u200b\u202e,joy\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"1 empty or whitespace-only text\(s\) \(line 3\)"):
+        read_texts(path)
+    assert read_texts(path, skip_empty=True)["text"].tolist() == ["fine", "\u200b\u202e"]
+    with pytest.raises(UserError, match=r"1 empty or whitespace-only text\(s\) \(line 3\)"):
+        load(path)
+
+
+# A file's header and the pattern of one of its lines, per format.
+LINES = {
+    "in.csv": ("text,id\n", "{},1\n"),
+    "in.tsv": ("text\tid\n", "{}\t1\n"),
+    "in.jsonl": ("", '{{"text": "{}"}}\n'),
+    "in.txt": ("", "{}\n"),
+}
+
+
+@pytest.mark.parametrize("name", LINES)
+@pytest.mark.parametrize("lines_before", [2, 3000])  # 3000: past the first chunk a text stream decodes
+def test_a_byte_that_is_not_utf8_is_named_by_its_line_and_column(tmp_path, name, lines_before):
+    """The csv module said line 1 for a bad byte on line 4; a whole-file read said only its offset."""
+    header, pattern = LINES[name]
+    good = "".join(pattern.format(f"fine text number {i} é") for i in range(lines_before)).encode()
+    bad = pattern.format("été \udcff here").encode("utf-8", "surrogateescape")  # 0xff after "été ": column 5
+    path = tmp_path / name
+    path.write_bytes("\ufeff".encode() + header.encode() + good + bad)
+    line = bool(header) + lines_before + 1
+    offset = 3 + len(header) + len(good) + bad.index(b"\xff")
+    with pytest.raises(UserError) as raised:
+        read_texts(path)
+    column = 5 + name.endswith(".jsonl") * len('{"text": "')
+    assert f"(invalid start byte at line {line}, column {column}, byte {offset} of the file)" in str(raised.value)
 
 
 def test_read_texts_missing_file(tmp_path):

@@ -153,3 +153,23 @@ def test_a_model_uri_that_does_not_exist_is_a_clear_error(isolated_mlflow: str) 
     result = CliRunner().invoke(cli, ["evaluate", "--model_uri", "models:/no-such-model@champion"])
     assert result.exit_code != 0
     assert "no registered model named 'no-such-model'" in result.output
+
+
+def test_two_evaluations_of_the_same_data_are_compared_text_by_text(
+    registered: tuple[str, str], small_dataset: Path
+) -> None:
+    """How to check what a runtime changes (onnx-int8 against onnx): evaluate under each, then compare."""
+    name, trained_id = registered
+    evaluated = [
+        evaluate.run(EvaluateConfig(model_uri=uri, dataset=str(small_dataset), split="test"))
+        for uri in (f"models:/{name}/1", f"runs:/{trained_id}/model")
+    ]
+
+    result = CliRunner().invoke(cli, ["compare", *evaluated])
+
+    assert result.exit_code == 0, result.output
+    [run] = [r for r in mlflow.search_runs(output_format="list") if r.data.tags["stage"] == "compare"]
+    trained = mlflow.get_run(trained_id).data.metrics  # one model twice: no text differs
+    assert run.data.metrics["test_accuracy_a"] == run.data.metrics["test_accuracy_b"] == trained["test_accuracy"]
+    assert (run.data.metrics["test_only_a_right"], run.data.metrics["test_only_b_right"]) == (0, 0)
+    assert "neither run is shown to be better" in result.output

@@ -3,6 +3,7 @@ predicts, Ctrl-C then resume into the same run, and clear refusals of resumes th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import uuid
@@ -263,11 +264,45 @@ def test_the_phases_prepare_sorted_rows_resume_only_from_a_complete_checkpoint_a
     assert not freed.alive, "the optimizer's state outlived save_and_release"
 
 
-@pytest.mark.parametrize("warmup", [1.0, 2.5])
-def test_warmup_must_be_a_fraction(warmup: float) -> None:
-    with pytest.raises(
-        UserError, match=f"--warmup is a fraction of the training steps, at least 0 and below 1; got {warmup}"
-    ):
+def test_training_batches_are_length_grouped_in_an_order_seeded_by_the_epoch(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    """The same seed and epoch give the same batches in any process (DDP's ranks, a resumed run), and a resumed
+    epoch replays its own order from where it stopped."""
+    from emotion_exp import data, finetune, models
+    from emotion_exp.config import DataConfig
+
+    config = make_config(tiny_model_dir, small_dataset, tmp_path)
+    splits = data.load_splits(DataConfig(dataset=str(small_dataset)))
+    prepared = finetune.prepare(splits, models.resolve(str(tiny_model_dir)), config)
+    args = finetune.training_arguments(config, tmp_path / "out", "fp32", steps_per_epoch=8)
+
+    def batches(epoch: int, skip: int = 0, seed: int = config.seed) -> list[list[list[int]]]:
+        trainer = finetune.make_trainer(
+            prepared.model,
+            prepared.tokenizer,
+            dataclasses.replace(args, seed=seed),
+            prepared.train_rows,
+            eval_rows=prepared.eval_rows,
+        )
+        loader = trainer.get_train_dataloader()
+        if skip:
+            loader = trainer.get_resumed_dataloader(loader, skip)
+        loader.set_epoch(epoch)
+        return [batch["input_ids"].tolist() for batch in loader]
+
+    first = batches(0)
+    assert first == batches(0)  # another trainer (another process) draws the same
+    assert batches(1) != first and batches(0, seed=config.seed + 7) != first
+    assert batches(1, skip=3) == batches(1)[3:]  # a resumed epoch continues its own order
+    assert sum(len(batch) for batch in first) == TRAIN_ROWS
+    lengths = [[sum(token != 0 for token in row) for row in batch] for batch in first]
+    assert all(batch == sorted(batch, reverse=True) for batch in lengths[1:])  # grouped: longest first in each
+
+
+@pytest.mark.parametrize(("warmup", "bound"), [(1.0, "less than 1"), (2.5, "less than 1"), (-0.1, "at least 0")])
+def test_warmup_must_be_a_fraction(warmup: float, bound: str) -> None:
+    with pytest.raises(UserError, match=f"--warmup must be {bound}; got {warmup}"):
         FinetuneConfig(warmup=warmup)
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import subsets
-from emotion_exp.config import LearningCurveConfig
+from emotion_exp import catalog, subsets
+from emotion_exp.catalog import LearningCurveConfig
 from emotion_exp.errors import UserError
 from emotion_exp.workflows import learning_curve
 
@@ -47,12 +47,23 @@ def test_subsets_are_nested_stratified_seeded_and_hold_every_label() -> None:
         ({"fractions": "0,1"}, "--fractions must be distinct shares"),
         ({"fractions": "half"}, "--fractions must be numbers"),
         ({"fractions": ","}, "--fractions needs a comma-separated list"),
-        ({"stages": "tfidf,dummy"}, "--stages must name distinct stages among probe, tfidf, finetune"),
+        ({"stages": "tfidf,dummy"}, "--stages must name distinct stages among "),
+        ({"stages": "tfidf,tfidf"}, "--stages must name distinct stages among "),
     ],
 )
 def test_bad_fractions_and_stages_are_refused(options: dict[str, str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         LearningCurveConfig(**options)
+
+
+def test_the_curve_trains_the_registrys_stages_and_none_other() -> None:
+    curve = catalog.on_the_learning_curve()
+    assert LearningCurveConfig().stage_list == list(curve)  # '' = all of them, in registry order
+    assert LearningCurveConfig(stages=",".join(reversed(curve))).stage_list == list(reversed(curve))
+    for name, spec in catalog.STAGES.items():
+        if not spec.learning_curve:
+            with pytest.raises(UserError, match=f"among {', '.join(curve)}; got '{name}'"):
+                LearningCurveConfig(stages=name)
 
 
 def test_fractions_that_give_the_same_training_texts_are_merged_saying_so() -> None:
@@ -76,8 +87,7 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
     config = LearningCurveConfig(
         dataset=str(small_dataset),
         model=str(tiny_model_dir),
-        fractions="1.0,0.25",
-        stages="tfidf,probe,finetune",
+        fractions="1.0,0.25",  # and every stage the curve can train (the default)
         epochs=1,
         batch_size=16,
         umap_max_points=50,
@@ -88,7 +98,7 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
     points = [run for run in runs if "curve_point" in run.data.tags]
     by_stage = {
         stage: sorted((int(r.data.params["train_size"]), r) for r in points if r.data.tags["stage"] == stage)
-        for stage in ("tfidf", "probe", "finetune")
+        for stage in catalog.on_the_learning_curve()
     }
     for stage, sized in by_stage.items():
         assert [size for size, _ in sized] == [30, 120], stage
@@ -97,10 +107,13 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
             assert run.data.metrics["train_rows"] == size and run.data.metrics["val_rows"] == 40
             assert {"val_accuracy", "test_accuracy"} <= set(run.data.metrics)
             assert "registered_version" not in run.data.tags
-    # Extraction once, reused by every probe point.
+    # Extraction once, reused by every feature head's point.
     assert len([run for run in runs if run.data.tags["stage"] == "extract"]) == 1
     [extract_run] = [run for run in runs if run.data.tags["stage"] == "extract"]
-    assert {r.data.tags["features_run_id"] for _, r in by_stage["probe"]} == {extract_run.data.tags["features_run_id"]}
+    heads = [stage for stage in by_stage if catalog.STAGES[stage].reads_features]
+    assert heads and {r.data.tags["features_run_id"] for stage in heads for _, r in by_stage[stage]} == {
+        extract_run.data.tags["features_run_id"]
+    }
 
     parent = mlflow.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["stage"] == "learning-curve"
@@ -110,7 +123,7 @@ def test_a_curve_trains_every_stage_at_every_fraction_as_nested_runs(
     table = pd.read_csv(
         mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="learning_curve/points.csv")
     )
-    assert len(table) == 6 and set(table["train_size"]) == {30, 120}
+    assert len(table) == 2 * len(by_stage) and set(table["train_size"]) == {30, 120}
     for row in table.itertuples():  # each point's band: the interval its run logged
         logged = mlflow.get_run(row.run_id).data.metrics
         assert (row.val_accuracy_ci_low, row.val_accuracy_ci_high) == (

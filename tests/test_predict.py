@@ -245,18 +245,19 @@ def test_a_folder_as_output_is_refused(tmp_path, champion_uri) -> None:
 
 def test_empty_texts_are_refused_by_default_and_skipped_with_skip_empty(tmp_path, champion_uri) -> None:
     source = tmp_path / "in.csv"
-    source.write_text('id,text\n1,so happy\n2,"  "\n3,\n4,anxious\n')
+    # line 6 holds a zero-width space and a right-to-left mark: it shows nothing, so it is empty too
+    source.write_text('id,text\n1,so happy\n2,"  "\n3,\n4,anxious\n5,\u200b\u200f\n', encoding="utf-8")
 
     refused = invoke("--input", str(source), "--model_uri", champion_uri)
     assert refused.exit_code == 1
-    assert "2 empty or whitespace-only text(s) (lines 3, 4)" in refused.output
+    assert "3 empty or whitespace-only text(s) (lines 3, 4, 6)" in refused.output
     assert "--skip_empty" in refused.output
 
     skipped = invoke("--input", str(source), "--model_uri", champion_uri, "--skip_empty")
     assert skipped.exit_code == 0, skipped.output
     out = pd.read_csv(tmp_path / "in.predictions.csv", keep_default_na=False)
-    assert out["label"].tolist() == ["joy", "", "", "fear"]
-    assert out.loc[[1, 2], PROBABILITIES].eq("").all().all()
+    assert out["label"].tolist() == ["joy", "", "", "fear", ""]
+    assert out.loc[[1, 2, 4], PROBABILITIES].eq("").all().all()
     assert out.loc[[0, 3], PROBABILITIES].astype(float).sum(axis=1).round(6).tolist() == [1.0, 1.0]
 
 

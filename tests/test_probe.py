@@ -111,7 +111,7 @@ def test_fit_probe_converges_and_gives_a_probability_per_label() -> None:
     labels = np.repeat(np.arange(3), 20)
     points = rng.normal(size=(60, 8)) + labels[:, None] * 3.0
     pipeline = baselines.fit_probe(points, labels, max_iter=500)
-    assert baselines.converged(pipeline, 500)
+    assert baselines.converged(pipeline[-1], 500)
     assert (pipeline.predict(points) == labels).mean() > 0.95
     probabilities = baselines.predict_proba(pipeline, points[:2], n_labels=5)
     assert probabilities.shape == (2, 5) and np.allclose(probabilities[:, 3:], 0)

@@ -85,6 +85,28 @@ def fresh_registered_model():
     yield
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--alpha", "1"], "--alpha must be less than 1; got 1.0."),
+        (["--alpha", "0"], "--alpha must be greater than 0; got 0.0."),
+        (["--alpha", "nan"], "--alpha must be a finite number; got nan."),
+        (["--min_delta", "nan"], "--min_delta must be a finite number; got nan."),
+        (["--min_delta", "inf"], "--min_delta must be a finite number; got inf."),
+        (["--min_delta", "-0.01"], "--min_delta must be at least 0; got -0.01."),
+        (["--min_delta", "1.5"], "--min_delta must be at most 1; got 1.5."),
+    ],
+)
+def test_a_level_or_margin_that_means_nothing_is_refused_in_one_line(
+    arguments: list[str], message: str, isolated_mlflow
+) -> None:
+    # min_delta nan compared as no margin at all (it moved @champion); alpha 1 called p = 0.18 "beyond chance".
+    result = CliRunner().invoke(cli, ["promote", *arguments])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [f"Error: {message}"]
+    assert not promote_runs(isolated_mlflow), "refused before any run opened"
+
+
 def test_first_promotion_registers_the_best_run_and_records_why(config, digest, isolated_mlflow) -> None:
     make_run(digest, 0.40)
     best = make_run(digest, 0.70, stage="probe")

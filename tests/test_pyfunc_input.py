@@ -54,6 +54,7 @@ def serve(model: mlflow.pyfunc.PyFuncModel, body: str, content_type: str = "appl
         (pd.DataFrame({"text": ["ok", None, float("nan")]}), "2 null or non-text value(s) (rows 1, 2)"),
         ([""], "1 empty or whitespace-only text(s) (row 0)"),
         (["ok", " \n\t"], "1 empty or whitespace-only text(s) (row 1)"),
+        (["ok", "\u200b\u200e \u2066\u2069"], "1 empty or whitespace-only text(s) (row 1)"),  # shows nothing
     ],
 )
 def test_pyfunc_refuses_nulls_non_text_and_empty_texts_naming_the_rows(model, model_input, found) -> None:
@@ -178,9 +179,9 @@ def test_the_servers_error_for_a_bad_text_does_not_copy_the_request(model) -> No
 
 
 def test_skip_empty_keeps_empty_rows_with_an_empty_label_and_empty_probabilities(model) -> None:
-    frame = model.predict(["so happy", "", "  ", "anxious"], params={pyfunc.SKIP_EMPTY: True})
-    assert frame["label"].tolist() == ["joy", "", "", "fear"]
-    assert frame.loc[[1, 2], PROBABILITIES].isna().all().all()
+    frame = model.predict(["so happy", "", "  ", "anxious", "\ufeff\u200d"], params={pyfunc.SKIP_EMPTY: True})
+    assert frame["label"].tolist() == ["joy", "", "", "fear", ""]
+    assert frame.loc[[1, 2, 4], PROBABILITIES].isna().all().all()
     assert frame.loc[[0, 3], PROBABILITIES].sum(axis=1).round(6).tolist() == [1.0, 1.0]
 
     status, body = serve(model, json.dumps({"inputs": ["", "so happy"], "params": {pyfunc.SKIP_EMPTY: True}}))

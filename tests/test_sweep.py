@@ -3,6 +3,8 @@ the test split scored once for the best trial, the median pruner on fine-tuning,
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -14,9 +16,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import data, metrics
+from emotion_exp import catalog, data, metrics
+from emotion_exp.catalog import SweepConfig
 from emotion_exp.cli import cli
-from emotion_exp.config import DataConfig, SweepConfig
+from emotion_exp.config import DataConfig
 from emotion_exp.errors import UserError
 from emotion_exp.workflows import search_space, sweep, sweep_storage
 
@@ -56,6 +59,32 @@ def test_the_default_spaces_are_the_issues_and_overrides_replace_single_paramete
     assert search_space.search_space("finetune", "epochs=1..2,batch_size=8|16")["epochs"] == (
         optuna.distributions.IntDistribution(1, 2)
     )
+    assert search_space.search_space("knn") == {
+        "n_neighbors": optuna.distributions.IntDistribution(1, 30),
+        "weights": optuna.distributions.CategoricalDistribution(("uniform", "distance")),
+    }
+
+
+def test_values_take_the_type_their_declaration_gives() -> None:
+    # A choice of an int field holds ints (the configs refuse '3' for a whole number), of a float field floats.
+    assert search_space.search_space("knn", "n_neighbors=3|5|7")["n_neighbors"].choices == (3, 5, 7)
+    assert search_space.search_space("knn", "n_neighbors=4")["n_neighbors"].choices == (4,)
+    assert search_space.search_space("probe", "max_iter=100..1000:log")["max_iter"] == (
+        optuna.distributions.IntDistribution(100, 1000, log=True)
+    )
+    assert search_space.search_space("tfidf", "C=1|10")["C"].choices == (1.0, 10.0)
+    assert search_space.search_space("finetune", "max_length=32|64")["max_length"].choices == (32, 64)
+    assert search_space.search_space("knn", "weights=uniform")["weights"].choices == ("uniform",)
+
+
+def test_every_sweepable_stage_of_the_registry_and_none_other_can_be_swept() -> None:
+    for name, spec in catalog.STAGES.items():
+        if spec.sweepable:
+            assert SweepConfig(stage=name).stage == name
+            assert search_space.search_space(name)
+        else:
+            with pytest.raises(UserError, match=f"--stage must be one of {', '.join(catalog.sweepable())}; got"):
+                SweepConfig(stage=name)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +96,11 @@ def test_the_default_spaces_are_the_issues_and_overrides_replace_single_paramete
         ("tfidf", "C=0..1:log", "LOW > 0 for :log"),
         ("finetune", "epochs=1.5..3", "epochs takes whole numbers"),
         ("tfidf", "class_weight=none|sometimes", "--class_weight must be one of none, balanced"),
-        ("finetune", "warmup=0..1", "--warmup is a fraction"),
+        ("finetune", "warmup=0..1", "--warmup must be less than 1; got 1.0"),
+        ("knn", "n_neighbors=2.5|3", "n_neighbors takes whole numbers; got '2.5'"),
+        ("knn", "n_neighbors=0..5", "--n_neighbors must be at least 1; got 0"),
+        ("knn", "weights=uniform..distance", "weights is not a number; give a choice"),
+        ("knn", "leaf_size=1..5", "'leaf_size' is not searchable for the knn stage"),
         ("tfidf", "C=1..inf", "C takes finite numbers; got 'inf'"),
         ("tfidf", "C=nan..1", "C takes finite numbers; got 'nan'"),
         ("tfidf", "C=1,C=2", "--search_space names C twice"),
@@ -94,6 +127,26 @@ def test_the_study_gets_its_own_database_beside_a_sqlite_store_and_never_mlflows
         == "postgresql://me@db/optuna"
     )
     assert "secret" not in sweep_storage.shown_storage("postgresql://me:secret@db/optuna")
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("notaurl", "--optuna_storage 'notaurl' is not a database URL: expected dialect://"),
+        ("postgresql//me:secret@db/optuna", "--optuna_storage '***@db/optuna' is not a database URL"),
+        ("redis://127.0.0.1:6379", "SQLAlchemy has no database kind 'redis'; pass a sqlite, postgresql or mysql URL"),
+        pytest.param(
+            "mysql://me:secret@db/optuna",
+            "needs the database driver 'MySQLdb', which is not installed",
+            marks=pytest.mark.skipif(importlib.util.find_spec("MySQLdb") is not None, reason="mysqlclient installed"),
+        ),
+        ("sqlite:////no/such/folder/optuna.db", "the folder /no/such/folder of the sqlite file does not exist"),
+    ],
+)
+def test_an_optuna_storage_that_is_no_usable_database_url_is_a_user_error(storage: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)) as raised:
+        sweep_storage.resolve_storage(storage, "sqlite:///mlflow.db")
+    assert "secret" not in str(raised.value)
 
 
 # --- tfidf: selection on validation, the test split once, resume --------------------------------------

@@ -401,7 +401,7 @@ def test_up_under_umask_077_makes_a_folder_postgresql_can_use(reachable_base: Pa
 def test_the_resume_hint_shows_the_storage_without_its_password() -> None:
     import optuna
 
-    from emotion_exp.config import SweepConfig
+    from emotion_exp.catalog import SweepConfig
     from emotion_exp.workflows.sweep import resume_hint
 
     config = SweepConfig(optuna_storage="postgresql+psycopg://optuna:hunter2-secret@127.0.0.1:5432/optuna")

@@ -23,12 +23,11 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import data, tracking
+from emotion_exp import catalog, data, tracking
 from emotion_exp.cli import cli
 from emotion_exp.config import DataConfig
 from tests.conftest import REPO_ROOT
 from tests.helpers import (
-    STAGES,
     complete_checkpoints,
     dead_pid,
     emotion_exp,
@@ -37,6 +36,7 @@ from tests.helpers import (
     mlflow_run,
     owned_by,
     run_of_pid,
+    study_children,
     study_params,
     tiny_finetune,
     wait_for,
@@ -98,7 +98,7 @@ def test_two_studies_at_once_both_finish_every_stage_with_artifacts_behind_the_p
     for parent in parents:
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert parent.info.status == "FINISHED"
-        assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGES)
+        assert sorted(r.data.tags["stage"] for r in children) == sorted(study_children())
         assert {r.info.status for r in children} == {"FINISHED"}
         # The champion's evaluate run carries the digest of the split it scored, not of the whole dataset.
         trained = [r for r in children if r.data.tags["stage"] != "evaluate"]
@@ -106,7 +106,7 @@ def test_two_studies_at_once_both_finish_every_stage_with_artifacts_behind_the_p
         table = pd.read_csv(
             mlflow.artifacts.download_artifacts(f"runs:/{parent.info.run_id}/comparison/comparison.csv")
         )
-        assert {"dummy", "probe", "tfidf", "finetune"} <= set(table["stage"])
+        assert list(table["stage"]) == list(catalog.compared_in_study())
         [probe] = [r for r in children if r.data.tags["stage"] == "probe"]
         assert probe.data.tags["features_run_id"]  # its features came back through the proxy
     for run in runs:
@@ -120,7 +120,7 @@ def test_two_studies_at_once_both_finish_every_stage_with_artifacts_behind_the_p
     assert len(models) >= 6 and all(m.artifact_location.startswith("mlflow-artifacts:/") for m in models)
     assert not (studies.workdir / "mlruns").exists() and not (studies.workdir / "mlartifacts").exists()
     champion = admin.get_model_version_by_alias(studies.registered_model, "champion")
-    candidates = {r.info.run_id for r in runs if r.data.tags.get("stage") in ("probe", "tfidf", "finetune")}
+    candidates = {r.info.run_id for r in runs if r.data.tags.get("stage") in catalog.compared_in_study()}
     assert champion.run_id in candidates
     versions = admin.search_model_versions(f"name = '{studies.registered_model}'")
     assert len({v.run_id for v in versions}) == len(versions), "a run registered twice"

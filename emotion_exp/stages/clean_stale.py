@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import tracking
-from emotion_exp.config import STAGE_CONFIGS, CleanStaleConfig
+from emotion_exp import catalog, tracking
+from emotion_exp.config import CleanStaleConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def error_message(verdict: Verdict) -> str:
         f"The run was still RUNNING but its {verdict.detail} (killed or crashed without ending the run); "
         f"marked FAILED by `emotion-exp clean-stale` at {when}."
     )
-    resumable = verdict.stage in STAGE_CONFIGS and "resume" in {f.name for f in fields(STAGE_CONFIGS[verdict.stage])}
+    spec = catalog.STAGES.get(verdict.stage)
+    resumable = spec is not None and "resume" in {f.name for f in fields(spec.config)}
     if resumable:  # finetune
         message += (
             f" Continue it from its last checkpoint with `emotion-exp {verdict.stage} --resume {verdict.run_id}`."

@@ -28,6 +28,12 @@ ALPHA = 0.05
 def run(config: CompareConfig) -> str:
     """Compare the two runs ``config`` names on validation and test; log and print the result; return the run id."""
     run_a, run_b = resolve_pair(config)
+    if run_a == run_b:
+        raise UserError(
+            f"{config.run_a!r} and {config.run_b!r} are the same run, {run_a}: a run compared with itself differs "
+            "on no text. Pass two different runs (run ids, models:/ or runs:/ URIs, or with --parent two stage "
+            "names of the study)."
+        )
     first, second = (_finished_run(run_id) for run_id in (run_a, run_b))
     digests = [r.data.tags.get("dataset_digest") for r in (first, second)]
     if None in digests or digests[0] != digests[1]:
@@ -55,7 +61,10 @@ def run(config: CompareConfig) -> str:
             raise UserError(f"Runs {run_a} and {run_b} scored no split in common (validation or test).")
         table = pd.DataFrame(rows)
         mlflow.log_metrics(_metrics(table))
-        report, conclusion = report_markdown(table, names[run_a], names[run_b]), verdict(table, *names.values())
+        report, conclusion = (
+            report_markdown(table, names[run_a], names[run_b]),
+            verdict(table, names[run_a], names[run_b]),
+        )
         mlflow.log_text(f"{report}\n{conclusion}\n", "compare/comparison.md")
         mlflow.set_tag("compare_verdict", conclusion)  # the closing line's
         console.say(report)
@@ -110,6 +119,11 @@ def _finished_run(run_id: str) -> mlflow.entities.Run:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise UserError(f"No run {run_id} in the MLflow store {mlflow.get_tracking_uri()}.") from error
+    if run.info.lifecycle_stage == "deleted":
+        raise UserError(
+            f"Run {run_id} is deleted (in the store's trash until `mlflow gc` removes it): restore it with "
+            f"`mlflow runs restore --run-id {run_id}` to compare it, or pass another run."
+        )
     if run.info.status != "FINISHED":
         raise UserError(f"Run {run_id} is {run.info.status}, not FINISHED: only finished runs are compared.")
     return run

@@ -29,12 +29,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from emotion_exp import console, contract, data, pyfunc, registry, tracking
+from emotion_exp import console, contract, data, pyfunc, registry, significance, tracking
 from emotion_exp.config import EvaluateConfig
 from emotion_exp.data import LabelledData
 from emotion_exp.errors import UserError
 from emotion_exp.stages.predict import predict_batches
-from emotion_exp.stages.skeleton import log_labelled_input, log_predictions
+from emotion_exp.stages.skeleton import log_labelled_input, log_predictions, log_table
 
 
 def model_labels(model: Any, model_uri: str) -> tuple[str, ...]:
@@ -120,6 +120,12 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
         seconds = time.perf_counter() - started
         probabilities = predictions[[contract.probability_column(name) for name in label_names]].to_numpy()
         evaluation = log_predictions(labelled.split, texts, gold, probabilities, label_names, error_analysis=True)
+        # Per-text predictions as the model stages keep them: `compare` sets two evaluations of the same data side
+        # by side (one model under two runtimes, say onnx and onnx-int8).
+        log_table(
+            significance.predictions_table(labelled.split, gold, probabilities, label_names),
+            significance.PREDICTIONS_ARTIFACT,
+        )
         mlflow.log_metric("texts_per_second", len(texts) / max(seconds, 1e-9))
         if version:
             key = f"evaluated_on_{labelled.digest[:12]}"

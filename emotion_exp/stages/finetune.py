@@ -50,26 +50,42 @@ def run(
     config: FinetuneConfig,
     *,
     splits: DatasetSplits | None = None,
-    callbacks: Sequence[Any] = (),
+    train_rows: Sequence[int] | None = None,
     score_test: bool = True,
     labels: tracking.RunLabels | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> str:
     """Fine-tune, evaluate, log and register; return the run id.
 
-    ``callbacks`` are extra transformers ``TrainerCallback`` objects (a sweep's pruning, tests);
-    ``score_test=False`` neither predicts nor scores the test split (a sweep's trial). Under
-    torchrun only rank 0 opens the run and logs; the other ranks train beside it (``_follow``).
+    The arguments are every model stage's (``catalog.StageRun``; ``score_test=False`` neither
+    predicts nor scores the test split), and ``callbacks``: extra transformers ``TrainerCallback``
+    objects (a sweep's pruning, tests). Under torchrun only rank 0 opens the run and logs; the
+    other ranks train beside it (``_follow``).
     """
     if seeds.repeated(config):
         register = None if config.registered_model != FOLLOW_THE_DATA else registered_if_best
-        return seeds.run("finetune", config, run, splits=splits, register=register, labels=labels)
+        return seeds.run(
+            "finetune",
+            config,
+            run,
+            splits=splits,
+            train_rows=train_rows,
+            score_test=score_test,
+            register=register,
+            labels=labels,
+        )
+    if train_rows is not None and config.nproc_per_node > 1:
+        raise UserError(
+            f"finetune on a subset of the training rows trains in one process; got --nproc_per_node "
+            f"{config.nproc_per_node}. Pass --nproc_per_node 1."
+        )
     if config.nproc_per_node > 1 and distributed.world_size() == 1:
         return _launch(config)
     distributed.init()
     if not distributed.is_main():
         return _follow(config, callbacks)
     with distributed.announcing() as announce:
-        return _lead(config, splits, callbacks, announce, score_test=score_test, labels=labels)
+        return _lead(config, splits, callbacks, announce, train_rows=train_rows, score_test=score_test, labels=labels)
 
 
 def _lead(
@@ -78,13 +94,15 @@ def _lead(
     callbacks: Sequence[Any],
     announce: Callable[[str], None],
     *,
+    train_rows: Sequence[int] | None,
     score_test: bool,
     labels: tracking.RunLabels | None = None,
 ) -> str:
     """Rank 0 (or the only process): open the run, announce its id, train, log and register."""
     if config.resume:
         splits = _check_resume(config)
-    with open_stage("finetune", config, splits=splits, run_id=config.resume or None, labels=labels) as stage:
+    resume = config.resume or None
+    with open_stage("finetune", config, splits=splits, train_rows=train_rows, run_id=resume, labels=labels) as stage:
         announce(stage.run_id)
         tracking.log_params({"world_size": distributed.world_size()})
         checkpoint_dir = Path(config.output_dir) / stage.run_id

@@ -13,6 +13,7 @@ import mlflow
 import pandas as pd
 
 from emotion_exp import console, data, pyfunc, registry, tracking
+from emotion_exp import texts as text_rule
 from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
 
@@ -68,7 +69,7 @@ def run(config: PredictConfig) -> str:
         mlflow.set_tags(loaded.source | pyfunc.runtime_tags(loaded.model))  # the version an alias pointed to
         start = time.perf_counter()
         values = texts[_text_column(config)]
-        keep = values.str.strip().ne("").to_numpy()
+        keep = ~values.map(text_rule.blank).to_numpy(dtype=bool)
         predictions = predict_batches(loaded.model, values[keep].tolist(), TEXTS_PER_CALL)
         seconds = time.perf_counter() - start
         frame = _joined(texts, pyfunc.with_skipped_rows(predictions, keep))

@@ -35,6 +35,7 @@ from emotion_exp.config import CHAMPION_ALIAS, DataConfig, PromoteConfig, subset
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
 from emotion_exp.registry import Candidate, Champion
+from emotion_exp.stages.skeleton import log_train_overlap, warn_train_overlap
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,9 @@ def run(config: PromoteConfig, *, splits: DatasetSplits | None = None) -> str:
     with tracking.stage_run("promote", config) as promote_run:
         if splits is None:
             splits = data.load_splits(subset(config, DataConfig))
+            warn_train_overlap("promote", splits)
         mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
+        log_train_overlap(splits)
         name = registry.registered_name(config.registered_model, splits.name, splits.label_names)
         config = dataclasses.replace(config, registered_model=name)
         mlflow.set_tag("registered_model", name)

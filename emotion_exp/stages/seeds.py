@@ -21,7 +21,7 @@ import dataclasses
 import math
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import mlflow
@@ -49,12 +49,15 @@ def run(
     run_once: Callable[..., str],
     *,
     splits: DatasetSplits | None = None,
+    train_rows: Sequence[int] | None = None,
+    score_test: bool = True,
     register: Callable[[str, Stage], str] | None = None,
     labels: tracking.RunLabels | None = None,
 ) -> str:
     """Train ``stage`` once per seed of ``config.seeds`` under one parent run; return the parent's run id.
 
-    ``run_once(config, splits=...)`` trains one seed and returns its run id. ``register(name,
+    ``run_once`` is the stage's own ``run`` (``catalog.StageRun``): it trains one seed, given the
+    same ``splits``, ``train_rows`` and ``score_test``, and returns its run id. ``register(name,
     parent_run_id)`` decides the registered name for the best seed's model where the stage has a
     rule of its own (finetune: only a new best version unless the name was asked for); it gets the
     parent stage, which by then carries the best seed's scores.
@@ -68,18 +71,21 @@ def run(
         )
         labels = labels or tracking.RunLabels()
         labels.tags["seeds_note"] = f"one fit for {len(seeds)} seeds: {seedless}"
-        return run_once(dataclasses.replace(config, seeds="", seed=seeds[0]), splits=splits, labels=labels)
+        once = dataclasses.replace(config, seeds="", seed=seeds[0])
+        return run_once(once, splits=splits, train_rows=train_rows, score_test=score_test, labels=labels)
     if getattr(config, "nproc_per_node", 1) > 1:
         raise UserError(
             f"--seeds {config.seeds} trains every seed in this process: pass --nproc_per_node 1, or start one "
             "torchrun run per seed (--seed)."
         )
-    with open_stage(stage, config, splits=splits, labels=labels) as parent:
+    with open_stage(stage, config, splits=splits, train_rows=train_rows, labels=labels) as parent:
         mlflow.set_tag("seeds", ",".join(map(str, seeds)))
         run_ids = {}
         for seed in seeds:
             seed_config = dataclasses.replace(config, seed=seed, seeds="", registered_model="")
-            run_ids[seed] = run_once(seed_config, splits=parent.splits)
+            run_ids[seed] = run_once(
+                seed_config, splits=parent.full_splits, train_rows=train_rows, score_test=score_test
+            )
         per_seed = per_seed_scores(run_ids)
         log_table(per_seed, "seeds/per_seed.parquet")
         mlflow.log_text(per_seed.to_markdown(index=False, floatfmt=".4f"), "seeds/per_seed.md")

@@ -1,13 +1,14 @@
 """The skeleton every model stage shares: open the run and log the data once; score, log, register.
 
-A model stage is three steps, and only the middle one is its own::
+A model stage is three steps, and only the middle one is its own (its ``run`` follows
+``catalog.StageRun``; a feature head writes none of this, ``feature_head`` does)::
 
-    def run(config: XConfig, *, splits: DatasetSplits | None = None) -> str:
-        with skeleton.open_stage("x", config, splits=splits) as stage:
+    def run(config: XConfig, *, splits=None, train_rows=None, score_test=True, labels=None) -> str:
+        with skeleton.open_stage("x", config, splits=splits, train_rows=train_rows, labels=labels) as stage:
             model = fit(stage.splits.train, config)                 # what is particular to the stage
             stage.finish(lambda split: probabilities(model, split), # scored on validation and test
                          LoggedModel(pyfunc_model, packages=(...)),
-                         registered_model=config.registered_model)
+                         registered_model=config.registered_model, score_test=score_test)
             return stage.run_id
 
 ``open_stage`` opens the stage's run (``tracking.stage_run``: attached to ``mlflow run``'s run,
@@ -43,7 +44,19 @@ import mlflow.data
 import numpy as np
 import pandas as pd
 
-from emotion_exp import analysis, data, metrics, model_card, plots, pyfunc, registry, significance, tracking
+from emotion_exp import (
+    analysis,
+    console,
+    data,
+    metrics,
+    model_card,
+    plots,
+    pyfunc,
+    registry,
+    significance,
+    subsets,
+    tracking,
+)
 from emotion_exp.config import DataConfig, subset
 
 if TYPE_CHECKING:
@@ -94,6 +107,27 @@ def log_dataset(splits: DatasetSplits) -> None:
     mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
     tracking.log_params({"dataset_source": splits.source, "label_names": ",".join(splits.label_names)})
     mlflow.log_metrics({f"{SPLIT_PREFIX[s]}_rows": len(splits.split(s)) for s in SPLITS})
+    log_train_overlap(splits)
+
+
+def log_train_overlap(splits: DatasetSplits) -> None:
+    """Record how many validation and test texts are training texts too: ``train_overlap_val``, ``_test`` and a tag.
+
+    Not named ``val_...``: those are scores (a sweep trial logs none of test's), and seeds average them.
+    """
+    overlap = splits.train_overlap
+    mlflow.log_metrics({f"train_overlap_{SPLIT_PREFIX[split]}": count for split, count in overlap.in_train.items()})
+    mlflow.set_tag("train_overlap", overlap.describe())
+
+
+def warn_train_overlap(stage: str, splits: DatasetSplits) -> None:
+    """One console line where validation or test texts are training texts beyond ``data.OVERLAP_WARNING_SHARE``.
+
+    Said by the stage that loaded the data, once: the nested runs of a study or sweep get its splits.
+    """
+    warning = splits.train_overlap.warning()
+    if warning:
+        console.say(f"{stage}: warning: {warning}")
 
 
 def log_labelled_input(labelled: LabelledData) -> None:
@@ -140,8 +174,11 @@ class Stage:
     name: str
     run_id: str
     splits: DatasetSplits
+    """What the stage trains on and scores: with ``train_rows``, those rows of the training split only."""
     loaded_data: bool
     """Whether this run loaded the splits itself (rather than getting them from a parent)."""
+    full_splits: DatasetSplits
+    """Every row of the data, whatever ``train_rows`` took (a feature head finds its features by their digest)."""
 
     def log_label_distribution(self) -> None:
         """Draw the train split's label distribution, on the run that loaded the data only."""
@@ -271,22 +308,27 @@ def open_stage(
     config: Any,
     *,
     splits: DatasetSplits | None = None,
+    train_rows: Sequence[int] | None = None,
     run_id: str | None = None,
     label_plot: bool = True,
     labels: tracking.RunLabels | None = None,
 ) -> Iterator[Stage]:
     """Open the stage's run with its data logged (module docstring); yield the open stage.
 
-    ``splits`` come from a parent that loaded (and drew) them already; ``run_id`` re-opens an
-    interrupted run, which has its dataset inputs from its first attempt. ``label_plot=False``
-    leaves drawing to the stage (extract draws nothing when it reuses features). ``labels``: a
-    workflow's params and tags for the run (``tracking.RunLabels``).
+    ``splits`` come from a parent that loaded (and drew) them already; ``train_rows`` keeps only
+    those rows of the training split for the stage to train on (a learning-curve point: the run
+    logs that data); ``run_id`` re-opens an interrupted run, which has its dataset inputs from its
+    first attempt. ``label_plot=False`` leaves drawing to the stage (extract draws nothing when it
+    reuses features). ``labels``: a workflow's params and tags for the run (``tracking.RunLabels``).
     """
     with tracking.stage_run(name, config, run_id=run_id, labels=labels) as run:
         loaded_data = splits is None
         if splits is None:
             splits = data.load_splits(subset(config, DataConfig))
-        stage = Stage(name, run.info.run_id, splits, loaded_data)
+        if loaded_data:
+            warn_train_overlap(name, splits)
+        trained_on = splits if train_rows is None else subsets.with_train_rows(splits, train_rows)
+        stage = Stage(name, run.info.run_id, trained_on, loaded_data, splits)
         if run_id is None:
             log_dataset(stage.splits)
         if label_plot:

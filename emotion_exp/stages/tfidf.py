@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mlflow
 
 from emotion_exp import baselines, pyfunc
@@ -16,17 +18,20 @@ def run(
     config: TfidfConfig,
     *,
     splits: DatasetSplits | None = None,
+    train_rows: Sequence[int] | None = None,
     score_test: bool = True,
     labels: RunLabels | None = None,
 ) -> str:
     """Fit on train, score validation and test, log the text -> label model; return the run id.
 
-    ``score_test=False`` leaves the test split unscored (a sweep's trial); ``--seeds`` trains once
+    The arguments are every model stage's (``catalog.StageRun``); ``--seeds`` trains once
     (``catalog.StageSpec.seedless``).
     """
     if seeds.repeated(config):
-        return seeds.run("tfidf", config, run, splits=splits, labels=labels)
-    with open_stage("tfidf", config, splits=splits, labels=labels) as stage:
+        return seeds.run(
+            "tfidf", config, run, splits=splits, train_rows=train_rows, score_test=score_test, labels=labels
+        )
+    with open_stage("tfidf", config, splits=splits, train_rows=train_rows, labels=labels) as stage:
         splits = stage.splits
         pipeline = baselines.fit_tfidf(
             splits.train["text"].tolist(),

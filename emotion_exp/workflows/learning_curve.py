@@ -3,8 +3,8 @@
 Every chosen stage is trained on nested stratified subsets of the training split (each holds
 the smaller ones and every label, drawn with the seed) and scored on the full validation and
 test splits; each point is a nested run with ``train_size``, drawn with its validation
-accuracy's 95% interval as a band. Features are extracted once and
-every probe point fits on its rows of them.
+accuracy's 95% interval as a band. Features are extracted once and every feature head's point
+fits on its rows of them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import catalog, plots, subsets, tracking
-from emotion_exp.config import STAGE_CONFIGS, DummyConfig, ExtractConfig, LearningCurveConfig, subset
+from emotion_exp.catalog import LearningCurveConfig
+from emotion_exp.config import DummyConfig, ExtractConfig, subset
 from emotion_exp.data import DatasetSplits
 from emotion_exp.stages import dummy, extract
 from emotion_exp.stages.skeleton import log_figure, open_stage
@@ -72,15 +73,11 @@ def _run_point(
 ) -> str:
     """One point: ``stage`` trained on ``rows`` of the training split, registering nothing.
 
-    A stage that reads features fits on its rows of the features extracted once for the whole
-    split; the others train on the subset itself.
+    A feature head fits on its rows of the features extracted once for the whole split.
     """
     spec = catalog.STAGES[stage]
-    point_config = dataclasses.replace(subset(config, STAGE_CONFIGS[stage]), registered_model="")
-    if spec.reads_features:
-        point_config = dataclasses.replace(point_config, features_run_id=features_run_id)
-        return spec.run(point_config, splits=splits, train_rows=rows, labels=labels)
-    return spec.run(point_config, splits=subsets.with_train_rows(splits, rows), labels=labels)
+    point_config = dataclasses.replace(subset(config, spec.config), **spec.set_by_workflows(features_run_id))
+    return spec.run(point_config, splits=splits, train_rows=rows, labels=labels)
 
 
 def log_curve(table: pd.DataFrame, floor: float) -> None:

@@ -1,7 +1,10 @@
-"""The sweep's search spaces: each stage's default (declared in ``catalog``) and ``--search_space``'s language.
+"""The sweep's search spaces: each stage's default (declared beside its config's fields) and their overrides.
 
 ``NAME=LOW..HIGH`` is a range (``:log`` for log-uniform), ``NAME=A|B`` a choice and ``NAME=VALUE``
-a fixed value; every value is checked against the stage's config before any trial runs.
+a fixed value. What a value is follows from the declaration: a parameter whose default space is an
+``IntDistribution`` (``epochs``), or an int field, takes whole numbers; a float one finite numbers;
+a choice of an int field (``n_neighbors=3|5|7``) holds ints. Every value is checked against the
+stage's config before any trial runs.
 """
 
 from __future__ import annotations
@@ -20,25 +23,23 @@ from optuna.distributions import (
 )
 
 from emotion_exp import catalog
-from emotion_exp.config import STAGE_CONFIGS
+from emotion_exp.config import SearchSpace, field_types, search_space_of
 from emotion_exp.errors import UserError
 
-INT_PARAMS = ("epochs", "batch_size", "max_length", "max_iter")
-FLOAT_PARAMS = ("learning_rate", "warmup", "weight_decay", "C")
+
+def declared_space(stage: str) -> SearchSpace:
+    """The space the stage's config declares (``sweep_space()``); a stage without one cannot be swept."""
+    declared = search_space_of(catalog.STAGES[stage].config)
+    if declared is None:
+        swept = ", ".join(catalog.sweepable())
+        raise UserError(f"--stage {stage}: its config declares no search space; a sweep can search {swept}.")
+    return declared
 
 
 def search_space(stage: str, overrides: str = "") -> dict[str, BaseDistribution]:
-    """The stage's default space (``catalog``) with ``overrides`` (``--search_space``) applied, then checked.
-
-    ``NAME=LOW..HIGH`` is a range (``:log`` for log-uniform; whole numbers for integer parameters),
-    ``NAME=A|B`` a choice and ``NAME=VALUE`` a fixed value.
-    """
-    declared = catalog.STAGES[stage]
-    space = {
-        name.strip(): _distribution(name.strip(), spec.strip(), item)
-        for item in declared.search_space.split(",")
-        for name, _, spec in [item.partition("=")]
-    }
+    """The stage's default space with ``overrides`` (``--search_space``) applied, then checked."""
+    declared = declared_space(stage)
+    space = dict(declared.searched)
     named: set[str] = set()
     for item in (part.strip() for part in overrides.split(",")):
         if not item:
@@ -52,50 +53,54 @@ def search_space(stage: str, overrides: str = "") -> dict[str, BaseDistribution]
                 f"{name}=A|B, a range {name}=LOW..HIGH."
             )
         named.add(name)
-        if name not in declared.searchable:
+        if name not in declared.names():
             raise UserError(
                 f"--search_space: {name!r} is not searchable for the {stage} stage; expected one of "
-                f"{', '.join(declared.searchable)}."
+                f"{', '.join(declared.names())}."
             )
-        space[name] = _distribution(name, spec, item)
+        space[name] = _distribution(_number_kind(stage, name, declared), name, spec, item)
     for name, distribution in space.items():
         _check_values(stage, name, distribution)
     return space
 
 
-def _distribution(name: str, spec: str, item: str) -> BaseDistribution:
-    if ".." in spec:
-        bounds, _, scale = spec.partition(":")
-        low_text, _, high_text = bounds.partition("..")
-        if scale not in ("", "log"):
-            raise UserError(f"--search_space {item!r}: a range ends with ':log' or nothing; got ':{scale}'.")
-        low, high = _value(name, low_text.strip(), item), _value(name, high_text.strip(), item)
-        if not isinstance(low, (int, float)) or not low < high or (scale == "log" and low <= 0):
-            raise UserError(
-                f"--search_space {item!r}: a range needs numbers LOW < HIGH (LOW > 0 for :log); got {spec!r}."
-            )
-        if name in INT_PARAMS:
-            return IntDistribution(int(low), int(high), log=scale == "log")
-        return FloatDistribution(float(low), float(high), log=scale == "log")
-    return CategoricalDistribution(tuple(_value(name, value.strip(), item) for value in spec.split("|")))
+def _number_kind(stage: str, name: str, declared: SearchSpace) -> type:
+    """What values of ``name`` are: int where its default space draws whole numbers, else its field's type."""
+    if isinstance(declared.searched.get(name), IntDistribution):
+        return int
+    return field_types(catalog.STAGES[stage].config)[name]
 
 
-def _value(name: str, text: str, item: str) -> Any:
+def _distribution(kind: type, name: str, spec: str, item: str) -> BaseDistribution:
+    if ".." not in spec:
+        return CategoricalDistribution(tuple(_value(kind, name, value.strip(), item) for value in spec.split("|")))
+    bounds, _, scale = spec.partition(":")
+    low_text, _, high_text = bounds.partition("..")
+    if scale not in ("", "log"):
+        raise UserError(f"--search_space {item!r}: a range ends with ':log' or nothing; got ':{scale}'.")
+    if kind not in (int, float):
+        raise UserError(f"--search_space {item!r}: {name} is not a number; give a choice such as {name}=A|B.")
+    low, high = _value(kind, name, low_text.strip(), item), _value(kind, name, high_text.strip(), item)
+    if not low < high or (scale == "log" and low <= 0):
+        raise UserError(f"--search_space {item!r}: a range needs numbers LOW < HIGH (LOW > 0 for :log); got {spec!r}.")
+    if kind is int:
+        return IntDistribution(low, high, log=scale == "log")
+    return FloatDistribution(low, high, log=scale == "log")
+
+
+def _value(kind: type, name: str, text: str, item: str) -> Any:
+    """``text`` as a value of ``kind``: a whole number, a finite number, or the text itself."""
+    if kind not in (int, float):
+        return text
     try:
-        if name in INT_PARAMS:
-            number = float(text)
-            if not number.is_integer():
-                raise ValueError(text)
-            return int(number)
-        if name in FLOAT_PARAMS:
-            number = float(text)
-            if not math.isfinite(number):
-                raise ValueError(text)
-            return number
+        number = float(text)
+        if not math.isfinite(number) or (kind is int and not number.is_integer()):
+            raise ValueError(text)
     except ValueError:
-        kind = "whole numbers" if name in INT_PARAMS else "finite numbers"
-        raise UserError(f"--search_space {item!r}: {name} takes {kind}; got {text!r}.") from None
-    return text
+        raise UserError(
+            f"--search_space {item!r}: {name} takes {'whole' if kind is int else 'finite'} numbers; got {text!r}."
+        ) from None
+    return int(number) if kind is int else number
 
 
 def _check_values(stage: str, name: str, distribution: BaseDistribution) -> None:
@@ -105,7 +110,7 @@ def _check_values(stage: str, name: str, distribution: BaseDistribution) -> None
     else:
         values = (distribution.low, distribution.high)
     for value in values:
-        STAGE_CONFIGS[stage](**{name: value})
+        catalog.STAGES[stage].config(**{name: value})
 
 
 def space_description(space: dict[str, BaseDistribution]) -> str:

@@ -2,7 +2,8 @@
 
 The parent loads the data once (and draws its label distribution); every child gets the same
 splits. Each stage runs with ``MainConfig.stage_config(stage)``, so every stage parameter can
-be set from ``main`` (``config.py`` says how the names are composed).
+be set from ``main`` (``catalog.compose_study`` says how the names are composed), and with what
+every workflow decides for a model stage (``StageSpec.set_by_workflows``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from emotion_exp import catalog, console, plots, registry, significance, tracking
-from emotion_exp.config import CHAMPION_ALIAS, EvaluateConfig, MainConfig
+from emotion_exp.catalog import MainConfig
+from emotion_exp.config import CHAMPION_ALIAS, EvaluateConfig
 from emotion_exp.data import DatasetSplits, LabelledData
 from emotion_exp.errors import UserError
 from emotion_exp.stages import evaluate, extract, promote
@@ -39,15 +41,14 @@ def run(config: MainConfig) -> str:
     started = time.perf_counter()
     with open_stage("main", config) as parent:
         splits = parent.splits
-        # Extract first (reusing a finished extract run with the same key); the probe reads its features.
+        # Extract first (reusing a finished extract run with the same key); the feature heads read its features.
         features_run_id = extract.run(config.stage_config("extract"), splits=splits)
         mlflow.set_tag("features_run_id", features_run_id)
         children = {}
         for name in catalog.compared_in_study():
-            stage, stage_config = catalog.STAGES[name], config.stage_config(name)
-            if stage.reads_features:
-                stage_config = dataclasses.replace(stage_config, features_run_id=features_run_id)
-            children[name] = stage.run(stage_config, splits=splits)
+            stage = catalog.STAGES[name]
+            decided = stage.set_by_workflows(features_run_id)
+            children[name] = stage.run(dataclasses.replace(config.stage_config(name), **decided), splits=splits)
         log_comparison(children)
         if config.registered_model:
             promote.run(config.stage_config("promote"), splits=splits)

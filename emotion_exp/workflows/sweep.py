@@ -36,10 +36,11 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from emotion_exp import catalog, data, interrupts, plots, tracking
-from emotion_exp.config import STAGE_CONFIGS, DataConfig, ExtractConfig, SweepConfig, subset
+from emotion_exp.catalog import SweepConfig
+from emotion_exp.config import DataConfig, ExtractConfig, subset
 from emotion_exp.errors import EndedEarly, UserError
 from emotion_exp.stages import extract
-from emotion_exp.stages.skeleton import log_dataset, log_figure, open_stage
+from emotion_exp.stages.skeleton import log_dataset, log_figure, open_stage, warn_train_overlap
 from emotion_exp.workflows import search_space, sweep_outcome, sweep_storage
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ def run(config: SweepConfig) -> str:
     storage = sweep_storage.open_storage(url, config.heartbeat)
     shown = sweep_storage.shown_storage(url)
     splits = data.load_splits(subset(config, DataConfig))
+    warn_train_overlap("sweep", splits)
     study_name = config.study_name or f"sweep-{config.stage}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     study = open_study(config, storage, study_name, search_space.space_description(space), splits.digest)
     study_id = storage.get_study_id_from_name(study_name)
@@ -138,8 +140,8 @@ def run(config: SweepConfig) -> str:
         )
         if previous_parent and previous_parent != parent_id:
             sweep_outcome.set_tags({"continues_run_id": previous_parent})
-        probe_features = catalog.STAGES[config.stage].reads_features
-        features_run_id = extract.run(subset(config, ExtractConfig), splits=splits) if probe_features else ""
+        reads_features = catalog.STAGES[config.stage].reads_features
+        features_run_id = extract.run(subset(config, ExtractConfig), splits=splits) if reads_features else ""
         current = _CurrentTrial()
         objective = _objective(config, space, study_name, features_run_id, splits, current)
         missing = config.n_trials - sum(trial.state in COUNTED_STATES for trial in study.trials)
@@ -266,11 +268,10 @@ def _objective(
     current: _CurrentTrial,
 ) -> Callable[[optuna.Trial], float]:
     stage = catalog.STAGES[config.stage]
-    base = dataclasses.replace(subset(config, STAGE_CONFIGS[config.stage]), registered_model="")
-    if stage.reads_features:
-        base = dataclasses.replace(base, features_run_id=features_run_id)
+    base = dataclasses.replace(subset(config, stage.config), **stage.set_by_workflows(features_run_id))
 
     def objective(trial: optuna.Trial) -> float:
+        sweep_storage.mark_started(trial)
         current.number = trial.number
         ahead = [
             t for t in trial.study.get_trials(deepcopy=False) if t.state in COUNTED_STATES and t.number < trial.number

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from emotion_exp import console, registry, significance
-from emotion_exp.config import EvaluateConfig, SweepConfig
+from emotion_exp.catalog import SweepConfig
+from emotion_exp.config import EvaluateConfig
 from emotion_exp.data import LabelledData
 from emotion_exp.errors import UserError
 from emotion_exp.stages import evaluate
