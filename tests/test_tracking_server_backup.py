@@ -127,7 +127,7 @@ def test_the_archive_is_private_and_its_manifest_lists_both_databases_and_every_
     note = next(name for name in manifest["members"] if name.endswith(f"{archived.run_id}/artifacts/{NOTE_PATH}"))
     assert manifest["artifacts"]["source"] == "bucket" and manifest["artifacts"]["objects"] >= 2
     assert digests.pop("manifest.json") and digests == manifest["members"] and note in digests
-    secret_files = (archived.server.folder / "secrets").iterdir()
+    secret_files = [path for path in (archived.server.folder / "secrets").rglob("*") if path.is_file()]
     tar_bytes = gzip.decompress(archived.archive.read_bytes())  # the dumps' data is compressed again by pg_dump
     assert not any(path.read_bytes().strip() in tar_bytes for path in secret_files), "a file of DIR/secrets is archived"
 

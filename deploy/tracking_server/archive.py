@@ -306,8 +306,8 @@ def restore(args: argparse.Namespace) -> int:
     source = manifest["artifacts"]["source"]
     if source == "folder":
         settings["artifacts_destination"] = str(layout.artifacts)
-    if source == "bucket":  # a SeaweedFS of its own: free ports now, new keys when it first starts
-        settings["object_store"] = object_store_ports()
+    # A SeaweedFS of its own for a bucket (free ports now, new keys when it first starts), none for the others.
+    settings["object_store"] = object_store_ports() if source == "bucket" else None
     try:
         init_postgres(layout)
         start_postgres(layout, settings["pg_port"])
