@@ -56,7 +56,7 @@ def model_uri(args: argparse.Namespace, workdir: Path) -> str:
             output_dir=str(workdir / "checkpoints"),
         )
     )
-    return f"runs:/{run_id}/model"
+    return f"runs:/{run_id}/finetune"
 
 
 def sample(count: int, seed: int = 0) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 `mlflow models serve` on loopback, with one and with eight concurrent clients.
 
 One model (``--model-uri``, or a brief fine-tune of ``--model``) is served in variants: a copy whose
-logged ``precision`` is set to fp32, one set to bf16 (only where the CPU runs bf16 natively), and,
+logged ``precision`` is set to fp32, one set to bf16 (only where the CPU runs bf16 natively; by the
+model_config ``precision`` where the model has it), and,
 where the model can choose its runtime (model_config ``runtime``), the model with
 ``SERVING_MODEL_CONFIG='{"runtime": "onnx"}'``. All servers run at once (``--env-manager local``,
 MLflow's one worker), so load on the machine hits all alike: one client's requests go to the
@@ -59,8 +60,8 @@ def bounded(items: list, seconds: float) -> Iterator:
 def with_precision(source: Path, target: Path, precision: str) -> Path:
     """A copy of the pyfunc model folder ``source`` whose encoder model runs in ``precision``.
 
-    The models take their precision from the pickled model (``auto`` by default), not from the
-    serving environment, so the copy's pickle is rewritten with ``precision`` set.
+    Models logged before the model_config key ``precision`` took their precision from the pickled
+    model only, not from the serving environment, so the copy's pickle is rewritten with ``precision`` set.
     """
     import cloudpickle
 
@@ -93,12 +94,19 @@ def variants(local: Path, workdir: Path) -> tuple[list[Variant], str]:
     choose = "runtime" in config
     torch_config = {"runtime": "torch"} if choose else {}
     precisions = ["fp32", "bf16"] if models.native_bf16() else ["fp32"]
-    found = [
-        Variant(f"torch {p}", with_precision(local, workdir / f"model-{p}", p), p, torch_config) for p in precisions
-    ]
+    if "precision" in config:  # the model takes its precision from the serving config
+        found = [Variant(f"torch {p}", local, p, {**torch_config, "precision": p}) for p in precisions]
+    else:  # logged before it did: a copy with the pickled precision set
+        found = [
+            Variant(f"torch {p}", with_precision(local, workdir / f"model-{p}", p), p, torch_config) for p in precisions
+        ]
     notes = [] if models.native_bf16() else ["torch bf16 left out: bf16 is not native on this CPU"]
     if choose:
-        found.append(Variant("onnx", local, "fp32", {"runtime": "onnx"}))
+        found.append(
+            Variant(
+                "onnx", local, "fp32", {"runtime": "onnx", **({"precision": "fp32"} if "precision" in config else {})}
+            )
+        )
     else:
         notes.append('ONNX left out: the model has no model_config "runtime" to serve it from ONNX')
     return found, "; ".join(notes)

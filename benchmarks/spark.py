@@ -24,7 +24,7 @@ def tfidf_model_uri() -> str:
     from emotion_exp.config import TfidfConfig
     from emotion_exp.stages import tfidf
 
-    return f"runs:/{tfidf.run(TfidfConfig())}/model"
+    return f"runs:/{tfidf.run(TfidfConfig())}/tfidf"
 
 
 def main() -> None:

@@ -456,7 +456,7 @@ STAGES: dict[str, StageSpec[Any]] = {
             "Compare two runs on the same data text by text: each one's accuracy with its 95% interval, the paired "
             "differences in accuracy and weighted F1 with theirs, and the exact McNemar p-value, on validation and "
             "test; logged in a run tagged stage=compare. RUN_A and RUN_B: run ids, models:/<name>/<version>, "
-            "models:/<name>@<alias> or runs:/<run id>/model; with --parent, stage names of that study. Runs on "
+            "models:/<name>@<alias> or runs:/<run id>/<stage>; with --parent, stage names of that study. Runs on "
             "different data are refused.",
             closing=console.compare_closing,
         ),

@@ -194,9 +194,8 @@ def runtime_option(about: str = "") -> Any:
     """The ``--runtime`` field of every stage that runs the encoder (``about``: where it applies)."""
     return option(
         "auto",
-        f"Engine of the forward passes{about}: auto (torch where bf16 is native or a GPU is present, else ONNX "
-        "Runtime fp32), torch, onnx (an fp32 export, cached) or onnx-int8 (its int8 quantisation: faster, "
-        "labels may change).",
+        f"Engine of the forward passes{about}: auto (torch on a GPU or for bf16, else ONNX Runtime fp32), torch, "
+        "onnx (an fp32 export, cached) or onnx-int8 (its int8 quantisation: faster, labels may change).",
         choices=RUNTIMES,
     )
 
@@ -204,6 +203,16 @@ def runtime_option(about: str = "") -> Any:
 MODEL_RUNTIME = " of a fine-tuned or probe model (a TF-IDF model runs neither), chosen where it loads"
 
 _TEXT_KINDS = {str: "text", bool: "true or false"}
+
+
+def model_precision_option() -> Any:
+    """The ``--precision`` field of the commands that load a logged model (predict, evaluate)."""
+    return option(
+        "auto",
+        "Numeric precision of a fine-tuned or probe model: auto (as the model was logged; one logged with auto "
+        "runs bf16 where the hardware runs it natively, else fp32), fp32 or bf16 (torch only).",
+        choices=PRECISIONS,
+    )
 
 
 _FIELD_TYPES: dict[type, dict[str, Any]] = {}
@@ -569,6 +578,7 @@ class PredictConfig:
     )
     threads: str = threads_option()
     runtime: str = runtime_option(MODEL_RUNTIME)
+    precision: str = model_precision_option()
     engine: str = option(
         "local",
         "local: this process; spark: read, score and write with Apache Spark (a Parquet folder at OUTPUT, "
@@ -603,6 +613,7 @@ class EvaluateConfig:
     )
     batch_size: int = option(64, "Texts per batch.", AT_LEAST_ONE)
     runtime: str = runtime_option(MODEL_RUNTIME)
+    precision: str = model_precision_option()
 
     def __post_init__(self) -> None:
         check(self)
@@ -628,7 +639,7 @@ class CompareConfig:
     run_a: str = option(
         "",
         "The first run: a run id, a model URI (models:/<name>/<version>, models:/<name>@<alias>, "
-        "runs:/<run id>/model), or with --parent a stage name of that study.",
+        "runs:/<run id>/<stage>), or with --parent a stage name of that study.",
         positional=True,
     )
     run_b: str = option("", "The second run, as RUN_A.", positional=True)

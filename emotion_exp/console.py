@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -210,6 +211,8 @@ def evaluation_line(epoch: float, epochs: float, metrics: Mapping[str, float]) -
     return f"epoch {epoch:g}/{epochs:g}: {', '.join(parts)}"
 
 
+NOT_REGISTERED_TAG = "not_registered"
+"""On a model stage run on its own that registered nothing: how it would register (its closing line says it)."""
 # The scores a stage's closing line shows, in order, with their labels.
 CLOSING_SCORES = (("val_accuracy", "val accuracy"), ("val_f1_weighted", "val F1"), ("test_accuracy", "test accuracy"))
 
@@ -222,6 +225,8 @@ def scores_closing(metrics: Mapping[str, float], tags: Mapping[str, str], *, reg
         what = f"val accuracy {shown_spread(metrics, 'val_accuracy')}; best seed {tags.get('best_seed', '?')}: {what}"
     if tags.get("registered_version"):
         what += f"; {registered} version {tags['registered_version']} of {tags.get('registered_model', '?')!r}"
+    elif tags.get(NOT_REGISTERED_TAG):
+        what += f"; not registered: {tags[NOT_REGISTERED_TAG]}"
     return what
 
 
@@ -246,8 +251,9 @@ def compare_closing(metrics: Mapping[str, float], tags: Mapping[str, str]) -> st
 
 
 def promote_closing(metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
+    """What promote decided, for which registered model, and why."""
     verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
-    return f"{verdict}: {tags.get('promote_reason', '')}"
+    return f"{verdict} for {tags.get('registered_model', '?')!r}: {tags.get('promote_reason', '')}"
 
 
 def shown_score(metrics: Mapping[str, Any], key: str) -> str:
@@ -297,12 +303,16 @@ def summary(
     decision: str | None,
     champion_uri: str | None,
     tracking_uri: str,
+    ui_port: int,
+    caution: str | None = None,
 ) -> str:
     """The study's closing summary: the comparison, the champion decision, the store and how to look at it.
 
     ``rows`` hold ``stage``, ``seconds``, the scores in ``CLOSING_SCORES`` with their intervals
     (missing ones print as ``-``) and, where the study compared them, the paired validation
-    difference to the best other stage (``shown_difference``).
+    difference to the best other stage (``shown_difference``). ``caution``: one line on what the
+    data cannot tell (a validation split too small to separate the stages). ``ui_port``: where the
+    printed ``mlflow ui`` command serves a local store.
     """
     paired = any(not _missing(row.get("val_accuracy_delta")) for row in rows)
     seeded = any(not _missing(row.get("val_accuracy_mean")) for row in rows)
@@ -325,20 +335,53 @@ def summary(
         for line in table
     ]
     text = [f"Study finished in {seconds:.0f} s: run {run_id} in experiment {experiment!r}.", "", *lines, ""]
+    if caution:
+        text.append(caution)
     if decision is not None:
         text.append(f"Champion: {decision}" + (f" ({champion_uri})" if champion_uri else ""))
-    store, command = ui_command(tracking_uri)
-    text += [f"Store: {store}", f"Open it: {command}"]
+    store, command = ui_command(tracking_uri, ui_port)
+    text += [
+        f"Store: {store} (MLflow's own tools find it from any folder after this line)",
+        f"export MLFLOW_TRACKING_URI={shlex.quote(store)}",
+        f"Open it: {command}",
+    ]
     return "\n".join(text)
 
 
-def ui_command(tracking_uri: str) -> tuple[str, str]:
-    """Where the store is, and the one command that shows it in the MLflow UI (from any folder)."""
+UI_ENVIRONMENT = {
+    # MLflow 3 otherwise starts a job runner for its GenAI features (seven more processes importing MLflow),
+    # which nothing here uses.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # MLflow's server imports starlette.middleware.wsgi, which warns in every worker: nothing a user can act on.
+    "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated",
+}
+"""What the printed ``mlflow ui`` command sets: it answers sooner and prints no warning."""
+
+
+def store_uri(tracking_uri: str) -> str:
+    """The store as an absolute URI, the same from any folder (a relative ``sqlite:///mlflow.db`` is not)."""
     if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri, f"open {tracking_uri} in a browser (the tracking server serves the UI)"
+        return tracking_uri
     if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
-        uri = f"sqlite:///{path}"
-        return uri, f"mlflow ui --backend-store-uri {uri}"
-    path = Path(tracking_uri.removeprefix("file://")).expanduser().resolve()
-    return str(path), f"mlflow ui --backend-store-uri {path}"
+        return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).expanduser().resolve()}"
+    return Path(tracking_uri.removeprefix("file://")).expanduser().resolve().as_uri()
+
+
+def ui_invocation(tracking_uri: str, port: int) -> tuple[dict[str, str], list[str]]:
+    """The environment and command line of ``mlflow ui`` on a local store, on 127.0.0.1:``port``.
+
+    One worker: MLflow's default of four starts four processes that each import MLflow before the
+    first page answers (63 s against 24 s on two busy cores, docs/performance.md).
+    """
+    command = ["mlflow", "ui", "--backend-store-uri", store_uri(tracking_uri), "--port", str(port), "--workers", "1"]
+    return dict(UI_ENVIRONMENT), command
+
+
+def ui_command(tracking_uri: str, port: int) -> tuple[str, str]:
+    """Where the store is, and the one command that shows it in the MLflow UI (from any folder)."""
+    store = store_uri(tracking_uri)
+    if store.startswith(("http://", "https://")):
+        return store, f"open {store} in a browser (the tracking server serves the UI)"
+    environment, command = ui_invocation(store, port)
+    assignments = [f"{name}={shlex.quote(value)}" for name, value in environment.items()]
+    return store, " ".join([*assignments, shlex.join(command)])

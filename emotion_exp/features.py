@@ -8,6 +8,7 @@ order. This module never imports mlflow.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from emotion_exp.data import DatasetSplits
+    from emotion_exp.engine import Engine
 
 POOLINGS = ("cls", "mean")
 
@@ -78,18 +80,9 @@ def load_encoder(
     runtime: str = "torch",
     pooling: str = "cls",
 ) -> Encoder:
-    """Load tokenizer and encoder for a resolved ``precision`` (fp32 or bf16), ``threads`` and ``runtime``.
-
-    An ONNX ``runtime`` (resolved: onnx or onnx-int8) exports the model with ``pooling`` in the graph
-    (cached, ``onnx_runtime.export``) and runs that.
-    """
+    """Load tokenizer and encoder for a resolved ``precision`` (fp32 or bf16), ``threads`` and ``runtime``."""
     encoder = encoder_from(models.load_tokenizer(resolved), models.load_encoder(resolved), precision, threads)
-    if runtime == "torch":
-        return encoder
-    session = onnx_runtime.load(
-        encoder.model, encoder.tokenizer, runtime=runtime, kind="pooled", pooling=pooling, threads=encoder.threads
-    )
-    return dataclasses.replace(encoder, session=session)
+    return on_runtime(encoder, runtime, pooling)
 
 
 def encoder_from(
@@ -97,30 +90,49 @@ def encoder_from(
 ) -> Encoder:
     """Wrap an already loaded tokenizer and model (the pyfunc model loads them from its artifacts).
 
-    ``precision`` is resolved already (``models.resolve_precision``, once, where the stage or the
-    loaded model starts): fp32 or bf16.
+    ``precision`` is resolved already (``engine``, once, where the stage or the loaded model
+    starts): fp32 or bf16.
     """
     device = batching.best_device()
     count = threads.use(threads_spec)
     return Encoder(tokenizer, model.to(device).eval(), models.check_resolved(precision), device, count)
 
 
+def on_runtime(encoder: Encoder, runtime: str, pooling: str) -> Encoder:
+    """``encoder`` on a resolved ``runtime``: torch as it is; onnx or onnx-int8 through its export with
+    ``pooling`` in the graph (cached, ``onnx_runtime.export``), on the encoder's thread count."""
+    if runtime == "torch":
+        return dataclasses.replace(encoder, session=None)
+    session = onnx_runtime.load(
+        encoder.model, encoder.tokenizer, runtime=runtime, kind="pooled", pooling=pooling, threads=encoder.threads
+    )
+    return dataclasses.replace(encoder, session=session)
+
+
 def feature_key(
-    resolved: models.ResolvedModel, pooling: str, max_length: int, precision: str, runtime: str
+    resolved: models.ResolvedModel, pooling: str, max_length: int, engine: Engine, weights: str
 ) -> dict[str, str]:
     """What features depend on besides the data: an extract run with the same key is reused.
 
     A local folder counts by its absolute path (a relative spec means another folder elsewhere);
-    ``precision`` and ``runtime`` are the resolved ones (``auto`` counts as what it resolved to on
-    this hardware).
+    ``weights`` is the digest of the model's weights and tokenizer (``models.weights_digest``,
+    ``models.tokenizer_digest``), so changed weights at the same path, or a packaged model upgraded
+    in place, are extracted anew; precision and runtime are the resolved ones (``auto`` counts as
+    what it resolved to on this hardware).
     """
     return {
         "model": resolved.location if resolved.source == "local" else resolved.spec,
+        "weights": weights,
         "pooling": pooling,
         "max_length": str(max_length),
-        "precision": models.check_resolved(precision),
-        "runtime": runtime,
+        "precision": models.check_resolved(engine.precision),
+        "runtime": engine.runtime,
     }
+
+
+def model_digest(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> str:
+    """One digest of a model's weights and its tokenizer, for ``feature_key``."""
+    return hashlib.sha256(f"{models.weights_digest(model)}:{models.tokenizer_digest(tokenizer)}".encode()).hexdigest()
 
 
 def extract(
@@ -149,6 +161,8 @@ def extract(
             max_length=max_length,
             batch_size=batch_size,
             batch_tokens=batch_tokens,
+            description=description,
+            progress=progress,
         )
         return Extraction(outputs.pooled, outputs.truncated, outputs.seconds, encoder.threads)
     outputs = inference.run(

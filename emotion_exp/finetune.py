@@ -36,7 +36,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import seed_worker
 
-from emotion_exp import batching, console, distributed, inference, interrupts, metrics, models, threads
+from emotion_exp import batching, console, distributed, engine, inference, interrupts, metrics, models
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class FinetuneResult:
     truncated: dict[str, int]
     """Texts per split that ``max_length`` cut."""
     threads: int
-    """The intra-op thread count it trained and predicted on (``threads.use``)."""
+    """The intra-op thread count it trained and predicted on (``engine.for_training``)."""
 
 
 def last_checkpoint(folder: str | Path) -> str | None:
@@ -481,12 +481,12 @@ def train(
     """
     checkpoint_dir = Path(checkpoint_dir)
     resume_from = resume_point(checkpoint_dir, resume)
-    precision = models.resolve_precision(config.precision)
+    chosen = engine.for_training(config.precision, config.threads)  # under torchrun, auto keeps its OMP_NUM_THREADS
+    precision = chosen.precision
     prepared = prepare(splits, resolved, config)
     steps_per_epoch = math.ceil(len(prepared.train_rows) / config.batch_size)
     args = training_arguments(config, checkpoint_dir, precision, steps_per_epoch=steps_per_epoch)
     stopwatch, stopper = Stopwatch(), _StopOnRequest()
-    thread_count = threads.use(config.threads)  # under torchrun, auto keeps its OMP_NUM_THREADS
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience > 0 else []
     trainer = make_trainer(
         prepared.model,
@@ -510,5 +510,5 @@ def train(
         train_samples_per_second=stopwatch.rate(len(prepared.train_rows)),
         global_step=global_step,
         truncated={"train": prepared.truncated_train, **truncated},
-        threads=thread_count,
+        threads=chosen.threads,
     )

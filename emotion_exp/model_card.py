@@ -13,11 +13,12 @@ if TYPE_CHECKING:
     from emotion_exp.metrics import Evaluation
 
 
-def _header(title: str, splits: DatasetSplits) -> str:
+def _header(model: str, splits: DatasetSplits) -> str:
+    """The title and what the model does, in the words of its data: its name and its labels."""
     rows = " / ".join(f"{len(splits.split(s)):,}" for s in data.SPLITS)
-    return f"""# {title}
+    return f"""# {splits.name} classifier: {model}
 
-Classifies an English text into one of {len(splits.label_names)} labels: {", ".join(splits.label_names)}.
+Classifies a text into one of {len(splits.label_names)} labels: {", ".join(splits.label_names)}.
 Input: a DataFrame with a `text` column, or a list of strings. Output: `label` and one
 `{contract.probability_column("<label>")}` column per label.
 
@@ -27,7 +28,8 @@ Input: a DataFrame with a `text` column, or a list of strings. Output: `label` a
 """
 
 
-def _scores_and_use(evaluations: dict[str, Evaluation], registered_model: str) -> str:
+def _scores_and_use(evaluations: dict[str, Evaluation], registered_model: str, splits: DatasetSplits) -> str:
+    example = str(splits.validation["text"].iloc[0])[:80]  # a text of the data, whatever its labels
     scores = "\n".join(
         f"| {split} | {e.shown('accuracy')} | {e.shown('f1_weighted')} | {e.shown('f1_macro')} |"
         for split, e in evaluations.items()
@@ -44,14 +46,14 @@ Each score with its 95% bootstrap interval over the split's texts.
 ```python
 import mlflow
 model = mlflow.pyfunc.load_model("models:/{registered_model or "<name>"}/<version>")
-model.predict(["i feel so happy today"])
+model.predict([{example!r}])
 ```
 """
 
 
 def summary(stage: str, splits: DatasetSplits, evaluations: dict[str, Evaluation], registered_model: str) -> str:
     """The card of a baseline stage's model: what it classifies, on which data, how well."""
-    return _header(f"Emotion classifier: {stage}", splits) + _scores_and_use(evaluations, registered_model)
+    return _header(stage, splits) + _scores_and_use(evaluations, registered_model, splits)
 
 
 def finetuned(
@@ -73,7 +75,7 @@ def finetuned(
   {models.cpu_description()}
 """
     return (
-        _header(f"Emotion classifier: fine-tuned {resolved.spec}", splits)
+        _header(f"fine-tuned {resolved.spec}", splits)
         + training
-        + _scores_and_use(evaluations, config.registered_model)
+        + _scores_and_use(evaluations, config.registered_model, splits)
     )

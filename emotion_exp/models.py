@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,6 +118,41 @@ def load_encoder(resolved: ResolvedModel) -> PreTrainedModel:
         return AutoModel.from_pretrained(resolved.location).eval()
     except (OSError, ValueError) as error:
         raise _not_found(resolved, error) from error
+
+
+# Where a model was loaded from, and which transformers saved its config: not what it computes.
+_PROVENANCE = ("_name_or_path", "name_or_path", "transformers_version")
+
+
+def weights_digest(model: PreTrainedModel) -> str:
+    """sha256 of the model's class, config and every weight: the same for every copy of the same weights.
+
+    The config counts without where the copy was loaded from (``_name_or_path``: a logged model is
+    downloaded to a new folder at each load) or which transformers version saved it.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = {key: value for key, value in model.config.to_dict().items() if key not in _PROVENANCE}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """sha256 of the files the tokenizer saves, without the truncation and padding its last call left set."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        for path in sorted(Path(folder).iterdir()):
+            data = path.read_bytes()
+            if path.name == "tokenizer.json":
+                spec = json.loads(data)
+                spec["truncation"] = spec["padding"] = None
+                data = json.dumps(spec, sort_keys=True).encode()
+            digest.update(path.name.encode())
+            digest.update(data)
+    return digest.hexdigest()
 
 
 @functools.cache

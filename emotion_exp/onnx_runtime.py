@@ -4,10 +4,12 @@ On a CPU without native bf16 torch runs fp32, and ONNX Runtime's fp32 is about t
 the same texts with the same features (``benchmarks.engines``). A model is exported with
 ``torch.onnx.export`` (TorchScript exporter: dynamic batch and token axes, exact to ~1e-6),
 pooling (extraction) or logits (a sequence classifier) inside the graph, and cached under the
-user's cache folder by its weights digest, kind, pooling and precision; ``onnx-int8`` is
+user's cache folder by what determines the export (``export_key``: the weights' digest, the same
+for every copy of the weights, kind, pooling, opset, torch and transformers); ``onnx-int8`` is
 ``quantize_dynamic`` of that fp32 export, cached the same way. Files land by ``os.replace``, so
-two processes exporting the same model at once never leave a half-written file. This module
-never imports mlflow.
+two processes exporting the same model at once never leave a half-written file, and the cache
+keeps at most ``cache_limit_bytes``, the least recently used exports removed first (``evict``).
+This module never imports mlflow.
 
 A fine-tuned classifier is logged with a serving folder (``write_serving_folder``: its logits
 export, tokenizer.json and settings); ``open_serving_folder`` and ``run`` serve it with
@@ -17,6 +19,7 @@ inside the functions that export.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -40,7 +43,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 KINDS = ("pooled", "logits")
 OPSET = 17
 INSTALL_HINT = "pip install onnxruntime onnx"
@@ -56,61 +58,86 @@ def available() -> bool:
     return True
 
 
-def resolve_runtime(runtime: str, onnx_ready: bool | None = None) -> tuple[str, str]:
-    """The runtime to use for ``runtime`` and why: ``auto`` once, where a run opens.
-
-    ``auto`` is torch where bf16 is native or a GPU is present (torch bf16 is as fast there), else
-    ONNX Runtime fp32, else torch fp32 when onnxruntime is missing; never int8 (it changes labels).
-    ``onnx_ready`` says whether ONNX can run here (default ``available()``: onnxruntime and onnx to
-    export; a logged export needs onnxruntime only).
-    """
-    if runtime not in RUNTIMES:
-        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
-
-    def ready() -> bool:  # imports onnx and onnxruntime (0.8 s): only where the answer depends on them
-        return available() if onnx_ready is None else onnx_ready
-
-    if runtime in ("onnx", "onnx-int8"):
-        if not ready():
-            raise UserError(f"--runtime {runtime} needs onnxruntime and onnx, not installed here: {INSTALL_HINT}.")
-        return runtime, "asked for"
-    if runtime == "torch":
-        return "torch", "asked for"
-    if batching.best_device().type != "cpu":
-        return "torch", "a GPU is present: torch"
-    if models.native_bf16():
-        return "torch", "native bf16 on this CPU: torch bf16"
-    if not ready():
-        return "torch", f"no native bf16 on this CPU, onnxruntime not installed ({INSTALL_HINT}): torch fp32"
-    return "onnx", "no native bf16 on this CPU: ONNX Runtime fp32"
-
-
-def precision_for(runtime: str, precision: str) -> str:
-    """The resolved precision a resolved ``runtime`` runs in: ONNX runs fp32 (int8: fp32 activations)."""
-    if runtime == "torch":
-        return models.resolve_precision(precision)
-    if precision == "bf16":
-        raise UserError(
-            f"--runtime {runtime} runs fp32, but --precision bf16 was asked for; pass --precision auto or fp32, "
-            "or --runtime torch for bf16."
-        )
-    return "fp32"
-
-
 def cache_dir() -> Path:
     """Where exports are kept: ``$XDG_CACHE_HOME/emotion-exp/onnx`` (``~/.cache`` by default)."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "emotion-exp" / "onnx"
 
 
-def weights_digest(model: PreTrainedModel) -> str:
-    """sha256 of the model's class, config and every weight: a changed weight is another export."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+CACHE_LIMIT = "EMOTION_EXP_ONNX_CACHE_MB"
+DEFAULT_CACHE_MB = 2048
+"""The cache keeps at most this many MB of exports (``CACHE_LIMIT`` sets another): the least recently used go first."""
+EXPORT_FORMAT = 2
+"""Bumped when what ``export`` writes changes (the graph, the exporter's options), so older files are not reused."""
+STALE_PARTIAL_S = 3600
+"""A half-written export older than this was left by a process that died while exporting: it is removed."""
+
+
+def export_key(model: PreTrainedModel, kind: str, pooling: str) -> str:
+    """What determines an export, as a digest: the weights (``models.weights_digest``, the same for every copy of
+    them, wherever it was loaded from), kind and pooling, the opset, this module's format, torch and transformers."""
+    import torch
+    import transformers
+
+    parts = (
+        models.weights_digest(model),
+        kind,
+        pooling if kind == "pooled" else "none",
+        f"opset {OPSET}",
+        f"format {EXPORT_FORMAT}",
+        f"torch {torch.__version__}",
+        f"transformers {transformers.__version__}",
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def cache_limit_bytes() -> int:
+    """The cache's size limit (``CACHE_LIMIT`` in MB, default ``DEFAULT_CACHE_MB``); a bad value is a UserError."""
+    text = os.environ.get(CACHE_LIMIT, "").strip() or str(DEFAULT_CACHE_MB)
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0 or megabytes == float("inf"):
+        raise UserError(f"{CACHE_LIMIT} must be a number of MB, 0 or more; got {text!r}.")
+    return int(megabytes * 1024 * 1024)
+
+
+def _used(path: Path) -> Path:
+    """Mark ``path`` as just used (its modification time), so that eviction keeps it longest."""
+    os.utime(path)
+    return path
+
+
+def evict(folder: Path, keep: Path, limit: int | None = None) -> list[Path]:
+    """Remove the least recently used exports in ``folder`` until it holds at most ``limit`` bytes
+    (``cache_limit_bytes`` by default).
+
+    ``keep`` (the export about to be opened) always stays, even alone over the limit; so does every
+    file another process is writing (a partial export younger than ``STALE_PARTIAL_S``). Returns
+    what was removed.
+    """
+    limit = cache_limit_bytes() if limit is None else limit
+    now = time.time()
+    removed, exports = [], []
+    for path in folder.glob("*.onnx"):
+        with contextlib.suppress(FileNotFoundError):  # another process may remove it at the same time
+            status = path.stat()
+            if path.name.startswith("."):
+                if now - status.st_mtime > STALE_PARTIAL_S:
+                    path.unlink()
+                    removed.append(path)
+            elif path != keep:
+                exports.append((status.st_mtime, status.st_size, path))
+    total = sum(size for _, size, _ in exports) + (keep.stat().st_size if keep.exists() else 0)
+    for _, size, path in sorted(exports):
+        if total <= limit:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+        total -= size
+    return removed
 
 
 def _graph(model: PreTrainedModel, kind: str, pooling: str) -> torch.nn.Module:
@@ -149,11 +176,14 @@ def export(
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    limit = cache_limit_bytes()  # a bad setting fails before minutes of exporting
     folder = folder or cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{weights_digest(model)[:32]}-{kind}-{pooling if kind == 'pooled' else 'none'}-fp32"
-    path = folder / f"{stem}.onnx"
-    if not path.exists():
+    key = export_key(model, kind, pooling)
+    path = folder / f"{key}-{kind}-fp32.onnx"
+    if path.exists():
+        _used(path)
+    else:
         sample = tokenizer(["a first text", "and a second, longer one"], padding=True, return_tensors="pt")
         axes = {0: "batch", 1: "tokens"}
         with _landing(path) as partial, torch.inference_mode(False), warnings.catch_warnings():
@@ -171,9 +201,17 @@ def export(
                 opset_version=OPSET,
                 dynamo=False,
             )
+        evict(folder, keep=path, limit=limit)
     if not quantized:
         return path
-    return quantize(path, folder / f"{stem.removesuffix('-fp32')}-int8.onnx")
+    return quantize(path, folder / f"{_quantized_key(key)}-{kind}-int8.onnx")
+
+
+def _quantized_key(source: str) -> str:
+    """The digest of the int8 quantisation of the export ``source`` names, by this onnxruntime."""
+    from importlib.metadata import version
+
+    return hashlib.sha256(f"{source}\nint8\nonnxruntime {version('onnxruntime')}".encode()).hexdigest()[:32]
 
 
 def quantize(path: Path, target: Path | None = None) -> Path:
@@ -183,14 +221,15 @@ def quantize(path: Path, target: Path | None = None) -> Path:
     be read-only).
     """
     if target is None:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
-        target = cache_dir() / f"{digest}-file-int8.onnx"
+        target = cache_dir() / f"{_quantized_key(hashlib.sha256(path.read_bytes()).hexdigest())}-file-int8.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    if target.exists():
+        return _used(target)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        with _landing(target) as partial:
-            quantize_dynamic(str(path), str(partial), weight_type=QuantType.QInt8)
+    with _landing(target) as partial:
+        quantize_dynamic(str(path), str(partial), weight_type=QuantType.QInt8)
+    evict(target.parent, keep=target)
     return target
 
 
@@ -281,12 +320,17 @@ def run(
     batch_size: int,
     batch_tokens: int = 0,
     temperature: float = 1.0,
+    description: str = "",
+    progress: bool = False,
 ) -> inference.Outputs:
     """The session's outputs over ``texts`` in ``inference.run``'s length-sorted batches, in input order.
 
     A pooled export fills ``pooled``; a logits export fills ``logits`` and ``probabilities``
-    (softmax of logits / ``temperature`` in fp32, as torch's).
+    (softmax of logits / ``temperature`` in fp32, as torch's). ``progress`` shows a bar (or lines)
+    named ``description``, as ``inference.run`` does.
     """
+    from emotion_exp import console
+
     start = time.perf_counter()
     count = len(texts)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
@@ -294,9 +338,12 @@ def run(
     if count:
         tokenized = batching.tokenize(texts, tokenizer, max_length)
         truncated = tokenized.truncated
-        for positions, batch in batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens, tensors="np"):
-            feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in ("input_ids", "attention_mask")}
-            parts.append((np.asarray(positions), session.session.run(None, feeds)[0]))
+        batches = batching.sorted_batches(tokenized, tokenizer, batch_size, batch_tokens, tensors="np")
+        with console.progress(count, description, enabled=progress) as bar:
+            for positions, batch in batches:
+                feeds = {name: np.asarray(batch[name], dtype=np.int64) for name in ("input_ids", "attention_mask")}
+                parts.append((np.asarray(positions), session.session.run(None, feeds)[0]))
+                bar.update(len(positions))
     width = parts[0][1].shape[1] if parts else 0
     result = np.empty((count, width), dtype=np.float32)
     for positions, values in parts:
@@ -320,32 +367,6 @@ def importable(name: str) -> bool:
     if name in sys.modules:
         return sys.modules[name] is not None
     return importlib.util.find_spec(name) is not None
-
-
-def resolve_loaded(runtime: str, exported: bool) -> tuple[str, str]:
-    """``resolve_runtime`` for a logged classifier, ``exported`` when it carries its ONNX serving folder.
-
-    Where torch is not installed, the logged export serves (``auto`` and ``onnx``); elsewhere the
-    rule of ``resolve_runtime`` holds, and a model logged without an export is exported at load.
-    """
-    if runtime not in RUNTIMES:
-        raise UserError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}.")
-    if importable("torch") and importable("transformers"):
-        # The logged fp32 export needs onnxruntime only; int8 (quantize_dynamic) and an export at load need onnx.
-        exported_ready = exported and runtime != "onnx-int8" and importable("onnxruntime")
-        return resolve_runtime(runtime, onnx_ready=True if exported_ready else None)  # None: available(), if asked
-    if runtime == "torch":
-        raise UserError("runtime torch needs torch and transformers, not installed here: pass runtime auto or onnx.")
-    if not exported:
-        raise UserError(
-            "This model was logged without its ONNX export, and torch is not installed here: install torch and "
-            "transformers, or log the model again (the finetune stage logs the export)."
-        )
-    if not importable("onnxruntime") or (runtime == "onnx-int8" and not importable("onnx")):
-        raise UserError(f"runtime {runtime} needs onnxruntime (and onnx for onnx-int8), not installed here.")
-    if runtime == "auto":
-        return "onnx", "torch is not installed here: the logged ONNX export"
-    return runtime, "asked for"
 
 
 def write_serving_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:

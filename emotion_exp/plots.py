@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,7 @@ def umap_embedding(
     cost grows faster than linearly; returns the embedding and the labels of the rows used.
     """
     import umap
+    from numba.core.errors import NumbaWarning
     from sklearn.preprocessing import MinMaxScaler
 
     _cache_umap_compilation()
@@ -77,7 +79,12 @@ def umap_embedding(
         n_jobs=1,  # what a seed implies anyway; said explicitly, umap does not warn that it overrode it
         n_neighbors=min(15, len(features) - 1),
     )
-    return reducer.fit_transform(scaled), labels
+    with warnings.catch_warnings():
+        # Caching was asked for every function (_cache_umap_compilation); over 4,096 points pynndescent's
+        # nn_descent runs, which holds a large global array, and numba says once per process that it compiles it
+        # in memory ("Cannot cache compiled function ... as it uses dynamic globals"): as it always did.
+        warnings.filterwarnings("ignore", ".*Cannot cache compiled function", NumbaWarning)
+        return reducer.fit_transform(scaled), labels
 
 
 @functools.cache

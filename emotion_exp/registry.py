@@ -1,7 +1,7 @@
 """The model registry edge: registration, the champion alias and loading registered models.
 
 Registry stages are deprecated in MLflow 3, so the champion is an alias (``@champion``).
-A run's model is the logged model named ``model`` whose source is that run; a run gets at most
+A run's model is the logged model whose source is that run (named after its stage); a run gets at most
 one registered version per registered model, however often it is registered or promoted.
 """
 
@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from emotion_exp import console, names, tracking
 from emotion_exp.config import CHAMPION_ALIAS, FOLLOW_THE_DATA, REGISTERED_MODEL
-from emotion_exp.contract import MODEL_NAME, label_names_of
+from emotion_exp.contract import label_names_of
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -35,11 +35,15 @@ PROMOTION_HEADING = "## Promotion"
 # The version tag naming the promote run that wrote the note (machine state lives in tags, not in text).
 PROMOTION_RUN_TAG = "promote_run_id"
 T = TypeVar("T")
-REGISTERED_MODEL_DESCRIPTION = (
-    "Emotion text classifier (pyfunc). Input: a DataFrame with a `text` column or a list of strings. "
-    "Output: `label` and one `prob_<label>` column per label. The `champion` alias marks the best "
-    "run promoted by `emotion-exp promote`."
-)
+
+
+def registered_model_description(label_names: Sequence[str]) -> str:
+    """What a registered model's page says it is: a classifier of these labels, and how to call it."""
+    return (
+        f"Text classifier into {len(label_names)} labels: {', '.join(label_names)} (pyfunc). Input: a DataFrame "
+        "with a `text` column or a list of strings. Output: `label` and one `prob_<label>` column per label. "
+        "The `champion` alias marks the best run promoted by `emotion-exp promote`."
+    )
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def register(model_uri: str, name: str, label_names: Sequence[str]) -> str:
         if not (_not_found(error) or error.error_code == "PERMISSION_DENIED"):
             raise
         try:
-            client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
+            client.create_registered_model(name, description=registered_model_description(label_names))
         except MlflowException as race:  # another process created it since the look-up
             if race.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -170,7 +174,7 @@ def register(model_uri: str, name: str, label_names: Sequence[str]) -> str:
 
 
 def candidates(experiment_id: str, digest: str, metric: str) -> list[Candidate]:
-    """FINISHED runs of the experiment tagged with ``digest`` that logged ``model`` and have ``metric``."""
+    """FINISHED runs of the experiment tagged with ``digest`` that logged a model and have ``metric``."""
     models = _logged_models(experiment_id)
     runs = mlflow.search_runs(
         experiment_ids=[experiment_id],
@@ -193,10 +197,12 @@ def candidates(experiment_id: str, digest: str, metric: str) -> list[Candidate]:
 
 
 def _logged_models(experiment_id: str) -> dict[str, str]:
-    """Run id -> URI of the newest READY logged model named ``model`` that the run produced."""
+    """Run id -> URI of the newest READY logged model the run produced.
+
+    A stage names its model after itself (``finetune``); runs of emotion-exp before that named it ``model``.
+    """
     found = mlflow.search_logged_models(
         experiment_ids=[experiment_id],
-        filter_string=f"name = '{MODEL_NAME}'",
         order_by=[{"field_name": "creation_time", "ascending": True}],
         output_format="list",
     )
@@ -204,7 +210,7 @@ def _logged_models(experiment_id: str) -> dict[str, str]:
 
 
 def model_of_run(run_id: str) -> str | None:
-    """The URI of the model named ``model`` that ``run_id`` logged (the newest READY one), or None."""
+    """The URI of the model that ``run_id`` logged (the newest READY one), or None."""
     experiment_id = MlflowClient().get_run(run_id).info.experiment_id
     return _logged_models(experiment_id).get(run_id)
 
@@ -342,7 +348,9 @@ def check_model_uri(model_uri: str) -> None:
     if model_uri.startswith("runs:/"):
         run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
         if not run_id or not path:
-            raise UserError(f"{model_uri!r} is not a model URI: expected {MODEL_URI_FORMS}, such as runs:/<id>/model.")
+            raise UserError(
+                f"{model_uri!r} is not a model URI: expected {MODEL_URI_FORMS}, such as runs:/<id>/<stage>."
+            )
         names.check_run_id(f"{model_uri}: the run id", run_id)
     elif model_uri.startswith("models:/"):
         match = re.fullmatch(r"models:/([^/@]+)(?:@[^/@]+|/[^/@]+)?", model_uri)
@@ -375,7 +383,7 @@ def run_of_model(model_uri: str) -> str:
     if not run_id:
         raise UserError(
             f"{model_uri} names no run that logged it, so its per-text predictions cannot be found; pass a run id, "
-            "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run id>/model."
+            "models:/<name>/<version>, models:/<name>@<alias> or runs:/<run id>/<stage>."
         )
     return run_id
 
@@ -388,10 +396,32 @@ def _existing(model_uri: str, uri: str, read: Callable[[str], T]) -> T:
         if _not_found(error):
             raise UserError(
                 f"Model {model_uri} was not found in the MLflow store {mlflow.get_tracking_uri()}: "
-                f"{error.message}. Pass --model_uri with an existing model (models:/<name>@<alias>, "
-                "models:/<name>/<version> or runs:/<run id>/model)."
+                f"{error.message}.{_named_otherwise(model_uri)} Pass --model_uri with an existing model "
+                "(models:/<name>@<alias>, models:/<name>/<version> or runs:/<run id>/<stage>)."
             ) from error
         raise
+
+
+def _named_otherwise(model_uri: str) -> str:
+    """Where a ``runs:/<run id>/<name>`` URI's run keeps its model when it is named otherwise ('' if it has none).
+
+    Models are named after their stage (``runs:/<run id>/tfidf``); ``runs:/<run id>/model`` finds
+    only those of runs from before.
+    """
+    match = re.fullmatch(r"runs:/([^/]+)/([^/]+)", model_uri)
+    if match is None:
+        return ""
+    run_id = match.group(1)
+    try:
+        found = model_of_run(run_id)
+    except MlflowException as error:
+        if _not_found(error):  # no such run: the error above says so
+            return ""
+        raise
+    if found is None:
+        return ""
+    name = mlflow.get_logged_model(found.removeprefix("models:/")).name
+    return f" Run {run_id} logged its model as {name!r}: runs:/{run_id}/{name}."
 
 
 def _check_text_classifier(model_uri: str, model: PyFuncModel) -> None:

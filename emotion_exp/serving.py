@@ -24,10 +24,13 @@ class ServerNotReady(RuntimeError):
     """The server exited, or did not answer in time; the message holds the end of its log."""
 
 
-def free_port() -> int:
-    """A port nothing listens on, on 127.0.0.1."""
+def free_port(preferred: int = 0) -> int:
+    """A port nothing listens on, on 127.0.0.1: ``preferred`` where it is free, else one the system picks."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:  # taken (another `mlflow ui`, a model server): any free one
+            probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
@@ -51,8 +54,11 @@ def local_server(
     cwd: Path | None = None,
     timeout_s: float = START_TIMEOUT_S,
     bin_dir: Path | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
     """Run ``command(port)`` until the block ends; yield ``http://127.0.0.1:<port>`` once ``ready_path`` answers.
+
+    ``port``: the one a printed command names (by default a free one).
 
     The environment's bin folder (``bin_dir``, default this interpreter's: another virtual
     environment's serves from there) goes first on PATH (``mlflow models serve`` starts uvicorn
@@ -62,7 +68,7 @@ def local_server(
 
     env = {**(os.environ if env is None else env)}
     env["PATH"] = f"{bin_dir or Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
         process = subprocess.Popen(

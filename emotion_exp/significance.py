@@ -317,3 +317,34 @@ def best_other(scores: dict[str, float], stage: str) -> str | None:
     """The stage with the highest score among the others (ties: the first listed); None when alone."""
     others = [name for name in scores if name != stage]
     return max(others, key=lambda name: scores[name]) if others else None
+
+
+MAX_INTERVAL_WIDTH = 0.2
+"""A split whose 95% intervals can be wider than this cannot tell stages apart by the gaps that matter."""
+
+
+def widest_interval(texts: int) -> float:
+    """How wide the exact 95% interval of an accuracy can be on ``texts`` texts: Clopper-Pearson's at 0.5.
+
+    A bootstrap interval can be narrower than the data allows (1.000 [1.000, 1.000] on 30 texts,
+    where every text was right): the split's size, not one score, says what it can tell.
+    """
+    if texts < 1:
+        return 1.0
+    interval = stats.binomtest(texts // 2, texts).proportion_ci(confidence_level=CONFIDENCE, method="exact")
+    return float(interval.high - interval.low)
+
+
+def too_few_texts(texts: int, shown_score: str) -> str | None:
+    """One line saying that ``texts`` validation texts cannot separate stages, or None where they can.
+
+    ``shown_score`` is the score a reader just saw (``val accuracy 0.475 [0.325, 0.625]``).
+    """
+    width = widest_interval(texts)
+    if width <= MAX_INTERVAL_WIDTH:
+        return None
+    return (
+        f"{texts:,} validation texts are too few to tell stages apart: a 95% interval on them can be {width:.2f} wide "
+        f"(over {MAX_INTERVAL_WIDTH:g}; {shown_score}). More validation texts narrow it: more data, or a larger "
+        "--validation_fraction for a single file."
+    )

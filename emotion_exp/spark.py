@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import mlflow
 import pandas as pd
 
-from emotion_exp import console, data, pyfunc, registry, texts
+from emotion_exp import console, data, engine, pyfunc, registry, texts
 from emotion_exp.errors import UserError
 
 if TYPE_CHECKING:
@@ -365,7 +365,12 @@ def _spread(frame: DataFrame, partitions: int) -> DataFrame:
 
 
 def score(
-    df: DataFrame, model_uri: str, text_column: str = "text", skip_empty: bool = False, runtime: str = "auto"
+    df: DataFrame,
+    model_uri: str,
+    text_column: str = "text",
+    skip_empty: bool = False,
+    runtime: str = "auto",
+    precision: str = "auto",
 ) -> DataFrame:
     """``df``'s columns plus ``label`` and one ``prob_<label>`` column per label, from ``model_uri``.
 
@@ -374,8 +379,8 @@ def score(
     type, so the probabilities come back as double columns. Bad texts are the caller's to
     check (``read_texts`` does); the model refuses a null text when Spark runs it. With
     ``skip_empty`` the model gives empty texts an empty label and null probabilities (its
-    ``skip_empty`` param), as ``predict --skip_empty`` does. ``runtime`` is the encoder models'
-    (``pyfunc.runtime_config``), chosen where each worker loads the model.
+    ``skip_empty`` param), as ``predict --skip_empty`` does. ``runtime`` and ``precision`` are the encoder
+    models' (``engine.loading_config``), decided where each worker loads the model.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructField, StructType
@@ -398,7 +403,7 @@ def score(
         result_type=result_type,
         env_manager="local",
         params={pyfunc.SKIP_EMPTY: True} if skip_empty else None,
-        model_config=pyfunc.runtime_config(runtime),
+        model_config=engine.loading_config(runtime, precision),
     )
     predicted = set(result_type.fieldNames())
     renamed = [F.col(f"`{name}`").alias(f"{name}_input" if name in predicted else name) for name in df.columns]

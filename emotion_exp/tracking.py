@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import socket
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -297,8 +296,11 @@ def current_experiment_id() -> str:
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 """The tag MLflow's UI reads to open an experiment on its training runs (not the GenAI overview of traces)."""
-UI_ADDRESS = "http://127.0.0.1:5000"
-"""Where ``mlflow ui`` serves by default; a tracking server serves the UI at its own address."""
+UI_PORT = 5000
+"""Where ``mlflow ui`` serves by default; the study's summary asks for it where it is free."""
+ML_WORKFLOW = "workflowType=machine_learning"
+"""MLflow 3.17+'s UI opens an experiment in its GenAI view (traces) unless the address says this; with
+its workflow switch on, it reads that instead of the experiment's ``mlflow.experimentKind`` tag."""
 
 
 def mark_experiment(experiment_id: str) -> None:
@@ -309,33 +311,41 @@ def mark_experiment(experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, key, kind)
 
 
-def ui_address(tracking_uri: str | None = None) -> str:
-    """The MLflow UI's address: the tracking server's own, or ``mlflow ui``'s default for a local store."""
-    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+def ui_address(tracking_uri: str, port: int = UI_PORT) -> str:
+    """The MLflow UI's address: a tracking server's own, or ``mlflow ui``'s on 127.0.0.1:``port`` (a local store)."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
 
 
-def experiment_url(experiment_id: str, tracking_uri: str | None = None) -> str:
-    """The experiment's training runs in MLflow's UI.
+def experiment_url(address: str, experiment_id: str) -> str:
+    """The experiment's training runs (its description on top) in the MLflow UI at ``address``."""
+    return f"{address}/#/experiments/{experiment_id}/runs?{ML_WORKFLOW}"
 
-    MLflow 3.17's UI opens an experiment in its GenAI view (traces overview) unless the address
-    says ``workflowType=machine_learning``; with its workflow switch on, it reads that instead of
-    the experiment's ``mlflow.experimentKind`` tag.
+
+def run_url(address: str, experiment_id: str, run_id: str) -> str:
+    """A run's page: its name, description (``mlflow.note.content``), metrics and artifacts."""
+    return f"{address}/#/experiments/{experiment_id}/runs/{run_id}?{ML_WORKFLOW}"
+
+
+def child_runs_url(address: str, experiment_id: str, parent_run_id: str, metric: str) -> str:
+    """The runs nested in ``parent_run_id``, highest ``metric`` first, under the experiment's description.
+
+    The UI keeps the runs table's filter and order in its address (``searchFilter``, ``orderByKey``,
+    ``orderByAsc``); it keeps the columns it shows in the browser, so the metric is in the order only.
     """
-    return f"{ui_address(tracking_uri)}/#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-def comparison_url(experiment_id: str, run_ids: Sequence[str], tracking_uri: str | None = None) -> str:
-    """MLflow's run-comparison page of ``run_ids``: their parameters and metrics side by side.
-
-    The UI's own route (``#/compare-runs?runs=[...]&experiments=[...]``) at the tracking
-    server's address, or at ``mlflow ui``'s default for a local store.
-    """
-    base = ui_address(tracking_uri)
-    runs, experiments = (
-        urllib.parse.quote(json.dumps(list(ids), separators=(",", ":"))) for ids in (run_ids, [experiment_id])
+    query = urllib.parse.urlencode(
+        {
+            "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}' AND metrics.{metric} >= 0",
+            "orderByKey": f"metrics.`{metric}`",
+            "orderByAsc": "false",
+        },
+        quote_via=urllib.parse.quote,
     )
-    return f"{base}/#/compare-runs?runs={runs}&experiments={experiments}"
+    return f"{address}/#/experiments/{experiment_id}/runs?{query}&{ML_WORKFLOW}"
+
+
+def models_url(address: str, experiment_id: str) -> str:
+    """The experiment's Models tab: its logged models, one per model stage, with their scores."""
+    return f"{address}/#/experiments/{experiment_id}/models?{ML_WORKFLOW}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from emotion_exp.pyfunc import (
     INPUT_EXAMPLE,
@@ -33,7 +34,7 @@ class KeywordModel(TextModel):
 class FailingModel(KeywordModel):
     """KeywordModel that fails on a text containing 'boom': a job that breaks half-way."""
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         if any("boom" in text for text in texts_from_input(model_input)):
             raise RuntimeError("boom")
         return super().predict(context, model_input, params)

@@ -46,7 +46,7 @@ def test_the_benchmark_runs_and_prints_its_share_of_the_peak(
     if name in GIVEN_A_MODEL:  # ...or the session's store, where the model it is given lives
         _, run_id = request.getfixturevalue("finetuned_champion")
         env["MLFLOW_TRACKING_URI"] = tracking_uri
-        arguments += ["--model-uri", f"runs:/{run_id}/model"]
+        arguments += ["--model-uri", f"runs:/{run_id}/finetune"]
     done = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", *arguments],
         cwd=REPO_ROOT,

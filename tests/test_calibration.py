@@ -12,7 +12,7 @@ import pytest
 import requests
 import torch
 
-from emotion_exp import analysis, contract, inference, pyfunc
+from emotion_exp import analysis, contract, engine, inference, pyfunc
 from tests.helpers import LABELS, tiny_finetune_config
 from tests.model_server import serving
 
@@ -105,7 +105,9 @@ def log_calibrated_model(folder: Path, temperature: float) -> str:
 
 def test_the_pyfunc_model_returns_the_calibrated_probabilities(overconfident_dir: Path, calibrated: dict) -> None:
     model_uri = log_calibrated_model(overconfident_dir, calibrated["fit"].temperature)
-    predictions = mlflow.pyfunc.load_model(model_uri).predict(calibrated["texts"])
+    # The expected probabilities come from torch fp32 logits: ask the model for that engine (auto may be ONNX).
+    torch_fp32 = engine.loading_config("torch", "fp32")
+    predictions = mlflow.pyfunc.load_model(model_uri, model_config=torch_fp32).predict(calibrated["texts"])
     expected = analysis.scaled_probabilities(calibrated["logits"]["test"], calibrated["fit"].temperature)
     np.testing.assert_allclose(predictions[PROBABILITIES].to_numpy(), expected, atol=1e-5)
     assert predictions["label"].tolist() == [LABELS[i] for i in expected.argmax(axis=1)]

@@ -79,7 +79,7 @@ def test_two_stages_at_once_in_a_new_experiment_both_log_everything(tmp_path: Pa
         assert EVALUATION_ARTIFACTS <= artifacts(run.info.run_id)
     models = mlflow.search_logged_models(experiment_ids=[runs["tfidf"].info.experiment_id], output_format="list")
     assert [(m.name, str(m.status)) for m in models if m.source_run_id == runs["tfidf"].info.run_id] == [
-        ("model", "READY")
+        ("tfidf", "READY")
     ]
 
 

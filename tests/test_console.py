@@ -83,12 +83,44 @@ def test_closing_lines_name_the_key_scores_and_the_run() -> None:
     assert predicted == "predict: 1,200 texts at 85 texts/s (run ghi)"
 
 
-def test_the_ui_command_works_from_any_folder(tmp_path: Path) -> None:
-    assert console.ui_command("sqlite:///mlflow.db") == (
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}",
+def test_the_ui_command_works_from_any_folder_and_starts_quickly_and_quietly(tmp_path: Path) -> None:
+    store, command = console.ui_command("sqlite:///mlflow.db", 5123)
+
+    assert store == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert command == (
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false PYTHONWARNINGS='ignore:starlette.middleware.wsgi is deprecated' "
+        f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'} --port 5123 --workers 1"
     )
-    assert console.ui_command("http://127.0.0.1:5000")[1].startswith("open http://127.0.0.1:5000")
+    assert console.store_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert console.ui_command("http://127.0.0.1:5000", 5123)[1].startswith("open http://127.0.0.1:5000")
+
+
+def test_the_ui_port_is_mlflows_default_where_it_is_free_else_another() -> None:
+    import socket
+
+    from emotion_exp.serving import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert free_port(port) != port
+    assert free_port(port) == port  # free again once closed
+
+
+def test_a_model_stage_that_registers_nothing_says_how_it_would() -> None:
+    scores = {"val_accuracy": 0.6, "val_f1_weighted": 0.6, "test_accuracy": 0.59}
+    tags = {console.NOT_REGISTERED_TAG: "--registered_model auto registers it as 'reviews-classifier'"}
+    line = catalog.closing_line("tfidf", "abc", scores, tags)
+    assert line.endswith("; not registered: --registered_model auto registers it as 'reviews-classifier' (run abc)")
+
+
+def test_promotes_line_names_the_registered_model() -> None:
+    tags = {"promote_decision": "promoted", "promote_reason": "no @champion yet", "registered_model": "reviews-clf"}
+    assert (
+        catalog.closing_line("promote", "p1", {}, tags)
+        == "promote: promoted for 'reviews-clf': no @champion yet (run p1)"
+    )
 
 
 def test_a_stage_run_alone_ends_with_its_scores_and_run_id(small_dataset: Path) -> None:
@@ -151,5 +183,8 @@ def test_verbose_shows_what_the_libraries_say(small_dataset: Path, tmp_path: Pat
     quiet = run_cli(*arguments, cwd=tmp_path, tracking_uri=store)
     verbose = run_cli("--verbose", *arguments, cwd=tmp_path, tracking_uri=store)
 
-    assert quiet.strip().count("\n") == 0 and quiet.startswith("tfidf: val accuracy ")
+    # One line saying that 40 validation texts cannot separate stages, then its closing line.
+    [caution, closing] = quiet.strip().splitlines()
+    assert closing.startswith("tfidf: val accuracy ") and "not registered: --registered_model auto" in closing
+    assert caution.startswith("tfidf: 40 validation texts are too few to tell stages apart: ")
     assert "CloudPickle" in verbose and "INFO mlflow" in verbose

@@ -250,14 +250,21 @@ def test_the_docs_site_builds_strictly(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    reference = {path.parent.name for path in (tmp_path / "site" / "reference").glob("*/index.html")}
+    reference = {path.stem for path in (tmp_path / "site" / "reference").glob("*.html")}
     assert reference == set(cli.commands), "one reference page per entry point"
-    probe = (tmp_path / "site" / "reference" / "probe" / "index.html").read_text()
+    probe = (tmp_path / "site" / "reference" / "probe.html").read_text()
     assert "--pooling" in probe and "mlflow run . -e probe" in probe
     # The quickstart shows the README's stage and results tables, included from the one copy.
     home = (tmp_path / "site" / "index.html").read_text()
     assert "<td><code>learning-curve</code></td>" in home and "0.845 [0.785, 0.890]" in home
     assert "--8&lt;--" not in home and "--8<--" not in home
+    # Opened from disk (file://), every link of every page leads to a page, not to a folder's listing.
+    for page in (tmp_path / "site").rglob("*.html"):
+        if page.name == "404.html":  # a server's page for a missing address, with absolute links
+            continue
+        for link in re.findall(r'href="([^"#?]+)', page.read_text()):
+            if "://" not in link and not link.startswith(("mailto:", "data:")):
+                assert (page.parent / link).is_file(), f"{page.relative_to(tmp_path)} links to {link}"
 
 
 @pytest.mark.slow

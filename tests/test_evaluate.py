@@ -71,7 +71,7 @@ def test_a_single_file_is_scored_whole_and_a_run_uri_resolves_to_its_version(
 
     evaluate.run(
         EvaluateConfig(
-            model_uri=f"runs:/{trained_id}/model",
+            model_uri=f"runs:/{trained_id}/tfidf",
             dataset=str(tmp_path / "new.csv"),
             text_column="sentence",
             label_column="emotion",
@@ -162,7 +162,7 @@ def test_two_evaluations_of_the_same_data_are_compared_text_by_text(
     name, trained_id = registered
     evaluated = [
         evaluate.run(EvaluateConfig(model_uri=uri, dataset=str(small_dataset), split="test"))
-        for uri in (f"models:/{name}/1", f"runs:/{trained_id}/model")
+        for uri in (f"models:/{name}/1", f"runs:/{trained_id}/tfidf")
     ]
 
     result = CliRunner().invoke(cli, ["compare", *evaluated])

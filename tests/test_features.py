@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from emotion_exp import features, models
+from emotion_exp import engine, features, models
 from emotion_exp.cli import cli
 from tests.helpers import artifacts
 
@@ -66,24 +67,45 @@ def test_no_texts_give_an_empty_matrix(encoder: features.Encoder) -> None:
     assert features.extract([], encoder, progress=False).features.shape == (0, 32)
 
 
-def test_the_feature_key_uses_the_absolute_folder_and_the_resolved_precision(
+def test_the_feature_key_uses_the_absolute_folder_the_weights_and_the_resolved_precision(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tiny_model_dir.parent)
     resolved = models.resolve(tiny_model_dir.name)
     monkeypatch.setattr(models, "native_bf16", lambda: False)
-    key = features.feature_key(resolved, "mean", 64, models.resolve_precision("auto"), "torch")
+    key = features.feature_key(resolved, "mean", 64, engine.resolve("torch", "auto", 1), "digest")
     assert key == {
         "model": str(tiny_model_dir.resolve()),
+        "weights": "digest",
         "pooling": "mean",
         "max_length": "64",
         "precision": "fp32",
         "runtime": "torch",
     }
-    assert (
-        features.feature_key(models.resolve(models.DEFAULT_MODEL), "cls", 128, "bf16", "torch")["model"]
-        == models.DEFAULT_MODEL
+    packaged = engine.Engine("torch", "bf16", 1, "asked for")
+    assert features.feature_key(models.resolve(models.DEFAULT_MODEL), "cls", 128, packaged, "d")["model"] == (
+        models.DEFAULT_MODEL
     )
+
+
+def test_the_model_digest_follows_the_weights_and_the_tokenizer_not_the_folder(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    original = models.resolve(str(tiny_model_dir))
+    tokenizer, model = models.load_tokenizer(original), models.load_encoder(original)
+    digest = features.model_digest(tokenizer, model)
+    tokenizer(["a text to leave the tokenizer's truncation set"], truncation=True, max_length=4)
+    assert features.model_digest(tokenizer, model) == digest  # its last call's settings do not count
+    copied = models.resolve(str(copy))
+    assert features.model_digest(models.load_tokenizer(copied), models.load_encoder(copied)) == digest
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    assert features.model_digest(tokenizer, model) != digest
+    tokenizer.add_tokens(["emotionexp"])
+    assert features.model_digest(tokenizer, models.load_encoder(original)) != digest
 
 
 def _extract_args(small_dataset: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
@@ -157,3 +179,29 @@ def test_a_different_pooling_is_not_reused(small_dataset: Path, tiny_model_dir: 
     mean_run = extract.run(ExtractConfig(**common, pooling="mean"))
     assert mean_run != cls_run
     assert extract.run(ExtractConfig(**common, pooling="mean")) == mean_run
+
+
+def test_new_weights_at_the_same_path_are_extracted_anew(
+    small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, isolated_mlflow: str
+) -> None:
+    import torch
+    from transformers import AutoModel
+
+    from emotion_exp.config import ExtractConfig
+    from emotion_exp.stages import extract
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "encoder")
+    config = ExtractConfig(dataset=str(small_dataset), model=str(folder), precision="fp32", umap_max_points=100)
+    first = extract.run(config)
+    assert extract.run(config) == first  # the same weights: reused
+    retrained = AutoModel.from_pretrained(folder)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    retrained.save_pretrained(folder)  # replaced in place, as a retrained model saved to the same folder
+
+    second = extract.run(config)
+
+    assert second != first
+    runs = {r.info.run_id: r for r in mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")}
+    assert runs[second].data.tags["features_run_id"] == second and "reused_features" not in runs[second].data.tags
+    assert runs[second].data.tags["features_weights"] != runs[first].data.tags["features_weights"]

@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback, TrainerState
 
-from emotion_exp import data, tracking
+from emotion_exp import data, models, pyfunc, registry, tracking
 from emotion_exp.config import DataConfig, FinetuneConfig, subset
 from emotion_exp.errors import UserError
 from emotion_exp.finetune import TrainingInterrupted
@@ -42,6 +42,19 @@ def make_config(tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, **ove
 
 def steps(run_id: str, metric: str) -> list[int]:
     return sorted(m.step for m in MlflowClient().get_metric_history(run_id, metric))
+
+
+@pytest.mark.slow
+def test_finetune_fp32_predicts_in_fp32_on_a_cpu_with_native_bf16(
+    tiny_model_dir: Path, small_dataset: Path, tmp_path: Path, isolated_mlflow: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = stage.run(make_config(tiny_model_dir, small_dataset, tmp_path, precision="fp32", max_length=32))
+    monkeypatch.setattr(models, "native_bf16", lambda: True)  # what a CPU with AVX-512 BF16 or AMX answers
+
+    model = mlflow.pyfunc.load_model(registry.model_of_run(run_id))
+
+    assert model.model_config[pyfunc.PRECISION] == "fp32"
+    assert pyfunc.python_model_of(model).engine.precision == "fp32"
 
 
 class CtrlCAt(TrainerCallback):

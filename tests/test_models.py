@@ -54,7 +54,6 @@ def test_the_download_command_named_in_messages_is_the_one_huggingface_hub_insta
 
     commands = {script.name: script.value for script in entry_points(group="console_scripts")}
     assert commands["hf"].startswith("huggingface_hub.")
-    assert "huggingface-cli" not in commands
 
 
 def test_a_folder_without_weights_says_what_a_model_folder_needs(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from emotion_exp import baselines, features, inference, models, onnx_runtime
+from emotion_exp import baselines, engine, features, inference, models, onnx_runtime
 from emotion_exp.cli import cli
 from emotion_exp.errors import UserError
 from tests.helpers import sample_texts
@@ -54,6 +54,18 @@ def test_onnx_pooled_features_equal_torch_fp32(tiny_model_dir: Path, tmp_path: P
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_extraction_reports_its_progress_on_every_runtime(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, runtime: str
+) -> None:
+    """A user whose CPU runs ONNX (no native bf16) sees the extraction's progress as a torch user does."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    encoder = features.load_encoder(models.resolve(str(tiny_model_dir)), "fp32", 1, runtime=runtime)
+    features.extract(sample_texts(64), encoder, batch_size=8, description="extract train")
+    lines = capsys.readouterr().err.splitlines()  # not a terminal here: one line every few per cent
+    assert lines and lines[-1].startswith("extract train: 100% (64/64 texts, "), lines
+
+
 def test_a_probe_trained_on_torch_features_scores_the_same_on_onnx_features(
     small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,9 +97,9 @@ def test_the_export_is_cached_by_weights_and_int8_runs(
 
     model, tokenizer = classifier
     first = onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path)
-    written = first.stat().st_mtime_ns
+    written = first.stat().st_ino
     assert onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path) == first
-    assert first.stat().st_mtime_ns == written, "a cache hit exported again"
+    assert first.stat().st_ino == written, "a cache hit exported again"
     assert onnx_runtime.export(model, tokenizer, kind="pooled", folder=tmp_path) != first
 
     int8 = onnx_runtime.load(model, tokenizer, runtime="onnx-int8", kind="logits", folder=tmp_path)
@@ -105,13 +117,43 @@ def test_the_export_is_cached_by_weights_and_int8_runs(
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".onnx"] * 4, "a temporary file was left behind"
 
 
+def test_the_cache_keeps_its_size_limit_removing_the_least_recently_used_first(
+    classifier: tuple[object, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    model, tokenizer = classifier
+    logits = onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path)
+    cls = onnx_runtime.export(model, tokenizer, kind="pooled", pooling="cls", folder=tmp_path)
+    size_mb = max(logits.stat().st_size, cls.stat().st_size) / 2**20
+    monkeypatch.setenv(onnx_runtime.CACHE_LIMIT, f"{2.5 * size_mb}")  # room for two exports, not three
+    hour_ago = time.time() - 3600
+    os.utime(logits, (hour_ago - 60, hour_ago - 60))
+    os.utime(cls, (hour_ago, hour_ago))  # used after logits
+    left = tmp_path / ".export-left-by-a-killed-process.onnx"
+    left.write_bytes(b"partial")
+    os.utime(left, (hour_ago - 60, hour_ago - 60))
+
+    assert onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path) == logits  # used again: newest
+    mean = onnx_runtime.export(model, tokenizer, kind="pooled", pooling="mean", folder=tmp_path)
+
+    assert sorted(tmp_path.iterdir()) == sorted([logits, mean]), "the least recently used export (cls) stays"
+    monkeypatch.setenv(onnx_runtime.CACHE_LIMIT, "0")  # the export just made always stays
+    assert onnx_runtime.export(model, tokenizer, kind="pooled", pooling="cls", folder=tmp_path) == cls
+    assert list(tmp_path.iterdir()) == [cls]
+    monkeypatch.setenv(onnx_runtime.CACHE_LIMIT, "lots")
+    with pytest.raises(UserError, match="EMOTION_EXP_ONNX_CACHE_MB must be a number of MB, 0 or more; got 'lots'"):
+        onnx_runtime.export(model, tokenizer, kind="logits", folder=tmp_path)
+
+
 def test_onnx_without_onnxruntime_is_one_clear_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_runtime, "available", lambda: False)
     with pytest.raises(UserError, match=r"pip install onnxruntime onnx"):
-        onnx_runtime.resolve_runtime("onnx")
+        engine.resolve("onnx")
     monkeypatch.setattr(models, "native_bf16", lambda: False)
-    runtime, reason = onnx_runtime.resolve_runtime("auto")
-    assert runtime == "torch" and "onnxruntime not installed" in reason
+    chosen = engine.resolve("auto")
+    assert chosen.runtime == "torch" and "onnxruntime not installed" in chosen.reason
 
 
 def test_a_runtime_decided_without_onnx_does_not_import_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,9 +163,9 @@ def test_a_runtime_decided_without_onnx_does_not_import_it(monkeypatch: pytest.M
     monkeypatch.setattr(onnx_runtime, "available", imported)
     monkeypatch.setattr(models, "native_bf16", lambda: True)
 
-    assert onnx_runtime.resolve_runtime("torch") == ("torch", "asked for")
-    assert onnx_runtime.resolve_runtime("auto")[0] == "torch"
-    assert onnx_runtime.resolve_loaded("auto", exported=False)[0] == "torch"  # a logged model without its export
+    assert (engine.resolve("torch").runtime, engine.resolve("torch").reason) == ("torch", "asked for")
+    assert engine.resolve("auto").runtime == "torch"
+    assert engine.for_loaded_model({}, "auto", "auto", exported=False).runtime == "torch"  # no export logged
 
 
 def test_onnx_with_bf16_asked_for_is_one_clear_error(small_dataset: Path, tiny_model_dir: Path) -> None:
@@ -134,6 +176,9 @@ def test_onnx_with_bf16_asked_for_is_one_clear_error(small_dataset: Path, tiny_m
     )
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "--runtime onnx runs fp32, but --precision bf16 was asked for" in result.output
+    for command in (["predict", "--input", str(small_dataset / "test.csv")], ["evaluate"]):
+        result = CliRunner().invoke(cli, [*command, "--runtime", "onnx", "--precision", "bf16"])
+        assert result.exit_code != 0 and "--runtime onnx runs fp32, but --precision bf16 was asked for" in result.output
 
 
 def _extract(dataset: Path, model: Path, *extra: str) -> mlflow.entities.Run:

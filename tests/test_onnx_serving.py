@@ -18,7 +18,7 @@ import pytest
 import requests
 import tomllib
 
-from emotion_exp import batching, onnx_runtime, pyfunc
+from emotion_exp import batching, engine, models, onnx_runtime, pyfunc
 from emotion_exp.serving import local_server, model_server_command
 from tests.helpers import LABELS, sample_texts
 
@@ -61,13 +61,10 @@ def logged(classifier_folder: Path, tracking_uri: str, tmp_path_factory: pytest.
 
 
 def predictions(uri: str, texts: list[str], runtime: str) -> tuple[pd.DataFrame, object]:
-    """``uri``'s predictions on ``runtime``; torch runs fp32, the reference (the finetune stage logs precision auto,
-    which is bf16 where the CPU has it)."""
-    model = mlflow.pyfunc.load_model(uri, model_config={pyfunc.RUNTIME: runtime})
-    python_model = pyfunc.python_model_of(model)
-    if runtime == "torch":
-        python_model._precision = "fp32"
-    return model.predict(pd.DataFrame({"text": texts})), python_model
+    """``uri``'s predictions on ``runtime`` in fp32: torch fp32 is the reference (a model logged with precision auto
+    runs bf16 where the CPU has it)."""
+    model = mlflow.pyfunc.load_model(uri, model_config={pyfunc.RUNTIME: runtime, pyfunc.PRECISION: "fp32"})
+    return model.predict(pd.DataFrame({"text": texts})), pyfunc.python_model_of(model)
 
 
 def assert_same_predictions(theirs: pd.DataFrame, torch_fp32: pd.DataFrame) -> None:
@@ -112,6 +109,29 @@ def test_the_runtime_is_chosen_at_load_and_onnx_predicts_as_torch(logged: str) -
     int8, int8_model = predictions(logged, texts[:50], "onnx-int8")
     assert int8_model.runtime == "onnx-int8" and int8_model._session.path.name.endswith("-int8.onnx")
     assert set(int8["label"]) <= set(LABELS)
+
+
+def test_a_model_keeps_the_precision_it_was_logged_with_and_auto_resolves_where_it_loads(
+    classifier_folder: Path, logged: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "native_bf16", lambda: True)  # a CPU with native bf16, as far as the engine can tell
+    with mlflow.start_run():
+        auto = pyfunc.log_model(
+            pyfunc.TransformerClassifier(max_length=32),
+            LABELS,
+            artifacts={pyfunc.TransformerClassifier.ARTIFACT: str(classifier_folder)},
+        )
+    fp32 = mlflow.pyfunc.load_model(logged)  # logged with precision fp32
+    assert fp32.model_config[pyfunc.PRECISION] == "fp32"
+    chosen = pyfunc.python_model_of(fp32).engine
+    assert (chosen.runtime, chosen.precision, chosen.reason) == ("onnx", "fp32", "fp32 asked for: ONNX Runtime fp32")
+
+    loaded = mlflow.pyfunc.load_model(auto)
+    assert loaded.model_config[pyfunc.PRECISION] == "auto"
+    chosen = pyfunc.python_model_of(loaded).engine
+    assert (chosen.runtime, chosen.precision) == ("torch", "bf16")
+    asked = mlflow.pyfunc.load_model(auto, model_config=engine.loading_config("torch", "fp32"))
+    assert pyfunc.python_model_of(asked).engine.precision == "fp32"
 
 
 def test_a_model_logged_without_its_export_is_exported_at_load(classifier_folder: Path, logged: str) -> None:
@@ -183,14 +203,30 @@ def onnx_serve_venv(requirements: Path) -> Path:
     return venv
 
 
+def documented_download(model_uri: str) -> str:
+    """docs/serving.md's commands that copy the torch-free part of a model, for ``model_uri``."""
+    lines = (REPO_ROOT / "docs/serving.md").read_text().splitlines()
+    start = lines.index(f"<!-- run by: tests/test_onnx_serving.py::{FRESH_ENVIRONMENT_TEST} -->") + 2
+    end = lines.index("```", start)
+    return "\n".join(lines[start:end]).replace("models:/emotion-classifier@champion", model_uri)
+
+
+FRESH_ENVIRONMENT_TEST = "test_a_fresh_environment_without_torch_serves_the_finetuned_model"
+
+
 @pytest.mark.slow
 def test_a_fresh_environment_without_torch_serves_the_finetuned_model(
     finetuned_champion: tuple[str, str], tracking_uri: str, tmp_path: Path
 ) -> None:
     name, _ = finetuned_champion
     uri = f"models:/{name}@champion"
-    model_folder = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
-    venv = onnx_serve_venv(model_folder / "artifacts" / "onnx" / "requirements.txt")
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"  # this mlflow
+    subprocess.run(["bash", "-e", "-c", documented_download(uri)], cwd=tmp_path, env=environment, check=True)
+    model_folder = tmp_path / "served"
+    assert (model_folder / "artifacts" / "onnx" / "model.onnx").is_file()
+    assert not (model_folder / "artifacts" / "classifier").exists(), "the torch weights were downloaded"
+    venv = onnx_serve_venv(model_folder / "requirements.txt")
     python = str(venv / "bin" / "python")
     missing = subprocess.run([python, "-c", "import torch"], check=False, capture_output=True, text=True)
     assert missing.returncode != 0 and "No module named 'torch'" in missing.stderr
@@ -204,6 +240,7 @@ def test_a_fresh_environment_without_torch_serves_the_finetuned_model(
     assert answer.status_code == 200, answer.text
     # No torch in that environment: the answer came from the logged ONNX export.
     assert_same_predictions(pd.DataFrame(answer.json()["predictions"]), predictions(uri, texts, "torch")[0])
+    assert "mismatches between the model's dependencies" not in log.read_text()
 
 
 def _stage_run(*args: str) -> mlflow.entities.Run:
@@ -222,8 +259,9 @@ def test_predict_and_evaluate_run_the_runtime_asked_for_and_tag_it(logged: str, 
     for runtime in ("torch", "onnx"):
         target = Path(f"{runtime}.csv")
         run = _stage_run("predict", "--input", str(source), "--output", str(target), "--model_uri", logged,
-                         "--runtime", runtime)  # fmt: skip
+                         "--runtime", runtime, "--precision", "fp32")  # fmt: skip
         assert (run.data.tags["runtime"], run.data.tags["runtime_reason"]) == (runtime, "asked for")
+        assert run.data.tags["resolved_precision"] == "fp32"
         outputs[runtime] = pd.read_csv(target)
     assert_same_predictions(outputs["onnx"], outputs["torch"])
     scores = {}
@@ -261,3 +299,30 @@ def test_the_probe_model_runs_its_encoder_on_the_runtime_asked_for(
         assert (model.runtime, model._encoder.runtime) == (runtime, runtime)
         by_runtime[runtime] = frame
     assert_same_predictions(by_runtime["onnx"], by_runtime["torch"])
+
+
+def test_two_loads_of_a_probe_model_export_its_encoder_once(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the export cache
+    features = np.random.default_rng(0).normal(size=(60, 32))
+    probe = pyfunc.ProbeClassifier(
+        LogisticRegression(max_iter=200).fit(features, np.arange(60) % len(LABELS)), LABELS, pooling="cls",
+        max_length=32,
+    )  # fmt: skip
+    with mlflow.start_run():
+        uri = pyfunc.log_model(probe, LABELS, artifacts={pyfunc.ProbeClassifier.ARTIFACT: str(tiny_model_dir)})
+
+    # Two downloads, as from a tracking server (each load of a runs:/ or models:/ URI gets a new folder).
+    downloads = [tmp_path / "first", tmp_path / "second"]
+    for folder in downloads:
+        folder.mkdir()
+    config = {pyfunc.RUNTIME: "onnx"}
+    loaded = [mlflow.pyfunc.load_model(uri, model_config=config, dst_path=str(folder)) for folder in downloads]
+    loads = [pyfunc.python_model_of(model) for model in loaded]
+
+    assert len({model._encoder.model.config.name_or_path for model in loads}) == 2
+    assert {model._encoder.session.path for model in loads} == set(onnx_runtime.cache_dir().glob("*.onnx"))
+    assert len(list(onnx_runtime.cache_dir().iterdir())) == 1

@@ -74,3 +74,23 @@ def test_the_comparison_bars_and_the_learning_curve_carry_their_intervals() -> N
     [ax] = figure.axes
     assert len(ax.collections) == 2  # one band per stage
     plt.close(figure)
+
+
+@pytest.mark.slow  # a fresh process, so that numba compiles pynndescent's functions again
+def test_umap_on_real_sized_data_prints_no_numba_cache_warning() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    # Over 4,096 points UMAP runs pynndescent, whose nn_descent numba cannot cache (it holds a global array).
+    script = (
+        "import numpy as np; from emotion_exp import plots; "
+        "x = np.random.default_rng(0).normal(size=(4200, 8)); "
+        "plots.umap_embedding(x, np.arange(4200) % 6, seed=0, max_points=5000)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Cannot cache compiled function" not in done.stderr, done.stderr[-3000:]

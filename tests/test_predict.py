@@ -159,6 +159,16 @@ def test_a_missing_registered_model_and_version_are_explained(tmp_path, register
         predict.run(PredictConfig(input=str(source), model_uri="runs:/0123abcd/model"))
 
 
+def test_a_run_uri_with_the_old_model_name_says_where_the_run_keeps_its_model(tmp_path, registered_tfidf) -> None:
+    # Models are named after their stage; runs:/<id>/model finds the models of runs from before that only.
+    _, run_id = registered_tfidf
+    source = tmp_path / "texts.csv"
+    source.write_text("text\nhappy\n")
+    with pytest.raises(UserError, match=rf"Run {run_id} logged its model as 'tfidf': runs:/{run_id}/tfidf\."):
+        predict.run(PredictConfig(input=str(source), model_uri=f"runs:/{run_id}/model"))
+    predict.run(PredictConfig(input=str(source), model_uri=f"runs:/{run_id}/tfidf"))
+
+
 def test_a_missing_column_and_an_empty_file_are_explained(tmp_path, champion_uri) -> None:
     source = tmp_path / "texts.csv"
     source.write_text("sentence\nhappy\n")

@@ -76,3 +76,25 @@ def test_registering_says_in_plain_words_what_happened(small_dataset) -> None:
     assert f"registered as version 1 of {name!r} (run " in first.output
     assert f"registered as version 2 of {name!r} (run " in second.output
     assert "already exists" not in first.output + second.output
+
+
+def test_every_registry_step_on_own_data_says_what_it_did_in_the_datas_words(reviews_csv: Path) -> None:
+    runner = CliRunner()
+    alone = runner.invoke(cli, ["tfidf", "--dataset", str(reviews_csv)])
+    assert alone.exit_code == 0, alone.output
+    # It registers nothing by default, and says so and how; its 4 validation texts get one line of caution.
+    closing = alone.output.strip().splitlines()[-1]
+    assert "; not registered: --registered_model auto registers it as 'reviews-classifier' (run " in closing
+    assert "validation texts are too few to tell stages apart" in alone.output
+
+    registered = runner.invoke(cli, ["tfidf", "--dataset", str(reviews_csv), "--registered_model", "auto"])
+    promoted = runner.invoke(cli, ["promote", "--dataset", str(reviews_csv)])
+
+    assert registered.exit_code == 0 and promoted.exit_code == 0, registered.output + promoted.output
+    assert "registered as version 1 of 'reviews-classifier'" in registered.output
+    assert promoted.output.strip().splitlines()[-1].startswith("promote: promoted for 'reviews-classifier': ")
+    client = mlflow.MlflowClient()
+    described = client.get_registered_model("reviews-classifier").description
+    assert described.startswith("Text classifier into 3 labels: complaint, praise, question (pyfunc).")
+    card = client.get_model_version("reviews-classifier", "1").description
+    assert card.startswith("# reviews classifier: tfidf\n") and "emotion" not in card.lower()

@@ -27,4 +27,5 @@ def test_main_runs_every_stage_as_children_and_compares_them(small_dataset, tiny
     parent = check_study(isolated_mlflow, name)
     summary = result.output[result.output.index("Study finished in ") :]
     assert f"run {parent.info.run_id} in experiment {isolated_mlflow!r}" in summary
-    assert f"(models:/{name}@champion)" in summary and "Open it: mlflow ui --backend-store-uri sqlite:///" in summary
+    assert f"(models:/{name}@champion)" in summary and "export MLFLOW_TRACKING_URI=sqlite:///" in summary
+    assert " mlflow ui --backend-store-uri sqlite:///" in summary

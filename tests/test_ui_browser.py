@@ -1,76 +1,75 @@
-"""The page a newcomer lands on, checked in a real browser: headless Chromium over a real `mlflow ui`.
+"""What a newcomer sees first, checked in a real browser: each link the study's summary prints, opened in
+headless Chromium at 1400x1000 over the `mlflow ui` the summary's own command starts, shows the winner and
+its validation accuracy with its interval without scrolling or clicking.
 
-Runs where Chromium is installed (`apt-get install chromium`; CI installs it), skipped elsewhere.
-Chromium renders each page with a virtual time budget (the UI fetches the runs after it loads)
-and dumps the DOM; the check reads the page's text.
+Runs where Chromium and chromedriver are installed (`apt-get install chromium chromium-driver`; CI installs
+them), skipped elsewhere. docs/screenshot_ui.py drives the browser the same way and saves the docs' pictures.
 
     python -m pytest tests/test_ui_browser.py -m slow
 """
 
 from __future__ import annotations
 
-import html
-import os
-import re
 import shutil
-import subprocess
-import sys
+import uuid
 from pathlib import Path
 
 import mlflow
 import pytest
 from click.testing import CliRunner
 
-from emotion_exp import tracking
+from docs.screenshot_ui import Browser, summary_links, summarys_ui
+from emotion_exp import console
 from emotion_exp.cli import cli
-from emotion_exp.serving import local_server
-from tests.helpers import WITHOUT_JOB_RUNNER
+from emotion_exp.serving import free_port
+from emotion_exp.workflows import study
+from tests.helpers import study_params
 
-VIRTUAL_TIME_BUDGET_MS = 20_000
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def rendered_text(url: str, profile: Path) -> str:
-    """The text of ``url`` once rendered by headless Chromium (a fresh profile: no remembered view)."""
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-    command += ["--disable-background-networking", f"--user-data-dir={profile}"]
-    command += [f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", "--dump-dom", url]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=180, check=True).stdout
-    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.DOTALL)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+BROWSER = shutil.which("chromium") and shutil.which("chromedriver")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
-def test_the_study_links_open_the_training_runs_and_their_comparison(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.skipif(not BROWSER, reason="needs Chromium and chromedriver: apt-get install chromium chromium-driver")
+def test_every_link_of_the_summary_shows_the_winner_and_its_interval_on_the_first_screen(
+    small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Two stages in this process, into a fresh store's "landing" experiment (the links are what is checked).
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a fresh store: its experiment holds this study only
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "landing")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment exported the session's
     mlflow.set_tracking_uri(store)
-    experiment_id = mlflow.set_experiment("landing").experiment_id
-    for stage in ("dummy", "tfidf"):
-        done = CliRunner().invoke(cli, [stage])
-        assert done.exit_code == 0, f"{stage} failed:\n{done.output[-3000:]}"
-    run_ids = [run.info.run_id for run in mlflow.search_runs([experiment_id], output_format="list")]
-    env = {name: value for name, value in os.environ.items() if name not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
-    env.update(WITHOUT_JOB_RUNNER)
+    mlflow.set_experiment("landing")
+    arguments = ["main"]
+    for key, value in study_params(small_dataset, tiny_model_dir, f"landing-{uuid.uuid4().hex[:8]}").items():
+        arguments += [f"--{key}", value]
+    done = CliRunner().invoke(cli, arguments)
+    assert done.exit_code == 0, done.output[-3000:]
+    [parent] = mlflow.search_runs(
+        experiment_names=["landing"], filter_string="tags.stage = 'main'", output_format="list"
+    )
+    children = mlflow.search_runs(
+        experiment_names=["landing"],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        output_format="list",
+    )
+    # The winner from its own run's scores, not from the text the study wrote.
+    winner = max((run for run in children if "val_accuracy_ci_low" in run.data.metrics), key=_val_accuracy)
+    expected = [winner.data.tags["stage"], f"val accuracy {console.shown_score(winner.data.metrics, 'val_accuracy')}"]
 
-    def ui(port: int) -> list[str]:
-        return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "-h", "127.0.0.1", "-p", str(port)]
+    summary = study.summary(parent.info.run_id, seconds=1.0, ui_port=free_port())
+    links = summary_links(summary)
+    assert list(links) == ["the study's result", "its stage runs, best first", "its models"]
+    seen = {}
+    with summarys_ui(summary, tmp_path), Browser.open(tmp_path) as browser:
+        for label, url in links.items():
+            seen[label] = browser.first_screen(url, expected[0])
 
-    with local_server(ui, "/health", tmp_path / "ui.log", env=env, cwd=tmp_path) as address:
-        # The tracking URI given is the UI's own address, so the links point at this server.
-        landing = rendered_text(tracking.experiment_url(experiment_id, address), tmp_path / "a")
-        compared = rendered_text(tracking.comparison_url(experiment_id, run_ids, address), tmp_path / "b")
+    for label, text in seen.items():
+        assert all(part in text for part in expected), f"{label}: {expected} not on the first screen:\n{text[:3000]}"
+    assert "Detect Issues" not in seen["its stage runs, best first"]  # MLflow's training view, not the GenAI one
+    for stage in ("finetune", "probe", "tfidf"):  # the logged models, named after their stage
+        assert stage in seen["its models"].split(), seen["its models"]
 
-    assert "Runs - Experiment" in landing, landing[:2000]
-    assert "Detect Issues" not in landing and "Tokens per Trace" not in landing  # not the GenAI overview
-    assert "dummy" in landing and "tfidf" in landing and "2 matching runs" in landing
-    assert f"Comparing {len(run_ids)} Runs from 1 Experiment" in compared, compared[:2000]
-    # The metrics table is a 300-pixel virtualised grid, alphabetical: only its first 17 rows are in the DOM
-    # (test_accuracy .. val_accuracy_ci_low, since every score logs its interval), whatever the window's size.
-    assert "test_accuracy" in compared and "test_f1_weighted" in compared and "val_accuracy" in compared
+
+def _val_accuracy(run: mlflow.entities.Run) -> float:
+    return run.data.metrics["val_accuracy"]

@@ -107,7 +107,7 @@ def _run_id(reference: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{32}", reference):
         raise UserError(
             f"{reference!r} is neither a run id (32 hexadecimal characters) nor a model URI (models:/<name>/<version>, "
-            "models:/<name>@<alias>, runs:/<run id>/model)."
+            "models:/<name>@<alias>, runs:/<run id>/<stage>)."
         )
     return reference
 

@@ -29,7 +29,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from emotion_exp import console, contract, data, pyfunc, registry, significance, tracking
+from emotion_exp import console, contract, data, engine, pyfunc, registry, significance, tracking
 from emotion_exp.config import EvaluateConfig
 from emotion_exp.data import LabelledData
 from emotion_exp.errors import UserError
@@ -95,7 +95,7 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
     """
     if labelled is None:
         labelled = data.load_labelled(config.dataset, config.split, config.text_column, config.label_column)
-    model = registry.load_model(config.model_uri, pyfunc.runtime_config(config.runtime)).model
+    model = registry.load_model(config.model_uri, engine.loading_config(config.runtime, config.precision)).model
     label_names = model_labels(model, config.model_uri)
     gold, missing = match_labels(labelled.frame["label"], label_names, config.label_mapping(), config.model_uri)
     version = registry.resolve_version(config.model_uri)
@@ -114,7 +114,7 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
             )
             tags |= {"labels_missing": ",".join(missing), "note": note}
             console.say(f"evaluate: {note}")
-        mlflow.set_tags({key: str(value) for key, value in (tags | pyfunc.runtime_tags(model)).items()})
+        mlflow.set_tags({key: str(value) for key, value in (tags | pyfunc.engine_tags(model)).items()})
         started = time.perf_counter()
         predictions = predict_batches(model, texts, config.batch_size, stage="evaluate")
         seconds = time.perf_counter() - started

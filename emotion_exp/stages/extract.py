@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import features, models, onnx_runtime, plots, tracking
+from emotion_exp import engine, features, models, plots, tracking
 from emotion_exp.config import ExtractConfig
 from emotion_exp.data import DatasetSplits
 from emotion_exp.errors import UserError
@@ -20,25 +20,27 @@ from emotion_exp.stages.skeleton import SPLIT_PREFIX, log_figure, log_model_sour
 def run(config: ExtractConfig, *, splits: DatasetSplits | None = None) -> str:
     """Extract (or reuse) the features of every split; return the id of the run that holds them.
 
-    A FINISHED extract run of the same data and feature key (model, pooling, max_length,
-    resolved precision and runtime) in this experiment is reused: this run then records which one and
-    computes nothing.
+    A FINISHED extract run of the same data and feature key (model, the digest of its weights and
+    tokenizer, pooling, max_length, resolved precision and runtime) in this experiment is reused:
+    this run then records which one and computes nothing.
     """
     with open_stage("extract", config, splits=splits, label_plot=False) as stage:
         splits = stage.splits
         resolved = models.resolve(config.model)
-        runtime, reason = onnx_runtime.resolve_runtime(config.runtime)  # once, like the precision
-        precision = onnx_runtime.precision_for(runtime, config.precision)
-        key = features.feature_key(resolved, config.pooling, config.max_length, precision, runtime)
-        log_model_source(resolved, key["precision"])
-        mlflow.set_tags({"runtime": runtime, "runtime_reason": reason})
+        chosen = engine.resolve(config.runtime, config.precision, config.threads)  # once, for the whole run
+        tokenizer, model = models.load_tokenizer(resolved), models.load_encoder(resolved)
+        digest = features.model_digest(tokenizer, model)
+        key = features.feature_key(resolved, config.pooling, config.max_length, chosen, digest)
+        log_model_source(resolved, chosen.precision)
+        mlflow.set_tags(chosen.tags())
         found = find_extract_run(splits.digest, key)
         if found:
             set_feature_key(key, found)
             mlflow.set_tag("reused_features", "true")
             return found
 
-        encoder = features.load_encoder(resolved, precision, config.threads, runtime=runtime, pooling=config.pooling)
+        encoder = features.encoder_from(tokenizer, model, chosen.precision, chosen.threads)
+        encoder = features.on_runtime(encoder, chosen.runtime, config.pooling)
         extractions = features.extract_splits(
             splits,
             encoder,
@@ -102,7 +104,7 @@ def set_feature_key(key: Mapping[str, str], features_run_id: str | None = None) 
 def find_extract_run(dataset_digest: str, key: Mapping[str, str]) -> str | None:
     """The run holding the features of the newest FINISHED extract run of this dataset and key.
 
-    Searches the current experiment. The key (model, pooling, max_length, resolved precision)
+    Searches the current experiment. The key (``features.feature_key``)
     is compared in Python, so no value has to survive quoting in a filter string; an extract run
     that itself reused features points at the run that holds them (``features_run_id`` tag).
     """
@@ -125,7 +127,7 @@ def check_extract_run(run_id: str, dataset_digest: str, key: Mapping[str, str]) 
     """Validate ``--features_run_id``; return the run that holds its features.
 
     The run must exist, be a FINISHED extract run of the same dataset, and have made its
-    features the same way (model, pooling, max_length, resolved precision) as this stage would.
+    features the same way (``features.feature_key``) as this stage would.
     """
     record = tracking.find_run(run_id)
     if record is None:

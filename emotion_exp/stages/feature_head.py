@@ -19,12 +19,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlflow
 import numpy as np
 
-from emotion_exp import baselines, features, models, onnx_runtime, pyfunc
+from emotion_exp import baselines, engine, features, models, pyfunc
 from emotion_exp.catalog import StageRun
 from emotion_exp.config import ExtractConfig, FeatureHeadConfig, subset
 from emotion_exp.data import DatasetSplits
@@ -33,6 +33,9 @@ from emotion_exp.models import ResolvedModel
 from emotion_exp.stages import extract, seeds
 from emotion_exp.stages.skeleton import LoggedModel, Stage, log_model_source, open_stage
 from emotion_exp.tracking import RunLabels
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 HeadConfig = TypeVar("HeadConfig", bound=FeatureHeadConfig)
 
@@ -64,7 +67,8 @@ def stage(
             )
         with open_stage(name, config, splits=splits, train_rows=train_rows, labels=labels) as opened:
             resolved = models.resolve(config.model)
-            feature_set = features_for(opened, config, resolved)
+            tokenizer, encoder = models.load_tokenizer(resolved), models.load_encoder(resolved)
+            feature_set = features_for(opened, config, resolved, features.model_digest(tokenizer, encoder))
             rows = slice(None) if train_rows is None else np.asarray(train_rows)
             classifier = head(config)
             pipeline = baselines.fit_head(
@@ -77,7 +81,7 @@ def stage(
             with tempfile.TemporaryDirectory() as folder:
                 opened.finish(
                     lambda split: baselines.predict_proba(pipeline, feature_set.features[split], len(label_names)),
-                    text_model(pipeline, config, resolved, label_names, folder),
+                    text_model(pipeline, config, tokenizer, encoder, label_names, folder),
                     registered_model=config.registered_model,
                     score_test=score_test,
                 )
@@ -90,12 +94,16 @@ def stage(
     return run
 
 
-def features_for(opened: Stage, config: FeatureHeadConfig, resolved: ResolvedModel) -> features.FeatureSet:
-    """The features of every split of the stage's data, found or extracted; the run is tagged with their run."""
+def features_for(
+    opened: Stage, config: FeatureHeadConfig, resolved: ResolvedModel, model_digest: str
+) -> features.FeatureSet:
+    """The features of every split of the stage's data, found or extracted; the run is tagged with their run.
+
+    ``model_digest`` (``features.model_digest``) keys them by the encoder's weights and tokenizer, not its path.
+    """
     splits = opened.full_splits
-    runtime, _ = onnx_runtime.resolve_runtime(config.runtime)  # the extract stage tags why
-    precision = onnx_runtime.precision_for(runtime, config.precision)
-    key = features.feature_key(resolved, config.pooling, config.max_length, precision, runtime)
+    chosen = engine.resolve(config.runtime, config.precision, config.threads)  # the extract stage tags why
+    key = features.feature_key(resolved, config.pooling, config.max_length, chosen, model_digest)
     log_model_source(resolved, key["precision"])
     if config.features_run_id:
         features_run_id = extract.check_extract_run(config.features_run_id, splits.digest, key)
@@ -124,20 +132,24 @@ def load_features(run_id: str, splits: DatasetSplits) -> features.FeatureSet:
 
 
 def text_model(
-    pipeline: Any, config: FeatureHeadConfig, resolved: ResolvedModel, label_names: Sequence[str], folder: str
+    pipeline: Any,
+    config: FeatureHeadConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: PreTrainedModel,
+    label_names: Sequence[str],
+    folder: str,
 ) -> LoggedModel:
     """The pyfunc model of a fitted head: the encoder and tokenizer saved into ``folder``, then the pipeline."""
     # save_pretrained writes just what loading needs (also for a hub model, whose location is no folder).
-    models.load_tokenizer(resolved).save_pretrained(folder)
-    models.load_encoder(resolved).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    encoder.save_pretrained(folder)
     classifier = pyfunc.ProbeClassifier(
         pipeline,
         label_names,
         pooling=config.pooling,
         max_length=config.max_length,
         batch_size=config.batch_size,
-        # bf16 and fp32 features agree to about 1e-2, so the loading machine picks what it runs natively.
-        precision="auto",
+        precision=config.precision,  # as asked: auto resolves on the machine that loads the model
     )
     return LoggedModel(
         classifier,

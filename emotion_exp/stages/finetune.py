@@ -230,7 +230,11 @@ def log_result(
     mlflow.log_text(card, "model_card.md")
     model = LoggedModel(
         pyfunc.TransformerClassifier(
-            max_length=config.max_length, batch_size=config.batch_size, temperature=temperature
+            # The precision as asked: fp32 stays fp32 everywhere; auto resolves on the machine that loads the model.
+            max_length=config.max_length,
+            batch_size=config.batch_size,
+            precision=config.precision,
+            temperature=temperature,
         ),
         # The torch weights, and the ONNX export with tokenizer.json that serves where torch is not installed.
         artifacts=pyfunc.TransformerClassifier.serving_artifacts(result.model_dir),
@@ -240,6 +244,8 @@ def log_result(
     if registered_model and not asked:
         registered_model = registered_if_best(registered_model, stage)
     stage.log_model(model, registered_model=registered_model, description=card)
+    if not config.registered_model:
+        stage.note_unregistered()
 
 
 def registered_if_best(name: str, stage: Stage) -> str:

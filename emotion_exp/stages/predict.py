@@ -12,7 +12,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from emotion_exp import console, data, pyfunc, registry, tracking
+from emotion_exp import console, data, engine, pyfunc, registry, tracking
 from emotion_exp import texts as text_rule
 from emotion_exp.config import PredictConfig
 from emotion_exp.errors import UserError
@@ -55,18 +55,19 @@ def run(config: PredictConfig) -> str:
     Empty texts are refused unless ``config.skip_empty``, which gives them an empty label and
     empty probabilities.
     """
+    model_config = engine.loading_config(config.runtime, config.precision)  # an impossible pair fails first
     if config.engine == "spark":
         return _run_on_spark(config)
     target = output_path(config)
     texts = data.read_texts(config.input, config.text_column, skip_empty=config.skip_empty)
-    loaded = registry.load_model(config.model_uri, pyfunc.runtime_config(config.runtime))
+    loaded = registry.load_model(config.model_uri, model_config)
     # Only our encoder models take --threads, --runtime and --batch_size; any other predicts as it was logged.
     python_model = pyfunc.python_model_of(loaded.model)
     if hasattr(python_model, "set_threads"):  # the encoder models; TF-IDF runs no torch
         python_model.set_threads(config.threads)
         python_model.batch_size = config.batch_size
     with tracking.stage_run("predict", config) as predict_run:
-        mlflow.set_tags(loaded.source | pyfunc.runtime_tags(loaded.model))  # the version an alias pointed to
+        mlflow.set_tags(loaded.source | pyfunc.engine_tags(loaded.model))  # the version an alias pointed to
         start = time.perf_counter()
         values = texts[_text_column(config)]
         keep = ~values.map(text_rule.blank).to_numpy(dtype=bool)
@@ -135,7 +136,12 @@ def _run_on_spark(config: PredictConfig) -> str:
             mlflow.set_tags(source | {"runtime": config.runtime, "runtime_reason": "each worker resolves it"})
             start = time.perf_counter()
             scored = spark.score(
-                texts, model_uri, _text_column(config), skip_empty=config.skip_empty, runtime=config.runtime
+                texts,
+                model_uri,
+                _text_column(config),
+                skip_empty=config.skip_empty,
+                runtime=config.runtime,
+                precision=config.precision,
             )
             with spark.scoring_progress(session, total, texts.rdd.getNumPartitions()):
                 rows = spark.write_parquet(scored, target)

@@ -57,7 +57,7 @@ from emotion_exp import (
     subsets,
     tracking,
 )
-from emotion_exp.config import DataConfig, subset
+from emotion_exp.config import FOLLOW_THE_DATA, DataConfig, subset
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 SPLITS = data.SPLITS
 SPLIT_PREFIX = {"train": "train", "validation": "val", "test": "test"}
 """Metric-name prefix of each split (``val_accuracy``)."""
+LINKED_SCORES = ("val_accuracy", "val_accuracy_ci_low", "val_accuracy_ci_high", "val_f1_weighted")
+"""The scores a logged model shows first in MLflow's Models tab, linked to the validation dataset."""
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:
@@ -93,16 +95,7 @@ def log_dataset(splits: DatasetSplits) -> None:
     every text, label and label name; runs are reused and compared by it.
     """
     for split in SPLITS:
-        # Labels as their names, as the user knows them (integer ids would also make MLflow hint, when it
-        # infers the schema, that integers cannot hold missing values).
-        names = splits.split(split)["label"].map(dict(enumerate(splits.label_names)))
-        frame = splits.split(split)[["text"]].assign(label=names)
-        with warnings.catch_warnings():
-            # MLflow warns that a local path matches two source types; a local file is a local file.
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(
-                frame, source=splits.source, targets="label", name=f"{splits.name}-{split}", digest=splits.digest[:16]
-            )
+        dataset = split_dataset(splits, split)
         tracking.retry_on_conflict(lambda dataset=dataset, split=split: mlflow.log_input(dataset, context=split))
     mlflow.set_tags({"dataset_digest": splits.digest, "dataset_name": splits.name})
     tracking.log_params({"dataset_source": splits.source, "label_names": ",".join(splits.label_names)})
@@ -128,6 +121,20 @@ def warn_train_overlap(stage: str, splits: DatasetSplits) -> None:
     warning = splits.train_overlap.warning()
     if warning:
         console.say(f"{stage}: warning: {warning}")
+
+
+def split_dataset(splits: DatasetSplits, split: str) -> mlflow.data.dataset.Dataset:
+    """One split as the MLflow dataset a run records as its input (``<data name>-<split>``)."""
+    # Labels as their names, as the user knows them (integer ids would also make MLflow hint, when it
+    # infers the schema, that integers cannot hold missing values).
+    names = splits.split(split)["label"].map(dict(enumerate(splits.label_names)))
+    frame = splits.split(split)[["text"]].assign(label=names)
+    with warnings.catch_warnings():
+        # MLflow warns that a local path matches two source types; a local file is a local file.
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.data.from_pandas(
+            frame, source=splits.source, targets="label", name=f"{splits.name}-{split}", digest=splits.digest[:16]
+        )
 
 
 def log_labelled_input(labelled: LabelledData) -> None:
@@ -201,7 +208,16 @@ class Stage:
             gold = self.splits.split(split)["label"].to_numpy()
             tables.append(significance.predictions_table(split, gold, split_probabilities, self.splits.label_names))
         log_table(pd.concat(tables, ignore_index=True), significance.PREDICTIONS_ARTIFACT)
+        self.caution(evaluations["validation"])
         return evaluations
+
+    def caution(self, validation: Evaluation) -> None:
+        """One line where the validation split is too small to separate stages (a run on its own; a study says it
+        once, in its summary)."""
+        shown = f"val accuracy {validation.shown('accuracy')}"
+        line = significance.too_few_texts(len(self.splits.validation), shown)
+        if line and mlflow.get_parent_run(self.run_id) is None:
+            console.say(f"{self.name}: {line}")
 
     def registered_name(self, requested: str) -> str:
         """The registered model a ``--registered_model`` value means for this data ('' = do not register)."""
@@ -220,14 +236,45 @@ class Stage:
         not register). Returns the model URI.
         """
         model_uri = pyfunc.log_model(
-            model.python_model, self.splits.label_names, artifacts=model.artifacts or None, packages=model.packages
+            model.python_model,
+            self.splits.label_names,
+            name=self.name,
+            artifacts=model.artifacts or None,
+            packages=model.packages,
         )
+        self.link_scores(model_uri)
         if registered_model:
             version = registry.register(model_uri, registered_model, self.splits.label_names)
             version_tags = {"stage": self.name, "dataset_digest": self.splits.digest}
             registry.describe_version(registered_model, version, description, version_tags, overwrite=True)
             mlflow.set_tags({"registered_model": registered_model, "registered_version": version})
         return model_uri
+
+    def link_scores(self, model_uri: str) -> None:
+        """Link the validation headline (``LINKED_SCORES``) to the logged model and the validation split.
+
+        MLflow links every step-0 metric of the run to a model logged in it, without a dataset; the
+        Models tab groups a model's metrics by dataset, those without one last. Linked again with the
+        validation dataset, the headline comes first there (a second point of the same value in the
+        run's history of those metrics).
+        """
+        scores = mlflow.get_run(self.run_id).data.metrics
+        headline = {key: scores[key] for key in LINKED_SCORES if key in scores}
+        if headline:
+            model_id = model_uri.removeprefix("models:/")
+            mlflow.log_metrics(headline, model_id=model_id, dataset=split_dataset(self.splits, "validation"))
+
+    def note_unregistered(self) -> None:
+        """Say in the closing line that the model was not registered, and how it would be (a run on its own only).
+
+        In a workflow's nested run the workflow registers (the study's promote, the sweep's best
+        trial), so nothing is said there.
+        """
+        if mlflow.get_parent_run(self.run_id) is not None:
+            return
+        auto = registry.registered_name(FOLLOW_THE_DATA, self.splits.name, self.splits.label_names)
+        how = "-P registered_model=auto" if tracking.launcher_run_id() else "--registered_model auto"
+        mlflow.set_tag(console.NOT_REGISTERED_TAG, f"{how} registers it as {auto!r}")
 
     def finish(
         self,
@@ -243,6 +290,8 @@ class Stage:
             registered_model = self.registered_name(registered_model)
             card = model_card.summary(self.name, self.splits, evaluations, registered_model)
             self.log_model(model, registered_model=registered_model, description=card)
+            if not registered_model:
+                self.note_unregistered()
         return evaluations
 
 

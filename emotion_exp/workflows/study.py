@@ -9,14 +9,18 @@ every workflow decides for a model stage (``StageSpec.set_by_workflows``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
+import tempfile
 import time
+import urllib.parse
 from typing import Any
 
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from emotion_exp import catalog, console, plots, registry, significance, tracking
+from emotion_exp import catalog, console, plots, registry, serving, significance, tracking
 from emotion_exp.catalog import MainConfig
 from emotion_exp.config import CHAMPION_ALIAS, EvaluateConfig
 from emotion_exp.data import DatasetSplits, LabelledData
@@ -24,7 +28,28 @@ from emotion_exp.errors import UserError
 from emotion_exp.stages import evaluate, extract, promote
 from emotion_exp.stages.skeleton import log_figure, open_stage
 
-CHAMPION_METRICS = ("test_accuracy", "test_f1_weighted", "test_f1_macro", "test_loss", "test_ece", "test_brier")
+CHAMPION_METRICS = ("test_accuracy", "test_accuracy_ci_low", "test_accuracy_ci_high", "test_f1_weighted")
+"""The champion's scores on this study's test split that the parent shows (``champion_<name>``)."""
+HEADLINE = (
+    "val_accuracy",
+    "val_accuracy_ci_low",
+    "val_accuracy_ci_high",
+    "val_accuracy_delta",
+    "val_accuracy_delta_ci_low",
+    "val_accuracy_delta_ci_high",
+    "val_mcnemar_pvalue",
+)
+"""What the parent logs per stage as metrics (``<stage>_<name>``): its validation accuracy and its paired difference
+to the best other stage, each with its interval. Everything else is in ``comparison/comparison.csv``."""
+COMPARISON_CSV = "comparison/comparison.csv"
+CHART = "plots/comparison.png"
+NOTE_TAG = "mlflow.note.content"
+"""The tag MLflow's UI shows as a run's or an experiment's description (markdown)."""
+DESCRIBED_TAG = "study_description_sha256"
+"""On the experiment: the digest of the description the latest study wrote there, so the next study replaces only
+its own (never a description someone wrote)."""
+MAX_RUN_NAME = 250
+"""MLflow's limit on a run name."""
 COMPARED_METRICS = (
     "val_accuracy",
     "val_f1_weighted",
@@ -49,27 +74,42 @@ def run(config: MainConfig) -> str:
             stage = catalog.STAGES[name]
             decided = stage.set_by_workflows(features_run_id)
             children[name] = stage.run(dataclasses.replace(config.stage_config(name), **decided), splits=splits)
-        log_comparison(children)
+        table = log_comparison(children)
         if config.registered_model:
             promote.run(config.stage_config("promote"), splits=splits)
             evaluate_champion(config, splits)
+        describe(parent.run_id, table)
     console.say(summary(parent.run_id, time.perf_counter() - started))
     return parent.run_id
 
 
-def summary(parent_run_id: str, seconds: float) -> str:
-    """The console summary of a finished study: its stages' scores and seconds, the champion, the store."""
-    children = tracking.child_runs(parent_run_id)
+def champion_decision(children: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """The study's promote decision as a sentence, and the registered model it was about (None, None without one)."""
     decisions = [child for child in children if "promote_decision" in child["tags"]]
-    decision = name = None
-    if decisions:
-        tags = decisions[-1]["tags"]
-        verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
-        decision = f"{verdict} ({tags.get('promote_candidate_stage')} was the best run): {tags.get('promote_reason')}"
-        name = tags.get("registered_model")
-    experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-    parent = MlflowClient().get_run(parent_run_id).data
-    compared = [_with_paired(child, parent.metrics, parent.tags) for child in children if child not in decisions]
+    if not decisions:
+        return None, None
+    tags = decisions[-1]["tags"]
+    verdict = "promoted" if tags.get("promote_decision") == "promoted" else "kept the alias"
+    decision = f"{verdict} ({tags.get('promote_candidate_stage')} was the best run): {tags.get('promote_reason')}"
+    return decision, tags.get("registered_model")
+
+
+def summary(parent_run_id: str, seconds: float, ui_port: int | None = None) -> str:
+    """The console summary of a finished study: its stages' scores and seconds, the champion, the store, the links.
+
+    The links open the MLflow UI that the summary's command starts (on ``ui_port``, by default
+    ``mlflow ui``'s own where it is free, else a free one), or the tracking server's.
+    """
+    children = tracking.child_runs(parent_run_id)
+    decision, name = champion_decision(children)
+    parent = MlflowClient().get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
+    paired = _paired_rows(parent_run_id)
+    compared = [
+        {**child, **paired.get(child["stage"], {})} for child in children if "promote_decision" not in child["tags"]
+    ]
+    tracking_uri = mlflow.get_tracking_uri()
+    port = ui_port or serving.free_port(tracking.UI_PORT)
     text = console.summary(
         compared,
         run_id=parent_run_id,
@@ -77,19 +117,74 @@ def summary(parent_run_id: str, seconds: float) -> str:
         experiment=MlflowClient().get_experiment(experiment_id).name,
         decision=decision,
         champion_uri=f"models:/{name}@{CHAMPION_ALIAS}" if name else None,
-        tracking_uri=mlflow.get_tracking_uri(),
+        tracking_uri=tracking_uri,
+        ui_port=port,
+        caution=_caution(parent, paired),
     )
-    scored = [child["run_id"] for child in compared if "val_accuracy" in child]  # the model stages, not extract
-    runs, compared_url = tracking.experiment_url(experiment_id), tracking.comparison_url(experiment_id, scored)
-    return f"{text}\nIn the MLflow UI: the runs {runs}\n  and the stage runs side by side {compared_url}"
+    address = tracking.ui_address(tracking_uri, port)
+    links = [
+        ("the study's result", tracking.run_url(address, experiment_id, parent_run_id)),
+        ("its stage runs, best first", tracking.child_runs_url(address, experiment_id, parent_run_id, "val_accuracy")),
+        ("its models", tracking.models_url(address, experiment_id)),
+    ]
+    return "\n".join([text, "In the MLflow UI:", *(f"  {label}: {url}" for label, url in links)])
 
 
-def _with_paired(child: dict[str, Any], metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any]:
-    """A child's row with the paired difference the parent logged for its stage (``log_comparison``)."""
-    stage = child["stage"]
-    paired = {key.removeprefix(f"{stage}_"): value for key, value in metrics.items() if key.startswith(f"{stage}_val_")}
-    versus = tags.get(f"{stage}_versus")
-    return {**child, **paired, **({"versus": versus} if versus else {})}
+def _paired_rows(parent_run_id: str) -> dict[str, dict[str, Any]]:
+    """Each compared stage's row of the parent's comparison table (scores, paired difference, ``versus``)."""
+    table = _comparison_csv(parent_run_id)
+    if table is None:
+        return {}
+    table = table.astype(object).where(table.notna(), None)
+    return {row["stage"]: {k: v for k, v in row.items() if v is not None} for row in table.to_dict("records")}
+
+
+def _comparison_csv(parent_run_id: str) -> pd.DataFrame | None:
+    """The parent's ``comparison/comparison.csv``, or None for a parent that logged none."""
+    listed = {item.path for item in MlflowClient().list_artifacts(parent_run_id, "comparison")}
+    if COMPARISON_CSV not in listed:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return pd.read_csv(
+            mlflow.artifacts.download_artifacts(run_id=parent_run_id, artifact_path=COMPARISON_CSV, dst_path=folder)
+        )
+
+
+def _winner(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The stage row with the highest validation accuracy (None without a scored stage)."""
+    scored = [row for row in rows.values() if row.get("val_accuracy") is not None]
+    return max(scored, key=lambda row: row["val_accuracy"]) if scored else None
+
+
+def _caution(parent: mlflow.entities.Run, rows: dict[str, dict[str, Any]]) -> str | None:
+    """One line where the validation split is too small to separate the stages."""
+    best, texts = _winner(rows), parent.data.metrics.get("val_rows")
+    if best is None or texts is None:
+        return None
+    return significance.too_few_texts(
+        int(texts), f"{best['stage']}'s val accuracy {console.shown_score(best, 'val_accuracy')}"
+    )
+
+
+def verdict(table: pd.DataFrame, *, markdown: bool = False) -> str | None:
+    """Which stage won and by how much: ``finetune best: val accuracy 0.845 [0.785, 0.890], +0.065 [+0.005,
+    +0.130] vs tfidf (p=0.06, not beyond chance)``; None when no stage was scored.
+
+    The winner has the highest validation accuracy (selection on validation only); its margin is the
+    paired difference to the runner-up on the same texts.
+    """
+    rows = {row["stage"]: row for row in table.astype(object).where(table.notna(), None).to_dict("records")}
+    best = _winner(rows)
+    if best is None:
+        return None
+    name = f"**{best['stage']}**" if markdown else best["stage"]
+    text = f"{name} best: val accuracy {console.shown_score(best, 'val_accuracy')}"
+    if best.get("val_accuracy_delta") is not None:
+        pvalue, low = best["val_mcnemar_pvalue"], best["val_accuracy_delta_ci_low"]
+        chance = "beyond chance" if pvalue < 0.05 and low > 0 else "not beyond chance"
+        difference = console.shown_difference(best, "val").rsplit(", p=", 1)[0]
+        text += f", {difference} (p={pvalue:.2g}, {chance})"
+    return text
 
 
 def evaluate_champion(config: MainConfig, splits: DatasetSplits) -> None:
@@ -195,28 +290,67 @@ def _seeds_note(row: dict[str, Any]) -> str:
 
 
 def log_comparison(children: dict[str, str]) -> pd.DataFrame:
-    """Log the study's closing comparison on the parent: markdown, CSV, metrics and a bar chart with intervals."""
+    """Log the study's closing comparison on the parent: markdown, CSV, the headline metrics and a bar chart."""
     table = comparison_table(children)
     mlflow.log_text(
         COMPARISON_NOTE + readable_comparison(table).to_markdown(index=False) + "\n", "comparison/comparison.md"
     )
-    mlflow.log_text(table.to_csv(index=False), "comparison/comparison.csv")
-    numeric = [column for column in table.columns if column not in ("stage", "run_id", "versus", "seeds_note")]
+    mlflow.log_text(table.to_csv(index=False), COMPARISON_CSV)
     mlflow.log_metrics(
         {
             f"{row['stage']}_{column}": float(row[column])
             for row in table.to_dict("records")
-            for column in numeric
-            if row[column] is not None and pd.notna(row[column])
+            for column in HEADLINE
+            if column in row and row[column] is not None and pd.notna(row[column])
         }
     )
-    if "versus" in table:
-        versus = {
-            f"{row['stage']}_versus": row["versus"] for row in table.to_dict("records") if pd.notna(row["versus"])
-        }
-        mlflow.set_tags(versus)
-    log_figure(plots.comparison(table), "plots/comparison.png")
+    log_figure(plots.comparison(table), CHART)
     return table
+
+
+def describe(parent_run_id: str, table: pd.DataFrame) -> None:
+    """Put the result where MLflow's UI shows it first: the parent's name and description, the experiment's.
+
+    The parent is renamed ``main: <verdict>`` (the run page's title, the runs table's first column);
+    its description (``mlflow.note.content``, markdown) holds the verdict, the champion decision, the
+    chart and the table. The experiment's description, the first line on its Runs and Models tabs,
+    becomes the same, unless someone else wrote it: it is replaced only where it is empty or is the
+    one the last study wrote (``DESCRIBED_TAG``).
+    """
+    headline = verdict(table)
+    if headline is None:
+        return
+    client = MlflowClient()
+    parent = client.get_run(parent_run_id)
+    note = [f"{verdict(table, markdown=True)}."]
+    decision, name = champion_decision(tracking.child_runs(parent_run_id))
+    if decision is not None:
+        # The alias in code type: MLflow's markdown makes "@champion" a link to a user of that name.
+        sentence = f"Champion `models:/{name}@{CHAMPION_ALIAS}`: " + re.sub(r"@(\w+)", r"`@\1`", decision)
+        scores = {key.removeprefix("champion_"): value for key, value in parent.data.metrics.items()}
+        if "test_accuracy" in scores:
+            sentence += f"; on this study's test split, accuracy {console.shown_score(scores, 'test_accuracy')}"
+        note.append(f"{sentence}.")
+    chart = urllib.parse.urlencode({"path": CHART, "run_uuid": parent_run_id})
+    note += [
+        f"![Validation scores by stage with their 95% intervals](get-artifact?{chart})",
+        readable_comparison(table).to_markdown(index=False),
+        COMPARISON_NOTE.strip() + " All columns: `comparison/comparison.md` and `.csv` (Artifacts).",
+    ]
+    client.update_run(parent_run_id, name=f"main: {headline}"[:MAX_RUN_NAME])
+    client.set_tag(parent_run_id, NOTE_TAG, "\n\n".join(note))
+    experiment = client.get_experiment(parent.info.experiment_id)
+    previous = experiment.tags.get(NOTE_TAG)
+    if previous and _digest(previous) != experiment.tags.get(DESCRIBED_TAG):
+        return  # a description someone wrote: left alone
+    note.insert(1, f"The latest study: run `{parent_run_id}`, {time.strftime('%Y-%m-%d %H:%M')}.")
+    latest = "\n\n".join(note)
+    client.set_experiment_tag(experiment.experiment_id, NOTE_TAG, latest)
+    client.set_experiment_tag(experiment.experiment_id, DESCRIBED_TAG, _digest(latest))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 COMPARISON_NOTE = """Each score with its 95% bootstrap interval over the split's texts. The difference is in accuracy

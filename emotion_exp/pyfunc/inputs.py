@@ -1,0 +1,174 @@
+"""The input contract of every text -> label model: what a call takes, what it refuses, what comes back.
+
+A model takes a list of texts or a table with a ``text`` column and returns ``label`` plus one
+probability column per label name (``prob_<label>``). MLflow checks a call against the model's
+signature (``signature``: one unnamed column of any type, and the param ``skip_empty``) and
+hands ``predict`` a DataFrame; ``text_input`` checks the rest there and refuses what is no
+text with an ``MlflowException`` of ``INVALID_PARAMETER_VALUE``, which ``mlflow models serve``
+answers with a 400. These are MLflow's supported routes: the server itself is not touched, so
+what MLflow does to a request before any model code runs stays as MLflow does it
+(docs/reliability.md lists what that costs).
+
+No ``from __future__ import annotations`` here: MLflow reads the type hint of the wrapped
+``predict`` (``pd.DataFrame``: no type-hint validation of its own) as an object.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType
+
+from emotion_exp import texts as text_rule
+from emotion_exp.contract import probability_column
+from emotion_exp.pyfunc import limits
+
+TEXT_COLUMN = "text"
+SKIP_EMPTY = "skip_empty"
+FIRST_COLUMN_HINT = f" (MLflow hands the model a table's first column only: put '{TEXT_COLUMN}' first)"
+PAYLOAD_SHAPES = (
+    '{"inputs": ["text", ...]}, {"dataframe_records": [{"text": "..."}, ...]}, '
+    '{"dataframe_split": {"columns": ["text"], "data": [["..."], ...]}} or a Parquet table whose first column is text'
+)
+
+
+def texts_from_input(model_input: Any, skip_empty: bool = False, max_chars: int | None = None) -> list[str]:
+    """Accept a DataFrame with a ``text`` column, a Series or a list of strings; refuse anything else.
+
+    MLflow hands a list of strings over as a DataFrame with the single unnamed column ``0``,
+    and a table as its first column only; any other DataFrame must name its ``text`` column.
+    Nulls, numbers, lists and other non-text values are refused with their row numbers, and so
+    are empty or whitespace-only texts unless ``skip_empty`` (the rule of ``emotion_exp.texts``,
+    the same as for files); so are texts longer than ``max_chars`` characters, before any
+    tokenizer sees them.
+    """
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN in model_input.columns:
+            values = model_input[TEXT_COLUMN]
+        elif list(model_input.columns) == [0]:
+            values = model_input.iloc[:, 0]
+        else:
+            raise MlflowException.invalid_parameter_value(
+                f"Expected a list of texts or a table with a '{TEXT_COLUMN}' column; found the columns "
+                f"{list(model_input.columns)[:5]}{FIRST_COLUMN_HINT}: send {PAYLOAD_SHAPES}."
+            )
+    elif isinstance(model_input, (pd.Series, list, tuple, np.ndarray)):
+        if isinstance(model_input, np.ndarray) and model_input.ndim > 1:
+            raise MlflowException.invalid_parameter_value(
+                f"Expected a list of texts or a table with a '{TEXT_COLUMN}' column; found an array of shape "
+                f"{model_input.shape}: send {PAYLOAD_SHAPES}."
+            )
+        items = np.atleast_1d(model_input) if isinstance(model_input, np.ndarray) else model_input
+        values = pd.Series(list(items), dtype=object)
+    elif isinstance(model_input, str):
+        values = pd.Series([model_input], dtype=object)
+    else:
+        raise MlflowException.invalid_parameter_value(
+            f"Expected a DataFrame with a '{TEXT_COLUMN}' column or a list of strings; "
+            f"got {type(model_input).__name__}."
+        )
+    values = list(values)
+    found = text_rule.problems(values, max_chars=max_chars)
+    if found.refused(skip_empty):
+        raise MlflowException.invalid_parameter_value(
+            f"Expected every text to be a non-empty string; found {found.describe('row', skip_empty)} (rows count "
+            f"from 0): send only strings{_hint(found, values, skip_empty, max_chars)}."
+        )
+    return values
+
+
+def _hint(found: text_rule.TextProblems, values: list[Any], skip_empty: bool, max_chars: int | None) -> str:
+    """How to fix what ``found`` names: ``skip_empty`` is offered only where it would help (empty texts)."""
+    hint = ""
+    if any(isinstance(values[row], (list, tuple, dict, np.ndarray)) for row in found.not_text):
+        hint += f", one per row (a list or an object is no text: send {PAYLOAD_SHAPES})"
+    if found.empty and not skip_empty:
+        hint += f', or pass the param {{"{SKIP_EMPTY}": true}} to give empty texts an empty label'
+    elif found.not_text and skip_empty:
+        hint += f' ("{SKIP_EMPTY}" labels empty strings, not nulls: send "" for a missing text)'
+    if found.too_long:
+        hint += f'; split or shorten texts over {max_chars:,} characters (the limit is the model_config "max_chars")'
+    return hint
+
+
+def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+    """Wrap a model's ``predict``: check the input and the params, cap the texts, and skip empty texts if asked.
+
+    The wrapped ``predict`` gets the non-empty texts as a list of strings (its ``model_input``);
+    rows skipped by ``skip_empty`` come back with an empty label and empty probabilities. The
+    limits (``limits.MAX_TEXTS``, ``limits.MAX_CHARS``) come from the model's ``model_config``.
+    Where a call must stop by a deadline (``limits.deadline``), the texts are predicted in parts
+    of ``limits.SERVED_PART`` and the deadline is checked between them.
+    """
+
+    @functools.wraps(predict, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+    def checked(
+        self: Any, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        skip_empty = bool((params or {}).get(SKIP_EMPTY, False))
+        model_config = getattr(context, "model_config", None) or {}
+        texts = texts_from_input(model_input, skip_empty=skip_empty, max_chars=limits.max_chars(model_config))
+        limits.check_count(len(texts), model_config)
+        keep = np.fromiter((not text_rule.blank(text) for text in texts), dtype=bool, count=len(texts))
+        kept = [text for text, kept in zip(texts, keep) if kept]
+        deadline = limits.deadline()
+        if deadline is None or len(kept) <= limits.SERVED_PART:
+            return with_skipped_rows(predict(self, context, kept, params), keep)
+        parts = []
+        for start in range(0, len(kept), limits.SERVED_PART):
+            if start:
+                limits.check_deadline(deadline, start, len(kept))
+            parts.append(predict(self, context, kept[start : start + limits.SERVED_PART], params))
+        return with_skipped_rows(pd.concat(parts, ignore_index=True), keep)
+
+    return checked
+
+
+def with_skipped_rows(predictions: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """``predictions`` of the kept rows, spread over all rows; a skipped row gets label "" and empty probabilities.
+
+    The probabilities of skipped rows are None (null in JSON, an empty cell in CSV, null in Parquet).
+    """
+    if keep.all():
+        return predictions.reset_index(drop=True)
+    frame = pd.DataFrame(index=range(len(keep)), columns=predictions.columns, dtype=object)
+    frame.loc[keep] = predictions.to_numpy(dtype=object)
+    frame.loc[~keep, "label"] = ""
+    frame = frame.astype({"label": str})
+    return frame.where(frame.notna(), None)
+
+
+def predictions_frame(probabilities: np.ndarray, label_names: Sequence[str]) -> pd.DataFrame:
+    """``label`` (the most probable name) plus one probability column per label.
+
+    The probabilities are widened to the signature's double and renormalised there: rows of
+    float32 probabilities sum to one only within float32 precision, and consumers that check
+    (sklearn's Brier score in ``evaluate``) warn that they are not probabilities.
+    """
+    widened = probabilities.astype(np.float64)
+    if len(widened):
+        widened /= widened.sum(axis=1, keepdims=True)
+    frame = pd.DataFrame(widened, columns=[probability_column(n) for n in label_names])
+    frame.insert(0, "label", np.asarray(label_names, dtype=object)[probabilities.argmax(axis=1)])
+    return frame
+
+
+def signature(label_names: Sequence[str]) -> ModelSignature:
+    """Input: texts (a ``text`` column or a list); output: ``label`` and one double per label; param ``skip_empty``.
+
+    The input column is unnamed because MLflow refuses a plain list of strings for a named one
+    before the model sees it. Its type is ``Any``: under ``string`` the server turns ``{"inputs":
+    ["ok", 5]}`` into the texts "ok" and "5" before the model sees them; ``texts_from_input``
+    enforces the ``text`` name and that every value is a string.
+    """
+    outputs = [ColSpec("string", "label")] + [ColSpec("double", probability_column(n)) for n in label_names]
+    params = ParamSchema([ParamSpec(SKIP_EMPTY, "boolean", False)])
+    return ModelSignature(inputs=Schema([ColSpec(AnyType())]), outputs=Schema(outputs), params=params)
+
+
+INPUT_EXAMPLE = pd.DataFrame({TEXT_COLUMN: ["i feel so happy today", "im scared of what comes next"]})
