@@ -4,7 +4,9 @@ One archive of the running server (its artifacts read from its object store's bu
 into a new folder, with an object store of its own, and brought `up` once: every run, metric,
 artifact (in the new bucket), registered version, alias, user and permission is found there, and
 the champion loads from it. `upgrade` is a no-op on a current folder, refuses while the server runs on an older
-schema and migrates it once stopped. A tampered archive is refused before anything is made.
+schema and migrates it once stopped. A tampered archive is refused before anything is made, and so are
+archives crafted to write outside the new folder (`artifacts//tmp/x`, names that are not normal, a link on
+the way).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import secrets
 import shlex
 import shutil
+import socket
 import stat
+import subprocess
 import tarfile
 import tempfile
 import uuid
@@ -123,7 +127,7 @@ def test_the_archive_is_private_and_its_manifest_lists_both_databases_and_every_
     note = next(name for name in manifest["members"] if name.endswith(f"{archived.run_id}/artifacts/{NOTE_PATH}"))
     assert manifest["artifacts"]["source"] == "bucket" and manifest["artifacts"]["objects"] >= 2
     assert digests.pop("manifest.json") and digests == manifest["members"] and note in digests
-    secret_files = (archived.server.folder / "secrets").iterdir()
+    secret_files = [path for path in (archived.server.folder / "secrets").rglob("*") if path.is_file()]
     tar_bytes = gzip.decompress(archived.archive.read_bytes())  # the dumps' data is compressed again by pg_dump
     assert not any(path.read_bytes().strip() in tar_bytes for path in secret_files), "a file of DIR/secrets is archived"
 
@@ -135,6 +139,8 @@ def test_a_restored_server_holds_every_run_model_user_and_permission(archived: A
     restored = run_script(*docs_command("restore", paths))
     assert restored.returncode == 0, restored.stderr
     assert f"start it: deploy/tracking-server up --dir {new_folder}" in restored.stdout
+    assert "the users log in as before" in restored.stdout and "WARNING" not in restored.stderr
+    assert "logins on (admin 'admin', default permission NO_PERMISSIONS)" in restored.stdout
     again = run_script("restore", "--from", str(archived.archive), "--dir", str(new_folder))
     assert again.returncode == 1 and "already holds a tracking server" in again.stderr
 
@@ -247,3 +253,162 @@ def test_a_tampered_archive_is_refused_before_anything_is_made(archived: Archive
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "does not match its checksum in the manifest" in result.stderr and NOTE_PATH in result.stderr
     assert not folder.exists()
+
+
+# --- archives made to attack `restore` (issue 36) ---------------------------------------------------------
+
+
+SETTINGS = {
+    "host": "127.0.0.1",
+    "port": 5000,
+    "pg_port": 5432,
+    "backend_store_uri": None,
+    "auth_database_uri": None,
+    "artifacts_destination": "/srv/mlflow/artifacts",
+    "workers": 4,
+    "auth": True,
+    "default_permission": "NO_PERMISSIONS",
+    "object_store": None,
+    "admin_username": "admin",
+    "admin_created": True,
+}
+
+
+def crafted_archive(path: Path, artifacts: dict[str, bytes], **settings: object) -> Path:
+    """An archive as `backup` writes one (format 1, both databases, every member with its right sha256), holding
+    ``artifacts`` under the names given and a manifest with ``settings`` over SETTINGS: what an attacker who can
+    write an archive makes. Its dumps are not PostgreSQL's: whatever restore writes before pg_restore stays."""
+    members = {f"databases/{name}.dump": b"not a dump" for name in ("mlflow", "mlflow_auth")} | artifacts
+    manifest = {
+        "format": 1,
+        "created": "2026-12-07T00:00:00+00:00",
+        "mlflow_version": mlflow.__version__,
+        "postgresql_version": "15.0",
+        "settings": {**SETTINGS, **settings},
+        "databases": ["mlflow", "mlflow_auth"],
+        "artifacts": {"source": "folder", "objects": len(artifacts), "bytes": sum(map(len, artifacts.values()))},
+        "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in [*members.items(), ("manifest.json", json.dumps(manifest).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def refused_before_anything(result: subprocess.CompletedProcess, folder: Path, *shown: str) -> None:
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "nothing was restored" in result.stderr, result.stderr
+    for text in shown:
+        assert text in result.stderr, result.stderr
+    assert not folder.exists(), f"restore made {folder}"
+
+
+@pytest.mark.parametrize("top", ["artifacts", "databases"])
+def test_a_member_named_with_a_double_slash_is_refused_before_anything_is_written(
+    top: str, new_folder: Path, tmp_path: Path
+) -> None:
+    planted = tmp_path / "planted" / "x"  # what `artifacts//tmp/x` names: an absolute path once split at its first /
+    name = f"{top}/{planted}"
+    assert "//" in name
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {name: b"planted by an archive"})
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    refused_before_anything(result, new_folder, repr(name))
+    assert not planted.parent.exists(), "restore wrote outside its --dir"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["artifacts/1/./x", "artifacts/1//x", "artifacts/1/x/", "artifacts/1/../x", "artifacts/..", "artifacts"],
+)
+def test_a_member_name_that_is_not_normal_is_refused(name: str, new_folder: Path, tmp_path: Path) -> None:
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {name: b"data"})
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    refused_before_anything(result, new_folder, repr(name))
+
+
+def test_an_artifacts_folder_that_leads_elsewhere_is_refused_before_anything_is_written(
+    new_folder: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    new_folder.mkdir(mode=0o711)
+    (new_folder / "artifacts").symlink_to(elsewhere)  # an empty --dir, but for this link
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {"artifacts/1/run/artifacts/x": b"through a link"})
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{new_folder / 'artifacts'}" in result.stderr and "outside" in result.stderr, result.stderr
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in new_folder.iterdir()) == ["artifacts"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "shown"),
+    [
+        ({"backend_store_uri": "postgresql://mlflow@db.example.org/mlflow"}, "backend_store_uri"),
+        ({"default_permission": "EVERYTHING"}, "default_permission"),
+        ({"port": 99999}, "port"),
+        ({"auth": "yes"}, "auth"),
+        ({"run_as": "root"}, "run_as"),
+    ],
+    ids=["external-database", "permission", "port", "auth-not-a-boolean", "unknown"],
+)
+def test_archived_settings_restore_cannot_apply_are_refused(
+    settings: dict, shown: str, new_folder: Path, tmp_path: Path
+) -> None:
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {}, **settings)
+
+    result = run_script("restore", "--from", str(archive), "--dir", str(new_folder))
+
+    refused_before_anything(result, new_folder, shown)
+
+
+@pytest.mark.parametrize("port", ["taken", "70000", "80"])
+def test_a_pg_port_that_cannot_be_used_is_refused_before_anything_starts(
+    port: str, new_folder: Path, tmp_path: Path
+) -> None:
+    archive = crafted_archive(tmp_path / "crafted.tar.gz", {})
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        number = str(holder.getsockname()[1]) if port == "taken" else port
+
+        result = run_script("restore", "--from", str(archive), "--dir", str(new_folder), "--pg-port", number)
+
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert number in result.stderr and "Examine the log output" not in result.stderr, result.stderr
+    assert not new_folder.exists()
+
+
+def test_archived_settings_that_open_the_server_are_shown_with_a_warning(
+    archived: Archived, new_folder: Path, tmp_path: Path
+) -> None:
+    """The manifest is outside the checksums: logins turned off and another host, edited into it, are restored
+    only with a warning, and restore no longer says the users log in as before."""
+    edited = tmp_path / "edited.tar.gz"
+    with tarfile.open(archived.archive, "r:gz") as source, tarfile.open(edited, "w:gz") as target:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name == "manifest.json":
+                manifest = json.loads(data)
+                manifest["settings"] |= {"auth": False, "host": "0.0.0.0"}
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+
+    result = run_script("restore", "--from", str(edited), "--dir", str(new_folder))
+
+    assert result.returncode == 0, result.stderr
+    assert "settings from the archive (its checksums do not cover them):" in result.stdout
+    assert "MLflow server on 0.0.0.0:" in result.stdout and "logins OFF" in result.stdout
+    assert "WARNING: the archive's settings turn logins off" in result.stderr
+    assert "WARNING: the archive's settings bind the MLflow server to 0.0.0.0" in result.stderr
+    assert "log in as before" not in result.stdout and "logins are off" in result.stdout
+    restored = json.loads((new_folder / "server.json").read_text())
+    assert (restored["auth"], restored["host"]) == (False, "0.0.0.0")  # what was shown is what was restored

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from emotion_exp.serving import free_port
@@ -130,10 +132,10 @@ def test_a_decoy_in_the_pid_file_is_neither_reported_nor_stopped(tmp_path: Path,
         cwd=folder if in_the_folder else tmp_path,
     )
     try:
-        ticks = Path(f"/proc/{decoy.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        started = psutil.Process(decoy.pid).create_time()
         # Elsewhere, its true start time; in the folder, a start time `up` did not record.
-        recorded = ticks if not in_the_folder else str(int(ticks) - 100)
-        (folder / "mlflow.pid").write_text(f"{decoy.pid} {recorded}\n")
+        recorded = started if not in_the_folder else started - 60
+        (folder / "mlflow.pid").write_text(f"{decoy.pid} {recorded!r}\n")
 
         status = run_script("status", "--dir", str(folder))
         down = run_script("down", "--dir", str(folder))
@@ -229,6 +231,25 @@ def test_an_empty_pid_file_and_a_truncated_settings_file_give_one_clear_line(tmp
         result = run_script(command, "--dir", str(folder))
         no_traceback(result)
         assert f"{settings} is damaged" in result.stderr
+
+
+def test_a_pid_file_of_the_previous_version_still_names_the_running_server(sqlite_server: Path) -> None:
+    """The previous version recorded the start time in clock ticks since boot (/proc/PID/stat's 22nd field):
+    a server it started is still found after an update of the script, and a wrong start time is still refused."""
+    pid_file = sqlite_server / "mlflow.pid"
+    written = pid_file.read_text()
+    pid = int(written.split()[0])
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    try:
+        pid_file.write_text(f"{pid} {ticks}\n")
+        found = run_script("status", "--dir", str(sqlite_server))
+        pid_file.write_text(f"{pid} {ticks - 6000}\n")  # a minute earlier: another process with that pid
+        other = run_script("status", "--dir", str(sqlite_server))
+    finally:
+        pid_file.write_text(written)
+
+    assert found.returncode == 0 and f"mlflow server: running, pid {pid}" in found.stdout, found.stdout
+    assert other.returncode == 3 and "mlflow server: stopped" in other.stdout, other.stdout
 
 
 def test_settings_and_pid_files_are_written_whole_with_mode_0600(sqlite_server: Path) -> None:
@@ -339,6 +360,21 @@ def test_a_failed_up_stops_the_postgresql_it_started(reachable_base: Path, stopp
     assert result.returncode == 1, result.stdout
     assert "mlflow server exited" in result.stderr
     assert pids_of(folder) == [], "a failed up left PostgreSQL running"
+
+
+@pytest.mark.postgres
+def test_up_on_a_pg_port_another_process_holds_refuses_before_anything_starts(reachable_base: Path) -> None:
+    folder = reachable_base / "server"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+
+        result = run_script("up", "--dir", str(folder), "--port", str(free_port()), "--pg-port", str(port))
+
+    no_traceback(result)
+    assert f"PostgreSQL's port {port} on 127.0.0.1" in result.stderr and "--pg-port" in result.stderr
+    assert not (folder / "postgres").exists() and pids_of(folder) == []
 
 
 @pytest.mark.postgres

@@ -50,18 +50,7 @@ class TrackingServer:
 
     def bucket_keys(self, prefix: str) -> list[str]:
         """The object keys under ``prefix`` in the server's S3 bucket, listed through the S3 API with DIR's keys."""
-        import boto3
-
-        settings = json.loads((self.folder / "server.json").read_text())
-        keys = self.folder / "secrets"
-        client = boto3.client(
-            "s3",
-            endpoint_url=f"http://127.0.0.1:{settings['object_store']['s3.port']}",
-            aws_access_key_id=(keys / "s3-access-key").read_text().strip(),
-            aws_secret_access_key=(keys / "s3-secret-key").read_text().strip(),
-            region_name="us-east-1",
-        )
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket="mlflow", Prefix=prefix)
+        pages = bucket_client(self.folder).get_paginator("list_objects_v2").paginate(Bucket="mlflow", Prefix=prefix)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
     def add_user(self, permission: str, *, experiment_id: str, registered_model: str) -> tuple[str, str]:
@@ -105,6 +94,21 @@ class TrackingServer:
             finally:
                 engine.dispose()
         assert changed == 1, f"no user {username!r} in the auth database"
+
+
+def bucket_client(folder: Path):
+    """A boto3 S3 client of the object store of the server in ``folder``, with the keys in its secrets."""
+    import boto3
+
+    settings = json.loads((folder / "server.json").read_text())
+    keys = folder / "secrets"
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{settings['object_store']['s3.port']}",
+        aws_access_key_id=(keys / "s3-access-key").read_text().strip(),
+        aws_secret_access_key=(keys / "s3-secret-key").read_text().strip(),
+        region_name="us-east-1",
+    )
 
 
 def run_script(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""`backup`, `restore` and `upgrade` of a team tracking server made by deploy/tracking-server.
+"""`backup`, `restore` and `upgrade` of a team tracking server made by `deploy/tracking-server up`.
 
     deploy/tracking-server backup  --dir DIR --to FILE
     deploy/tracking-server restore --from FILE --dir NEWDIR [--pg-port PORT]
@@ -8,8 +8,8 @@ The archive (tar.gz, mode 0600: the user database holds the users' password hash
 `manifest.json`, a `pg_dump` (custom format) of the tracking and user databases
 (`databases/<name>.dump`) and every artifact (`artifacts/<path>`: a file of DIR/artifacts, or an
 object of the `up --object-store` bucket by its key); the manifest gives the sha256 of each member,
-which `restore` checks before it makes anything. Secrets are not in it: `restore` generates new ones.
-The script imports this module to add these commands (docs/team-server.md).
+which `restore` checks before it makes anything. Secrets are not in it: `restore` generates new ones
+(docs/team-server.md).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -34,11 +35,63 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import __main__ as server  # deploy/tracking-server, which imports this module to add its commands
+from .errors import SetupError
+from .layout import Layout
+from .mlflow_server import HEALTH_TIMEOUT_S, mlflow_pid
+from .object_store import (
+    BUCKET,
+    MISSING_BUCKET,
+    bucket_found,
+    make_bucket,
+    object_store_ports,
+    s3_client,
+    s3_endpoint,
+    start_seaweedfs,
+    stop_seaweedfs,
+    weed_pid,
+)
+from .postgres import (
+    AUTH_DB,
+    PG_USER,
+    TRACKING_DB,
+    check_pg_port,
+    create_databases,
+    database_uri,
+    init_postgres,
+    postgres_bin,
+    postgres_pid,
+    start_postgres,
+    stop_postgres,
+)
+from .private_files import make_folder, secret
+from .processes import HIGHEST_PORT, free_port
+from .settings import PERMISSIONS, external_uri, load_settings, loopback, mask_password, save_settings
 
 MANIFEST = "manifest.json"
+
+
+def is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= HIGHEST_PORT
+
+
+# server.json's settings as `up` writes them for a server `backup` archives, each with the check its value passes.
+SETTING_CHECKS: dict[str, Callable[[object], bool]] = {
+    "host": lambda value: isinstance(value, str) and re.fullmatch(r"[0-9A-Za-z.:-]+", value) is not None,
+    "port": is_port,
+    "pg_port": lambda value: value is None or is_port(value),
+    "backend_store_uri": lambda value: value is None,  # backup refuses a server on an external database
+    "auth_database_uri": lambda value: value is None,
+    "artifacts_destination": lambda value: isinstance(value, str) and value != "",
+    "workers": lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+    "auth": lambda value: isinstance(value, bool),
+    "default_permission": lambda value: value in PERMISSIONS,
+    "object_store": lambda value: value is None or isinstance(value, dict),  # restore picks new ports
+    "admin_username": lambda value: isinstance(value, str) and value != "",
+    "admin_created": lambda value: isinstance(value, bool),
+}
+REQUIRED_SETTINGS = ("host", "port", "artifacts_destination", "workers", "auth", "default_permission")
 FORMAT = 1
-DATABASES = (server.TRACKING_DB, server.AUTH_DB)
+DATABASES = (TRACKING_DB, AUTH_DB)
 CHUNK = 1 << 20
 # folder: DIR/artifacts; bucket: the S3 bucket of `up --object-store` (read and refilled through its S3 API);
 # external: an operator's own s3:// (or other) destination, not archived.
@@ -74,33 +127,15 @@ print(json.dumps(found))
 """
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register backup, restore and upgrade on the script's subcommands."""
-    save = commands.add_parser("backup", help="archive both databases and the artifacts into one file")
-    save.set_defaults(function=backup)
-    save.add_argument("--dir", required=True, help="the server's folder (it may be running)")
-    save.add_argument("--to", required=True, help="the archive to write (tar.gz, mode 0600; replaced whole)")
-    load = commands.add_parser("restore", help="make a new server folder from an archive of `backup`")
-    load.set_defaults(function=restore)
-    load.add_argument("--from", dest="archive", required=True, help="the archive written by `backup`")
-    load.add_argument("--dir", required=True, help="the new server's folder (must not hold a server)")
-    load.add_argument("--pg-port", type=int, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
-    migrate = commands.add_parser("upgrade", help="migrate the databases' schemas after `pip install -U mlflow`")
-    migrate.set_defaults(function=upgrade)
-    migrate.add_argument("--dir", required=True, help="the server's folder (its MLflow server stopped)")
-
-
 # ---------------------------------------------------------------- backup
 
 
 def backup(args: argparse.Namespace) -> int:
-    layout = server.Layout(Path(args.dir))
+    layout = Layout(Path(args.dir))
     settings = managed_settings(layout)
     target = Path(args.to).absolute()
     if not target.parent.is_dir():
-        raise server.SetupError(
-            f"cannot write {target}: {target.parent} is not a folder; create it or pick another --to."
-        )
+        raise SetupError(f"cannot write {target}: {target.parent} is not a folder; create it or pick another --to.")
     source = artifact_source(settings)
     with running_postgres(layout, settings), running_object_store(layout, settings, source):
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # mode 0700: dumps are private
@@ -109,7 +144,7 @@ def backup(args: argparse.Namespace) -> int:
         finally:
             shutil.rmtree(staging)
     artifacts = manifest["artifacts"]
-    where = f" (from the bucket {server.BUCKET} of its object store)" if source == "bucket" else ""
+    where = f" (from the bucket {BUCKET} of its object store)" if source == "bucket" else ""
     print(
         f"backed up {layout.root} to {target} (mode 0600: it holds the users' password hashes): databases "
         f"{', '.join(DATABASES)}; {artifacts['objects']} artifacts{where}, {artifacts['bytes']} bytes"
@@ -122,7 +157,7 @@ def backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_archive(layout: server.Layout, settings: dict, source: str, target: Path, staging: Path) -> dict:
+def write_archive(layout: Layout, settings: dict, source: str, target: Path, staging: Path) -> dict:
     """The archive, written to a temporary file (mode 0600) renamed over the target once whole."""
     environment = pg_environment(layout)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
@@ -169,9 +204,7 @@ def artifact_source(settings: dict) -> str:
     return "external" if "://" in settings["artifacts_destination"] else "folder"
 
 
-def artifact_objects(
-    layout: server.Layout, settings: dict, source: str, staging: Path
-) -> Iterator[tuple[str, BinaryIO, int]]:
+def artifact_objects(layout: Layout, settings: dict, source: str, staging: Path) -> Iterator[tuple[str, BinaryIO, int]]:
     """Each artifact as (path relative to the destination, or its key in the bucket; an open reader; its size)."""
     if source == "external":
         return
@@ -183,30 +216,32 @@ def artifact_objects(
         return
     for path in sorted(folder.rglob("*")):
         if path.is_symlink():
-            raise server.SetupError(f"{path} is a link: the server never makes one; check it, then remove it.")
+            raise SetupError(f"{path} is a link: the server never makes one; check it, then remove it.")
         if path.is_file():
             with path.open("rb") as reader:
                 yield path.relative_to(folder).as_posix(), reader, os.fstat(reader.fileno()).st_size
 
 
-def bucket_objects(layout: server.Layout, settings: dict, staging: Path) -> Iterator[tuple[str, BinaryIO, int]]:
+def bucket_objects(layout: Layout, settings: dict, staging: Path) -> Iterator[tuple[str, BinaryIO, int]]:
     """Every object of DIR's bucket, read through its S3 API into a private file of ``staging`` one at a time, so
     that the archive gets exactly the size it is told and an S3 error is one line here, not mid-member."""
     from botocore.exceptions import BotoCoreError, ClientError  # the server extra, like boto3 in s3_client
 
-    client = server.s3_client(layout, settings)
+    if not bucket_found(layout, settings):
+        print(f"WARNING: {MISSING_BUCKET}; the archive holds the databases and no artifact.", file=sys.stderr)
+        return
+    client = s3_client(layout, settings)
     copy = staging / "object"
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=server.BUCKET):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
             for item in page.get("Contents", []):
                 key = item["Key"]
-                parts = PurePosixPath(key).parts
-                if key.startswith("/") or ".." in parts or PurePosixPath(key).as_posix() != key:
-                    raise server.SetupError(
-                        f"the bucket {server.BUCKET} holds {key!r}, which is not a plain path (MLflow never writes "
+                if not normal(key):
+                    raise SetupError(
+                        f"the bucket {BUCKET} holds {key!r}, which is not a plain path (MLflow never writes "
                         "one): move or remove that object, then run backup again."
                     )
-                body = client.get_object(Bucket=server.BUCKET, Key=key)["Body"]
+                body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
                 fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as target:
                     shutil.copyfileobj(body, target, CHUNK)
@@ -214,16 +249,14 @@ def bucket_objects(layout: server.Layout, settings: dict, staging: Path) -> Iter
                     yield key, reader, os.fstat(reader.fileno()).st_size
                 copy.unlink()
     except (BotoCoreError, ClientError) as error:
-        raise server.SetupError(
-            f"cannot read the bucket {server.BUCKET} at {server.s3_endpoint(settings)}: {error}"
-        ) from error
+        raise SetupError(f"cannot read the bucket {BUCKET} at {s3_endpoint(settings)}: {error}") from error
 
 
-class _Hashing:
+class HashingReader:
     """A reader that feeds what it reads to a sha256, so the checksum is of exactly what was archived."""
 
-    def __init__(self, source: BinaryIO, digest: hashlib._Hash) -> None:
-        self.source, self.digest = source, digest
+    def __init__(self, source: BinaryIO) -> None:
+        self.source, self.digest = source, hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
         data = self.source.read(size)
@@ -239,13 +272,13 @@ def member_info(name: str, size: int) -> tarfile.TarInfo:
 
 
 def add_member(tar: tarfile.TarFile, checksums: dict[str, str], name: str, source: BinaryIO, size: int) -> None:
-    digest = hashlib.sha256()
-    tar.addfile(member_info(name, size), _Hashing(source, digest))
-    checksums[name] = digest.hexdigest()
+    reader = HashingReader(source)
+    tar.addfile(member_info(name, size), reader)
+    checksums[name] = reader.digest.hexdigest()
 
 
-def postgresql_version(layout: server.Layout, settings: dict, environment: dict[str, str]) -> str:
-    query = ["-At", "-c", "SHOW server_version", server.TRACKING_DB]
+def postgresql_version(layout: Layout, settings: dict, environment: dict[str, str]) -> str:
+    query = ["-At", "-c", "SHOW server_version", TRACKING_DB]
     return pg_tool(layout, settings, "psql", query, environment).stdout.strip()
 
 
@@ -253,37 +286,46 @@ def postgresql_version(layout: server.Layout, settings: dict, environment: dict[
 
 
 def restore(args: argparse.Namespace) -> int:
-    layout = server.Layout(Path(args.dir))
+    layout = Layout(Path(args.dir))
     if layout.settings.exists() or layout.pgdata.exists():
-        raise server.SetupError(
+        raise SetupError(
             f"{layout.root} already holds a tracking server: restore into a new --dir (its data stays as it is)."
         )
     archive = Path(args.archive)
     manifest = verified_manifest(archive)  # before anything is made
+    archived = archived_settings(manifest, archive)
+    if manifest["artifacts"]["source"] == "folder":  # a link already in --dir must not lead a file elsewhere
+        for name in manifest["members"]:
+            if name.startswith("artifacts/"):
+                destination(layout.artifacts, name, archive)
+    if args.pg_port is not None:
+        check_pg_port(args.pg_port, "pick another --pg-port, or leave it out for a free one; nothing was restored")
     created = not layout.root.exists()
-    server.make_folder(layout)
-    settings = {**manifest["settings"], "pg_port": args.pg_port or server.free_port()}
+    make_folder(layout)
+    settings = {**archived, "pg_port": args.pg_port or free_port()}
     source = manifest["artifacts"]["source"]
     if source == "folder":
         settings["artifacts_destination"] = str(layout.artifacts)
-    if source == "bucket":  # a SeaweedFS of its own: free ports now, new keys when it first starts
-        settings["object_store"] = server.object_store_ports()
+    # A SeaweedFS of its own for a bucket (free ports now, new keys when it first starts), none for the others.
+    settings["object_store"] = object_store_ports() if source == "bucket" else None
     try:
-        server.init_postgres(layout)
-        server.start_postgres(layout, settings["pg_port"])
+        init_postgres(layout)
+        start_postgres(layout, settings["pg_port"])
         try:
-            server.create_databases(layout, settings["pg_port"])
+            create_databases(layout, settings["pg_port"])
             with running_object_store(layout, settings, source):
+                if source == "bucket":
+                    make_bucket(layout, settings)
                 unpack(layout, settings, archive, manifest)
         finally:
-            server.stop_postgres(layout)
-        server.save_settings(layout, settings)
+            stop_postgres(layout)
+        save_settings(layout, settings)
     except BaseException:
         if created:  # a failed restore leaves no half-made server behind
             shutil.rmtree(layout.root, ignore_errors=True)
         raise
     artifacts = manifest["artifacts"]
-    where = f" (in the bucket {server.BUCKET} of a new object store, new keys)" if source == "bucket" else ""
+    where = f" (in the bucket {BUCKET} of a new object store, new keys)" if source == "bucket" else ""
     print(
         f"restored {archive} (made {manifest['created']}, MLflow {manifest['mlflow_version']}) into {layout.root}: "
         f"databases {', '.join(manifest['databases'])}; {artifacts['objects']} artifacts{where}, "
@@ -294,8 +336,56 @@ def restore(args: argparse.Namespace) -> int:
         print(f"MLflow here is {installed}: run `deploy/tracking-server upgrade --dir {layout.root}` before `up`.")
     if artifacts["source"] == "external":
         print(f"the artifacts in {settings['artifacts_destination']} were not in the archive: copy them yourself.")
-    print(f"start it: deploy/tracking-server up --dir {layout.root} [--port PORT] (the users log in as before)")
+    show_settings(settings)
+    logins = "the users log in as before" if settings["auth"] else "logins are off, as the archive's settings say"
+    print(f"start it: deploy/tracking-server up --dir {layout.root} [--port PORT] ({logins})")
     return 0
+
+
+def archived_settings(manifest: dict, archive: Path) -> dict:
+    """The server.json settings of the archive, refused unless each is one `up` writes for a server `backup`
+    archives (its own PostgreSQL, no external database). The manifest is outside the checksums, and whoever can
+    edit it can recompute them: restore checks these and shows them (show_settings), it cannot vouch for them."""
+    settings = manifest["settings"]
+    missing = sorted(set(REQUIRED_SETTINGS) - set(settings))
+    unknown = sorted(set(settings) - set(SETTING_CHECKS))
+    if missing or unknown:
+        refuse(archive, f"its settings lack {missing} or hold settings `up` never writes {unknown}")
+    for key, value in settings.items():
+        if not SETTING_CHECKS[key](value):
+            refuse(archive, f"its setting {key} = {json.dumps(value)} is not one `up` writes for a server it backs up")
+    return settings
+
+
+def show_settings(settings: dict) -> None:
+    """Print the restored settings, with a warning for each that opens the server: `up` starts it with them."""
+    logins = "logins OFF"
+    if settings["auth"]:
+        admin, permission = settings.get("admin_username"), settings["default_permission"]
+        logins = f"logins on (admin {admin!r}, default permission {permission})"
+    print(
+        f"settings from the archive (its checksums do not cover them): MLflow server on {settings['host']}:"
+        f"{settings['port']}, {logins}, {settings['workers']} workers; `up --host/--port/--auth` changes them"
+    )
+    if not settings["auth"]:
+        print(
+            "WARNING: the archive's settings turn logins off: once `up` runs, whoever reaches the port reads every "
+            "run and artifact and writes runs, models and aliases; check the archive's origin, and add --auth to "
+            "`up` (with the admin's credentials) to require logins.",
+            file=sys.stderr,
+        )
+    if not loopback(settings["host"]):
+        print(
+            f"WARNING: the archive's settings bind the MLflow server to {settings['host']}, not to loopback: "
+            "`up --host 127.0.0.1` keeps it on this machine.",
+            file=sys.stderr,
+        )
+    if settings["default_permission"] in ("EDIT", "MANAGE"):
+        print(
+            f"WARNING: the archive's settings give every user {settings['default_permission']} on everything "
+            "without a grant: `up --default-permission NO_PERMISSIONS` takes it back.",
+            file=sys.stderr,
+        )
 
 
 def verified_manifest(archive: Path) -> dict:
@@ -310,6 +400,8 @@ def verified_manifest(archive: Path) -> dict:
                     continue
                 if member.name not in listed or not member.isfile():
                     refuse(archive, f"it holds {member.name!r}, which its manifest does not list")
+                if member.name in seen:
+                    refuse(archive, f"it holds {member.name!r} twice")
                 if sha256(tar.extractfile(member)) != listed[member.name]:
                     refuse(archive, f"{member.name} does not match its checksum in the manifest")
                 seen.add(member.name)
@@ -337,18 +429,37 @@ def read_manifest(tar: tarfile.TarFile, archive: Path) -> dict:
         or manifest["artifacts"].get("source") not in ARTIFACT_SOURCES
     ):
         refuse(archive, f"its {MANIFEST} is not one of format {FORMAT}")
+    dumps = {f"databases/{database}.dump" for database in DATABASES}
     for name in manifest["members"]:
-        parts = PurePosixPath(name).parts
-        if name.startswith("/") or ".." in parts or parts[0] not in ("databases", "artifacts") or len(parts) < 2:
-            refuse(archive, f"its manifest names {name!r}, outside databases/ and artifacts/")
-    expected = {f"databases/{database}.dump" for database in DATABASES}
-    if set(DATABASES) != set(manifest["databases"]) or not expected <= set(manifest["members"]):
+        if not (name in dumps or (name.startswith("artifacts/") and normal(name))):
+            refuse(
+                archive,
+                f"its manifest names {name!r}, which is not {' or '.join(sorted(dumps))} nor a normal path under "
+                "artifacts/ (no empty, `.` or `..` part, no leading or trailing `/`)",
+            )
+    if set(DATABASES) != set(manifest["databases"]) or not dumps <= set(manifest["members"]):
         refuse(archive, f"it does not hold the databases {', '.join(DATABASES)}")
     return manifest
 
 
+def normal(name: str) -> bool:
+    """Whether an archive's name is a relative POSIX path written as it reads: `PurePosixPath` gives it back
+    unchanged (so no `//`, no `./`, no trailing `/`), and none of its parts is empty, `.` or `..`."""
+    path = PurePosixPath(name)
+    return path.as_posix() == name and not path.is_absolute() and not {"", ".", ".."} & set(path.parts)
+
+
+def destination(base: Path, name: str, archive: Path) -> Path:
+    """Where the member ``name`` (top folder/relative path) is written under ``base``, refused unless that path,
+    with every link already on its way followed, is still under ``base``."""
+    path = base / name.split("/", 1)[1]
+    if not path.resolve().is_relative_to(base):
+        refuse(archive, f"its member {name} would be written to {path.resolve()}, outside {base} (a link on the way?)")
+    return path
+
+
 def refuse(archive: Path, why: str) -> NoReturn:
-    raise server.SetupError(f"refusing {archive}: {why}; nothing was restored. Use an intact archive of `backup`.")
+    raise SetupError(f"refusing {archive}: {why}; nothing was restored. Use an intact archive of `backup`.")
 
 
 def sha256(source: BinaryIO) -> str:
@@ -358,7 +469,7 @@ def sha256(source: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def unpack(layout: server.Layout, settings: dict, archive: Path, manifest: dict) -> None:
+def unpack(layout: Layout, settings: dict, archive: Path, manifest: dict) -> None:
     """Restore both databases and put the artifacts back, checking each member again as it is written."""
     environment = pg_environment(layout)
     to_bucket = manifest["artifacts"]["source"] == "bucket"
@@ -372,36 +483,37 @@ def unpack(layout: server.Layout, settings: dict, archive: Path, manifest: dict)
                 continue
             top, relative = member.name.split("/", 1)
             if top == "databases":
-                destination = Path(staging) / relative
+                path = destination(Path(staging), member.name, archive)
             else:  # an object goes to the bucket through a private file, checked before it is uploaded
-                destination = Path(staging) / "object" if upload else layout.artifacts / relative
-            write_member(tar.extractfile(member), destination, manifest["members"][member.name], archive)
+                path = Path(staging) / "object" if upload else destination(layout.artifacts, member.name, archive)
+            write_member(tar.extractfile(member), path, manifest["members"][member.name], archive)
             if top == "artifacts" and upload:
-                upload(relative, destination)
-                destination.unlink()
+                upload(relative, path)
+                path.unlink()
         for database in manifest["databases"]:
             dump = str(Path(staging) / f"{database}.dump")
             restore_options = ["--exit-on-error", "--single-transaction", "--no-owner", "-d", database, dump]
             pg_tool(layout, settings, "pg_restore", restore_options, environment)
 
 
-def bucket_uploader(layout: server.Layout, settings: dict) -> Callable[[str, Path], None]:
+def bucket_uploader(layout: Layout, settings: dict) -> Callable[[str, Path], None]:
     """A function that puts a file into DIR's bucket under a key (one PUT each, like the MLflow server's)."""
     from botocore.exceptions import BotoCoreError, ClientError  # the server extra, like boto3 in s3_client
 
-    client = server.s3_client(layout, settings)
+    client = s3_client(layout, settings)
 
     def upload(key: str, path: Path) -> None:
         try:
             with path.open("rb") as body:
-                client.put_object(Bucket=server.BUCKET, Key=key, Body=body)
+                client.put_object(Bucket=BUCKET, Key=key, Body=body)
         except (BotoCoreError, ClientError) as error:
-            raise server.SetupError(f"cannot put {key} into the bucket {server.BUCKET}: {error}") from error
+            raise SetupError(f"cannot put {key} into the bucket {BUCKET}: {error}") from error
 
     return upload
 
 
 def write_member(source: BinaryIO, destination: Path, checksum: str, archive: Path) -> None:
+    """Write a new file (never through a link, never over one) whose bytes must have ``checksum``."""
     destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -417,10 +529,10 @@ def write_member(source: BinaryIO, destination: Path, checksum: str, archive: Pa
 
 
 def upgrade(args: argparse.Namespace) -> int:
-    layout = server.Layout(Path(args.dir))
-    settings = server.load_settings(layout)
+    layout = Layout(Path(args.dir))
+    settings = load_settings(layout)
     if not settings:
-        raise server.SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
+        raise SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
     with running_postgres(layout, settings):
         uris = schema_uris(layout, settings)
         before = revisions(uris)
@@ -429,8 +541,8 @@ def upgrade(args: argparse.Namespace) -> int:
             at = "; ".join(f"{label} at {current}" for label, (current, _) in before.items())
             print(f"already current for MLflow {importlib.metadata.version('mlflow')}: {at}; nothing to do")
             return 0
-        if (pid := server.mlflow_pid(layout, settings["port"])) is not None:
-            raise server.SetupError(
+        if (pid := mlflow_pid(layout, settings["port"])) is not None:
+            raise SetupError(
                 f"the MLflow server (pid {pid}) still runs on the old schema: stop it with `deploy/tracking-server "
                 f"down --dir {layout.root} --keep-postgres`, run upgrade again, then `up`."
             )
@@ -445,7 +557,7 @@ def upgrade(args: argparse.Namespace) -> int:
                 check=False,
             )
             if result.returncode != 0:
-                raise server.SetupError(
+                raise SetupError(
                     f"the {label}'s migration failed (restore the backup you took before it):\n"
                     f"{(result.stderr or result.stdout).strip()[-3000:]}"
                 )
@@ -456,21 +568,21 @@ def upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def schema_uris(layout: server.Layout, settings: dict) -> dict[str, tuple[str, str | None]]:
+def schema_uris(layout: Layout, settings: dict) -> dict[str, tuple[str, str | None]]:
     """Each database's URI without its password, and that password (given to libpq as PGPASSWORD)."""
-    wanted = {"tracking database": ("backend_store_uri", server.TRACKING_DB)}
+    wanted = {"tracking database": ("backend_store_uri", TRACKING_DB)}
     if settings["auth"]:
-        wanted["user database"] = ("auth_database_uri", server.AUTH_DB)
+        wanted["user database"] = ("auth_database_uri", AUTH_DB)
     uris = {}
     for label, (key, database) in wanted.items():
-        uri = server.external_uri(layout, settings, key)
+        uri = external_uri(layout, settings, key)
         if uri is None:
-            uris[label] = (server.database_uri(settings["pg_port"], database), server.secret(layout.pg_password))
+            uris[label] = (database_uri(settings["pg_port"], database), secret(layout.pg_password))
             continue
         uris[label] = without_password(uri)
         if uris[label][1] is not None and not uri.startswith("postgresql"):
-            raise server.SetupError(
-                f"the {label} ({server.mask_password(uri)}) has a password and is not PostgreSQL: migrate it "
+            raise SetupError(
+                f"the {label} ({mask_password(uri)}) has a password and is not PostgreSQL: migrate it "
                 "yourself with `mlflow db upgrade` as its documentation says."
             )
     return uris
@@ -501,69 +613,69 @@ def revisions(uris: dict[str, tuple[str, str | None]]) -> dict[str, tuple[str | 
         check=False,
     )
     if result.returncode != 0:
-        raise server.SetupError(f"cannot read the schemas' revisions: {result.stderr.strip().splitlines()[-1]}")
+        raise SetupError(f"cannot read the schemas' revisions: {result.stderr.strip().splitlines()[-1]}")
     return {label: tuple(pair) for label, pair in json.loads(result.stdout).items()}
 
 
 # ---------------------------------------------------------------- PostgreSQL in DIR
 
 
-def managed_settings(layout: server.Layout) -> dict:
-    settings = server.load_settings(layout)
+def managed_settings(layout: Layout) -> dict:
+    settings = load_settings(layout)
     if not settings:
-        raise server.SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
+        raise SetupError(f"no tracking server in {layout.root}: give the --dir of `up`.")
     if settings.get("backend_store_uri") is not None:
-        raise server.SetupError(
-            f"{layout.root} uses an external database ({server.mask_password(settings['backend_store_uri'])}): "
+        raise SetupError(
+            f"{layout.root} uses an external database ({mask_password(settings['backend_store_uri'])}): "
             "back it up with its own tools (pg_dump), and the artifacts with it."
         )
     return settings
 
 
 @contextlib.contextmanager
-def running_postgres(layout: server.Layout, settings: dict) -> Iterator[None]:
+def running_postgres(layout: Layout, settings: dict) -> Iterator[None]:
     """PostgreSQL of DIR running for the block: started (and stopped after) when it was not running."""
-    started = settings.get("backend_store_uri") is None and server.postgres_pid(layout) is None
+    started = settings.get("backend_store_uri") is None and postgres_pid(layout) is None
     if started:
-        server.start_postgres(layout, settings["pg_port"])
+        start_postgres(layout, settings["pg_port"])
     try:
         yield
     finally:
         if started:
-            server.stop_postgres(layout)
+            stop_postgres(layout)
 
 
 @contextlib.contextmanager
-def running_object_store(layout: server.Layout, settings: dict, source: str) -> Iterator[None]:
+def running_object_store(layout: Layout, settings: dict, source: str) -> Iterator[None]:
     """SeaweedFS of DIR running for the block when the artifacts are in its bucket: started (and stopped after)
     when it was not running, as running_postgres does for PostgreSQL, so that a stopped server backs up too."""
     started = None
-    if source == "bucket" and server.weed_pid(layout) is None:
-        started = server.start_seaweedfs(layout, settings, server.HEALTH_TIMEOUT_S)
+    if source == "bucket" and weed_pid(layout) is None:
+        started = start_seaweedfs(layout, settings, HEALTH_TIMEOUT_S)
     try:
         yield
     finally:
         if started:
-            server.stop_seaweedfs(layout, settings, started)
+            stop_seaweedfs(layout, settings, started)
 
 
-def pg_environment(layout: server.Layout) -> dict[str, str]:
+def pg_environment(layout: Layout) -> dict[str, str]:
     """The superuser's password for PostgreSQL's client tools, by environment (never their command line)."""
-    return password_environment(server.secret(layout.pg_password))
+    return password_environment(secret(layout.pg_password))
 
 
 def pg_tool(
-    layout: server.Layout, settings: dict, tool: str, arguments: list[str], environment: dict[str, str]
+    layout: Layout, settings: dict, tool: str, arguments: list[str], environment: dict[str, str]
 ) -> subprocess.CompletedProcess:
     """A PostgreSQL client (pg_dump, pg_restore, psql) on DIR's cluster, run as the caller: clients may run as root."""
-    connection = ["-h", "127.0.0.1", "-p", str(settings["pg_port"]), "-U", server.PG_USER]
+    connection = ["-h", "127.0.0.1", "-p", str(settings["pg_port"]), "-U", PG_USER]
     result = subprocess.run(
-        [str(server.PG_BIN / tool), *connection, *arguments],
+        [str(postgres_bin() / tool), *connection, *arguments],
         env=environment,
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        raise server.SetupError(f"{tool} {' '.join(arguments)} failed: {(result.stderr or result.stdout).strip()}")
+        raise SetupError(f"{tool} {' '.join(arguments)} failed: {(result.stderr or result.stdout).strip()}")
     return result
