@@ -83,6 +83,10 @@ def session(master: str = "local[*]") -> Iterator[SparkSession]:
     from pyspark import SparkConf
 
     conf = SparkConf().setMaster(master).setAppName("emotion-exp predict")
+    if master.startswith("local"):
+        # A batch predict on this machine needs no web UI; without it, jobs started at once never
+        # contend for port 4040 (Spark's "could not bind" warning) nor serve a page on it.
+        conf.set("spark.ui.enabled", "false")
     with contextlib.ExitStack() as quiet:
         if not console.verbose():
             conf = _quiet(conf, quiet.enter_context(tempfile.TemporaryDirectory(prefix="emotion-exp-spark-")))

@@ -127,10 +127,12 @@ def registered_tfidf(tracking_uri: str, small_dataset: Path) -> tuple[str, str]:
     from emotion_exp.config import TfidfConfig
     from emotion_exp.stages import tfidf
 
+    from tests.helpers import in_experiment
+
     name = f"session-tfidf-{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(name)  # the test's own experiment is set after this, by isolated_mlflow
-    return name, tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
+    with in_experiment(name):
+        return name, tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name))
 
 
 @pytest.fixture(scope="session")
@@ -145,10 +147,12 @@ def extract_run(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path) ->
     from emotion_exp.config import ExtractConfig
     from emotion_exp.stages import extract
 
+    from tests.helpers import in_experiment
+
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(f"session-extract-{uuid.uuid4().hex[:8]}")  # the test's own is set after this
     config = ExtractConfig(dataset=str(small_dataset), model=str(tiny_model_dir), precision="fp32", umap_max_points=100)
-    return extract.run(config)
+    with in_experiment(f"session-extract-{uuid.uuid4().hex[:8]}"):
+        return extract.run(config)
 
 
 @pytest.fixture(scope="session")
@@ -160,15 +164,15 @@ def finetuned_champion(
 
     from emotion_exp.config import PromoteConfig
     from emotion_exp.stages import finetune, promote
-    from tests.helpers import tiny_finetune_config
+    from tests.helpers import in_experiment, tiny_finetune_config
 
     name = f"session-finetune-{uuid.uuid4().hex[:8]}"
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(name)  # promote searches the active experiment; the test's is set after this
-    run_id = finetune.run(
-        tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path_factory.mktemp("finetuned"), registered_model=name)
-    )
-    promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
+    with in_experiment(name):  # promote searches the experiment of its settings
+        run_id = finetune.run(
+            tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path_factory.mktemp("finetuned"), registered_model=name)
+        )
+        promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
     return name, run_id
 
 

@@ -5,12 +5,13 @@ smallest study with the checks of what it leaves in the store."""
 from __future__ import annotations
 
 import importlib
+import contextlib
 import inspect
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -32,6 +33,23 @@ LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 # turns it off the same way).
 WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 """The study's six labels, in id order: the bundled sample's and every test dataset's."""
+
+
+@contextlib.contextmanager
+def in_experiment(name: str) -> Iterator[mlflow.entities.Experiment]:
+    """Inside: ``name`` is the experiment by both of MLflow's settings; after: the test's own again.
+
+    ``mlflow.set_experiment`` exports ``MLFLOW_EXPERIMENT_ID`` beside the test's ``MLFLOW_EXPERIMENT_NAME``;
+    a stage refuses the two when they name different experiments, as MLflow does. Session fixtures are
+    built inside a test's setup or body, so each restores the test's settings instead of counting on order.
+    """
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        yield mlflow.set_experiment(name)
+    if before is not None:
+        mlflow.set_experiment(experiment_id=before)
 
 
 def artifacts(run_id: str, path: str = "") -> set[str]:

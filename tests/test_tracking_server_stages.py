@@ -85,8 +85,9 @@ def studies(tracking_server: TrackingServer, small_dataset: Path, tiny_model_dir
 
 
 @pytest.fixture
-def admin(studies: Studies, on_server: str) -> MlflowClient:
-    """The client as admin, in the studies' experiment."""
+def admin(studies: Studies, on_server: str, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """The client as admin, in the studies' experiment (by both of MLflow's settings, as a stage reads them)."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", studies.experiment)
     mlflow.set_experiment(studies.experiment)
     return MlflowClient()
 
