@@ -315,3 +315,13 @@ def test_a_served_request_past_its_timeout_stops_between_parts(monkeypatch) -> N
     assert _CountingModel().predict(None, texts)["label"].eq("joy").all()
     monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT")
     assert pyfunc.limits.deadline() is None  # where no server set it, no call stops
+
+
+def test_loaded_for_mlflows_evaluator_a_model_answers_with_its_labels_alone(model_uri) -> None:
+    labels = mlflow.pyfunc.load_model(model_uri, model_config={pyfunc.OUTPUT: pyfunc.LABEL})
+    answer = labels.predict(pd.DataFrame({"text": ["so happy", "so anxious", ""]}), params={pyfunc.SKIP_EMPTY: True})
+    assert isinstance(answer, pd.Series)
+    assert answer.tolist() == ["joy", "fear", ""]
+    with pytest.raises(MlflowException, match='model_config "output" to be "table"') as raised:
+        mlflow.pyfunc.load_model(model_uri, model_config={pyfunc.OUTPUT: "probabilities"}).predict(["so happy"])
+    assert raised.value.get_http_status_code() == 400

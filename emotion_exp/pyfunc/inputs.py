@@ -29,6 +29,9 @@ from emotion_exp.pyfunc import limits
 
 TEXT_COLUMN = "text"
 SKIP_EMPTY = "skip_empty"
+OUTPUT = "output"
+"""The ``model_config`` key of what ``predict`` returns: ``table`` (logged), or ``label`` for MLflow's evaluator."""
+TABLE, LABEL = "table", "label"
 PAYLOAD_SHAPES = (
     '{"inputs": ["text", ...]}, {"dataframe_records": [{"text": "..."}, ...]}, '
     '{"dataframe_split": {"columns": ["text"], "data": [["..."], ...]}} or a Parquet table with a text column'
@@ -108,37 +111,63 @@ def _hint(found: text_rule.TextProblems, values: list[Any], skip_empty: bool, ma
     return hint
 
 
-def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+def text_input(predict: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame | pd.Series]:
     """Wrap a model's ``predict``: check the input and the params, cap the texts, and skip empty texts if asked.
 
     The wrapped ``predict`` gets the non-empty texts as a list of strings (its ``model_input``);
     rows skipped by ``skip_empty`` come back with an empty label and empty probabilities. The
-    limits (``limits.MAX_TEXTS``, ``limits.MAX_CHARS``) come from the model's ``model_config``.
-    Where a call must stop by a deadline (``limits.deadline``), the texts are predicted in parts
-    of ``limits.SERVED_PART`` and the deadline is checked between them.
+    limits (``limits.MAX_TEXTS``, ``limits.MAX_CHARS``) come from the model's ``model_config``, and
+    so does what comes back (``OUTPUT``, see ``shaped``). Where a call must stop by a deadline
+    (``limits.deadline``), the texts are predicted in parts of ``limits.SERVED_PART`` and the
+    deadline is checked between them.
     """
 
     @functools.wraps(predict, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
     def checked(
         self: Any, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
+    ) -> pd.DataFrame | pd.Series:
         skip_empty = bool((params or {}).get(SKIP_EMPTY, False))
         model_config = getattr(context, "model_config", None) or {}
+        output = output_of(model_config)
         texts = texts_from_input(model_input, skip_empty=skip_empty, max_chars=limits.max_chars(model_config))
         limits.check_count(len(texts), model_config)
         keep = np.fromiter((not text_rule.blank(text) for text in texts), dtype=bool, count=len(texts))
         kept = [text for text, kept in zip(texts, keep) if kept]
         deadline = limits.deadline()
         if deadline is None or len(kept) <= limits.SERVED_PART:
-            return with_skipped_rows(predict(self, context, kept, params), keep)
+            return shaped(with_skipped_rows(predict(self, context, kept, params), keep), output)
         parts = []
         for start in range(0, len(kept), limits.SERVED_PART):
             if start:
                 limits.check_deadline(deadline, start, len(kept))
             parts.append(predict(self, context, kept[start : start + limits.SERVED_PART], params))
-        return with_skipped_rows(pd.concat(parts, ignore_index=True), keep)
+        return shaped(with_skipped_rows(pd.concat(parts, ignore_index=True), keep), output)
 
     return checked
+
+
+def output_of(model_config: Mapping[str, Any]) -> str:
+    """What ``predict`` returns, as the model was loaded (``OUTPUT``); another value is refused before any work."""
+    output = model_config.get(OUTPUT, TABLE)
+    if output not in (TABLE, LABEL):
+        raise MlflowException.invalid_parameter_value(
+            f'Expected the model_config "{OUTPUT}" to be "{TABLE}" (label and probabilities) or "{LABEL}" (the labels '
+            f"alone, for mlflow.models.evaluate); got {output!r}."
+        )
+    return output
+
+
+def shaped(predictions: pd.DataFrame, output: str) -> pd.DataFrame | pd.Series:
+    """``predictions`` as ``output`` asks: the table, or its ``label`` column alone.
+
+    MLflow's classifier evaluator (``mlflow.models.evaluate(..., model_type="classifier")``) takes a
+    model's predictions as one column: it stacks them with the targets to find the labels, which
+    fails for a table (``all the input arrays must have same number of dimensions``), and it
+    ignores ``predictions=`` (MLflow 3.18). Loaded with ``model_config={"output": "label"}`` a
+    model answers it; its probabilities stay out of that evaluation (MLflow takes them only from a
+    scikit-learn or XGBoost flavor's ``predict_proba``).
+    """
+    return predictions["label"] if output == LABEL else predictions
 
 
 def with_skipped_rows(predictions: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
