@@ -8,6 +8,8 @@ model's own predictions and found on the logged model, where MLflow's Models tab
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -17,6 +19,7 @@ import pytest
 from emotion_exp import pyfunc, registry
 from emotion_exp.config import KnnConfig, ProbeConfig
 from emotion_exp.stages import knn, probe
+from tests.conftest import REPO_ROOT
 
 LABELS_ALONE = {pyfunc.OUTPUT: pyfunc.LABEL}
 
@@ -88,3 +91,27 @@ def test_a_finetuned_model_on_torch_and_from_its_onnx_export(
     for predictions in (None, "label"):
         result = evaluated(uri, test_df, predictions=predictions, model_config={pyfunc.RUNTIME: runtime})
         check_scored(result, uri, test_df)
+
+
+def docs_snippet() -> str:
+    """The python block of docs/evaluate.md that its run-by line names."""
+    lines = (REPO_ROOT / "docs/evaluate.md").read_text().splitlines()
+    start = lines.index(f"<!-- run by: tests/test_mlflow_evaluate.py::{DOCS_SNIPPET_TEST} -->") + 2
+    return "\n".join(lines[start : lines.index("```", start)])
+
+
+DOCS_SNIPPET_TEST = "test_the_docs_snippet_evaluates_a_registered_model"
+
+
+def test_the_docs_snippet_evaluates_a_registered_model(
+    registered_tfidf: tuple[str, str], small_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, _ = registered_tfidf
+    shutil.copy(small_dataset / "test.csv", "test.csv")  # the test's own folder
+    snippet = docs_snippet()
+    assert '"models:/emotion-classifier@champion"' in snippet
+    code = compile(
+        snippet.replace("models:/emotion-classifier@champion", f"models:/{name}/1"), "docs/evaluate.md", "exec"
+    )
+    exec(code, {})  # noqa: S102 - the documented code, run as a user would
+    assert re.fullmatch(r"accuracy \d\.\d{3}, weighted F1 \d\.\d{3}\n", capsys.readouterr().out)
