@@ -325,3 +325,19 @@ def test_loaded_for_mlflows_evaluator_a_model_answers_with_its_labels_alone(mode
     with pytest.raises(MlflowException, match='model_config "output" to be "table"') as raised:
         mlflow.pyfunc.load_model(model_uri, model_config={pyfunc.OUTPUT: "probabilities"}).predict(["so happy"])
     assert raised.value.get_http_status_code() == 400
+
+
+@pytest.mark.parametrize(
+    ("model_input", "found"),
+    [
+        ({"text": {"text": ["so happy"]}}, "1 null or non-text value(s) (row 0)"),
+        ({"text": 5}, "1 null or non-text value(s) (row 0)"),
+        (pd.DataFrame([["so happy", "so sad"]], columns=["text", "text"]), "found 2 columns named 'text'"),
+    ],
+    ids=["an object in an object", "a number in an object", "two text columns"],
+)
+def test_odd_shapes_are_refused_with_a_message_not_an_error_of_ours(model, model_input, found) -> None:
+    with pytest.raises(MlflowException, match="Expected") as raised:
+        model.predict(model_input)
+    assert found in raised.value.message
+    assert raised.value.get_http_status_code() == 400

@@ -65,7 +65,10 @@ def _column(model_input: Any) -> list[Any]:
     """The values that should be texts, one per row, from whatever shape ``texts_from_input`` takes."""
     if isinstance(model_input, pd.DataFrame):
         if TEXT_COLUMN in model_input.columns:
-            return model_input[TEXT_COLUMN].tolist()
+            column = model_input[TEXT_COLUMN]
+            if isinstance(column, pd.DataFrame):
+                raise _refused(f"{column.shape[1]} columns named '{TEXT_COLUMN}'")
+            return column.tolist()
         if list(model_input.columns) == [0]:  # dataframe_split rows of one value without "columns"
             return model_input[0].tolist()
         found = list(model_input.columns)
@@ -74,7 +77,8 @@ def _column(model_input: Any) -> list[Any]:
     if isinstance(model_input, Mapping):
         if TEXT_COLUMN not in model_input:
             raise _refused(f"an object with the keys {list(model_input)[:5]}")
-        return _column(model_input[TEXT_COLUMN])
+        column = model_input[TEXT_COLUMN]
+        return _column(column) if isinstance(column, (np.ndarray, pd.Series, list, tuple)) else [column]
     if isinstance(model_input, np.ndarray):
         if model_input.ndim == 2 and model_input.shape[1] == 1:
             return model_input[:, 0].tolist()
