@@ -156,6 +156,11 @@ class LabelledData:
     whole_file: bool
     """A single file, scored whole rather than split."""
 
+    @property
+    def dataset_name(self) -> str:
+        """The name of its MLflow dataset: the file's name for a whole file, else ``<name>-<split>``."""
+        return self.name if self.whole_file else f"{self.name}-{self.split}"
+
     @functools.cached_property
     def digest(self) -> str:
         """sha256 of the texts and labels, so that evaluations of the same data carry the same key."""

@@ -53,6 +53,18 @@ def test_a_registered_model_on_a_folder_split_logs_what_training_logged(
     [dataset_input] = run.inputs.dataset_inputs
     assert dataset_input.tags[0].value == "test"
 
+    # MLflow's evaluation of the model: its scores and ours (intervals, calibration) linked to the model and data.
+    assert run.data.metrics["test_accuracy_score"] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert run.data.metrics["test_f1_score"] == pytest.approx(run.data.metrics["test_f1_weighted"])
+    assert {"test_precision_score", "test_recall_score"} <= set(run.data.metrics)
+    assert {"test_confusion_matrix.png", "per_class_metrics.csv"} <= {
+        a.path for a in MlflowClient().list_artifacts(run.info.run_id)
+    }
+    model_id = mlflow.models.get_model_info(f"models:/{name}/1").model_id
+    linked = {m.key: m for m in mlflow.get_logged_model(model_id).metrics if m.run_id == run.info.run_id}
+    assert {"test_accuracy_score", "test_f1_score", "test_accuracy", "test_accuracy_ci_low", "test_ece"} <= set(linked)
+    assert linked["test_accuracy"].dataset_name == dataset_input.dataset.name
+
     labelled = data.load_labelled(str(small_dataset), "test")
     version = MlflowClient().get_model_version(name, "1")
     key = f"evaluated_on_{labelled.digest[:12]}"

@@ -237,7 +237,10 @@ def test_a_fresh_environment_without_torch_serves_the_finetuned_model(
     log = tmp_path / "server.log"
     with local_server(command, "/ping", log, env=environment, cwd=tmp_path, bin_dir=venv / "bin") as url:
         answer = requests.post(f"{url}/invocations", json={"inputs": texts}, timeout=120)
+        nested = requests.post(f"{url}/invocations", json={"inputs": [texts[:2], texts[2:4]]}, timeout=120)
     assert answer.status_code == 200, answer.text
+    # mlflow-skinny's server, too, hands the model a list of lists whole, and the model refuses it (not 2 labels).
+    assert nested.status_code == 400 and "rows of several values" in nested.json()["message"], nested.text[:300]
     # No torch in that environment: the answer came from the logged ONNX export.
     assert_same_predictions(pd.DataFrame(answer.json()["predictions"]), predictions(uri, texts, "torch")[0])
     assert "mismatches between the model's dependencies" not in log.read_text()

@@ -1,8 +1,8 @@
 """One rule for what a model accepts, on every path into it: mlflow.pyfunc and the scoring server's formats.
 
 The model is a real pyfunc model logged to the session's store with the project's signature;
-the server cases go through MLflow's own request handler (``scoring_server.invocations``), which
-``mlflow models serve`` runs for every request (tests/test_serve.py covers the real server).
+the server cases go through the app of MLflow's scoring server (``scoring_server.init``, the app
+``mlflow models serve`` runs), in process (tests/test_serve.py covers the real server process).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import scoring_server
 
 from emotion_exp import pyfunc
 from emotion_exp.texts import DEFAULT_MAX_CHARS
+from tests.model_server import scoring_app
 from tests.pyfunc_models import LABELS, KeywordModel, log_keyword_model
 
 PROBABILITIES = [f"prob_{label}" for label in LABELS]
@@ -37,13 +37,14 @@ def model(model_uri: str) -> mlflow.pyfunc.PyFuncModel:
     return mlflow.pyfunc.load_model(model_uri)
 
 
-def serve(model: mlflow.pyfunc.PyFuncModel, body: str, content_type: str = "application/json") -> tuple[int, str]:
-    """What the scoring server answers: its status and body (an MlflowException becomes its HTTP status)."""
-    try:
-        answer = scoring_server.invocations(body, content_type, model, model.metadata.get_input_schema())
-    except MlflowException as error:
-        return error.get_http_status_code(), error.message
-    return answer.status, answer.response
+def serve(
+    model: mlflow.pyfunc.PyFuncModel, body: str | bytes, content_type: str = "application/json"
+) -> tuple[int, str]:
+    """What the scoring server's app answers: its status and its body (an error's message)."""
+    answer = scoring_app(model).post("/invocations", content=body, headers={"Content-Type": content_type})
+    if answer.status_code != 200 and answer.headers.get("content-type") == "application/json":
+        return answer.status_code, answer.json()["message"]
+    return answer.status_code, answer.text
 
 
 @pytest.mark.parametrize(
@@ -75,8 +76,8 @@ def test_a_lone_surrogate_is_named_too() -> None:
     [
         {"inputs": [None]},
         {"inputs": [5]},
-        {"inputs": ["ok", 5]},
         {"inputs": [True]},
+        {"inputs": ["ok", None]},
         {"instances": ["ok", None]},
         {"instances": [{"text": None}]},
         {"dataframe_records": [{"text": None}]},
@@ -94,12 +95,15 @@ def test_the_server_answers_nulls_non_text_and_empty_texts_with_a_400(model, bod
     assert "(row" in message
 
 
-def test_the_server_refuses_csv_bodies_with_a_400_not_a_label(model) -> None:
-    # MLflow reads a CSV body by the signature's pandas types, which an input typed Any has not:
-    # every CSV request is refused (JSON and Parquet are the formats to use, as the README says).
-    status, message = serve(model, "text\nso happy\n", "text/csv")
-    assert status == 400
-    assert "Failed to parse input as a Pandas DataFrame" in message
+def test_the_server_labels_csv_bodies_by_their_text_column(model) -> None:
+    # Without an input schema MLflow reads a CSV body as pandas does; the text column is found by name.
+    status, answer = serve(model, "id,text\n1,so happy\n2,so anxious\n", "text/csv")
+    assert status == 200, answer
+    assert [row["label"] for row in json.loads(answer)["predictions"]] == ["joy", "fear"]
+    status, message = serve(model, "text\nso happy\n\n", "text/csv")  # a blank line is no row to pandas
+    assert status == 200, message
+    status, message = serve(model, "id,text\n1,so happy\n2,\n", "text/csv")  # an empty cell is a null to pandas
+    assert status == 400 and "1 null or non-text value(s) (row 1)" in message
 
 
 def test_the_server_refuses_nulls_in_parquet_too(model) -> None:
@@ -123,9 +127,14 @@ def short_json(value: object) -> str:
         ({"inputs": "so happy"}, 1),
         ({"instances": ["so happy", "so sad"]}, 2),
         ({"instances": [{"text": "so happy"}, {"text": "so sad"}]}, 2),
+        ({"instances": [{"id": 1, "text": "so happy"}, {"id": 2, "text": "so sad"}]}, 2),
         ({"dataframe_records": [{"text": "so happy", "id": 1}, {"text": "so sad", "id": 2}]}, 2),
+        ({"dataframe_records": [{"id": 1, "text": "so happy"}, {"id": 2, "text": "so sad"}]}, 2),
         ({"dataframe_split": {"columns": ["text"], "data": [["so happy"], ["so sad"]]}}, 2),
+        ({"dataframe_split": {"columns": ["id", "text"], "data": [[1, "so happy"], [2, "so sad"]]}}, 2),
         ({"dataframe_split": {"data": [["so happy"], ["so sad"]]}}, 2),
+        ({"inputs": [["so happy"], ["so sad"]]}, 2),
+        ({"inputs": {"text": ["so happy", "so sad"]}}, 2),
     ],
     ids=short_json,
 )
@@ -135,45 +144,74 @@ def test_every_accepted_shape_gets_one_prediction_per_text(model, body, texts) -
     assert len(json.loads(answer)["predictions"]) == texts
 
 
+def test_the_text_column_is_found_by_name_in_a_parquet_table(model) -> None:
+    import io
+
+    body = io.BytesIO()
+    pd.DataFrame({"id": [1, 2], "text": ["so anxious", "so happy"]}).to_parquet(body)
+    status, answer = serve(model, body.getvalue(), "application/vnd.apache.parquet")
+    assert status == 200, answer
+    assert [row["label"] for row in json.loads(answer)["predictions"]] == ["fear", "joy"]
+
+
 @pytest.mark.parametrize(
     ("body", "found"),
     [
-        ({"inputs": ["so happy", ["so sad"]]}, "1 null or non-text value(s) (row 1)"),
         ({"inputs": [{"text": "so happy"}]}, "a list or an object is no text"),
-        ({"dataframe_split": {"columns": ["id", "text"], "data": [[1, "so happy"]]}}, "put 'text' first"),
-        ({"dataframe_records": [{"id": 1, "text": "so happy"}]}, "put 'text' first"),
+        ({"dataframe_records": [{"id": 1, "sentence": "so happy"}]}, "found the columns ['id', 'sentence']"),
         ({"dataframe_records": [{"text": "so happy"}, {"sentence": "so sad"}]}, "non-text value(s) (row 1)"),
+        ({"instances": [{"sentence": "so happy"}]}, "found an object with the keys ['sentence']"),
+        ({"inputs": {"sentence": ["so happy"]}}, "found an object with the keys ['sentence']"),
     ],
     ids=short_json,
 )
-def test_every_other_shape_gets_a_400_naming_the_shape_expected_not_fewer_predictions(model, body, found) -> None:
+def test_every_other_shape_gets_a_400_naming_the_shape_expected(model, body, found) -> None:
     status, message = serve(model, json.dumps(body))
     assert status == 400, message
     assert found in message
     assert "send" in message.rpartition("Error: ")[2]  # the model's part says what to send
 
 
-def test_an_object_of_lists_is_refused_by_mlflow_before_the_model(model) -> None:
-    status, message = serve(model, json.dumps({"inputs": {"text": ["so happy", "so sad"]}}))
-    assert status == 400
-    assert "un-named  model signature" in message  # MLflow's own words for a named input to an unnamed signature
-
-
 @pytest.mark.parametrize(
-    ("body", "texts"),
+    ("body", "found"),
     [
-        ({"inputs": [["i am happy", "i am sad"], ["i am angry", "i am scared"]]}, 2),
-        ({"inputs": [["i feel fine"] * (pyfunc.DEFAULT_MAX_TEXTS + 1)]}, 1),
-        ({"dataframe_split": {"data": [["so happy", "so sad"]]}}, 1),
+        (
+            {"inputs": [["i am happy", "i am sad"], ["i am angry", "i am scared"]]},
+            "rows of several values (an array of shape (2, 2))",
+        ),
+        (
+            {"inputs": [["i feel fine"] * (pyfunc.DEFAULT_MAX_TEXTS + 1)]},
+            "rows of several values (an array of shape (1, 10001))",
+        ),
+        ({"dataframe_split": {"data": [["so happy", "so sad"]]}}, "rows of 2 values without column names"),
+        ({"instances": [["so happy", "so sad"]]}, "rows of several values (an array of shape (1, 2))"),
     ],
     ids=short_json,
 )
-def test_a_list_of_lists_reaches_the_model_as_its_first_column_only(model, body, texts) -> None:
-    # The cost of MLflow's public route, documented in docs/reliability.md: MLflow makes rows of several values a
-    # table and hands a model with one unnamed input column its first column only, before any model code runs.
-    status, answer = serve(model, json.dumps(body))
-    assert status == 200, answer
-    assert len(json.loads(answer)["predictions"]) == texts
+def test_rows_of_several_texts_are_refused_never_cut_to_their_first(model, body, found) -> None:
+    # Under the earlier signature (one unnamed input column) MLflow handed the model the first value of each row
+    # only: fewer predictions than texts, with a 200 (tests/test_serving_designs.py keeps that comparison).
+    status, message = serve(model, json.dumps(body))
+    assert status == 400, message[:300]
+    assert f"found {found}: send" in message
+    assert "one text per row" in message
+
+
+def test_a_list_holding_a_list_is_refused_by_mlflow_before_the_model(model) -> None:
+    status, message = serve(model, json.dumps({"inputs": ["so happy", ["so sad"]]}))
+    assert status == 400
+    assert "inhomogeneous shape" in message  # numpy's words: MLflow makes the list an array first
+
+
+def test_numbers_and_booleans_among_texts_in_a_json_list_are_labelled_as_their_text(model) -> None:
+    # The cost of the signature without an input schema (docs/reliability.md): MLflow makes a JSON list an array
+    # before the model sees it, and numpy writes a number or boolean among strings as a string.
+    for body in ({"inputs": ["so happy", 5]}, {"inputs": ["so happy", True]}, {"instances": ["so happy", 5.5]}):
+        status, answer = serve(model, json.dumps(body))
+        assert status == 200, answer
+        assert len(json.loads(answer)["predictions"]) == 2
+    with pytest.raises(MlflowException, match=r"1 null or non-text value\(s\) \(row 1\)"):
+        model.predict(["so happy", 5])  # a Python list reaches the model as it is
 
 
 def test_an_error_answer_copies_the_request_as_mlflow_parsed_it(model) -> None:
@@ -278,3 +316,29 @@ def test_a_served_request_past_its_timeout_stops_between_parts(monkeypatch) -> N
     assert _CountingModel().predict(None, texts)["label"].eq("joy").all()
     monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT")
     assert pyfunc.limits.deadline() is None  # where no server set it, no call stops
+
+
+def test_loaded_for_mlflows_evaluator_a_model_answers_with_its_labels_alone(model_uri) -> None:
+    labels = mlflow.pyfunc.load_model(model_uri, model_config={pyfunc.OUTPUT: pyfunc.LABEL})
+    answer = labels.predict(pd.DataFrame({"text": ["so happy", "so anxious", ""]}), params={pyfunc.SKIP_EMPTY: True})
+    assert isinstance(answer, pd.Series)
+    assert answer.tolist() == ["joy", "fear", ""]
+    with pytest.raises(MlflowException, match='model_config "output" to be "table"') as raised:
+        mlflow.pyfunc.load_model(model_uri, model_config={pyfunc.OUTPUT: "probabilities"}).predict(["so happy"])
+    assert raised.value.get_http_status_code() == 400
+
+
+@pytest.mark.parametrize(
+    ("model_input", "found"),
+    [
+        ({"text": {"text": ["so happy"]}}, "1 null or non-text value(s) (row 0)"),
+        ({"text": 5}, "1 null or non-text value(s) (row 0)"),
+        (pd.DataFrame([["so happy", "so sad"]], columns=["text", "text"]), "found 2 columns named 'text'"),
+    ],
+    ids=["an object in an object", "a number in an object", "two text columns"],
+)
+def test_odd_shapes_are_refused_with_a_message_not_an_error_of_ours(model, model_input, found) -> None:
+    with pytest.raises(MlflowException, match="Expected") as raised:
+        model.predict(model_input)
+    assert found in raised.value.message
+    assert raised.value.get_http_status_code() == 400

@@ -72,7 +72,7 @@ def test_a_malformed_request_gets_a_4xx_with_a_message_and_the_server_keeps_serv
 def test_nulls_non_text_and_empty_texts_get_a_400_naming_the_rows_in_every_format(server: str) -> None:
     for payload in (
         {"inputs": [None]},
-        {"inputs": ["ok", 5]},
+        {"inputs": [5]},
         {"instances": ["ok", None]},
         {"dataframe_records": [{"text": None}]},
         {"dataframe_split": {"columns": ["text"], "data": [["ok"], [None]]}},
@@ -91,24 +91,28 @@ def test_nulls_non_text_and_empty_texts_get_a_400_naming_the_rows_in_every_forma
 
 
 @pytest.mark.slow
-def test_other_shapes_get_a_400_naming_the_shape_and_parquet_is_labelled(server: str) -> None:
+def test_rows_of_several_texts_get_a_400_and_tables_are_read_by_their_text_column(server: str) -> None:
     import io
 
     for payload, said in (
-        ({"inputs": ["i am happy", ["i am sad"]]}, "a list or an object is no text"),
-        ({"dataframe_records": [{"id": 1, "text": "i am happy"}]}, "put 'text' first"),
-        ({"inputs": {"text": TEXTS}}, "un-named  model signature"),  # MLflow's own words, before the model
+        ({"inputs": [TEXTS, TEXTS]}, "rows of several values (an array of shape (2, 2))"),
+        ({"dataframe_split": {"data": [TEXTS]}}, "rows of 2 values without column names"),
+        ({"inputs": ["i am happy", ["i am sad"]]}, "inhomogeneous shape"),  # numpy's words, before the model
+        ({"dataframe_records": [{"id": 1, "sentence": "i am happy"}]}, "found the columns ['id', 'sentence']"),
     ):
         answer = invocations(server, payload)
         assert answer.status_code == 400, (payload, answer.text[:300])
         assert said in answer.json()["message"]
 
-    body = io.BytesIO()
-    pd.DataFrame({"text": TEXTS}).to_parquet(body)
-    parquet = requests.post(
-        f"{server}/invocations",
-        data=body.getvalue(),
-        headers={"Content-Type": "application/vnd.apache.parquet"},
-        timeout=60,
+    check_predictions(
+        invocations(server, {"dataframe_records": [{"id": i, "text": t} for i, t in enumerate(TEXTS)]}), 2
     )
-    check_predictions(parquet, rows=len(TEXTS))
+    check_predictions(invocations(server, {"inputs": {"text": TEXTS}}), rows=len(TEXTS))
+    body = io.BytesIO()
+    pd.DataFrame({"id": [1, 2], "text": TEXTS}).to_parquet(body)
+    for data, content_type in (
+        (body.getvalue(), "application/vnd.apache.parquet"),
+        (pd.DataFrame({"id": [1, 2], "text": TEXTS}).to_csv(index=False), "text/csv"),
+    ):
+        answer = requests.post(f"{server}/invocations", data=data, headers={"Content-Type": content_type}, timeout=60)
+        check_predictions(answer, rows=len(TEXTS))

@@ -6,7 +6,8 @@
 - ``logged``: how a model is logged (its ``model_config``, requirements and code).
 
 Every model takes a DataFrame with a ``text`` column or a list of strings and returns a
-DataFrame with ``label`` and one probability column per label name (``prob_<label>``).
+DataFrame with ``label`` and one probability column per label name (``prob_<label>``); loaded
+with ``model_config={"output": "label"}``, the labels alone (what MLflow's classifier evaluator takes).
 """
 
 from emotion_exp.pyfunc.classifiers import (
@@ -19,7 +20,10 @@ from emotion_exp.pyfunc.classifiers import (
 )
 from emotion_exp.pyfunc.inputs import (
     INPUT_EXAMPLE,
+    LABEL,
+    OUTPUT,
     SKIP_EMPTY,
+    TABLE,
     predictions_frame,
     signature,
     text_input,
@@ -32,14 +36,17 @@ from emotion_exp.pyfunc.logged import MODEL_CONFIG, ONNX_SERVE_PACKAGES, PRECISI
 __all__ = [
     "DEFAULT_MAX_TEXTS",
     "INPUT_EXAMPLE",
+    "LABEL",
     "MAX_CHARS",
     "MAX_TEXTS",
     "MODEL_CONFIG",
     "ONNX_SERVE_PACKAGES",
+    "OUTPUT",
     "PRECISION",
     "RUNTIME",
     "SERVED_PART",
     "SKIP_EMPTY",
+    "TABLE",
     "ProbeClassifier",
     "TextModel",
     "TextPipelineClassifier",

@@ -10,12 +10,13 @@ import mlflow
 from emotion_exp.contract import MODEL_NAME
 from emotion_exp.engine import PRECISION, RUNTIME
 from emotion_exp.pyfunc import limits
-from emotion_exp.pyfunc.inputs import INPUT_EXAMPLE, signature
+from emotion_exp.pyfunc.inputs import INPUT_EXAMPLE, OUTPUT, TABLE, signature
 
-MODEL_CONFIG = {**limits.LIMITS, RUNTIME: "auto", PRECISION: "auto"}
+MODEL_CONFIG = {**limits.LIMITS, RUNTIME: "auto", PRECISION: "auto", OUTPUT: TABLE}
 """Logged with every model: texts one call may hold (a request to ``mlflow models serve``), characters per text,
-and the runtime and precision the encoder models run on (``engine.for_loaded_model``), decided where the model
-loads. ``log_model`` logs the precision the model was asked for (``auto``, ``fp32`` or ``bf16``), not ``auto``.
+the runtime and precision the encoder models run on (``engine.for_loaded_model``), decided where the model
+loads, and what ``predict`` returns (``inputs.OUTPUT``: the table, or the labels alone for MLflow's evaluator).
+``log_model`` logs the precision the model was asked for (``auto``, ``fp32`` or ``bf16``), not ``auto``.
 
 MLflow lets a loader override only keys the logged config has (``load_model(uri, model_config=...)``,
 ``SERVING_MODEL_CONFIG`` or ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` as JSON for a served model).

@@ -1,40 +1,49 @@
 """The evaluate stage: any logged or registered model on any labelled data, logged like a training stage.
 
 The model is loaded through ``mlflow.pyfunc`` (so it is exactly what ``predict`` and
-``mlflow models serve`` run), scores the texts in batches, and the run gets the same metrics,
-confusion matrix, classification report, error analysis and calibration as the training
-stages: through ``skeleton.log_predictions``, the one per-split function every model stage's
-``finish`` uses. It does not use ``skeleton.open_stage``, which loads the three splits of a
-training dataset; evaluate has one labelled set (``skeleton.log_labelled_input`` records it).
-The run also gets the model URI and the registered version it resolved to, and the version is
-tagged ``evaluated_on_<digest prefix>_accuracy`` and ``_f1_weighted``.
+``mlflow models serve`` run) and scores the texts in batches. The scores are MLflow's own
+evaluation of that model: ``mlflow.models.evaluate`` scores the predicted labels (accuracy, F1,
+precision, recall, the confusion matrix and per-class metrics, named ``test_accuracy_score``...),
+and the scores it lacks are handed to it as extra metrics (``log_evaluation``): the 95% intervals,
+log loss, calibration, and the scores under the names every stage logs (``test_accuracy``,
+``test_f1_weighted``: promote and the comparison go by those). So they are one evaluation,
+linked to the model (its ``model_id``) and the data in MLflow's Models tab. Beside it, in the
+same run: the error analysis, the reliability diagram, the classification report and the
+per-text predictions that ``compare`` reads (``skeleton.log_predictions``, the one per-split
+function every model stage's ``finish`` uses). MLflow predicts nothing itself here: it evaluates
+the predictions made once, in batches, with their probabilities.
 
-Why not ``mlflow.models.evaluate`` (checked against the installed MLflow 3.17): its classifier
-evaluator takes probabilities only from a flavor's raw ``predict_proba`` (scikit-learn,
-XGBoost). Our models are pyfunc models whose probabilities are the ``prob_<label>`` columns of
-``predict``, so it would get none: no log loss, calibration or reliability diagram, nothing of
-the error analysis. Its metrics are named ``accuracy_score``, ``f1_score`` rather than the
-``test_accuracy`` every stage logs (promote and the comparison go by those), and it predicts
-the whole dataset in one call. The part it does cover (accuracy, F1, a confusion matrix) is
-``metrics.evaluate``, shared with the training stages.
+It does not use ``skeleton.open_stage``, which loads the three splits of a training dataset;
+evaluate has one labelled set (``skeleton.log_labelled_input`` records it). The run also gets the
+model URI and the registered version it resolved to, and the version is tagged
+``evaluated_on_<digest prefix>_accuracy`` and ``_f1_weighted``.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import mlflow
+import mlflow.data
 import numpy as np
 import pandas as pd
+from mlflow.metrics import MetricValue
+from mlflow.models import EvaluationMetric, make_metric
 
 from emotion_exp import console, contract, data, engine, pyfunc, registry, significance, tracking
 from emotion_exp.config import EvaluateConfig
 from emotion_exp.data import LabelledData
 from emotion_exp.errors import UserError
 from emotion_exp.stages.predict import predict_batches
-from emotion_exp.stages.skeleton import log_labelled_input, log_predictions, log_table
+from emotion_exp.stages.skeleton import SPLIT_PREFIX, log_labelled_input, log_predictions, log_table
+
+EVALUATOR_CONFIG = {"log_model_explainability": False}
+"""MLflow's default evaluator without its SHAP explanations, which have no numeric features to explain here."""
+LOWER_IS_BETTER = ("loss", "ece", "brier")
 
 
 def model_labels(model: Any, model_uri: str) -> tuple[str, ...]:
@@ -87,6 +96,62 @@ def match_labels(
     return ids, missing
 
 
+def log_evaluation(
+    scores: dict[str, float],
+    *,
+    labelled: LabelledData,
+    gold: np.ndarray,
+    predicted: np.ndarray,
+    label_names: Sequence[str],
+    model_id: str | None,
+) -> None:
+    """Log a split's ``scores`` (``skeleton.log_predictions``'s) as MLflow's evaluation of the model ``model_id``.
+
+    ``mlflow.models.evaluate`` scores the predicted label names against the gold ones over all the
+    model's labels (``<prefix>_accuracy_score``, ``_f1_score``, ``_precision_score``,
+    ``_recall_score`` weighted by support, ``_example_count``, ``<prefix>_confusion_matrix.png``,
+    ``per_class_metrics.csv``) and logs ``scores`` with them as its extra metrics.
+    """
+    prefix = f"{SPLIT_PREFIX[labelled.split]}_"
+    names = np.asarray(label_names, dtype=object)
+    frame = pd.DataFrame(
+        {"text": labelled.frame["text"].tolist(), "label": names[gold], "prediction": names[predicted]}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # as in log_labelled_input: a local file is a local file
+        dataset = mlflow.data.from_pandas(
+            frame,
+            source=labelled.source,
+            targets="label",
+            predictions="prediction",
+            name=labelled.dataset_name,
+            digest=labelled.digest[:16],
+        )
+    config = {**EVALUATOR_CONFIG, "metric_prefix": prefix, "label_list": list(label_names)}
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    with warnings.catch_warnings():
+        # A label the data lacks scores 0 there, and scikit-learn warns once per metric: `run` says it in one line.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        mlflow.models.evaluate(
+            data=dataset,
+            model_type="classifier",
+            model_id=model_id,
+            evaluators=["default"],
+            evaluator_config={"default": config},
+            extra_metrics=[reported(name.removeprefix(prefix), value) for name, value in scores.items()],
+        )
+
+
+def reported(name: str, value: float) -> EvaluationMetric:
+    """A score computed beside MLflow's evaluator (an interval, the calibration), handed to its evaluation as it is."""
+
+    def score(predictions: pd.Series, targets: pd.Series) -> MetricValue:
+        return MetricValue(aggregate_results={name: value})
+
+    return make_metric(eval_fn=score, greater_is_better=not name.endswith(LOWER_IS_BETTER), name=name)
+
+
 def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
     """Score ``config.model_uri`` on the labelled data and log everything; return the run id.
 
@@ -119,7 +184,23 @@ def run(config: EvaluateConfig, *, labelled: LabelledData | None = None) -> str:
         predictions = predict_batches(model, texts, config.batch_size, stage="evaluate")
         seconds = time.perf_counter() - started
         probabilities = predictions[[contract.probability_column(name) for name in label_names]].to_numpy()
-        evaluation = log_predictions(labelled.split, texts, gold, probabilities, label_names, error_analysis=True)
+        as_mlflow_evaluation = functools.partial(
+            log_evaluation,
+            labelled=labelled,
+            gold=gold,
+            predicted=probabilities.argmax(axis=1),
+            label_names=label_names,
+            model_id=model.model_id,
+        )
+        evaluation = log_predictions(
+            labelled.split,
+            texts,
+            gold,
+            probabilities,
+            label_names,
+            error_analysis=True,
+            log_scores=as_mlflow_evaluation,
+        )
         # Per-text predictions as the model stages keep them: `compare` sets two evaluations of the same data side
         # by side (one model under two runtimes, say onnx and onnx-int8).
         log_table(

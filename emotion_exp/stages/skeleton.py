@@ -145,7 +145,7 @@ def log_labelled_input(labelled: LabelledData) -> None:
             labelled.frame,
             source=labelled.source,
             targets="label",
-            name=labelled.name if labelled.whole_file else f"{labelled.name}-{labelled.split}",
+            name=labelled.dataset_name,
             digest=labelled.digest[:16],
         )
     tracking.retry_on_conflict(lambda: mlflow.log_input(dataset, context=labelled.split))
@@ -309,6 +309,7 @@ def log_predictions(
     label_names: Sequence[str],
     *,
     error_analysis: bool | None = None,
+    log_scores: Callable[[dict[str, float]], None] = mlflow.log_metrics,
 ) -> Evaluation:
     """Log everything a split's predicted probabilities tell (the one place for it); return its scores.
 
@@ -318,20 +319,20 @@ def log_predictions(
     validation split only, so that no one tunes on test errors; ``evaluate`` asks for its data):
     ``analysis/<split>_predictions.parquet`` (every text), ``analysis/hardest_<split>.md``,
     ``analysis/confusions.md`` and ``plots/reliability_<split>.png``. One split per run gets it.
+    The scores go to ``log_scores`` in one call (``evaluate`` hands them to ``mlflow.models.evaluate``).
     """
     prefix = SPLIT_PREFIX[split]
     predicted = probabilities.argmax(axis=1)
     intervals = significance.score_intervals(gold, predicted, len(label_names))
     evaluation = dataclasses.replace(metrics.evaluate(gold, predicted, label_names), intervals=intervals)
-    mlflow.log_metrics({**evaluation.metrics(prefix), **significance.interval_metrics(prefix, intervals)})
+    calibration = analysis.calibration_metrics(gold, probabilities, prefix)
+    log_scores({**evaluation.metrics(prefix), **significance.interval_metrics(prefix, intervals), **calibration})
     tracking.log_params(significance.method_params())
     log_figure(
         plots.confusion_matrix(evaluation.confusion, label_names, title=f"Normalized Confusion Matrix ({split})"),
         f"plots/confusion_matrix_{split}.png",
     )
     mlflow.log_dict(evaluation.report, f"reports/classification_report_{split}.json")
-    calibration = analysis.calibration_metrics(gold, probabilities, prefix)
-    mlflow.log_metrics(calibration)
     if error_analysis is None:
         error_analysis = split == "validation"
     if not error_analysis:
