@@ -126,7 +126,6 @@ def registered_tfidf(tracking_uri: str, small_dataset: Path) -> tuple[str, str]:
 
     from emotion_exp.config import TfidfConfig
     from emotion_exp.stages import tfidf
-
     from tests.helpers import in_experiment
 
     name = f"session-tfidf-{uuid.uuid4().hex[:8]}"
@@ -146,7 +145,6 @@ def extract_run(tracking_uri: str, small_dataset: Path, tiny_model_dir: Path) ->
 
     from emotion_exp.config import ExtractConfig
     from emotion_exp.stages import extract
-
     from tests.helpers import in_experiment
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -170,7 +168,9 @@ def finetuned_champion(
     mlflow.set_tracking_uri(tracking_uri)
     with in_experiment(name):  # promote searches the experiment of its settings
         run_id = finetune.run(
-            tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path_factory.mktemp("finetuned"), registered_model=name)
+            tiny_finetune_config(
+                small_dataset, tiny_model_dir, tmp_path_factory.mktemp("finetuned"), registered_model=name
+            )
         )
         promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
     return name, run_id

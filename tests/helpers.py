@@ -4,8 +4,8 @@ smallest study with the checks of what it leaves in the store."""
 
 from __future__ import annotations
 
-import importlib
 import contextlib
+import importlib
 import inspect
 import os
 import subprocess
