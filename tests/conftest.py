@@ -163,12 +163,23 @@ def finetuned_champion(
     from tests.helpers import tiny_finetune_config
 
     name = f"session-finetune-{uuid.uuid4().hex[:8]}"
+    # Asked for inside a test (request.getfixturevalue), it comes after the test's MLFLOW_EXPERIMENT_NAME: its
+    # own experiment must not meet the test's, and the test keeps its experiment afterwards.
+    test_experiment = {key: os.environ.pop(key, None) for key in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(name)  # promote searches the active experiment; the test's is set after this
-    run_id = finetune.run(
-        tiny_finetune_config(small_dataset, tiny_model_dir, tmp_path_factory.mktemp("finetuned"), registered_model=name)
-    )
-    promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
+    try:
+        run_id = finetune.run(
+            tiny_finetune_config(
+                small_dataset, tiny_model_dir, tmp_path_factory.mktemp("finetuned"), registered_model=name
+            )
+        )
+        promote.run(PromoteConfig(dataset=str(small_dataset), registered_model=name))
+    finally:
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        os.environ.update({key: value for key, value in test_experiment.items() if value is not None})
+        if test_experiment["MLFLOW_EXPERIMENT_NAME"]:
+            mlflow.set_experiment(test_experiment["MLFLOW_EXPERIMENT_NAME"])
     return name, run_id
 
 
