@@ -73,3 +73,16 @@ def test_an_unknown_openmp_condition_is_refused_naming_the_ones_there_are(
 
     assert exit_info.value.code == 2
     assert "--conditions: expected 'as is' and/or 'busy', got sunny" in capsys.readouterr().err
+
+
+def test_a_lever_of_the_finetune_benchmark_switches_one_setting_and_an_unknown_one_is_refused() -> None:
+    from benchmarks.finetune import SetUp, lever
+
+    ours = SetUp("ours_fp32", "fp32", pad_to_longest_of_split=False, group_by_length=True)
+
+    assert lever(ours, "compile") == SetUp("ours_fp32+compile", "fp32", False, True, compile=True)
+    assert lever(ours, "foreach").optim == "adamw_torch"
+    assert lever(ours, "threads=1").threads == 1
+    assert lever(ours, "logging").stage_logging
+    with pytest.raises(SystemExit, match="expected some of compile, foreach, threads=N, logging; got 'threads=0'"):
+        lever(ours, "threads=0")
