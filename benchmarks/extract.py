@@ -5,11 +5,16 @@ fp32, taking the [CLS] state. Ours sorts texts by token length and pads per batc
 ``torch.inference_mode``, in exact fp32 and in the precision ``auto`` picks here (bf16 where the
 CPU runs it natively), plus dynamic int8 (measured only: it costs too much accuracy to offer);
 batches of ``--batch_size`` texts and, in the same run, batches of ``--batch_tokens`` padded tokens
-(the stage's ``--batch_tokens``). Throughput counts tokenization and forward passes.
+(the stage's ``--batch_tokens``); and ONNX Runtime's fp32 export where onnxruntime is installed.
+Throughput counts tokenization and forward passes. ``--stage`` also runs the extract stage itself on
+the same texts (split 80/10/10 as the stage splits a file, a throw-away store, each repeat in an
+experiment of its own so nothing is reused) and compares its logged ``texts_per_second`` with this
+benchmark's figure for the runtime and precision the stage chose.
 
     python -m benchmarks.extract            # 16,000 texts (the bundled sample resampled)
     python -m benchmarks.extract --quick    # 1,000 texts, CI-sized
     python -m benchmarks.extract --accuracy # also the probe's validation accuracy per precision
+    python -m benchmarks.extract --stage    # also the extract stage's own throughput on the same texts
     python -m benchmarks.extract --track    # also log the figures (experiment 'benchmarks')
 
 On a shared machine other processes distort timings: each method runs ``--repeats`` times,
@@ -19,17 +24,25 @@ interleaved, and the best run counts.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import statistics
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks import harness, peak
-from emotion_exp import baselines, data, features, models
+from emotion_exp import baselines, data, engine, features, models, onnx_runtime
 from emotion_exp.config import DEFAULT_MODEL, DataConfig
 from emotion_exp.threads import prefer_passive_openmp
 
 STUDY_BATCH = 1000
+STAGE_GOAL = 0.9
+"""Issue 35: the extract stage's own texts_per_second within 10% of this benchmark's."""
 
 
 @dataclass
@@ -81,6 +94,52 @@ def our_method(
     return extraction.texts_per_second, extraction.features
 
 
+def tokenizing_seconds(texts: list[str], tokenizer: object, batch_size: int) -> float:
+    """Seconds to tokenize ``texts`` and pad them into our batches with no forward pass: the most that
+    tokenizing the next batch while the current one runs could save."""
+    from emotion_exp import batching
+
+    start = time.perf_counter()
+    tokenized = batching.tokenize(texts, tokenizer, 128)
+    for _ in batching.sorted_batches(tokenized, tokenizer, batch_size, tensors="np"):
+        pass
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def throwaway_store() -> Iterator[Path]:
+    """A folder with its own sqlite store as the tracking URI for the block; the URI as it was afterwards."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    with tempfile.TemporaryDirectory(prefix="emotion-bench-extract-") as folder:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
+        try:
+            yield Path(folder)
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def stage_method(texts: list[str], folder: Path, repeat: int, args: argparse.Namespace) -> float:
+    """The extract stage's own ``texts_per_second`` on ``texts`` (written to a CSV file in ``folder`` once)."""
+    import mlflow
+    import pandas as pd
+
+    from emotion_exp.config import ExtractConfig
+    from emotion_exp.stages import extract as extract_stage
+
+    dataset = folder / "texts.csv"
+    if not dataset.exists():
+        pd.DataFrame({"text": texts, "label": [i % 6 for i in range(len(texts))]}).to_csv(dataset, index=False)
+    mlflow.set_experiment(f"extract-stage-{repeat}")  # a new experiment: no earlier features to reuse
+    config = ExtractConfig(
+        dataset=str(dataset), model=args.model, batch_size=args.batch_size, threads=args.threads, umap_max_points=200
+    )
+    run_id = extract_stage.run(config)
+    return mlflow.get_run(run_id).data.metrics["texts_per_second"]
+
+
 def probe_accuracy(encoder: features.Encoder, batch_size: int, pooling: str) -> float:
     """Validation accuracy of the probe on the bundled sample with features from ``encoder``."""
     splits = data.load_splits(DataConfig())
@@ -107,6 +166,10 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repetitions; the best counts.")
     parser.add_argument("--accuracy", action="store_true", help="Also fit the probe per precision (cls and mean).")
+    parser.add_argument("--stage", action="store_true", help="Also run the extract stage on the same texts.")
+    parser.add_argument(
+        "--without-study", action="store_true", help="Leave out the study's method (slow); ratios are to ours fp32."
+    )
     parser.add_argument(
         "--track", action="store_true", help="Log the figures to the current MLflow store (experiment benchmarks)."
     )
@@ -151,6 +214,8 @@ def main() -> None:
             threads.use(args.threads),
         ),
     }
+    if onnx_runtime.available():
+        encoders["onnx"] = features.on_runtime(encoders["fp32"], "onnx", "cls")
     if args.lengths == "emotion":
         from benchmarks.finetune import emotion_like_texts
 
@@ -171,25 +236,38 @@ def main() -> None:
         our_method(warmup, encoder, args.batch_size)
 
     runs = {
-        "study fp32": lambda: study_method(texts, encoders["fp32"]),
+        **({} if args.without_study else {"study fp32": lambda: study_method(texts, encoders["fp32"])}),
         "ours fp32": lambda: our_method(texts, encoders["fp32"], args.batch_size),
         f"ours auto ({auto})": lambda: our_method(texts, encoders["auto"], args.batch_size),
         "ours int8": lambda: our_method(texts, encoders["int8"], args.batch_size),
     }
+    if "onnx" in encoders:
+        runs["ours onnx (fp32)"] = lambda: our_method(texts, encoders["onnx"], args.batch_size)
     budget_of = {name: 0 for name in runs}
+    fixed_count = {"fp32": "ours fp32", "auto": f"ours auto ({auto})"}
+    if "onnx" in encoders:
+        fixed_count["onnx"] = "ours onnx (fp32)"
     for budget in budgets:
-        for key in ("fp32", "auto"):
+        for key in fixed_count:
             name = f"ours {key} {budget} tok"
             runs[name] = lambda key=key, budget=budget: our_method(texts, encoders[key], args.batch_size, budget)
             budget_of[name] = budget
     results = {name: Result(name) for name in runs}
-    for _ in range(args.repeats):
-        for name, method in runs.items():
-            speed, values = method()
-            if speed > results[name].texts_per_second:
-                results[name].texts_per_second, results[name].features = speed, values
+    chosen = engine.resolve("auto", "auto", args.threads)  # what the stage runs on
+    same = "ours onnx (fp32)" if chosen.runtime == "onnx" and "onnx" in encoders else f"ours auto ({auto})"
+    staged: list[tuple[float, float]] = []  # (the stage's texts/s, the same method's just before it)
+    tokenizing = float("inf")
+    with throwaway_store() as folder:
+        for repeat in range(args.repeats):
+            tokenizing = min(tokenizing, tokenizing_seconds(texts, tokenizer, args.batch_size))
+            for name, method in runs.items():
+                speed, values = method()
+                if speed > results[name].texts_per_second:
+                    results[name].texts_per_second, results[name].features = speed, values
+                if args.stage and name == same:  # right after the method it is compared with
+                    staged.append((stage_method(texts, folder, repeat, args), speed))
 
-    reference = results["study fp32"]
+    reference = results["ours fp32" if args.without_study else "study fp32"]
     truncated = np.minimum(lengths, 128)
     flops = {  # the study pads every text to the longest of the split and runs batches of 1,000
         name: peak.encoder_flops(model.config, [truncated.max()] * count, STUDY_BATCH)
@@ -222,12 +300,31 @@ def main() -> None:
             f"{result.name:<20}{result.texts_per_second:>10.1f}{ratio:>7.1f}x"
             f"{diff:>12.2e}{cosine:>12.5f}{gflops:>9.1f} {of_peak}"
         )
+    labels = {"fp32": "fp32", "auto": auto, "onnx": "onnx"}
     for budget in budgets:
         cells = [
-            f"{results[f'ours {key} {budget} tok'].texts_per_second / results[fixed].texts_per_second:.2f}x ({label})"
-            for key, fixed, label in (("fp32", "ours fp32", "fp32"), ("auto", f"ours auto ({auto})", auto))
+            f"{results[f'ours {key} {budget} tok'].texts_per_second / results[fixed].texts_per_second:.2f}x "
+            f"({labels[key]})"
+            for key, fixed in fixed_count.items()
         ]
         print(f"{budget} tokens a batch against {args.batch_size} texts: {', '.join(cells)}")
+
+    fastest = max(results.values(), key=lambda result: result.texts_per_second if "int8" not in result.name else 0)
+    print(
+        f"tokenizing and padding alone: {tokenizing:.2f} s, {tokenizing * fastest.texts_per_second / count:.1%} of "
+        f"{fastest.name}'s time (the most that overlapping it with the forward passes could save)"
+    )
+    if staged:
+        best_stage = max(rate for rate, _ in staged)
+        paired = statistics.median(rate / before for rate, before in staged)
+        verdict = "met" if paired >= STAGE_GOAL else "not met"
+        print(
+            f"the extract stage ({chosen.runtime}, {chosen.precision}): {best_stage:.1f} texts/s (best of "
+            f"{len(staged)}, {best_stage / results[same].texts_per_second:.2f}x the best of {same}); against {same} "
+            "run just before "
+            f"it: {', '.join(f'{rate / before:.2f}x' for rate, before in staged)}, median {paired:.2f}x "
+            f"(goal at least {STAGE_GOAL}: {verdict})"
+        )
 
     accuracy = {}
     if args.accuracy:
@@ -239,19 +336,25 @@ def main() -> None:
 
     if args.track:
         speeds = {
-            "study": reference.texts_per_second,
+            **({} if args.without_study else {"study": reference.texts_per_second}),
             "fp32": results["ours fp32"].texts_per_second,
             "auto": results[f"ours auto ({auto})"].texts_per_second,
             "int8": results["ours int8"].texts_per_second,
         }
         metrics = {f"{name}_texts_per_second": rate for name, rate in speeds.items()}
-        metrics |= {f"{name}_speedup": rate / speeds["study"] for name, rate in speeds.items() if name != "study"}
+        metrics |= {
+            f"{name}_speedup": rate / reference.texts_per_second for name, rate in speeds.items() if name != "study"
+        }
         metrics |= {
             f"{key}_{budget}_tokens_texts_per_second": results[f"ours {key} {budget} tok"].texts_per_second
             for budget in budgets
-            for key in ("fp32", "auto")
+            for key in fixed_count
         }
         metrics |= {f"probe_val_accuracy_{name}": value for name, value in accuracy.items()}
+        if "ours onnx (fp32)" in results:
+            metrics["onnx_texts_per_second"] = results["ours onnx (fp32)"].texts_per_second
+        if staged:
+            metrics["stage_texts_per_second"] = max(rate for rate, _ in staged)
         with harness.store(track=True):
             harness.log(
                 "extract",

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,48 @@ def test_an_unknown_openmp_condition_is_refused_naming_the_ones_there_are(
 
     assert exit_info.value.code == 2
     assert "--conditions: expected 'as is' and/or 'busy', got sunny" in capsys.readouterr().err
+
+
+def test_the_study_benchmark_splits_wall_time_by_the_runs_times_in_the_store(tracking_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.study import wall_parts
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(f"study-parts-{uuid.uuid4().hex[:8]}")
+    t0 = 1_000_000_000_000  # ms since the epoch
+    parent = client.create_run(experiment, start_time=t0 + 5_000, tags={"stage": "main"}).info.run_id
+    for stage, start, end in (("extract", 12_000, 20_000), ("finetune", 21_000, 51_000)):
+        child = client.create_run(
+            experiment, start_time=t0 + start, tags={"stage": stage, "mlflow.parentRunId": parent}
+        ).info.run_id
+        client.set_terminated(child, end_time=t0 + end)
+    client.set_terminated(parent, end_time=t0 + 53_000)
+
+    parts = wall_parts(tracking_uri, launched=t0 / 1000, ended=t0 / 1000 + 54, experiment_id=experiment)
+
+    assert parts == pytest.approx(
+        {
+            "mlflow run: start, new store": 5.0,
+            "study process until its first stage": 7.0,
+            "stage extract": 8.0,
+            "stage finetune": 30.0,
+            "between the stages": 1.0,
+            "after the last stage": 2.0,
+            "process exit": 1.0,
+        }
+    )
+    assert sum(parts.values()) == pytest.approx(54.0)
+
+
+def test_a_lever_of_the_finetune_benchmark_switches_one_setting_and_an_unknown_one_is_refused() -> None:
+    from benchmarks.finetune import SetUp, lever
+
+    ours = SetUp("ours_fp32", "fp32", pad_to_longest_of_split=False, group_by_length=True)
+
+    assert lever(ours, "compile") == SetUp("ours_fp32+compile", "fp32", False, True, compile=True)
+    assert lever(ours, "foreach").optim == "adamw_torch"
+    assert lever(ours, "threads=1").threads == 1
+    assert lever(ours, "logging").stage_logging
+    with pytest.raises(SystemExit, match="expected some of compile, foreach, threads=N, logging; got 'threads=0'"):
+        lever(ours, "threads=0")
