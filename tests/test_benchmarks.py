@@ -21,7 +21,7 @@ SMALLEST = {
     "extract": ["--texts", "64"],
     "finetune": ["--quick"],
     "predict": ["--quick"],
-    "contention": ["--quick"],
+    "contention": ["--texts", "64", "--train-texts", "32", "--rounds", "1"],
     # The busy condition's background load is the contention benchmark's, run above.
     "openmp": ["--texts", "32", "--rounds", "1", "--policies", "PASSIVE", "--conditions", "as is"],
     "engines": ["--texts", "64", "--repeats", "1"],
