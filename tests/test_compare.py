@@ -36,6 +36,7 @@ def by_hand(run_a: str, run_b: str, split: str) -> tuple[float, float, int, int,
     return a_right.mean() - b_right.mean(), f1_delta, only_a, only_b, binomtest(only_a, only_a + only_b).pvalue
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_two_runs_are_compared_text_by_text_on_validation_and_test(
     small_dataset: Path, registered_tfidf: tuple[str, str]
 ) -> None:
@@ -73,6 +74,7 @@ def test_two_runs_are_compared_text_by_text_on_validation_and_test(
     assert run.data.tags["compare_verdict"] in report
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_model_uris_and_a_studys_stages_name_the_runs(small_dataset: Path, isolated_mlflow: str) -> None:
     name = f"compare-{uuid.uuid4().hex[:8]}"
     with mlflow.start_run(run_name="main", tags={"stage": "main"}) as parent:
@@ -116,6 +118,7 @@ def test_a_run_without_predictions_or_runs_is_refused(small_dataset: Path, isola
 
 
 @pytest.mark.parametrize("second", ["{run}", "runs:/{run}/model"])
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_run_compared_with_itself_is_a_mistake_in_one_line(small_dataset: Path, second: str) -> None:
     scored = dummy.run(DummyConfig(dataset=str(small_dataset)))
     result = CliRunner().invoke(cli, ["compare", scored, second.format(run=scored)], env={"EMOTION_EXP_DEBUG": None})
@@ -127,6 +130,7 @@ def test_a_run_compared_with_itself_is_a_mistake_in_one_line(small_dataset: Path
     assert [r.data.tags["stage"] for r in mlflow.search_runs(output_format="list")] == ["dummy"]
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_deleted_run_is_named_as_deleted(small_dataset: Path) -> None:
     kept, deleted = (dummy.run(DummyConfig(dataset=str(small_dataset))) for _ in range(2))
     MlflowClient().delete_run(deleted)

@@ -258,6 +258,7 @@ def test_max_samples_caps_each_split_stratified(tmp_path):
     assert len(load(folder, max_samples=0).train) == 816
 
 
+@pytest.mark.slow  # starts a fresh Python process (the digest must not depend on it)
 def test_digest_stable_and_sensitive(tmp_path):
     frame = labelled(SIX)
     path = write(frame, tmp_path / "a.csv")

@@ -29,6 +29,7 @@ def evaluate_runs(experiment: str) -> list[mlflow.entities.Run]:
     return [r for r in runs if r.data.tags.get("stage") == "evaluate"]
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_registered_model_on_a_folder_split_logs_what_training_logged(
     registered: tuple[str, str], small_dataset: Path, isolated_mlflow: str
 ) -> None:
@@ -74,6 +75,7 @@ def test_a_registered_model_on_a_folder_split_logs_what_training_logged(
         assert version.tags[f"{key}_{metric}"] == "{:.3f} [{:.3f}, {:.3f}]".format(*logged)
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_single_file_is_scored_whole_and_a_run_uri_resolves_to_its_version(
     registered: tuple[str, str], small_dataset: Path, tmp_path: Path, isolated_mlflow: str
 ) -> None:
@@ -96,6 +98,7 @@ def test_a_single_file_is_scored_whole_and_a_run_uri_resolves_to_its_version(
     assert (run.data.tags["registered_model"], run.data.tags["registered_version"]) == (name, "1")
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_unknown_labels_are_named_and_a_label_map_fixes_them(
     registered: tuple[str, str], small_dataset: Path, tmp_path: Path, isolated_mlflow: str
 ) -> None:
@@ -167,6 +170,7 @@ def test_a_model_uri_that_does_not_exist_is_a_clear_error(isolated_mlflow: str) 
     assert "no registered model named 'no-such-model'" in result.output
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_two_evaluations_of_the_same_data_are_compared_text_by_text(
     registered: tuple[str, str], small_dataset: Path
 ) -> None:

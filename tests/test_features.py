@@ -123,6 +123,7 @@ def _extract_args(small_dataset: Path, tiny_model_dir: Path, *extra: str) -> lis
     ]
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_extract_logs_features_plots_and_throughput_then_a_second_run_reuses_them(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str
 ) -> None:
@@ -170,6 +171,7 @@ def test_extract_logs_features_plots_and_throughput_then_a_second_run_reuses_the
     assert artifacts(second.info.run_id) == set()
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_different_pooling_is_not_reused(small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str) -> None:
     from emotion_exp.config import ExtractConfig
     from emotion_exp.stages import extract
@@ -181,6 +183,7 @@ def test_a_different_pooling_is_not_reused(small_dataset: Path, tiny_model_dir: 
     assert extract.run(ExtractConfig(**common, pooling="mean")) == mean_run
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_new_weights_at_the_same_path_are_extracted_anew(
     small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, isolated_mlflow: str
 ) -> None:

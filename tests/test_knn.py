@@ -39,6 +39,7 @@ def nearest_vote(train: np.ndarray, labels: np.ndarray, points: np.ndarray, k: i
 
 
 @pytest.mark.parametrize(("k", "weights"), [(3, "uniform"), (7, "distance")])
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_knn_predicts_the_vote_of_the_nearest_training_texts(
     small_dataset: Path, tiny_model_dir: Path, extract_run: str, k: int, weights: str
 ) -> None:

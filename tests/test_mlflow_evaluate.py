@@ -73,6 +73,7 @@ def test_a_tfidf_model(registered_tfidf: tuple[str, str], test_df: pd.DataFrame,
     check_scored(evaluated(uri, test_df, predictions=predictions), uri, test_df)
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_the_feature_heads(small_dataset: Path, tiny_model_dir: Path, extract_run: str, test_df: pd.DataFrame) -> None:
     settings = {"dataset": str(small_dataset), "model": str(tiny_model_dir), "features_run_id": extract_run}
     for run_id in (probe.run(ProbeConfig(max_iter=50, **settings)), knn.run(KnnConfig(**settings))):

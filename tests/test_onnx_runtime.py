@@ -194,6 +194,7 @@ def _features(run: mlflow.entities.Run) -> np.ndarray:
     return np.concatenate(list(features.load(Path(path)).features.values()))
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_extract_runtime_onnx_logs_the_runtime_and_torch_features(
     small_dataset: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -147,6 +147,7 @@ def test_a_model_logged_without_its_export_is_exported_at_load(classifier_folder
     assert_same_predictions(onnx, predictions(logged, texts, "torch")[0])
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_without_torch_the_logged_export_serves_and_asking_for_torch_is_one_clear_error(
     logged: str, tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -256,6 +257,7 @@ def _stage_run(*args: str) -> mlflow.entities.Run:
     return mlflow.search_runs(output_format="list", order_by=["attributes.start_time DESC"], max_results=1)[0]
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_predict_and_evaluate_run_the_runtime_asked_for_and_tag_it(logged: str, small_dataset: Path) -> None:
     source = small_dataset / "test.csv"
     outputs = {}

@@ -71,6 +71,7 @@ def test_probe_extracts_in_a_nested_run_then_reuses_the_features_and_logs_a_text
     assert mlflow.get_run(second_id).data.tags["features_run_id"] == extract_run.info.run_id
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_an_explicit_features_run_id_is_used(small_dataset: Path, tiny_model_dir: Path, extract_run: str) -> None:
     probe_id = probe.run(_config(small_dataset, tiny_model_dir, max_iter=1, features_run_id=extract_run))
     run = mlflow.get_run(probe_id)
@@ -89,6 +90,7 @@ def test_a_features_run_id_that_does_not_exist_fails_with_the_reason(
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_features_run_id_of_another_dataset_or_key_or_stage_is_refused(
     small_dataset: Path, tiny_model_dir: Path, isolated_mlflow: str, extract_run: str
 ) -> None:

@@ -286,6 +286,7 @@ def splits(small_dataset: Path) -> data.DatasetSplits:
     return data.load_splits(DataConfig(dataset=str(small_dataset)))
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_candidate_better_by_less_than_noise_is_refused_with_the_p_value(splits, small_dataset, isolated_mlflow):
     champion = scored_run(splits, right_on(20))
     promote.run(PromoteConfig(dataset=str(small_dataset)))
@@ -316,6 +317,7 @@ def test_a_candidate_better_by_less_than_noise_is_refused_with_the_p_value(split
     assert champion_run() == candidate
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_candidate_better_beyond_noise_is_promoted_and_min_delta_can_hold_it_back(
     splits, small_dataset, isolated_mlflow
 ):

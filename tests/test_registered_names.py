@@ -78,6 +78,7 @@ def test_registering_says_in_plain_words_what_happened(small_dataset) -> None:
     assert "already exists" not in first.output + second.output
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_every_registry_step_on_own_data_says_what_it_did_in_the_datas_words(reviews_csv: Path) -> None:
     runner = CliRunner()
     alone = runner.invoke(cli, ["tfidf", "--dataset", str(reviews_csv)])

@@ -111,6 +111,7 @@ def test_finetune_with_three_seeds_summarises_them_and_keeps_the_best_seeds_mode
     assert all(c.info.run_id in per_seed for c in children)
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_a_seedless_stage_says_so_and_fits_once(small_dataset: Path, isolated_mlflow: str) -> None:
     result = CliRunner().invoke(cli, ["tfidf", "--dataset", str(small_dataset), "--seeds", "3"])
     assert result.exit_code == 0, result.output

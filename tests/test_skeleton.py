@@ -80,6 +80,7 @@ def leaky_copy(small_dataset: Path, folder: Path, test_rows: int) -> Path:
     return folder
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_test_texts_in_train_are_counted_tagged_and_warned_about_once(
     small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,6 +104,7 @@ def test_test_texts_in_train_are_counted_tagged_and_warned_about_once(
     assert mlflow.get_run(child).data.metrics["train_overlap_test"] == test_rows
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_clean_splits_and_a_few_shared_texts_tag_without_a_warning(small_dataset: Path, tmp_path: Path) -> None:
     clean = CliRunner().invoke(cli, ["dummy", "--dataset", str(small_dataset)])
     few = CliRunner().invoke(cli, ["dummy", "--dataset", str(leaky_copy(small_dataset, tmp_path / "few", 0))])

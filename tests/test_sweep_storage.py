@@ -96,6 +96,7 @@ def test_a_running_trial_never_started_by_the_objective_is_failed_after_the_grac
     assert states == {unstarted.number: TrialState.FAIL, started.number: TrialState.RUNNING}
 
 
+@pytest.mark.slow  # waits out the heartbeat's grace period
 def test_a_trial_whose_heartbeat_stopped_is_failed_and_queued_again_with_its_parameters(opened) -> None:
     study, storage, study_id = opened
     trial = study.ask()

@@ -25,6 +25,7 @@ def test_tfidf_clearly_beats_the_majority_class_on_the_sample() -> None:
     assert accuracy > majority + 0.3
 
 
+@pytest.mark.slow  # whole stages logged and read back: seconds
 def test_the_tfidf_stage_logs_scores_and_a_text_model_that_loads(small_dataset: Path, isolated_mlflow: str) -> None:
     name = f"tfidf-{uuid.uuid4().hex[:8]}"
     run_id = tfidf.run(TfidfConfig(dataset=str(small_dataset), registered_model=name, class_weight="balanced"))

@@ -65,6 +65,7 @@ def test_inside_a_run_the_experiment_is_the_runs(isolated_mlflow: str, experimen
             assert child.info.experiment_id == parent.info.experiment_id
 
 
+@pytest.mark.slow  # creates new stores: MLflow's schema migrations take seconds
 def test_a_new_store_is_removed_only_while_it_holds_nothing_but_failed_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
