@@ -282,6 +282,8 @@ def test_training_batches_are_length_grouped_in_an_order_seeded_by_the_epoch(
 ) -> None:
     """The same seed and epoch give the same batches in any process (DDP's ranks, a resumed run), and a resumed
     epoch replays its own order from where it stopped."""
+    from accelerate import skip_first_batches
+
     from emotion_exp import data, finetune, models
     from emotion_exp.config import DataConfig
 
@@ -299,8 +301,8 @@ def test_training_batches_are_length_grouped_in_an_order_seeded_by_the_epoch(
             eval_rows=prepared.eval_rows,
         )
         loader = trainer.get_train_dataloader()
-        if skip:
-            loader = trainer.get_resumed_dataloader(loader, skip)
+        if skip:  # what the Trainer does on resuming mid-epoch (its get_resumed_dataloader, new in 5.x, calls it)
+            loader = skip_first_batches(loader, skip)
         loader.set_epoch(epoch)
         return [batch["input_ids"].tolist() for batch in loader]
 

@@ -92,7 +92,6 @@ def test_run_ids_are_refused_exactly_where_mlflow_refuses_them() -> None:
         "a/b",
         "../x",
         "a b",
-        "abc\n",
         "",
     ]
     client = MlflowClient()
@@ -104,7 +103,9 @@ def test_run_ids_are_refused_exactly_where_mlflow_refuses_them() -> None:
     assert {run_id: ours for run_id, (ours, _) in verdicts.items()} == {
         run_id: theirs for run_id, (_, theirs) in verdicts.items()
     }
-    assert sum(ours for ours, _ in verdicts.values()) == 10
+    assert sum(ours for ours, _ in verdicts.values()) == 9
+    # Refused here and by MLflow 3.18; MLflow 3.11 took it (its pattern's `$` matched before a final newline).
+    assert we_refuse(names.check_run_id, "abc\n")
 
 
 @pytest.mark.parametrize(

@@ -49,15 +49,17 @@ def resolve_storage(optuna_storage: str, tracking_uri: str) -> str:
 
     Refuses the tracking store's own database, and guesses nothing for a remote tracking store.
     """
-    if optuna_storage:
-        check_storage_url(optuna_storage)
     storage = optuna_storage or _default_storage(tracking_uri)
+    # Before the driver check: sharing MLflow's database is wrong whichever driver would open it.
     if _database_of(storage) is not None and _database_of(storage) == _database_of(tracking_uri):
         raise UserError(
-            f"--optuna_storage {storage} is the MLflow tracking store's own database ({tracking_uri}); both keep "
-            "their schema revision in alembic's alembic_version table, so they must not share one. Pass another "
-            "database (a sqlite file such as sqlite:///optuna.db, or a second PostgreSQL database)."
+            f"--optuna_storage {shown_storage(storage)} is the MLflow tracking store's own database "
+            f"({shown_storage(tracking_uri)}); both keep their schema revision in alembic's alembic_version table, "
+            "so they must not share one. Pass another database (a sqlite file such as sqlite:///optuna.db, or a "
+            "second PostgreSQL database)."
         )
+    if optuna_storage:
+        check_storage_url(optuna_storage)
     return storage
 
 
