@@ -218,7 +218,8 @@ def test_a_stages_model_is_named_after_it_with_its_validation_headline_linked_fi
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
     )
     assert model.name == "tfidf"  # the Models tab lists tfidf, not "model"
-    linked = {m.key: m for m in model.metrics if m.dataset_name}
+    # The stage run's own (the session's model may also carry MLflow evaluator scores, logged by other runs).
+    linked = {m.key: m for m in model.metrics if m.dataset_name and m.run_id == run_id}
     # Linked to the validation split's dataset: MLflow's Models tab shows a model's metrics grouped by dataset,
     # those of no dataset last, so the validation headline comes before the rows and vocabulary sizes.
     assert set(linked) == {"val_accuracy", "val_accuracy_ci_low", "val_accuracy_ci_high", "val_f1_weighted"}
